@@ -1,0 +1,43 @@
+#ifndef ALLROUND_ALGORITHMS_MODELS_NETWORK_H_
+#define ALLROUND_ALGORITHMS_MODELS_NETWORK_H_
+
+// The models a job can name, behind one type: a torch Module with forward(images) -> logits.
+// Construction draws initial weights from LibTorch's global generator: seed it first (the worker
+// does, from the job seed), so every rank and every resumed run starts from the same weights.
+
+#include <torch/nn/module.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "common/job.h"
+
+namespace allround::models {
+
+class Network : public torch::nn::Module {
+ public:
+  // x: float [B, C, H, W]; returns logits [B, num_classes].
+  virtual torch::Tensor forward(torch::Tensor x) = 0;
+};
+
+struct InputShape {
+  int64_t channels = 1;
+  int64_t height = 28;
+  int64_t width = 28;
+  int64_t num_classes = 10;
+};
+
+// Builds the model that `spec` names; an unknown name is an error listing the known ones.
+absl::StatusOr<std::shared_ptr<Network>> MakeModel(const ModelSpec& spec, const InputShape& input);
+
+// Names MakeModel knows.
+std::vector<std::string> ModelNames();
+
+// Number of trainable parameter elements.
+int64_t CountParameters(const torch::nn::Module& module);
+
+}  // namespace allround::models
+
+#endif  // ALLROUND_ALGORITHMS_MODELS_NETWORK_H_

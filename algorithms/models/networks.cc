@@ -1,0 +1,159 @@
+// The model zoo: MLP, NIID-Bench's SimpleCNN, the CNN of the FedAvg paper, and a small ResNet.
+
+#include <torch/torch.h>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "algorithms/models/network.h"
+
+namespace allround::models {
+namespace {
+
+namespace nn = torch::nn;
+namespace F = torch::nn::functional;
+
+class Mlp final : public Network {
+ public:
+  Mlp(const InputShape& in, const std::vector<int64_t>& hidden) {
+    int64_t width = in.channels * in.height * in.width;
+    for (size_t i = 0; i < hidden.size(); ++i) {
+      layers_->push_back(register_module(absl::StrCat("fc", i + 1), nn::Linear(width, hidden[i])));
+      width = hidden[i];
+    }
+    out_ = register_module("out", nn::Linear(width, in.num_classes));
+  }
+  torch::Tensor forward(torch::Tensor x) override {
+    x = x.flatten(1);
+    for (const auto& layer : *layers_) x = torch::relu(layer->as<nn::Linear>()->forward(x));
+    return out_->forward(x);
+  }
+
+ private:
+  nn::ModuleList layers_;
+  nn::Linear out_{nullptr};
+};
+
+// NIID-Bench SimpleCNN: Conv(C,6,5)-ReLU-MaxPool2-Conv(6,16,5)-ReLU-MaxPool2-FC120-ReLU-FC84-ReLU-FC.
+class SimpleCnn final : public Network {
+ public:
+  explicit SimpleCnn(const InputShape& in) {
+    conv1_ = register_module("conv1", nn::Conv2d(nn::Conv2dOptions(in.channels, 6, 5)));
+    conv2_ = register_module("conv2", nn::Conv2d(nn::Conv2dOptions(6, 16, 5)));
+    const int64_t h = ((in.height - 4) / 2 - 4) / 2, w = ((in.width - 4) / 2 - 4) / 2;
+    fc1_ = register_module("fc1", nn::Linear(16 * h * w, 120));
+    fc2_ = register_module("fc2", nn::Linear(120, 84));
+    fc3_ = register_module("fc3", nn::Linear(84, in.num_classes));
+  }
+  torch::Tensor forward(torch::Tensor x) override {
+    x = torch::max_pool2d(torch::relu(conv1_->forward(x)), 2);
+    x = torch::max_pool2d(torch::relu(conv2_->forward(x)), 2);
+    x = torch::relu(fc1_->forward(x.flatten(1)));
+    x = torch::relu(fc2_->forward(x));
+    return fc3_->forward(x);
+  }
+
+ private:
+  nn::Conv2d conv1_{nullptr}, conv2_{nullptr};
+  nn::Linear fc1_{nullptr}, fc2_{nullptr}, fc3_{nullptr};
+};
+
+// McMahan et al. 2017 CNN: two 5x5 convolutions (32, 64 channels, same padding) each followed by
+// 2x2 max-pooling, a 512-unit fully connected layer, and the output layer.
+class FedAvgCnn final : public Network {
+ public:
+  explicit FedAvgCnn(const InputShape& in) {
+    conv1_ = register_module("conv1", nn::Conv2d(nn::Conv2dOptions(in.channels, 32, 5).padding(2)));
+    conv2_ = register_module("conv2", nn::Conv2d(nn::Conv2dOptions(32, 64, 5).padding(2)));
+    fc1_ = register_module("fc1", nn::Linear(64 * (in.height / 4) * (in.width / 4), 512));
+    fc2_ = register_module("fc2", nn::Linear(512, in.num_classes));
+  }
+  torch::Tensor forward(torch::Tensor x) override {
+    x = torch::max_pool2d(torch::relu(conv1_->forward(x)), 2);
+    x = torch::max_pool2d(torch::relu(conv2_->forward(x)), 2);
+    x = torch::relu(fc1_->forward(x.flatten(1)));
+    return fc2_->forward(x);
+  }
+
+ private:
+  nn::Conv2d conv1_{nullptr}, conv2_{nullptr};
+  nn::Linear fc1_{nullptr}, fc2_{nullptr};
+};
+
+// He et al. basic block: two 3x3 conv-BN layers and an identity (or 1x1 conv-BN) shortcut.
+class BasicBlockImpl : public nn::Module {
+ public:
+  BasicBlockImpl(int64_t in, int64_t out, int64_t stride) {
+    conv1_ = register_module("conv1", nn::Conv2d(nn::Conv2dOptions(in, out, 3).stride(stride).padding(1).bias(false)));
+    bn1_ = register_module("bn1", nn::BatchNorm2d(out));
+    conv2_ = register_module("conv2", nn::Conv2d(nn::Conv2dOptions(out, out, 3).padding(1).bias(false)));
+    bn2_ = register_module("bn2", nn::BatchNorm2d(out));
+    if (stride != 1 || in != out) {
+      down_conv_ = register_module("down_conv", nn::Conv2d(nn::Conv2dOptions(in, out, 1).stride(stride).bias(false)));
+      down_bn_ = register_module("down_bn", nn::BatchNorm2d(out));
+    }
+  }
+  torch::Tensor forward(torch::Tensor x) {
+    torch::Tensor y = torch::relu(bn1_->forward(conv1_->forward(x)));
+    y = bn2_->forward(conv2_->forward(y));
+    torch::Tensor shortcut = down_conv_ ? down_bn_->forward(down_conv_->forward(x)) : x;
+    return torch::relu(y + shortcut);
+  }
+
+ private:
+  nn::Conv2d conv1_{nullptr}, conv2_{nullptr}, down_conv_{nullptr};
+  nn::BatchNorm2d bn1_{nullptr}, bn2_{nullptr}, down_bn_{nullptr};
+};
+TORCH_MODULE(BasicBlock);
+
+// A small ResNet for 28x28 images: a 3x3 stem, three stages of one basic block (width w, 2w, 4w;
+// the last two halve the resolution), global average pooling and a linear classifier.
+class ResNet final : public Network {
+ public:
+  ResNet(const InputShape& in, int64_t w) {
+    stem_ = register_module("stem", nn::Conv2d(nn::Conv2dOptions(in.channels, w, 3).padding(1).bias(false)));
+    stem_bn_ = register_module("stem_bn", nn::BatchNorm2d(w));
+    block1_ = register_module("block1", BasicBlock(w, w, 1));
+    block2_ = register_module("block2", BasicBlock(w, 2 * w, 2));
+    block3_ = register_module("block3", BasicBlock(2 * w, 4 * w, 2));
+    fc_ = register_module("fc", nn::Linear(4 * w, in.num_classes));
+  }
+  torch::Tensor forward(torch::Tensor x) override {
+    x = torch::relu(stem_bn_->forward(stem_->forward(x)));
+    x = block3_->forward(block2_->forward(block1_->forward(x)));
+    return fc_->forward(x.mean({2, 3}));
+  }
+
+ private:
+  nn::Conv2d stem_{nullptr};
+  nn::BatchNorm2d stem_bn_{nullptr};
+  BasicBlock block1_{nullptr}, block2_{nullptr}, block3_{nullptr};
+  nn::Linear fc_{nullptr};
+};
+
+}  // namespace
+
+std::vector<std::string> ModelNames() { return {"mlp", "simple_cnn", "fedavg_cnn", "resnet"}; }
+
+absl::StatusOr<std::shared_ptr<Network>> MakeModel(const ModelSpec& spec, const InputShape& input) {
+  if (spec.name == "mlp") return std::shared_ptr<Network>(std::make_shared<Mlp>(input, spec.hidden));
+  if (spec.name == "simple_cnn") {
+    if (input.height < 16 || input.width < 16) {
+      return absl::InvalidArgumentError("simple_cnn needs images of at least 16x16");
+    }
+    return std::shared_ptr<Network>(std::make_shared<SimpleCnn>(input));
+  }
+  if (spec.name == "fedavg_cnn") return std::shared_ptr<Network>(std::make_shared<FedAvgCnn>(input));
+  if (spec.name == "resnet") return std::shared_ptr<Network>(std::make_shared<ResNet>(input, spec.width));
+  return absl::InvalidArgumentError(absl::StrCat("unknown model '", spec.name, "' (known: ",
+                                                 absl::StrJoin(ModelNames(), ", "), ")"));
+}
+
+int64_t CountParameters(const torch::nn::Module& module) {
+  int64_t n = 0;
+  for (const auto& p : module.parameters()) {
+    if (p.requires_grad()) n += p.numel();
+  }
+  return n;
+}
+
+}  // namespace allround::models

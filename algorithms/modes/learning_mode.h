@@ -1,0 +1,67 @@
+#ifndef ALLROUND_ALGORITHMS_MODES_LEARNING_MODE_H_
+#define ALLROUND_ALGORITHMS_MODES_LEARNING_MODE_H_
+
+// How a batch becomes a loss, and which modules and optimizers exist. The round engine, the
+// Reducer and the strategies see only this interface and never ask which mode runs.
+//
+// A step: TrainStep runs forward, loss and backward, then calls sync->AfterBackward() (where a
+// worker group averages gradients; nothing in a group of one) once per backward, then steps the
+// optimizers. Not thread-safe: one thread drives a mode.
+
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+
+namespace allround::modes {
+
+struct Batch {
+  at::Tensor inputs;   // float [B, ...]
+  at::Tensor targets;  // int64 [B]
+};
+
+struct StepResult {
+  double loss = 0.0;
+  int64_t examples = 0;
+};
+
+// The summable result of evaluating on a shard: ranks add these, then compute metrics once.
+struct EvalSums {
+  at::Tensor confusion;  // int64 [C, C]
+  double loss_sum = 0.0;
+  int64_t examples = 0;
+};
+
+// Called between backward and the optimizer step. The Reducer implements it.
+class GradientSync {
+ public:
+  virtual ~GradientSync() = default;
+  virtual absl::Status AfterBackward() = 0;
+};
+
+class LearningMode {
+ public:
+  virtual ~LearningMode() = default;
+
+  // One optimization step on `batch` at learning rate `lr`. Fails (and changes nothing) on a
+  // batch of the wrong shape or a non-finite loss; `sync` may be null.
+  virtual absl::StatusOr<StepResult> TrainStep(const Batch& batch, double lr, GradientSync* sync) = 0;
+
+  // Evaluates on inputs/targets in batches of `batch_size`, without changing any state.
+  virtual absl::StatusOr<EvalSums> Evaluate(const at::Tensor& inputs, const at::Tensor& targets,
+                                            int64_t batch_size) = 0;
+
+  // Parameters whose gradients a worker group averages, in registration order.
+  virtual std::vector<at::Tensor> TrainableParameters() = 0;
+  // Parameters and buffers (BatchNorm statistics): everything that defines the model.
+  virtual std::vector<at::Tensor> ModelState() = 0;
+  virtual int64_t ParameterCount() = 0;
+};
+
+}  // namespace allround::modes
+
+#endif  // ALLROUND_ALGORITHMS_MODES_LEARNING_MODE_H_

@@ -1,0 +1,16 @@
+# Detects optional parts and sets ALLROUND_HAVE_<PART>. A part whose dependencies are missing is
+# switched off with a message; the code never changes for it.
+
+set(ALLROUND_HAVE_CUDA OFF)
+if(ALLROUND_WITH_CUDA)
+  include(CheckLanguage)
+  check_language(CUDA)
+  if(CMAKE_CUDA_COMPILER AND TORCH_CUDA_LIBRARIES)
+    set(ALLROUND_HAVE_CUDA ON)
+  elseif(CMAKE_CUDA_COMPILER)
+    message(STATUS "allround: CUDA toolkit found, but LibTorch is CPU-only: GPU backend off "
+                   "(point CMAKE_PREFIX_PATH at a CUDA LibTorch to turn it on)")
+  else()
+    message(STATUS "allround: no CUDA toolkit: GPU backend off")
+  endif()
+endif()

@@ -1,0 +1,370 @@
+#include "common/job.h"
+
+#include <yaml-cpp/yaml.h>
+
+#include <cerrno>
+#include <cmath>
+#include <cstdlib>
+#include <fstream>
+#include <functional>
+#include <sstream>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_replace.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
+
+namespace allround {
+namespace {
+
+// One job key: how to set it from text and how to print it.
+struct Key {
+  std::string name;
+  std::string help;
+  std::function<absl::Status(Job&, const std::string&)> set;
+  std::function<std::string(const Job&)> get;
+};
+
+absl::Status BadValue(const std::string& key, const std::string& value, const std::string& want) {
+  return absl::InvalidArgumentError(
+      absl::StrCat("job key '", key, "': bad value '", value, "' (", want, ")"));
+}
+
+absl::StatusOr<double> ParseDouble(const std::string& key, const std::string& s) {
+  char* end = nullptr;
+  errno = 0;
+  const double v = std::strtod(s.c_str(), &end);
+  if (s.empty() || *end != '\0' || errno != 0 || !std::isfinite(v)) {
+    return BadValue(key, s, "a finite number");
+  }
+  return v;
+}
+
+absl::StatusOr<int64_t> ParseInt(const std::string& key, const std::string& s) {
+  char* end = nullptr;
+  errno = 0;
+  const long long v = std::strtoll(s.c_str(), &end, 10);
+  if (s.empty() || *end != '\0' || errno != 0) return BadValue(key, s, "an integer");
+  return static_cast<int64_t>(v);
+}
+
+template <typename Field>
+Key StringKey(std::string name, std::string help, Field field,
+              std::vector<std::string> allowed = {}) {
+  Key k{name, help, nullptr, nullptr};
+  k.set = [name, field, allowed](Job& j, const std::string& v) -> absl::Status {
+    if (!allowed.empty() && std::find(allowed.begin(), allowed.end(), v) == allowed.end()) {
+      return BadValue(name, v, absl::StrCat("one of: ", absl::StrJoin(allowed, ", ")));
+    }
+    field(j) = v;
+    return absl::OkStatus();
+  };
+  k.get = [field](const Job& j) { return field(const_cast<Job&>(j)); };
+  return k;
+}
+
+template <typename Field>
+Key DoubleKey(std::string name, std::string help, Field field, double lo, double hi) {
+  Key k{name, help, nullptr, nullptr};
+  k.set = [name, field, lo, hi](Job& j, const std::string& v) -> absl::Status {
+    auto d = ParseDouble(name, v);
+    if (!d.ok()) return d.status();
+    if (*d < lo || *d > hi) return BadValue(name, v, absl::StrCat("between ", lo, " and ", hi));
+    field(j) = *d;
+    return absl::OkStatus();
+  };
+  k.get = [field](const Job& j) {
+    std::ostringstream os;
+    os.precision(17);
+    os << field(const_cast<Job&>(j));
+    return os.str();
+  };
+  return k;
+}
+
+template <typename T, typename Field>
+Key IntKey(std::string name, std::string help, Field field, int64_t lo, int64_t hi) {
+  Key k{name, help, nullptr, nullptr};
+  k.set = [name, field, lo, hi](Job& j, const std::string& v) -> absl::Status {
+    auto i = ParseInt(name, v);
+    if (!i.ok()) return i.status();
+    if (*i < lo || *i > hi) return BadValue(name, v, absl::StrCat("between ", lo, " and ", hi));
+    field(j) = static_cast<T>(*i);
+    return absl::OkStatus();
+  };
+  k.get = [field](const Job& j) { return absl::StrCat(field(const_cast<Job&>(j))); };
+  return k;
+}
+
+template <typename Field>
+Key BoolKey(std::string name, std::string help, Field field) {
+  Key k{name, help, nullptr, nullptr};
+  k.set = [name, field](Job& j, const std::string& v) -> absl::Status {
+    if (v == "true" || v == "1" || v == "yes") {
+      field(j) = true;
+    } else if (v == "false" || v == "0" || v == "no") {
+      field(j) = false;
+    } else {
+      return BadValue(name, v, "true or false");
+    }
+    return absl::OkStatus();
+  };
+  k.get = [field](const Job& j) { return field(const_cast<Job&>(j)) ? "true" : "false"; };
+  return k;
+}
+
+template <typename Field>
+Key IntListKey(std::string name, std::string help, Field field) {
+  Key k{name, help, nullptr, nullptr};
+  k.set = [name, field](Job& j, const std::string& v) -> absl::Status {
+    std::vector<int64_t> out;
+    for (absl::string_view part : absl::StrSplit(v, ',', absl::SkipWhitespace())) {
+      auto i = ParseInt(name, std::string(absl::StripAsciiWhitespace(part)));
+      if (!i.ok()) return i.status();
+      if (*i <= 0) return BadValue(name, v, "positive integers");
+      out.push_back(*i);
+    }
+    field(j) = out;
+    return absl::OkStatus();
+  };
+  k.get = [field](const Job& j) { return absl::StrJoin(field(const_cast<Job&>(j)), ","); };
+  return k;
+}
+
+constexpr int64_t kBig = int64_t{1} << 40;
+
+const std::vector<Key>& Keys() {
+  static const std::vector<Key>* keys = new std::vector<Key>{
+      StringKey("name", "the job's name, used in the run directory", [](Job& j) -> auto& { return j.name; }),
+      IntKey<uint64_t>("seed", "the job seed; every other seed derives from it",
+                       [](Job& j) -> auto& { return j.seed; }, 0, kBig),
+      IntKey<int64_t>("threads", "intra-op threads per process (0: LibTorch's default)",
+                      [](Job& j) -> auto& { return j.threads; }, 0, 1024),
+      StringKey("mode", "learning mode", [](Job& j) -> auto& { return j.mode; }, {"supervised"}),
+      StringKey("loss", "loss function", [](Job& j) -> auto& { return j.loss; },
+                {"cross_entropy", "l1", "mse", "hinge"}),
+      StringKey("model.name", "model architecture", [](Job& j) -> auto& { return j.model.name; },
+                {"mlp", "simple_cnn", "fedavg_cnn", "resnet"}),
+      IntListKey("model.hidden", "mlp hidden layer widths, e.g. 200,200",
+                 [](Job& j) -> auto& { return j.model.hidden; }),
+      IntKey<int64_t>("model.width", "resnet: channels of the first stage",
+                      [](Job& j) -> auto& { return j.model.width; }, 1, 1024),
+      StringKey("data.name", "dataset", [](Job& j) -> auto& { return j.data.name; }, {"fashion_mnist"}),
+      StringKey("data.dir", "directory with the IDX files (.gz or plain)",
+                [](Job& j) -> auto& { return j.data.dir; }),
+      StringKey("data.augment", "training augmentation", [](Job& j) -> auto& { return j.data.augment; },
+                {"none", "flip", "crop", "flip_crop"}),
+      IntKey<int64_t>("data.train_limit", "use the first N training examples (0: all)",
+                      [](Job& j) -> auto& { return j.data.train_limit; }, 0, kBig),
+      IntKey<int64_t>("data.test_limit", "evaluate on the first N test examples (0: all)",
+                      [](Job& j) -> auto& { return j.data.test_limit; }, 0, kBig),
+      StringKey("optimizer.name", "optimizer", [](Job& j) -> auto& { return j.optimizer.name; },
+                {"sgd", "adam", "adamw"}),
+      DoubleKey("optimizer.lr", "base learning rate", [](Job& j) -> auto& { return j.optimizer.lr; }, 0, 1e6),
+      DoubleKey("optimizer.momentum", "sgd momentum", [](Job& j) -> auto& { return j.optimizer.momentum; }, 0, 1),
+      BoolKey("optimizer.nesterov", "sgd Nesterov momentum", [](Job& j) -> auto& { return j.optimizer.nesterov; }),
+      DoubleKey("optimizer.weight_decay", "L2 penalty (decoupled for adamw)",
+                [](Job& j) -> auto& { return j.optimizer.weight_decay; }, 0, 1e3),
+      DoubleKey("optimizer.beta1", "adam beta1", [](Job& j) -> auto& { return j.optimizer.beta1; }, 0, 1),
+      DoubleKey("optimizer.beta2", "adam beta2", [](Job& j) -> auto& { return j.optimizer.beta2; }, 0, 1),
+      DoubleKey("optimizer.eps", "adam epsilon", [](Job& j) -> auto& { return j.optimizer.eps; }, 0, 1),
+      StringKey("schedule.name", "learning-rate schedule", [](Job& j) -> auto& { return j.schedule.name; },
+                {"constant", "step", "cosine"}),
+      IntKey<int64_t>("schedule.warmup_steps", "linear warmup steps",
+                      [](Job& j) -> auto& { return j.schedule.warmup_steps; }, 0, kBig),
+      DoubleKey("schedule.warmup_epochs", "linear warmup in epochs (alternative to warmup_steps)",
+                [](Job& j) -> auto& { return j.schedule.warmup_epochs; }, 0, 1e6),
+      IntKey<int64_t>("schedule.step_epochs", "step: epochs between decays",
+                      [](Job& j) -> auto& { return j.schedule.step_epochs; }, 1, kBig),
+      DoubleKey("schedule.gamma", "step: decay factor", [](Job& j) -> auto& { return j.schedule.gamma; }, 0, 1),
+      DoubleKey("schedule.min_lr", "cosine: final learning rate",
+                [](Job& j) -> auto& { return j.schedule.min_lr; }, 0, 1e6),
+      IntKey<int64_t>("train.epochs", "epochs", [](Job& j) -> auto& { return j.train.epochs; }, 1, kBig),
+      IntKey<int64_t>("train.batch_size", "examples per step (per rank)",
+                      [](Job& j) -> auto& { return j.train.batch_size; }, 1, kBig),
+      IntKey<int64_t>("train.eval_batch_size", "examples per evaluation batch",
+                      [](Job& j) -> auto& { return j.train.eval_batch_size; }, 1, kBig),
+      IntKey<int64_t>("train.max_steps", "stop after this many steps (0: no limit)",
+                      [](Job& j) -> auto& { return j.train.max_steps; }, 0, kBig),
+      DoubleKey("train.progress_every_s", "seconds between progress lines",
+                [](Job& j) -> auto& { return j.train.progress_every_s; }, 0, 1e6),
+      StringKey("partition.scheme", "how data is split among sites",
+                [](Job& j) -> auto& { return j.partition.scheme; }, {"iid", "dirichlet", "labels"}),
+      IntKey<int64_t>("partition.sites", "number of sites", [](Job& j) -> auto& { return j.partition.sites; }, 1, 1 << 20),
+      DoubleKey("partition.beta", "dirichlet concentration", [](Job& j) -> auto& { return j.partition.beta; }, 1e-6, 1e6),
+      IntKey<int64_t>("partition.labels_per_site", "labels: classes per site (#C=k)",
+                      [](Job& j) -> auto& { return j.partition.labels_per_site; }, 1, 1 << 20),
+      IntKey<int64_t>("partition.min_per_site", "dirichlet: minimum examples per site",
+                      [](Job& j) -> auto& { return j.partition.min_per_site; }, 0, kBig),
+      StringKey("run_dir", "where metrics and outputs go ({name}: the job's name)",
+                [](Job& j) -> auto& { return j.run_dir; }),
+  };
+  return *keys;
+}
+
+const Key* FindKey(const std::string& name) {
+  for (const Key& k : Keys()) {
+    if (k.name == name) return &k;
+  }
+  return nullptr;
+}
+
+absl::Status UnknownKey(const std::string& key, const std::string& origin) {
+  std::vector<std::string> near;
+  const std::string prefix = key.substr(0, key.find('.') + 1);
+  for (const Key& k : Keys()) {
+    if (key.find('.') != std::string::npos ? absl::StartsWith(k.name, prefix)
+                                           : k.name.find('.') == std::string::npos) {
+      near.push_back(k.name);
+    }
+  }
+  return absl::InvalidArgumentError(absl::StrCat(origin, ": unknown job key '", key,
+                                                 "' (known: ", absl::StrJoin(near, ", "), ")"));
+}
+
+// Walks a YAML map, setting each leaf by its dotted path.
+absl::Status ApplyYamlNode(Job& job, const YAML::Node& node, const std::string& path,
+                           const std::string& origin) {
+  if (node.IsMap()) {
+    for (const auto& kv : node) {
+      const std::string child = path.empty() ? kv.first.as<std::string>()
+                                             : absl::StrCat(path, ".", kv.first.as<std::string>());
+      absl::Status s = ApplyYamlNode(job, kv.second, child, origin);
+      if (!s.ok()) return s;
+    }
+    return absl::OkStatus();
+  }
+  const Key* key = FindKey(path);
+  if (key == nullptr) return UnknownKey(path, origin);
+  std::string value;
+  if (node.IsSequence()) {
+    std::vector<std::string> items;
+    for (const auto& item : node) {
+      if (!item.IsScalar()) return BadValue(path, "(nested list)", "a list of scalars");
+      items.push_back(item.Scalar());
+    }
+    value = absl::StrJoin(items, ",");
+  } else if (node.IsScalar()) {
+    value = node.Scalar();
+  } else if (node.IsNull()) {
+    return BadValue(path, "(empty)", "a value");
+  }
+  absl::Status s = key->set(job, value);
+  if (!s.ok()) return absl::InvalidArgumentError(absl::StrCat(origin, ": ", s.message()));
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<Job> ParseJobYaml(const std::string& text, const std::string& origin) {
+  Job job;
+  YAML::Node root;
+  try {
+    root = YAML::Load(text);
+  } catch (const YAML::Exception& e) {
+    return absl::InvalidArgumentError(absl::StrCat(origin, ": not valid YAML: ", e.what()));
+  }
+  if (root.IsNull()) return job;  // an empty job keeps every default
+  if (!root.IsMap()) {
+    return absl::InvalidArgumentError(absl::StrCat(origin, ": a job must be a YAML map of keys"));
+  }
+  absl::Status s = ApplyYamlNode(job, root, "", origin);
+  if (!s.ok()) return s;
+  return job;
+}
+
+absl::StatusOr<Job> LoadJobFile(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) {
+    return absl::NotFoundError(absl::StrCat("job file '", path, "': cannot open: ", std::strerror(errno)));
+  }
+  std::stringstream buf;
+  buf << in.rdbuf();
+  return ParseJobYaml(buf.str(), path);
+}
+
+absl::Status SetJobKey(Job& job, const std::string& key, const std::string& value) {
+  const Key* k = FindKey(key);
+  if (k == nullptr) return UnknownKey(key, "flag");
+  return k->set(job, value);
+}
+
+absl::Status ValidateJob(const Job& job) {
+  if (job.model.name == "mlp" && job.model.hidden.empty()) {
+    return absl::InvalidArgumentError("job key 'model.hidden': an mlp needs at least one layer");
+  }
+  if (job.data.dir.empty()) return absl::InvalidArgumentError("job key 'data.dir': empty");
+  if (job.optimizer.lr <= 0) return absl::InvalidArgumentError("job key 'optimizer.lr': must be > 0");
+  if (job.optimizer.nesterov && (job.optimizer.momentum <= 0 || job.optimizer.name != "sgd")) {
+    return absl::InvalidArgumentError("job key 'optimizer.nesterov': needs sgd with momentum > 0");
+  }
+  if (job.optimizer.beta1 >= 1 || job.optimizer.beta2 >= 1) {
+    return absl::InvalidArgumentError("job keys 'optimizer.beta1/beta2': must be < 1");
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ApplyJobFlags(Job& job, const std::vector<std::string>& flags) {
+  for (size_t i = 0; i < flags.size(); ++i) {
+    const std::string& f = flags[i];
+    if (!absl::StartsWith(f, "--")) {
+      return absl::InvalidArgumentError(absl::StrCat("unexpected argument '", f, "'"));
+    }
+    std::string key = f.substr(2);
+    std::string value;
+    const size_t eq = key.find('=');
+    if (eq != std::string::npos) {
+      value = key.substr(eq + 1);
+      key = key.substr(0, eq);
+    } else if (i + 1 < flags.size()) {
+      value = flags[++i];
+    } else {
+      return absl::InvalidArgumentError(absl::StrCat("flag --", key, ": missing value"));
+    }
+    const Key* k = FindKey(key);
+    if (k == nullptr) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "unknown flag --", key, " (not a job key; see --help for flags and job keys)"));
+    }
+    absl::Status s = k->set(job, value);
+    if (!s.ok()) return s;
+  }
+  return absl::OkStatus();
+}
+
+std::vector<std::pair<std::string, std::string>> JobKeys() {
+  std::vector<std::pair<std::string, std::string>> out;
+  Job defaults;
+  for (const Key& k : Keys()) {
+    out.emplace_back(k.name, absl::StrCat(k.help, " [", k.get(defaults), "]"));
+  }
+  return out;
+}
+
+std::string JobToYaml(const Job& job) {
+  YAML::Emitter out;
+  out << YAML::BeginMap;
+  std::string open_section;
+  for (const Key& k : Keys()) {
+    const size_t dot = k.name.find('.');
+    const std::string section = dot == std::string::npos ? "" : k.name.substr(0, dot);
+    if (section != open_section) {
+      if (!open_section.empty()) out << YAML::EndMap;
+      if (!section.empty()) out << YAML::Key << section << YAML::Value << YAML::BeginMap;
+      open_section = section;
+    }
+    out << YAML::Key << (dot == std::string::npos ? k.name : k.name.substr(dot + 1))
+        << YAML::Value << k.get(job);
+  }
+  if (!open_section.empty()) out << YAML::EndMap;
+  out << YAML::EndMap;
+  return std::string(out.c_str()) + "\n";
+}
+
+std::string ResolvedRunDir(const Job& job) {
+  return absl::StrReplaceAll(job.run_dir, {{"{name}", job.name}});
+}
+
+}  // namespace allround

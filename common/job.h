@@ -1,0 +1,112 @@
+#ifndef ALLROUND_COMMON_JOB_H_
+#define ALLROUND_COMMON_JOB_H_
+
+// A job: the YAML file that says what to train, on what, how, and where to write. Every key has a
+// dotted name ("optimizer.lr"); a flag `--optimizer.lr=0.05` overrides the same key. Unknown keys
+// and bad values are refused with the key's name, so a typo never silently trains something else.
+//
+// Plain data plus pure functions; thread-compatible.
+
+#include <cstdint>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+
+namespace allround {
+
+struct ModelSpec {
+  std::string name = "simple_cnn";   // mlp | simple_cnn | fedavg_cnn | resnet
+  std::vector<int64_t> hidden = {200, 200};  // mlp only
+  int64_t width = 16;                // resnet only: channels of the first stage
+};
+
+struct DataSpec {
+  std::string name = "fashion_mnist";
+  std::string dir = "/usr/share/datasets/fashion-mnist";
+  std::string augment = "none";      // none | flip | crop | flip_crop
+  int64_t train_limit = 0;           // use only the first N training examples (0: all)
+  int64_t test_limit = 0;            // evaluate on only the first N test examples (0: all)
+};
+
+struct OptimizerSpec {
+  std::string name = "sgd";          // sgd | adam | adamw
+  double lr = 0.01;
+  double momentum = 0.0;             // sgd
+  bool nesterov = false;             // sgd
+  double weight_decay = 0.0;
+  double beta1 = 0.9;                // adam, adamw
+  double beta2 = 0.999;
+  double eps = 1e-8;
+};
+
+struct ScheduleSpec {
+  std::string name = "constant";     // constant | step | cosine
+  int64_t warmup_steps = 0;          // linear warmup from 0 to lr, then the schedule
+  double warmup_epochs = 0.0;        // alternative to warmup_steps, converted at run time
+  int64_t step_epochs = 1;           // step: multiply by gamma every step_epochs epochs
+  double gamma = 0.1;
+  double min_lr = 0.0;               // cosine: the floor
+};
+
+struct TrainSpec {
+  int64_t epochs = 1;
+  int64_t batch_size = 64;
+  int64_t eval_batch_size = 1000;
+  int64_t max_steps = 0;             // stop after this many steps in all (0: no limit)
+  double progress_every_s = 10.0;    // a progress line at most this often
+};
+
+struct PartitionSpec {
+  std::string scheme = "iid";        // iid | dirichlet | labels
+  int64_t sites = 1;
+  double beta = 0.5;                 // dirichlet
+  int64_t labels_per_site = 2;       // labels (#C=k)
+  int64_t min_per_site = 10;         // dirichlet: resample until every site has this many
+};
+
+struct Job {
+  std::string name = "job";
+  uint64_t seed = 1;
+  int64_t threads = 0;               // intra-op threads (0: LibTorch's default)
+  std::string mode = "supervised";
+  std::string loss = "cross_entropy";  // cross_entropy | l1 | mse | hinge
+  ModelSpec model;
+  DataSpec data;
+  OptimizerSpec optimizer;
+  ScheduleSpec schedule;
+  TrainSpec train;
+  PartitionSpec partition;
+  std::string run_dir = "runs/{name}";  // {name} is replaced by the job's name
+};
+
+// Parses YAML text into a Job on top of the defaults. `origin` names the text in errors.
+absl::StatusOr<Job> ParseJobYaml(const std::string& text, const std::string& origin);
+
+// Reads and parses a job file; a missing or unreadable file is an error naming it.
+absl::StatusOr<Job> LoadJobFile(const std::string& path);
+
+// Sets one dotted key from its text form, as a flag gives it. Lists are comma-separated.
+absl::Status SetJobKey(Job& job, const std::string& key, const std::string& value);
+
+// Checks cross-key constraints (positive sizes, known names); the error names the key.
+absl::Status ValidateJob(const Job& job);
+
+// Splits flags of the form `--key=value` or `--key value` into (key, value) pairs and applies
+// them; returns an error naming the first flag that is not a job key or has a bad value.
+absl::Status ApplyJobFlags(Job& job, const std::vector<std::string>& flags);
+
+// Every dotted key with a one-line description, for --help.
+std::vector<std::pair<std::string, std::string>> JobKeys();
+
+// The job as YAML (every key), for the run directory and for reproducing a run.
+std::string JobToYaml(const Job& job);
+
+// run_dir with {name} substituted.
+std::string ResolvedRunDir(const Job& job);
+
+}  // namespace allround
+
+#endif  // ALLROUND_COMMON_JOB_H_

@@ -1,0 +1,27 @@
+#include "coordinator/round_engine.h"
+
+namespace allround::coordinator {
+
+absl::StatusOr<RunOutcome> RunRounds(const RoundPlan& plan, RoundExecutor& executor, RoundObserver& observer) {
+  RunOutcome out;
+  for (int64_t r = 0; r < plan.rounds; ++r) {
+    RoundAssignment round{r, r, 0};
+    if (plan.max_steps > 0) {
+      round.step_budget = plan.max_steps - out.steps;
+      if (round.step_budget <= 0) break;
+    }
+    auto result = executor.Execute(round);
+    if (!result.ok()) return result.status();
+    out.rounds++;
+    out.steps += result->steps;
+    out.examples += result->examples;
+    out.train_seconds += result->seconds;
+    auto eval = executor.Evaluate();
+    if (!eval.ok()) return eval.status();
+    out.final_eval = *eval;
+    if (auto s = observer.OnRound(round, *result, *eval); !s.ok()) return s;
+  }
+  return out;
+}
+
+}  // namespace allround::coordinator

@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Installs every dependency of allround on a Debian 12 machine (run as root, or with sudo on PATH).
+# Idempotent: when every package is already present it only checks and returns in a second or two.
+set -euo pipefail
+
+PACKAGES=(
+  # toolchain
+  build-essential cmake ninja-build pkg-config git ca-certificates
+  # LibTorch (CPU) and a fast BLAS: Debian's reference BLAS makes matrix products ~25x slower
+  libtorch-dev libopenblas0-pthread
+  # collectives
+  libopenmpi-dev openmpi-bin
+  # federated transport
+  libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
+  # checkpoints
+  librocksdb-dev
+  # tests and micro-benchmarks
+  libgtest-dev libgmock-dev libbenchmark-dev
+  # small well-kept libraries
+  libabsl-dev libyaml-cpp-dev libcli11-dev nlohmann-json3-dev zlib1g-dev
+  # data
+  dataset-fashion-mnist fortunes
+  # peers for side-by-side benchmarks and for reading exported checkpoints
+  python3 python3-torch python3-numpy python3-venv python3-pip
+)
+
+SUDO=""
+if [[ $(id -u) -ne 0 ]]; then SUDO="sudo"; fi
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+    missing+=("$p")
+  fi
+done
+
+if ((${#missing[@]})); then
+  echo "setup: installing ${#missing[@]} package(s): ${missing[*]}"
+  $SUDO apt-get update -q
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
+else
+  echo "setup: all ${#PACKAGES[@]} Debian packages present"
+fi
+
+# Python packages that Debian does not ship, in a venv that still sees Debian's torch and numpy.
+VENV="${ALLROUND_VENV:-/opt/allround-venv}"
+if [[ ! -x "$VENV/bin/python3" ]]; then
+  $SUDO /usr/bin/python3 -m venv --system-site-packages "$VENV"
+fi
+if ! "$VENV/bin/python3" -c 'import safetensors' 2>/dev/null; then
+  $SUDO "$VENV/bin/pip" install -q safetensors || echo "setup: warning: safetensors not installed (no PyPI?)"
+fi
+echo "setup: done (python venv: $VENV)"

@@ -1,0 +1,166 @@
+#include "worker/data/partition.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "absl/strings/str_cat.h"
+#include "common/random.h"
+
+namespace allround::data {
+namespace {
+
+// Cuts v into n contiguous parts whose sizes differ by at most one (numpy.array_split).
+std::vector<std::vector<int64_t>> ArraySplit(const std::vector<int64_t>& v, int64_t n) {
+  std::vector<std::vector<int64_t>> out(n);
+  const int64_t base = static_cast<int64_t>(v.size()) / n;
+  const int64_t extra = static_cast<int64_t>(v.size()) % n;
+  int64_t pos = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t len = base + (i < extra ? 1 : 0);
+    out[i].assign(v.begin() + pos, v.begin() + pos + len);
+    pos += len;
+  }
+  return out;
+}
+
+std::vector<std::vector<int64_t>> IndicesByClass(const std::vector<int64_t>& labels, int64_t num_classes) {
+  std::vector<std::vector<int64_t>> by_class(num_classes);
+  for (size_t i = 0; i < labels.size(); ++i) by_class[labels[i]].push_back(static_cast<int64_t>(i));
+  return by_class;
+}
+
+void SortSites(Partition& p) {
+  for (auto& site : p) std::sort(site.begin(), site.end());
+}
+
+absl::Status CheckLabels(const std::vector<int64_t>& labels, int64_t num_classes) {
+  for (int64_t y : labels) {
+    if (y < 0 || y >= num_classes) {
+      return absl::InvalidArgumentError(absl::StrCat("label ", y, " outside [0, ", num_classes, ")"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<Partition> PartitionIid(int64_t num_examples, int64_t sites, uint64_t seed) {
+  if (sites < 1 || sites > num_examples) {
+    return absl::InvalidArgumentError(absl::StrCat("iid partition: cannot split ", num_examples,
+                                                   " examples among ", sites, " sites"));
+  }
+  Rng rng(DeriveSeed(seed, "partition-iid"));
+  Partition p = ArraySplit(rng.Permutation(num_examples), sites);
+  SortSites(p);
+  return p;
+}
+
+absl::StatusOr<Partition> PartitionDirichlet(const std::vector<int64_t>& labels, int64_t num_classes,
+                                             int64_t sites, double beta, int64_t min_per_site,
+                                             uint64_t seed) {
+  if (auto s = CheckLabels(labels, num_classes); !s.ok()) return s;
+  const int64_t n = static_cast<int64_t>(labels.size());
+  if (sites < 1 || beta <= 0 || min_per_site * sites > n) {
+    return absl::InvalidArgumentError(absl::StrCat("dirichlet partition: cannot give ", sites, " sites ",
+                                                   min_per_site, " of ", n, " examples each"));
+  }
+  Rng rng(DeriveSeed(seed, "partition-dirichlet"));
+  const auto by_class = IndicesByClass(labels, num_classes);
+  constexpr int kMaxTries = 10000;
+  for (int attempt = 0; attempt < kMaxTries; ++attempt) {
+    Partition p(sites);
+    for (int64_t k = 0; k < num_classes; ++k) {
+      std::vector<int64_t> idx = by_class[k];
+      rng.Shuffle(idx);
+      std::vector<double> prop = rng.Dirichlet(beta, static_cast<int>(sites));
+      // Balance: a site that already has its share takes no more.
+      double sum = 0.0;
+      for (int64_t j = 0; j < sites; ++j) {
+        if (static_cast<int64_t>(p[j].size()) >= n / sites) prop[j] = 0.0;
+        sum += prop[j];
+      }
+      if (sum <= 0.0) continue;
+      double cum = 0.0;
+      int64_t start = 0;
+      for (int64_t j = 0; j < sites; ++j) {
+        cum += prop[j] / sum;
+        const int64_t end = j + 1 == sites ? static_cast<int64_t>(idx.size())
+                                           : static_cast<int64_t>(cum * static_cast<double>(idx.size()));
+        const int64_t e = std::clamp<int64_t>(end, start, static_cast<int64_t>(idx.size()));
+        p[j].insert(p[j].end(), idx.begin() + start, idx.begin() + e);
+        start = e;
+      }
+    }
+    int64_t smallest = n;
+    for (const auto& site : p) smallest = std::min<int64_t>(smallest, static_cast<int64_t>(site.size()));
+    if (smallest >= min_per_site) {
+      SortSites(p);
+      return p;
+    }
+  }
+  return absl::FailedPreconditionError(absl::StrCat("dirichlet partition: no draw in ", kMaxTries,
+                                                    " gave every site ", min_per_site, " examples"));
+}
+
+absl::StatusOr<Partition> PartitionLabels(const std::vector<int64_t>& labels, int64_t num_classes,
+                                          int64_t sites, int64_t labels_per_site, uint64_t seed) {
+  if (auto s = CheckLabels(labels, num_classes); !s.ok()) return s;
+  if (sites < 1 || labels_per_site < 1 || labels_per_site > num_classes) {
+    return absl::InvalidArgumentError(absl::StrCat("#C=", labels_per_site, " partition: needs 1 <= k <= ",
+                                                   num_classes, " and at least one site"));
+  }
+  Rng rng(DeriveSeed(seed, "partition-labels"));
+  // Which labels each site holds, and how many sites hold each label.
+  std::vector<std::vector<int64_t>> contains(sites);
+  std::vector<int64_t> times(num_classes, 0);
+  for (int64_t i = 0; i < sites; ++i) {
+    contains[i].push_back(i % num_classes);
+    times[i % num_classes]++;
+    while (static_cast<int64_t>(contains[i].size()) < labels_per_site) {
+      const int64_t c = static_cast<int64_t>(rng.UniformInt(num_classes));
+      if (std::find(contains[i].begin(), contains[i].end(), c) == contains[i].end()) {
+        contains[i].push_back(c);
+        times[c]++;
+      }
+    }
+  }
+  Partition p(sites);
+  auto by_class = IndicesByClass(labels, num_classes);
+  for (int64_t k = 0; k < num_classes; ++k) {
+    if (times[k] == 0) continue;  // no site holds this label: its examples are unused
+    rng.Shuffle(by_class[k]);
+    auto parts = ArraySplit(by_class[k], times[k]);
+    int64_t next = 0;
+    for (int64_t j = 0; j < sites; ++j) {
+      if (std::find(contains[j].begin(), contains[j].end(), k) != contains[j].end()) {
+        p[j].insert(p[j].end(), parts[next].begin(), parts[next].end());
+        ++next;
+      }
+    }
+  }
+  SortSites(p);
+  return p;
+}
+
+absl::StatusOr<Partition> MakePartition(const std::vector<int64_t>& labels, int64_t num_classes,
+                                        const PartitionSpec& spec, uint64_t seed) {
+  if (spec.scheme == "iid") return PartitionIid(static_cast<int64_t>(labels.size()), spec.sites, seed);
+  if (spec.scheme == "dirichlet") {
+    return PartitionDirichlet(labels, num_classes, spec.sites, spec.beta, spec.min_per_site, seed);
+  }
+  if (spec.scheme == "labels") {
+    return PartitionLabels(labels, num_classes, spec.sites, spec.labels_per_site, seed);
+  }
+  return absl::InvalidArgumentError(absl::StrCat("job key 'partition.scheme': unknown '", spec.scheme, "'"));
+}
+
+std::vector<std::vector<int64_t>> LabelCounts(const Partition& p, const std::vector<int64_t>& labels,
+                                              int64_t num_classes) {
+  std::vector<std::vector<int64_t>> counts(p.size(), std::vector<int64_t>(num_classes, 0));
+  for (size_t s = 0; s < p.size(); ++s) {
+    for (int64_t i : p[s]) counts[s][labels[i]]++;
+  }
+  return counts;
+}
+
+}  // namespace allround::data

@@ -1,0 +1,41 @@
+#ifndef ALLROUND_WORKER_DATA_PARTITION_H_
+#define ALLROUND_WORKER_DATA_PARTITION_H_
+
+// Seeded partitioners that split a labelled dataset among federated sites, with the semantics of
+// NIID-Bench (Li et al., "Federated Learning on Non-IID Data Silos", ICDE 2022):
+//  - IID: a random permutation cut into `sites` near-equal parts;
+//  - Dirichlet(beta) label skew: for each class, proportions ~ Dir(beta) over the sites (a site
+//    already holding >= N/sites examples gets none of the next class), resampled until every
+//    site holds >= min_per_site examples;
+//  - #C=k: each site gets k distinct labels (site i always holds label i mod C), and each label's
+//    examples are split evenly among the sites holding it.
+// Pure functions of (labels, spec, seed): the same arguments give the same partition.
+
+#include <cstdint>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "common/job.h"
+
+namespace allround::data {
+
+using Partition = std::vector<std::vector<int64_t>>;  // per site, example indices (ascending)
+
+absl::StatusOr<Partition> PartitionIid(int64_t num_examples, int64_t sites, uint64_t seed);
+absl::StatusOr<Partition> PartitionDirichlet(const std::vector<int64_t>& labels, int64_t num_classes,
+                                             int64_t sites, double beta, int64_t min_per_site,
+                                             uint64_t seed);
+absl::StatusOr<Partition> PartitionLabels(const std::vector<int64_t>& labels, int64_t num_classes,
+                                          int64_t sites, int64_t labels_per_site, uint64_t seed);
+
+// Dispatches on spec.scheme.
+absl::StatusOr<Partition> MakePartition(const std::vector<int64_t>& labels, int64_t num_classes,
+                                        const PartitionSpec& spec, uint64_t seed);
+
+// counts[site][class], for reports and tests.
+std::vector<std::vector<int64_t>> LabelCounts(const Partition& p, const std::vector<int64_t>& labels,
+                                              int64_t num_classes);
+
+}  // namespace allround::data
+
+#endif  // ALLROUND_WORKER_DATA_PARTITION_H_

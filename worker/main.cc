@@ -1,0 +1,168 @@
+// allround-worker: runs a job. `allround-worker JOB.yaml [--KEY=VALUE ...]` trains in this process
+// (a worker group of one); any job key can be overridden by a flag of the same dotted name.
+
+#include <torch/torch.h>
+
+#include <CLI/CLI.hpp>
+#include <chrono>
+#include <cstdio>
+#include <ctime>
+#include <map>
+#include <nlohmann/json.hpp>
+
+#include "absl/strings/str_cat.h"
+#include "algorithms/modes/supervised.h"
+#include "comm/communicator.h"
+#include "common/job.h"
+#include "coordinator/round_engine.h"
+#include "storage/run_directory.h"
+#include "worker/trainer.h"
+
+namespace allround::worker {
+namespace {
+
+using json = nlohmann::json;
+
+// Writes one JSONL record per round and prints a line per round (rank 0 only).
+class RoundReporter final : public coordinator::RoundObserver {
+ public:
+  RoundReporter(storage::RunDirectory* dir, const Trainer* trainer, const Job& job)
+      : dir_(dir), trainer_(trainer), job_(job) {}
+
+  absl::Status OnRound(const coordinator::RoundAssignment& round, const coordinator::RoundResult& result,
+                       const coordinator::Metrics& eval) override {
+    json rec = {{"round", round.round + 1},
+                {"epoch", round.epoch + 1},
+                {"steps", result.steps},
+                {"global_step", trainer_->global_step()},
+                {"examples", result.examples},
+                {"train_loss", result.mean_loss},
+                {"lr", trainer_->current_lr()},
+                {"seconds", result.seconds},
+                {"samples_per_s", result.seconds > 0 ? result.examples / result.seconds : 0.0},
+                {"time", static_cast<int64_t>(std::time(nullptr))}};
+    for (const auto& [k, v] : eval) rec[k] = v;
+    std::printf("epoch %lld/%lld train_loss %.4f test_loss %.4f test_accuracy %.4f macro_f1 %.4f (%.1fs, %.0f samples/s)\n",
+                static_cast<long long>(round.epoch + 1), static_cast<long long>(job_.train.epochs), result.mean_loss,
+                rec["test_loss"].get<double>(), rec["test_accuracy"].get<double>(), rec["macro_f1"].get<double>(),
+                result.seconds, rec["samples_per_s"].get<double>());
+    std::fflush(stdout);
+    return dir_ ? dir_->AppendMetrics(rec.dump()) : absl::OkStatus();
+  }
+
+ private:
+  storage::RunDirectory* dir_;
+  const Trainer* trainer_;
+  Job job_;
+};
+
+json Summary(const Job& job, const coordinator::RunOutcome& out, const Trainer& trainer, int64_t parameters) {
+  json s;
+  for (const auto& [k, v] : out.final_eval) s[k] = v;
+  const auto& r = trainer.last_report();
+  s["epochs"] = out.rounds;
+  s["steps"] = out.steps;
+  s["examples"] = out.examples;
+  s["train_seconds"] = out.train_seconds;
+  s["samples_per_s"] = out.train_seconds > 0 ? out.examples / out.train_seconds : 0.0;
+  s["test_examples"] = r.examples;
+  s["per_class_precision"] = r.precision;
+  s["per_class_recall"] = r.recall;
+  s["per_class_f1"] = r.f1;
+  s["confusion_matrix"] = r.confusion;
+  s["model"] = job.model.name;
+  s["parameters"] = parameters;
+  s["job"] = job.name;
+  s["seed"] = job.seed;
+  return s;
+}
+
+absl::Status Run(const Job& job, const std::string& summary_path) {
+  if (job.threads > 0) {
+    torch::set_num_threads(static_cast<int>(job.threads));
+    torch::set_num_interop_threads(1);
+  }
+  auto data = LoadTrainingData(job);
+  if (!data.ok()) return data.status();
+  if (job.mode != "supervised") {
+    return absl::InvalidArgumentError(absl::StrCat("job key 'mode': unknown learning mode '", job.mode, "'"));
+  }
+  auto mode = modes::MakeSupervisedMode(job, data->info);
+  if (!mode.ok()) return mode.status();
+  std::unique_ptr<comm::Communicator> comm = comm::MakeLocalCommunicator();
+
+  auto dir = storage::RunDirectory::Open(ResolvedRunDir(job));
+  if (!dir.ok()) return dir.status();
+  if (auto s = dir->WriteFile("job.yaml", JobToYaml(job)); !s.ok()) return s;
+
+  const int64_t train_n = data->train_targets.size(0), test_n = data->test_targets.size(0);
+  Trainer trainer(job, *std::move(data), mode->get(), comm.get());
+  std::fprintf(stderr, "allround-worker: job '%s': %s, %lld parameters, %lld train / %lld test examples, "
+               "%lld epochs of %lld steps, %d threads, run dir %s\n",
+               job.name.c_str(), job.model.name.c_str(), static_cast<long long>((*mode)->ParameterCount()),
+               static_cast<long long>(train_n), static_cast<long long>(test_n),
+               static_cast<long long>(job.train.epochs), static_cast<long long>(trainer.steps_per_epoch()),
+               torch::get_num_threads(), dir->path().c_str());
+
+  RoundReporter reporter(&*dir, &trainer, job);
+  auto out = coordinator::RunRounds({job.train.epochs, job.train.max_steps}, trainer, reporter);
+  if (!out.ok()) return out.status();
+  const json summary = Summary(job, *out, trainer, (*mode)->ParameterCount());
+  if (auto s = dir->WriteFile("summary.json", summary.dump(2) + "\n"); !s.ok()) return s;
+  if (!summary_path.empty()) {
+    if (auto s = storage::WriteFileAtomically(summary_path, summary.dump(2) + "\n"); !s.ok()) return s;
+  }
+  std::printf("final test_accuracy %.4f macro_f1 %.4f after %lld epochs (%.0f samples/s)\n",
+              summary["test_accuracy"].get<double>(), summary["macro_f1"].get<double>(),
+              static_cast<long long>(out->rounds), summary["samples_per_s"].get<double>());
+  return absl::OkStatus();
+}
+
+}  // namespace
+}  // namespace allround::worker
+
+int main(int argc, char** argv) {
+  using namespace allround;
+  CLI::App app{"allround-worker: trains the model a job file describes (one process: a worker group of one).\n"
+               "Every job key is also a flag (--KEY=VALUE) that overrides the job file."};
+  std::string job_path, summary_path;
+  bool print_job = false;
+  app.add_option("job", job_path, "job file (YAML); without it the built-in default job runs");
+  app.add_option("--summary-json", summary_path, "write the final metrics to this file as one JSON object");
+  app.add_flag("--print-job", print_job, "print the resolved job as YAML and exit");
+  std::map<std::string, std::string> overrides;
+  std::vector<std::pair<std::string, CLI::Option*>> key_options;
+  for (const auto& [key, help] : JobKeys()) {
+    key_options.emplace_back(key, app.add_option("--" + key, overrides[key], help)->group("Job keys"));
+  }
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  }
+
+  absl::StatusOr<Job> job = job_path.empty() ? absl::StatusOr<Job>(Job{}) : LoadJobFile(job_path);
+  absl::Status s = job.status();
+  for (const auto& [key, option] : key_options) {
+    if (s.ok() && option->count() > 0) s = SetJobKey(*job, key, overrides[key]);
+  }
+  if (s.ok()) s = ValidateJob(*job);
+  if (!s.ok()) {
+    std::fprintf(stderr, "allround-worker: error: %s\n", std::string(s.message()).c_str());
+    return 2;
+  }
+  if (print_job) {
+    std::fputs(JobToYaml(*job).c_str(), stdout);
+    return 0;
+  }
+  try {
+    s = worker::Run(*job, summary_path);
+  } catch (const c10::Error& e) {
+    s = absl::InternalError(e.what_without_backtrace());
+  }
+  if (!s.ok()) {
+    std::fprintf(stderr, "allround-worker: error: %s\n", std::string(s.message()).c_str());
+    return 1;
+  }
+  return 0;
+}

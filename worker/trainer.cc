@@ -1,0 +1,151 @@
+#include "worker/trainer.h"
+
+#include <ATen/ATen.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "common/random.h"
+#include "worker/data/augment.h"
+#include "worker/data/fashion_mnist.h"
+#include "worker/data/sampler.h"
+
+namespace allround::worker {
+namespace {
+
+double Now() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+std::string Duration(double s) {
+  const int64_t t = static_cast<int64_t>(std::llround(std::max(0.0, s)));
+  if (t >= 3600) return absl::StrFormat("%dh%02dm", t / 3600, (t / 60) % 60);
+  if (t >= 60) return absl::StrFormat("%dm%02ds", t / 60, t % 60);
+  return absl::StrFormat("%ds", t);
+}
+
+at::Tensor Limit(const at::Tensor& t, int64_t limit) {
+  return limit > 0 && limit < t.size(0) ? t.narrow(0, 0, limit).contiguous() : t;
+}
+
+int64_t StepsPerEpoch(const Job& job, const TrainingData& data, const comm::Communicator& comm) {
+  data::DistributedSampler sampler(data.train_targets.size(0), comm.rank(), comm.size(), job.seed, true,
+                                   data::DistributedSampler::Mode::kEven);
+  return (sampler.ShardSize() + job.train.batch_size - 1) / job.train.batch_size;
+}
+
+int64_t TotalSteps(const Job& job, int64_t steps_per_epoch) {
+  const int64_t all = steps_per_epoch * job.train.epochs;
+  return job.train.max_steps > 0 ? std::min(all, job.train.max_steps) : all;
+}
+
+}  // namespace
+
+absl::StatusOr<TrainingData> LoadTrainingData(const Job& job) {
+  if (job.data.name != "fashion_mnist") {
+    return absl::InvalidArgumentError(absl::StrCat("job key 'data.name': unknown dataset '", job.data.name, "'"));
+  }
+  auto raw = data::LoadFashionMnist(job.data.dir);
+  if (!raw.ok()) return raw.status();
+  TrainingData d;
+  const auto norm = [](const at::Tensor& images) {
+    return data::NormalizeImages(images, data::kFashionMnistMean, data::kFashionMnistStd);
+  };
+  d.train_inputs = norm(Limit(raw->train.images, job.data.train_limit));
+  d.train_targets = Limit(raw->train.labels, job.data.train_limit);
+  d.test_inputs = norm(Limit(raw->test.images, job.data.test_limit));
+  d.test_targets = Limit(raw->test.labels, job.data.test_limit);
+  d.info = {1, d.train_inputs.size(2), d.train_inputs.size(3), data::kFashionMnistClasses};
+  return d;
+}
+
+Trainer::Trainer(const Job& job, TrainingData data, modes::LearningMode* mode, comm::Communicator* comm)
+    : job_(job),
+      data_(std::move(data)),
+      mode_(mode),
+      comm_(comm),
+      steps_per_epoch_(StepsPerEpoch(job, data_, *comm)),
+      schedule_(job.schedule, job.optimizer.lr, steps_per_epoch_, TotalSteps(job, steps_per_epoch_)) {}
+
+absl::StatusOr<coordinator::RoundResult> Trainer::Execute(const coordinator::RoundAssignment& round) {
+  const double start = Now();
+  data::DistributedSampler sampler(data_.train_targets.size(0), comm_->rank(), comm_->size(), job_.seed,
+                                   /*shuffle=*/true, data::DistributedSampler::Mode::kEven);
+  const std::vector<int64_t> order = sampler.Indices(round.epoch);
+  const at::Tensor index = at::from_blob(const_cast<int64_t*>(order.data()), {static_cast<int64_t>(order.size())},
+                                         at::kLong);
+  Rng augment_rng(DeriveSeed(job_.seed, "augment", static_cast<uint64_t>(round.epoch),
+                             static_cast<uint64_t>(comm_->rank())));
+  const double fill = -data::kFashionMnistMean / data::kFashionMnistStd;  // a black pixel
+
+  coordinator::RoundResult result;
+  double loss_sum = 0.0;
+  last_progress_ = Now();
+  for (int64_t s = 0; s < steps_per_epoch_; ++s) {
+    if (round.step_budget > 0 && result.steps >= round.step_budget) break;
+    const int64_t begin = s * job_.train.batch_size;
+    const int64_t len = std::min<int64_t>(job_.train.batch_size, static_cast<int64_t>(order.size()) - begin);
+    const at::Tensor idx = index.narrow(0, begin, len);
+    modes::Batch batch{data_.train_inputs.index_select(0, idx), data_.train_targets.index_select(0, idx)};
+    batch.inputs = data::Augment(batch.inputs, job_.data.augment, augment_rng, 2, fill);
+    auto step = mode_->TrainStep(batch, schedule_.At(global_step_), /*sync=*/nullptr);
+    if (!step.ok()) {
+      return absl::Status(step.status().code(), absl::StrCat("epoch ", round.epoch + 1, " step ", s + 1, ": ",
+                                                             step.status().message()));
+    }
+    ++global_step_;
+    ++result.steps;
+    result.examples += step->examples * comm_->size();
+    loss_sum += step->loss;
+    MaybePrintProgress(round, s + 1, loss_sum / static_cast<double>(result.steps), Now() - start, result.examples,
+                       false);
+  }
+  result.seconds = Now() - start;
+  result.mean_loss = result.steps > 0 ? loss_sum / static_cast<double>(result.steps) : 0.0;
+  return result;
+}
+
+void Trainer::MaybePrintProgress(const coordinator::RoundAssignment& round, int64_t step_in_epoch, double loss,
+                                 double elapsed, int64_t examples, bool force) {
+  if (comm_->rank() != 0 || job_.train.progress_every_s <= 0) return;
+  const double now = Now();
+  if (!force && now - last_progress_ < job_.train.progress_every_s) return;
+  last_progress_ = now;
+  const double rate = elapsed > 0 ? static_cast<double>(examples) / elapsed : 0.0;
+  const double step_s = elapsed / static_cast<double>(std::max<int64_t>(1, step_in_epoch));
+  const int64_t total = TotalSteps(job_, steps_per_epoch_);
+  const double eta = step_s * static_cast<double>(std::max<int64_t>(0, total - global_step_));
+  std::fprintf(stderr, "epoch %lld/%lld step %lld/%lld loss %.4f lr %.3g %.0f samples/s ETA %s\n",
+               static_cast<long long>(round.epoch + 1), static_cast<long long>(job_.train.epochs),
+               static_cast<long long>(step_in_epoch), static_cast<long long>(steps_per_epoch_), loss,
+               schedule_.At(global_step_), rate, Duration(eta).c_str());
+  std::fflush(stderr);
+}
+
+absl::StatusOr<coordinator::Metrics> Trainer::Evaluate() {
+  // Contiguous shards of the test set; shard sizes differ by at most one and cover it exactly.
+  const int64_t n = data_.test_targets.size(0);
+  const int64_t w = comm_->size(), r = comm_->rank();
+  const int64_t begin = r * (n / w) + std::min(r, n % w);
+  const int64_t len = n / w + (r < n % w ? 1 : 0);
+  auto sums = mode_->Evaluate(data_.test_inputs.narrow(0, begin, len), data_.test_targets.narrow(0, begin, len),
+                              job_.train.eval_batch_size);
+  if (!sums.ok()) return sums.status();
+  at::Tensor scalars = at::tensor({sums->loss_sum, static_cast<double>(sums->examples)}, at::kDouble);
+  if (auto s = comm_->AllReduce(sums->confusion, comm::ReduceOp::kSum)->Wait(comm_->timeout()); !s.ok()) return s;
+  if (auto s = comm_->AllReduce(scalars, comm::ReduceOp::kSum)->Wait(comm_->timeout()); !s.ok()) return s;
+  last_report_ = metrics::Report(metrics::ToConfusion(sums->confusion));
+  const double examples = scalars[1].item<double>();
+  return coordinator::Metrics{
+      {"test_accuracy", last_report_.accuracy},
+      {"test_loss", examples > 0 ? scalars[0].item<double>() / examples : 0.0},
+      {"macro_precision", last_report_.macro_precision},
+      {"macro_recall", last_report_.macro_recall},
+      {"macro_f1", last_report_.macro_f1},
+  };
+}
+
+}  // namespace allround::worker

@@ -1,0 +1,65 @@
+#ifndef ALLROUND_WORKER_TRAINER_H_
+#define ALLROUND_WORKER_TRAINER_H_
+
+// The round executor of a worker group: local training of one round (an epoch, or what is left
+// of the step budget) with the job's learning mode, and sharded evaluation reduced over the
+// group's Communicator. Rank 0 alone prints progress lines.
+//
+// Not thread-safe; the Communicator and LearningMode must outlive the Trainer.
+
+#include <ATen/core/Tensor.h>
+
+#include <memory>
+
+#include "absl/status/statusor.h"
+#include "algorithms/metrics.h"
+#include "algorithms/modes/learning_mode.h"
+#include "algorithms/modes/supervised.h"
+#include "algorithms/optim/schedule.h"
+#include "comm/communicator.h"
+#include "common/job.h"
+#include "coordinator/round_engine.h"
+
+namespace allround::worker {
+
+// Training and test examples in memory, normalized, as the model takes them.
+struct TrainingData {
+  at::Tensor train_inputs, train_targets;  // float [N, C, H, W], int64 [N]
+  at::Tensor test_inputs, test_targets;
+  modes::InputInfo info;
+};
+
+// Reads the job's dataset (data.name, data.dir) and applies data.train_limit / test_limit.
+absl::StatusOr<TrainingData> LoadTrainingData(const Job& job);
+
+class Trainer final : public coordinator::RoundExecutor {
+ public:
+  Trainer(const Job& job, TrainingData data, modes::LearningMode* mode, comm::Communicator* comm);
+
+  absl::StatusOr<coordinator::RoundResult> Execute(const coordinator::RoundAssignment& round) override;
+  absl::StatusOr<coordinator::Metrics> Evaluate() override;
+
+  // The last evaluation's full report (confusion matrix, per-class figures).
+  const metrics::ClassificationReport& last_report() const { return last_report_; }
+  int64_t steps_per_epoch() const { return steps_per_epoch_; }
+  int64_t global_step() const { return global_step_; }
+  double current_lr() const { return schedule_.At(global_step_); }
+
+ private:
+  void MaybePrintProgress(const coordinator::RoundAssignment& round, int64_t step_in_epoch, double loss,
+                          double elapsed, int64_t examples, bool force);
+
+  Job job_;
+  TrainingData data_;
+  modes::LearningMode* mode_;
+  comm::Communicator* comm_;
+  int64_t steps_per_epoch_;
+  optim::LrSchedule schedule_;
+  int64_t global_step_ = 0;
+  double last_progress_ = -1e9;
+  metrics::ClassificationReport last_report_;
+};
+
+}  // namespace allround::worker
+
+#endif  // ALLROUND_WORKER_TRAINER_H_
