@@ -137,8 +137,11 @@ int main(int argc, char** argv) {
   }
   try {
     app.parse(argc, argv);
-  } catch (const CLI::ParseError& e) {
+  } catch (const CLI::CallForHelp& e) {
     return app.exit(e);
+  } catch (const CLI::ParseError& e) {
+    std::fprintf(stderr, "allround-worker: error: %s (see --help)\n", e.what());
+    return 2;
   }
 
   absl::StatusOr<Job> job = job_path.empty() ? absl::StatusOr<Job>(Job{}) : LoadJobFile(job_path);

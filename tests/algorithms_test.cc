@@ -1,0 +1,190 @@
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <cmath>
+
+#include "algorithms/losses.h"
+#include "algorithms/metrics.h"
+#include "algorithms/models/network.h"
+#include "algorithms/modes/supervised.h"
+#include "algorithms/optim/schedule.h"
+
+namespace allround {
+namespace {
+
+TEST(Metrics, ReportMatchesHandComputation) {
+  const metrics::Confusion m = {{5, 1, 0}, {2, 3, 1}, {0, 2, 4}};
+  const auto r = metrics::Report(m);
+  EXPECT_EQ(r.examples, 18);
+  EXPECT_NEAR(r.accuracy, 12.0 / 18, 1e-12);
+  EXPECT_NEAR(r.precision[0], 5.0 / 7, 1e-12);
+  EXPECT_NEAR(r.precision[1], 3.0 / 6, 1e-12);
+  EXPECT_NEAR(r.precision[2], 4.0 / 5, 1e-12);
+  EXPECT_NEAR(r.recall[0], 5.0 / 6, 1e-12);
+  EXPECT_NEAR(r.recall[2], 4.0 / 6, 1e-12);
+  EXPECT_NEAR(r.f1[0], 10.0 / 13, 1e-12);  // 2PR/(P+R) with P=5/7, R=5/6
+  EXPECT_NEAR(r.f1[2], 8.0 / 11, 1e-12);   // P=4/5, R=2/3
+  EXPECT_NEAR(r.macro_precision, (5.0 / 7 + 0.5 + 0.8) / 3, 1e-12);
+  EXPECT_NEAR(r.macro_recall, (5.0 / 6 + 0.5 + 2.0 / 3) / 3, 1e-12);
+  EXPECT_NEAR(r.macro_f1, (10.0 / 13 + 0.5 + 8.0 / 11) / 3, 1e-12);
+}
+
+TEST(Metrics, AbsentAndNeverPredictedClassesScoreZero) {
+  // Class 2 never occurs and is never predicted; class 1 occurs but is never predicted.
+  const auto r = metrics::Report({{3, 0, 0}, {1, 0, 0}, {0, 0, 0}});
+  EXPECT_NEAR(r.accuracy, 0.75, 1e-12);
+  EXPECT_EQ(r.precision[1], 0.0);
+  EXPECT_EQ(r.recall[1], 0.0);
+  EXPECT_EQ(r.f1[2], 0.0);
+  EXPECT_NEAR(r.precision[0], 0.75, 1e-12);
+  EXPECT_NEAR(r.macro_f1, (2 * 0.75 / 1.75) / 3, 1e-12);
+}
+
+TEST(Metrics, AccumulateBuildsTheConfusionMatrix) {
+  // Predictions and targets listed one by one from {{5,1,0},{2,3,1},{0,2,4}}.
+  std::vector<int64_t> t, p;
+  const metrics::Confusion want = {{5, 1, 0}, {2, 3, 1}, {0, 2, 4}};
+  for (int64_t i = 0; i < 3; ++i) {
+    for (int64_t j = 0; j < 3; ++j) {
+      for (int64_t k = 0; k < want[i][j]; ++k) {
+        t.push_back(i);
+        p.push_back(j);
+      }
+    }
+  }
+  at::Tensor conf = torch::zeros({3, 3}, torch::kLong);
+  metrics::AccumulateConfusion(conf, torch::tensor(p), torch::tensor(t));
+  metrics::AccumulateConfusion(conf, torch::tensor({2}), torch::tensor({0}));
+  auto got = metrics::ToConfusion(conf);
+  EXPECT_EQ(got[0][2], 1);
+  got[0][2] = 0;
+  EXPECT_EQ(got, want);
+}
+
+TEST(Losses, MatchHandComputation) {
+  const at::Tensor logits = torch::tensor({{1.0, 2.0, 3.0}}, torch::kDouble);
+  const at::Tensor y2 = torch::tensor({2}), y0 = torch::tensor({0});
+  const double e1 = std::exp(1.0), e2 = std::exp(2.0), e3 = std::exp(3.0), z = e1 + e2 + e3;
+  const double p0 = e1 / z, p1 = e2 / z, p2 = e3 / z;
+  auto ce = *losses::FindLoss("cross_entropy");
+  auto mse = *losses::FindLoss("mse");
+  auto l1 = *losses::FindLoss("l1");
+  auto hinge = *losses::FindLoss("hinge");
+  EXPECT_NEAR(ce(logits, y2).item<double>(), -std::log(p2), 1e-12);
+  EXPECT_NEAR(mse(logits, y2).item<double>(), (p0 * p0 + p1 * p1 + (1 - p2) * (1 - p2)) / 3, 1e-12);
+  EXPECT_NEAR(l1(logits, y2).item<double>(), (p0 + p1 + (1 - p2)) / 3, 1e-12);
+  EXPECT_NEAR(hinge(logits, y2).item<double>(), 0.0, 1e-12);         // margins already >= 1
+  EXPECT_NEAR(hinge(logits, y0).item<double>(), (2.0 + 3.0) / 3, 1e-12);  // (1-1+2) + (1-1+3), / C
+  EXPECT_FALSE(losses::FindLoss("focal").ok());
+}
+
+int64_t Count(const std::string& name) {
+  ModelSpec spec;
+  spec.name = name;
+  auto m = models::MakeModel(spec, {});
+  EXPECT_TRUE(m.ok()) << m.status();
+  return models::CountParameters(**m);
+}
+
+TEST(Models, ParameterCounts) {
+  EXPECT_EQ(Count("simple_cnn"), 44426);     // NIID-Bench SimpleCNN
+  EXPECT_EQ(Count("fedavg_cnn"), 1663370);   // McMahan et al. 2017, Table/Sec. 3
+  EXPECT_EQ(Count("mlp"), 784 * 200 + 200 + 200 * 200 + 200 + 200 * 10 + 10);
+  // ResNet width 16: stem 144+32; block1 2*2304+2*32; block2 4608+9216+2*64+512+64;
+  // block3 18432+36864+2*128+2048+128; fc 640+10.
+  EXPECT_EQ(Count("resnet"), 176 + 4672 + 14528 + 57728 + 650);
+}
+
+TEST(Models, ForwardShapesAndUnknownName) {
+  for (const auto& name : models::ModelNames()) {
+    ModelSpec spec;
+    spec.name = name;
+    auto m = models::MakeModel(spec, {});
+    ASSERT_TRUE(m.ok());
+    EXPECT_EQ((*m)->forward(torch::randn({3, 1, 28, 28})).sizes().vec(), (std::vector<int64_t>{3, 10})) << name;
+  }
+  ModelSpec bad;
+  bad.name = "vgg";
+  auto m = models::MakeModel(bad, {});
+  ASSERT_FALSE(m.ok());
+  EXPECT_NE(std::string(m.status().message()).find("unknown model 'vgg'"), std::string::npos);
+}
+
+TEST(Schedule, WarmupStepAndCosineValues) {
+  ScheduleSpec s;
+  s.warmup_steps = 10;
+  s.name = "cosine";
+  optim::LrSchedule cos(s, 0.1, 100, 110);
+  EXPECT_NEAR(cos.At(0), 0.01, 1e-12);
+  EXPECT_NEAR(cos.At(4), 0.05, 1e-12);
+  EXPECT_NEAR(cos.At(9), 0.1, 1e-12);
+  EXPECT_NEAR(cos.At(10), 0.1, 1e-12);
+  EXPECT_NEAR(cos.At(60), 0.05, 1e-12);
+  EXPECT_NEAR(cos.At(110), 0.0, 1e-12);
+  ScheduleSpec st;
+  st.name = "step";
+  st.step_epochs = 2;
+  st.gamma = 0.5;
+  optim::LrSchedule step(st, 0.2, 100, 1000);
+  EXPECT_NEAR(step.At(199), 0.2, 1e-12);
+  EXPECT_NEAR(step.At(200), 0.1, 1e-12);
+  EXPECT_NEAR(step.At(450), 0.05, 1e-12);
+  ScheduleSpec warm;
+  warm.warmup_epochs = 0.5;
+  EXPECT_EQ(optim::LrSchedule(warm, 1.0, 100, 1000).warmup_steps(), 50);
+}
+
+// Two blobs in 28x28 images: class 0 bright on the left half, class 1 on the right.
+modes::Batch Blobs(int64_t n, uint64_t seed) {
+  torch::manual_seed(seed);
+  at::Tensor y = torch::randint(0, 2, {n});
+  at::Tensor x = torch::randn({n, 1, 28, 28}) * 0.5;
+  for (int64_t i = 0; i < n; ++i) {
+    x[i].narrow(2, y[i].item<int64_t>() == 0 ? 0 : 14, 14).add_(1.0);
+  }
+  return {x, y};
+}
+
+TEST(SupervisedMode, LearnsAndIsDeterministic) {
+  Job job;
+  job.model.name = "mlp";
+  job.model.hidden = {32};
+  job.optimizer.name = "sgd";
+  job.optimizer.momentum = 0.9;
+  modes::InputInfo info{1, 28, 28, 2};
+  auto a = modes::MakeSupervisedMode(job, info);
+  auto b = modes::MakeSupervisedMode(job, info);
+  ASSERT_TRUE(a.ok() && b.ok());
+  const modes::Batch train = Blobs(256, 1), test = Blobs(200, 2);
+  for (int step = 0; step < 20; ++step) {
+    modes::Batch mb{train.inputs.narrow(0, (step % 8) * 32, 32), train.targets.narrow(0, (step % 8) * 32, 32)};
+    ASSERT_TRUE((*a)->TrainStep(mb, 0.05, nullptr).ok());
+    ASSERT_TRUE((*b)->TrainStep(mb, 0.05, nullptr).ok());
+  }
+  auto pa = (*a)->ModelState(), pb = (*b)->ModelState();
+  for (size_t i = 0; i < pa.size(); ++i) EXPECT_TRUE(pa[i].equal(pb[i]));
+  auto eval = (*a)->Evaluate(test.inputs, test.targets, 64);
+  ASSERT_TRUE(eval.ok());
+  EXPECT_GT(metrics::Report(metrics::ToConfusion(eval->confusion)).accuracy, 0.95);
+  EXPECT_EQ(eval->examples, 200);
+}
+
+TEST(SupervisedMode, RefusesBadBatchesAndChangesNothing) {
+  Job job;
+  job.model.name = "simple_cnn";
+  auto m = modes::MakeSupervisedMode(job, {});
+  ASSERT_TRUE(m.ok());
+  std::vector<at::Tensor> before;
+  for (const auto& p : (*m)->ModelState()) before.push_back(p.clone());
+  auto wrong_shape = (*m)->TrainStep({torch::randn({4, 1, 32, 32}), torch::zeros({4}, torch::kLong)}, 0.1, nullptr);
+  EXPECT_EQ(wrong_shape.status().code(), absl::StatusCode::kInvalidArgument);
+  auto wrong_targets = (*m)->TrainStep({torch::randn({4, 1, 28, 28}), torch::zeros({3}, torch::kLong)}, 0.1, nullptr);
+  EXPECT_EQ(wrong_targets.status().code(), absl::StatusCode::kInvalidArgument);
+  auto nan_input = (*m)->TrainStep({torch::full({4, 1, 28, 28}, NAN), torch::zeros({4}, torch::kLong)}, 0.1, nullptr);
+  EXPECT_EQ(nan_input.status().code(), absl::StatusCode::kFailedPrecondition);
+  const auto after = (*m)->ModelState();
+  for (size_t i = 0; i < after.size(); ++i) EXPECT_TRUE(after[i].equal(before[i]));
+}
+
+}  // namespace
+}  // namespace allround

@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Bad input to allround-worker: each case must print exactly one clear error line naming the
+# culprit and exit non-zero. Runs the real binary, as a user would.
+set -u
+WORKER="$1"
+TMP=$(mktemp -d); trap 'rm -rf "$TMP"' EXIT
+fail=0; passed=0
+
+# expect NAME WANT_SUBSTRING -- ARGS...
+expect() {
+  local name="$1" want="$2"; shift 3
+  local out rc
+  out=$("$WORKER" "$@" 2>&1 >/dev/null); rc=$?
+  local lines; lines=$(printf '%s' "$out" | grep -c . || true)
+  if [[ $rc -eq 0 ]]; then echo "FAIL $name: exit 0"; fail=$((fail+1)); return; fi
+  if [[ "$out" != *"$want"* ]]; then echo "FAIL $name: '$out' lacks '$want'"; fail=$((fail+1)); return; fi
+  if [[ $lines -ne 1 ]]; then echo "FAIL $name: $lines lines: $out"; fail=$((fail+1)); return; fi
+  echo "ok   $name: $out"; passed=$((passed+1))
+}
+
+# A small valid data directory: 20 train and 10 test images, uncompressed.
+mkdir -p "$TMP/data"
+python3 - "$TMP/data" <<'PY'
+import struct, sys, os
+d = sys.argv[1]
+def idx(path, dims, data):
+    with open(path, "wb") as f:
+        f.write(bytes([0, 0, 8, len(dims)]) + b"".join(struct.pack(">I", x) for x in dims) + bytes(data))
+for split, n in (("train", 20), ("t10k", 10)):
+    idx(f"{d}/{split}-images-idx3-ubyte", [n, 28, 28], [(i * 13) % 256 for i in range(n * 784)])
+    idx(f"{d}/{split}-labels-idx1-ubyte", [n], [i % 10 for i in range(n)])
+PY
+cp -r "$TMP/data" "$TMP/corrupt"
+head -c 3000 "$TMP/data/train-images-idx3-ubyte" > "$TMP/corrupt/train-images-idx3-ubyte"
+printf 'model: {name: simple_cnn}\ntrain: {epochs: 1, batch_sizee: 4}\n' > "$TMP/badkey.yaml"
+printf 'model: {name: simple_cnn\n' > "$TMP/badyaml.yaml"
+
+expect missing_data_dir   "data directory '$TMP/nope' does not exist" -- --data.dir "$TMP/nope"
+expect corrupt_idx        "$TMP/corrupt/train-images-idx3-ubyte': truncated" -- --data.dir "$TMP/corrupt"
+expect unknown_model      "job key 'model.name': bad value 'vgg'" -- --data.dir "$TMP/data" --model.name vgg
+expect bad_yaml_key       "unknown job key 'train.batch_sizee'" -- "$TMP/badkey.yaml"
+expect bad_yaml           "not valid YAML" -- "$TMP/badyaml.yaml"
+expect missing_job        "job file '$TMP/none.yaml'" -- "$TMP/none.yaml"
+expect bad_value          "job key 'optimizer.lr': bad value 'fast'" -- --optimizer.lr fast
+expect unknown_flag       "--no-such-flag" -- --no-such-flag 3
+
+# And the same small directory trains fine, so the errors above are about the defects alone.
+if "$WORKER" --data.dir "$TMP/data" --train.epochs 1 --train.batch_size 4 --run_dir "$TMP/run" >/dev/null 2>&1; then
+  echo "ok   small_valid_run"; passed=$((passed+1))
+else
+  echo "FAIL small_valid_run"; fail=$((fail+1))
+fi
+echo "$passed passed, $fail failed"
+[[ $fail -eq 0 ]]

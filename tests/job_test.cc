@@ -1,0 +1,101 @@
+#include "common/job.h"
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include "tests/test_util.h"
+
+namespace allround {
+namespace {
+
+using ::testing::AllOf;
+using ::testing::HasSubstr;
+
+TEST(Job, ParsesNestedKeysOnTopOfDefaults) {
+  auto job = ParseJobYaml(R"(
+name: cnn
+seed: 7
+model: {name: fedavg_cnn}
+optimizer:
+  name: adam
+  lr: 0.002
+train: {epochs: 3, batch_size: 32}
+)", "t.yaml");
+  ASSERT_TRUE(job.ok()) << job.status();
+  EXPECT_EQ(job->name, "cnn");
+  EXPECT_EQ(job->seed, 7u);
+  EXPECT_EQ(job->model.name, "fedavg_cnn");
+  EXPECT_EQ(job->optimizer.name, "adam");
+  EXPECT_DOUBLE_EQ(job->optimizer.lr, 0.002);
+  EXPECT_EQ(job->train.epochs, 3);
+  EXPECT_EQ(job->train.eval_batch_size, Job{}.train.eval_batch_size);  // untouched default
+}
+
+TEST(Job, RefusesUnknownKeysNamingThem) {
+  auto top = ParseJobYaml("epochs: 3\n", "t.yaml");
+  EXPECT_THAT(std::string(top.status().message()), AllOf(HasSubstr("t.yaml"), HasSubstr("unknown job key 'epochs'")));
+  auto nested = ParseJobYaml("optimizer: {lrr: 0.1}\n", "t.yaml");
+  EXPECT_THAT(std::string(nested.status().message()),
+              AllOf(HasSubstr("'optimizer.lrr'"), HasSubstr("optimizer.lr")));  // suggests the section's keys
+}
+
+TEST(Job, RefusesBadValuesNamingTheKey) {
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {"train: {epochs: three}", "'train.epochs'"},
+      {"train: {batch_size: 0}", "'train.batch_size'"},
+      {"optimizer: {lr: .nan}", "'optimizer.lr'"},
+      {"model: {name: vgg}", "'model.name'"},
+      {"optimizer: {nesterov: maybe}", "'optimizer.nesterov'"},
+      {"model: {hidden: [10, x]}", "'model.hidden'"},
+      {"seed: -1", "'seed'"},
+      {"[1, 2]", "must be a YAML map"},
+      {"a: [", "not valid YAML"},
+  };
+  for (const auto& [yaml, want] : cases) {
+    auto job = ParseJobYaml(yaml, "t.yaml");
+    ASSERT_FALSE(job.ok()) << yaml;
+    EXPECT_THAT(std::string(job.status().message()), HasSubstr(want)) << yaml;
+  }
+}
+
+TEST(Job, FlagsOverrideKeys) {
+  Job job;
+  ASSERT_TRUE(ApplyJobFlags(job, {"--optimizer.lr=0.5", "--train.epochs", "4", "--model.hidden=8,4"}).ok());
+  EXPECT_DOUBLE_EQ(job.optimizer.lr, 0.5);
+  EXPECT_EQ(job.train.epochs, 4);
+  EXPECT_EQ(job.model.hidden, (std::vector<int64_t>{8, 4}));
+  EXPECT_THAT(std::string(ApplyJobFlags(job, {"--optimizer.learning_rate=1"}).message()),
+              HasSubstr("--optimizer.learning_rate"));
+  EXPECT_THAT(std::string(SetJobKey(job, "train.epochs", "0").message()), HasSubstr("'train.epochs'"));
+}
+
+TEST(Job, YamlRoundTripKeepsEveryKey) {
+  Job job;
+  job.name = "x";
+  job.optimizer.lr = 0.123456789;
+  job.model.hidden = {5, 6, 7};
+  job.schedule.name = "cosine";
+  job.partition.beta = 0.25;
+  auto back = ParseJobYaml(JobToYaml(job), "roundtrip");
+  ASSERT_TRUE(back.ok()) << back.status() << "\n" << JobToYaml(job);
+  EXPECT_EQ(JobToYaml(*back), JobToYaml(job));
+  EXPECT_DOUBLE_EQ(back->optimizer.lr, 0.123456789);
+  EXPECT_EQ(back->model.hidden, job.model.hidden);
+}
+
+TEST(Job, MissingFileIsNotFound) {
+  auto job = LoadJobFile("/nonexistent/job.yaml");
+  EXPECT_EQ(job.status().code(), absl::StatusCode::kNotFound);
+  EXPECT_THAT(std::string(job.status().message()), HasSubstr("/nonexistent/job.yaml"));
+}
+
+TEST(Job, ShippedJobsParse) {
+  for (const std::string name : {"simple_cnn.yaml", "fedavg_cnn.yaml"}) {
+    auto job = LoadJobFile(std::string(ALLROUND_SOURCE_DIR) + "/deploy/jobs/" + name);
+    ASSERT_TRUE(job.ok()) << job.status();
+    EXPECT_TRUE(ValidateJob(*job).ok());
+  }
+}
+
+}  // namespace
+}  // namespace allround

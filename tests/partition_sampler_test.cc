@@ -1,0 +1,192 @@
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <numeric>
+#include <set>
+
+#include "common/random.h"
+#include "worker/data/partition.h"
+#include "worker/data/sampler.h"
+
+namespace allround::data {
+namespace {
+
+// 10 classes, `per_class` examples each, in a shuffled but fixed order.
+std::vector<int64_t> BalancedLabels(int64_t per_class) {
+  std::vector<int64_t> y;
+  for (int64_t k = 0; k < 10; ++k) y.insert(y.end(), per_class, k);
+  Rng(99).Shuffle(y);
+  return y;
+}
+
+// Every index in [0, n) appears in exactly one site (or, when `allow_unused`, at most one).
+void ExpectDisjoint(const Partition& p, int64_t n, bool require_cover) {
+  std::vector<int> seen(n, 0);
+  for (const auto& site : p) {
+    for (int64_t i : site) {
+      ASSERT_GE(i, 0);
+      ASSERT_LT(i, n);
+      seen[i]++;
+    }
+  }
+  for (int64_t i = 0; i < n; ++i) {
+    ASSERT_LE(seen[i], 1) << "index " << i << " in two sites";
+    if (require_cover) {
+      ASSERT_EQ(seen[i], 1) << "index " << i << " in no site";
+    }
+  }
+}
+
+int DistinctLabels(const std::vector<int64_t>& counts) {
+  return static_cast<int>(std::count_if(counts.begin(), counts.end(), [](int64_t c) { return c > 0; }));
+}
+
+TEST(Partition, IidIsBalancedDisjointAndCovering) {
+  const auto y = BalancedLabels(600);
+  auto p = MakePartition(y, 10, {"iid", 7}, 5);
+  ASSERT_TRUE(p.ok()) << p.status();
+  ASSERT_EQ(p->size(), 7u);
+  ExpectDisjoint(*p, 6000, true);
+  for (const auto& site : *p) EXPECT_NEAR(static_cast<double>(site.size()), 6000.0 / 7, 1.0);
+  // Label proportions close to uniform at every site (857 examples, ~86 per class).
+  for (const auto& counts : LabelCounts(*p, y, 10)) {
+    for (int64_t c : counts) EXPECT_GT(c, 40);
+  }
+}
+
+TEST(Partition, SameSeedSamePartitionOtherSeedOther) {
+  const auto y = BalancedLabels(300);
+  PartitionSpec spec{"dirichlet", 10, 0.5};
+  auto a = MakePartition(y, 10, spec, 1), b = MakePartition(y, 10, spec, 1), c = MakePartition(y, 10, spec, 2);
+  ASSERT_TRUE(a.ok() && b.ok() && c.ok());
+  EXPECT_EQ(*a, *b);
+  EXPECT_NE(*a, *c);
+}
+
+TEST(Partition, DirichletSkewGrowsAsBetaShrinks) {
+  const auto y = BalancedLabels(600);
+  double distinct_small = 0, distinct_large = 0;
+  for (uint64_t seed = 0; seed < 5; ++seed) {
+    auto small = PartitionDirichlet(y, 10, 10, 0.1, 10, seed);
+    auto large = PartitionDirichlet(y, 10, 10, 100.0, 10, seed);
+    ASSERT_TRUE(small.ok() && large.ok());
+    ExpectDisjoint(*small, 6000, true);
+    ExpectDisjoint(*large, 6000, true);
+    for (const auto& site : *small) EXPECT_GE(site.size(), 10u);
+    // Dominant label share: near 1/10 for beta = 100, far above it for beta = 0.1.
+    for (const auto& counts : LabelCounts(*small, y, 10)) distinct_small += DistinctLabels(counts);
+    for (const auto& counts : LabelCounts(*large, y, 10)) {
+      distinct_large += DistinctLabels(counts);
+      const int64_t total = std::accumulate(counts.begin(), counts.end(), int64_t{0});
+      const int64_t top = *std::max_element(counts.begin(), counts.end());
+      EXPECT_LT(static_cast<double>(top) / total, 0.25);
+    }
+  }
+  EXPECT_EQ(distinct_large, 5 * 10 * 10);     // every site sees every label
+  EXPECT_LT(distinct_small, 0.6 * 5 * 10 * 10);  // strong skew: most sites miss most labels
+}
+
+TEST(Partition, DirichletRefusesImpossibleMinimum) {
+  const auto y = BalancedLabels(2);
+  auto p = PartitionDirichlet(y, 10, 10, 0.5, 10, 1);  // 20 examples cannot give 10 sites 10 each
+  EXPECT_FALSE(p.ok());
+}
+
+TEST(Partition, LabelsGivesEachSiteExactlyKLabels) {
+  const auto y = BalancedLabels(600);
+  for (int64_t k : {1, 2, 3}) {
+    auto p = PartitionLabels(y, 10, 10, k, 3);
+    ASSERT_TRUE(p.ok()) << p.status();
+    ExpectDisjoint(*p, 6000, /*require_cover=*/false);
+    const auto counts = LabelCounts(*p, y, 10);
+    std::vector<int64_t> holders(10, 0);
+    for (int64_t s = 0; s < 10; ++s) {
+      EXPECT_EQ(DistinctLabels(counts[s]), k) << "site " << s;
+      EXPECT_GT(counts[s][s % 10], 0) << "site " << s << " must hold label " << s % 10;
+      for (int64_t c = 0; c < 10; ++c) holders[c] += counts[s][c] > 0;
+    }
+    // A label's examples are split evenly among its holders, and all of them are used.
+    for (int64_t c = 0; c < 10; ++c) {
+      int64_t used = 0;
+      for (int64_t s = 0; s < 10; ++s) {
+        if (counts[s][c] > 0) {
+          EXPECT_NEAR(static_cast<double>(counts[s][c]), 600.0 / holders[c], 1.0);
+          used += counts[s][c];
+        }
+      }
+      EXPECT_EQ(used, holders[c] > 0 ? 600 : 0);
+    }
+  }
+  // #C=1 with 10 sites: site i holds exactly label i.
+  auto one = PartitionLabels(y, 10, 10, 1, 3);
+  for (int64_t i : (*one)[4]) EXPECT_EQ(y[i], 4);
+}
+
+TEST(Sampler, ExactShardsAreDisjointAndCovering) {
+  for (int64_t n : {1, 7, 100, 101}) {
+    for (int w = 1; w <= 5; ++w) {
+      std::vector<int> seen(n, 0);
+      for (int r = 0; r < w; ++r) {
+        DistributedSampler s(n, r, w, 42, true, DistributedSampler::Mode::kExact);
+        const auto idx = s.Indices(3);
+        EXPECT_EQ(static_cast<int64_t>(idx.size()), s.ShardSize());
+        for (int64_t i : idx) seen[i]++;
+      }
+      for (int64_t i = 0; i < n; ++i) ASSERT_EQ(seen[i], 1) << "n=" << n << " w=" << w << " i=" << i;
+    }
+  }
+}
+
+TEST(Sampler, EvenShardsAreEqualAndCoverWithMinimalRepeats) {
+  const int64_t n = 103;
+  for (int w : {2, 3, 4}) {
+    std::vector<int> seen(n, 0);
+    size_t shard = 0;
+    for (int r = 0; r < w; ++r) {
+      DistributedSampler s(n, r, w, 42, true, DistributedSampler::Mode::kEven);
+      const auto idx = s.Indices(0);
+      if (r == 0) shard = idx.size();
+      EXPECT_EQ(idx.size(), shard);
+      for (int64_t i : idx) seen[i]++;
+    }
+    EXPECT_EQ(shard, static_cast<size_t>((n + w - 1) / w));
+    int repeats = 0;
+    for (int64_t i = 0; i < n; ++i) {
+      ASSERT_GE(seen[i], 1);
+      repeats += seen[i] - 1;
+    }
+    EXPECT_EQ(repeats, static_cast<int>(shard * w - n));
+  }
+}
+
+TEST(Sampler, OrderDependsOnSeedAndEpochOnly) {
+  DistributedSampler a(1000, 1, 4, 7, true, DistributedSampler::Mode::kEven);
+  DistributedSampler b(1000, 1, 4, 7, true, DistributedSampler::Mode::kEven);
+  DistributedSampler c(1000, 1, 4, 8, true, DistributedSampler::Mode::kEven);
+  EXPECT_EQ(a.Indices(2), b.Indices(2));
+  EXPECT_NE(a.Indices(2), a.Indices(3));
+  EXPECT_NE(a.Indices(2), c.Indices(2));
+  DistributedSampler plain(10, 0, 2, 7, false, DistributedSampler::Mode::kExact);
+  EXPECT_EQ(plain.Indices(5), (std::vector<int64_t>{0, 2, 4, 6, 8}));
+}
+
+TEST(Random, GammaAndDirichletMoments) {
+  Rng rng(123);
+  for (double shape : {0.3, 1.0, 4.5}) {
+    double sum = 0, sq = 0;
+    const int n = 200000;
+    for (int i = 0; i < n; ++i) {
+      const double x = rng.Gamma(shape);
+      sum += x;
+      sq += x * x;
+    }
+    const double mean = sum / n, var = sq / n - mean * mean;
+    EXPECT_NEAR(mean, shape, 0.02 * std::max(1.0, shape));  // Gamma(k, 1): mean k, variance k
+    EXPECT_NEAR(var, shape, 0.06 * std::max(1.0, shape));
+  }
+  const auto p = rng.Dirichlet(0.5, 10);
+  EXPECT_NEAR(std::accumulate(p.begin(), p.end(), 0.0), 1.0, 1e-12);
+}
+
+}  // namespace
+}  // namespace allround::data
