@@ -33,17 +33,17 @@ struct DataSpec {
 
 struct OptimizerSpec {
   std::string name = "sgd";          // sgd | adam | adamw
-  double lr = 0.01;
-  double momentum = 0.0;             // sgd
+  double lr = 0.05;
+  double momentum = 0.9;             // sgd
   bool nesterov = false;             // sgd
-  double weight_decay = 0.0;
+  double weight_decay = 1e-5;
   double beta1 = 0.9;                // adam, adamw
   double beta2 = 0.999;
   double eps = 1e-8;
 };
 
 struct ScheduleSpec {
-  std::string name = "constant";     // constant | step | cosine
+  std::string name = "cosine";       // constant | step | cosine
   int64_t warmup_steps = 0;          // linear warmup from 0 to lr, then the schedule
   double warmup_epochs = 0.0;        // alternative to warmup_steps, converted at run time
   int64_t step_epochs = 1;           // step: multiply by gamma every step_epochs epochs
@@ -52,7 +52,7 @@ struct ScheduleSpec {
 };
 
 struct TrainSpec {
-  int64_t epochs = 1;
+  int64_t epochs = 10;
   int64_t batch_size = 64;
   int64_t eval_batch_size = 1000;
   int64_t max_steps = 0;             // stop after this many steps in all (0: no limit)
@@ -67,8 +67,10 @@ struct PartitionSpec {
   int64_t min_per_site = 10;         // dirichlet: resample until every site has this many
 };
 
+// The defaults are the embedded default job: NIID-Bench's SimpleCNN on Fashion-MNIST, SGD with
+// momentum and a cosine schedule for 10 epochs (>= 89% test accuracy).
 struct Job {
-  std::string name = "job";
+  std::string name = "simple_cnn";
   uint64_t seed = 1;
   int64_t threads = 0;               // intra-op threads (0: LibTorch's default)
   std::string mode = "supervised";
