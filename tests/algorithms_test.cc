@@ -5,6 +5,7 @@
 
 #include "algorithms/losses.h"
 #include "algorithms/metrics.h"
+#include "algorithms/models/kernels/relu_max_pool.h"
 #include "algorithms/models/network.h"
 #include "algorithms/modes/supervised.h"
 #include "algorithms/optim/schedule.h"
@@ -184,6 +185,49 @@ TEST(SupervisedMode, RefusesBadBatchesAndChangesNothing) {
   EXPECT_EQ(nan_input.status().code(), absl::StatusCode::kFailedPrecondition);
   const auto after = (*m)->ModelState();
   for (size_t i = 0; i < after.size(); ++i) EXPECT_TRUE(after[i].equal(before[i]));
+}
+
+}  // namespace
+}  // namespace allround
+
+namespace allround {
+namespace {
+
+// The fused kernel against LibTorch's max_pool2d(relu(x), 2): values and gradients, including
+// ties (values quantized to a few levels), all-negative windows, odd sizes and doubles.
+TEST(ReluMaxPool, MatchesLibTorchValuesAndGradients) {
+  torch::manual_seed(3);
+  for (auto dtype : {torch::kFloat, torch::kDouble}) {
+    for (auto shape : std::vector<std::vector<int64_t>>{{4, 3, 24, 24}, {2, 5, 7, 9}, {1, 2, 10, 14}, {1, 1, 2, 2}}) {
+      at::Tensor base = torch::randint(-3, 4, shape).to(dtype) * 0.5;  // many ties and zeros
+      at::Tensor a = base.clone().requires_grad_(), b = base.clone().requires_grad_();
+      at::Tensor ya = models::ReluMaxPool2x2(a);
+      at::Tensor yb = torch::max_pool2d(torch::relu(b), 2);
+      ASSERT_TRUE(ya.equal(yb));
+      at::Tensor g = torch::randn(ya.sizes(), ya.options());
+      ya.backward(g);
+      yb.backward(g);
+      EXPECT_TRUE(a.grad().equal(b.grad())) << "dtype " << dtype << " shape " << c10::IntArrayRef(shape);
+    }
+  }
+}
+
+TEST(ReluMaxPool, PropagatesNaNAndFallsBackForOtherLayouts) {
+  at::Tensor x = torch::zeros({1, 1, 4, 4});
+  x[0][0][1][1] = NAN;
+  at::Tensor y = models::ReluMaxPool2x2(x);
+  EXPECT_TRUE(std::isnan(y[0][0][0][0].item<float>()));
+  EXPECT_EQ(y[0][0][1][1].item<float>(), 0.0f);
+  // NaN in the vectorized part of a row (16 output columns) lands where LibTorch puts it.
+  at::Tensor wide = torch::randn({2, 3, 6, 32});
+  wide[1][2][3][17] = NAN;
+  wide[0][0][0][0] = NAN;
+  at::Tensor got = models::ReluMaxPool2x2(wide), want = torch::max_pool2d(torch::relu(wide), 2);
+  EXPECT_TRUE(got.isnan().equal(want.isnan()));
+  EXPECT_EQ(got.isnan().sum().item<int64_t>(), 2);
+  EXPECT_TRUE(got.nan_to_num(0).equal(want.nan_to_num(0)));
+  at::Tensor t = torch::randn({2, 3, 8, 8}).transpose(2, 3);  // not contiguous: LibTorch path
+  EXPECT_TRUE(models::ReluMaxPool2x2(t).equal(torch::max_pool2d(torch::relu(t), 2)));
 }
 
 }  // namespace

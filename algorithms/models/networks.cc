@@ -4,6 +4,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "algorithms/models/kernels/relu_max_pool.h"
 #include "algorithms/models/network.h"
 
 namespace allround::models {
@@ -45,8 +46,8 @@ class SimpleCnn final : public Network {
     fc3_ = register_module("fc3", nn::Linear(84, in.num_classes));
   }
   torch::Tensor forward(torch::Tensor x) override {
-    x = torch::max_pool2d(torch::relu(conv1_->forward(x)), 2);
-    x = torch::max_pool2d(torch::relu(conv2_->forward(x)), 2);
+    x = ReluMaxPool2x2(conv1_->forward(x));
+    x = ReluMaxPool2x2(conv2_->forward(x));
     x = torch::relu(fc1_->forward(x.flatten(1)));
     x = torch::relu(fc2_->forward(x));
     return fc3_->forward(x);
@@ -68,8 +69,8 @@ class FedAvgCnn final : public Network {
     fc2_ = register_module("fc2", nn::Linear(512, in.num_classes));
   }
   torch::Tensor forward(torch::Tensor x) override {
-    x = torch::max_pool2d(torch::relu(conv1_->forward(x)), 2);
-    x = torch::max_pool2d(torch::relu(conv2_->forward(x)), 2);
+    x = ReluMaxPool2x2(conv1_->forward(x));
+    x = ReluMaxPool2x2(conv2_->forward(x));
     x = torch::relu(fc1_->forward(x.flatten(1)));
     return fc2_->forward(x);
   }
