@@ -198,6 +198,13 @@ const std::vector<Key>& Keys() {
                       [](Job& j) -> auto& { return j.partition.labels_per_site; }, 1, 1 << 20),
       IntKey<int64_t>("partition.min_per_site", "dirichlet: minimum examples per site",
                       [](Job& j) -> auto& { return j.partition.min_per_site; }, 0, kBig),
+      StringKey("comm.backend", "collectives backend", [](Job& j) -> auto& { return j.comm.backend; },
+                {"auto", "local", "mpi"}),
+      DoubleKey("comm.timeout_s", "seconds before a collective fails", [](Job& j) -> auto& { return j.comm.timeout_s; },
+                0.001, 1e6),
+      DoubleKey("comm.bucket_mb", "gradient bucket cap (MiB)", [](Job& j) -> auto& { return j.comm.bucket_mb; }, 1e-6, 1e5),
+      DoubleKey("comm.first_bucket_mb", "first gradient bucket cap (MiB)",
+                [](Job& j) -> auto& { return j.comm.first_bucket_mb; }, 1e-6, 1e5),
       StringKey("run_dir", "where metrics and outputs go ({name}: the job's name)",
                 [](Job& j) -> auto& { return j.run_dir; }),
   };

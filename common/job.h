@@ -59,6 +59,13 @@ struct TrainSpec {
   double progress_every_s = 10.0;    // a progress line at most this often
 };
 
+struct CommSpec {
+  std::string backend = "auto";      // auto (MPI under mpirun, else local) | local | mpi
+  double timeout_s = 300;            // a collective not done by then fails, naming the op
+  double bucket_mb = 25;             // Reducer bucket cap
+  double first_bucket_mb = 1;        // the first bucket's cap (it launches earliest)
+};
+
 struct PartitionSpec {
   std::string scheme = "iid";        // iid | dirichlet | labels
   int64_t sites = 1;
@@ -81,6 +88,7 @@ struct Job {
   ScheduleSpec schedule;
   TrainSpec train;
   PartitionSpec partition;
+  CommSpec comm;
   std::string run_dir = "runs/{name}";  // {name} is replaced by the job's name
 };
 

@@ -8,11 +8,15 @@
 #include <cstdio>
 #include <ctime>
 #include <map>
+#include <optional>
+#include <cstdlib>
 #include <nlohmann/json.hpp>
 
 #include "absl/strings/str_cat.h"
 #include "algorithms/modes/supervised.h"
 #include "comm/communicator.h"
+#include "comm/reducer.h"
+#include "comm/registry.h"
 #include "common/job.h"
 #include "coordinator/round_engine.h"
 #include "storage/run_directory.h"
@@ -42,12 +46,13 @@ class RoundReporter final : public coordinator::RoundObserver {
                 {"samples_per_s", result.seconds > 0 ? result.examples / result.seconds : 0.0},
                 {"time", static_cast<int64_t>(std::time(nullptr))}};
     for (const auto& [k, v] : eval) rec[k] = v;
+    if (dir_ == nullptr) return absl::OkStatus();  // not rank 0
     std::printf("epoch %lld/%lld train_loss %.4f test_loss %.4f test_accuracy %.4f macro_f1 %.4f (%.1fs, %.0f samples/s)\n",
                 static_cast<long long>(round.epoch + 1), static_cast<long long>(job_.train.epochs), result.mean_loss,
                 rec["test_loss"].get<double>(), rec["test_accuracy"].get<double>(), rec["macro_f1"].get<double>(),
                 result.seconds, rec["samples_per_s"].get<double>());
     std::fflush(stdout);
-    return dir_ ? dir_->AppendMetrics(rec.dump()) : absl::OkStatus();
+    return dir_->AppendMetrics(rec.dump());
   }
 
  private:
@@ -77,11 +82,13 @@ json Summary(const Job& job, const coordinator::RunOutcome& out, const Trainer& 
   return s;
 }
 
-absl::Status Run(const Job& job, const std::string& summary_path) {
+absl::Status Run(const Job& job, const std::string& summary_path, comm::Communicator& comm) {
   if (job.threads > 0) {
     torch::set_num_threads(static_cast<int>(job.threads));
     torch::set_num_interop_threads(1);
   }
+  comm.set_timeout(std::chrono::milliseconds(static_cast<int64_t>(job.comm.timeout_s * 1000)));
+  const bool leader = comm.rank() == 0;
   auto data = LoadTrainingData(job);
   if (!data.ok()) return data.status();
   if (job.mode != "supervised") {
@@ -89,25 +96,42 @@ absl::Status Run(const Job& job, const std::string& summary_path) {
   }
   auto mode = modes::MakeSupervisedMode(job, data->info);
   if (!mode.ok()) return mode.status();
-  std::unique_ptr<comm::Communicator> comm = comm::MakeLocalCommunicator();
 
-  auto dir = storage::RunDirectory::Open(ResolvedRunDir(job));
-  if (!dir.ok()) return dir.status();
-  if (auto s = dir->WriteFile("job.yaml", JobToYaml(job)); !s.ok()) return s;
+  // Every rank starts from rank 0's model; gradients are averaged by the Reducer.
+  std::unique_ptr<comm::Reducer> reducer;
+  if (comm.size() > 1) {
+    if (auto s = comm::BroadcastFromRoot(comm, (*mode)->ModelState()); !s.ok()) return s;
+    comm::ReducerOptions options;
+    options.bucket_bytes = static_cast<int64_t>(job.comm.bucket_mb * (1 << 20));
+    options.first_bucket_bytes = static_cast<int64_t>(job.comm.first_bucket_mb * (1 << 20));
+    reducer = std::make_unique<comm::Reducer>((*mode)->TrainableParameters(), &comm, options);
+  }
+
+  std::optional<storage::RunDirectory> dir;
+  if (leader) {
+    auto opened = storage::RunDirectory::Open(ResolvedRunDir(job));
+    if (!opened.ok()) return opened.status();
+    dir = *std::move(opened);
+    if (auto s = dir->WriteFile("job.yaml", JobToYaml(job)); !s.ok()) return s;
+  }
 
   const int64_t train_n = data->train_targets.size(0), test_n = data->test_targets.size(0);
-  Trainer trainer(job, *std::move(data), mode->get(), comm.get());
-  std::fprintf(stderr, "allround-worker: job '%s': %s, %lld parameters, %lld train / %lld test examples, "
-               "%lld epochs of %lld steps, %d threads, run dir %s\n",
-               job.name.c_str(), job.model.name.c_str(), static_cast<long long>((*mode)->ParameterCount()),
-               static_cast<long long>(train_n), static_cast<long long>(test_n),
-               static_cast<long long>(job.train.epochs), static_cast<long long>(trainer.steps_per_epoch()),
-               torch::get_num_threads(), dir->path().c_str());
+  Trainer trainer(job, *std::move(data), mode->get(), &comm, reducer.get());
+  if (leader) {
+    std::fprintf(stderr, "allround-worker: job '%s': %s, %lld parameters, %lld train / %lld test examples, "
+                 "%lld epochs of %lld steps, %d rank(s) over %s, %d threads each, run dir %s\n",
+                 job.name.c_str(), job.model.name.c_str(), static_cast<long long>((*mode)->ParameterCount()),
+                 static_cast<long long>(train_n), static_cast<long long>(test_n),
+                 static_cast<long long>(job.train.epochs), static_cast<long long>(trainer.steps_per_epoch()),
+                 comm.size(), comm.backend().c_str(), torch::get_num_threads(), dir->path().c_str());
+  }
 
-  RoundReporter reporter(&*dir, &trainer, job);
+  RoundReporter reporter(dir ? &*dir : nullptr, &trainer, job);
   auto out = coordinator::RunRounds({job.train.epochs, job.train.max_steps}, trainer, reporter);
   if (!out.ok()) return out.status();
-  const json summary = Summary(job, *out, trainer, (*mode)->ParameterCount());
+  if (!leader) return absl::OkStatus();
+  json summary = Summary(job, *out, trainer, (*mode)->ParameterCount());
+  summary["world_size"] = comm.size();
   if (auto s = dir->WriteFile("summary.json", summary.dump(2) + "\n"); !s.ok()) return s;
   if (!summary_path.empty()) {
     if (auto s = storage::WriteFileAtomically(summary_path, summary.dump(2) + "\n"); !s.ok()) return s;
@@ -116,6 +140,14 @@ absl::Status Run(const Job& job, const std::string& summary_path) {
               summary["test_accuracy"].get<double>(), summary["macro_f1"].get<double>(),
               static_cast<long long>(out->rounds), summary["samples_per_s"].get<double>());
   return absl::OkStatus();
+}
+
+// The launcher's rank before communication is set up, so that only rank 0 reports bad flags.
+int RankFromEnvironment() {
+  for (const char* var : {"OMPI_COMM_WORLD_RANK", "PMIX_RANK", "RANK"}) {
+    if (const char* v = std::getenv(var)) return std::atoi(v);
+  }
+  return 0;
 }
 
 }  // namespace
@@ -151,20 +183,33 @@ int main(int argc, char** argv) {
   }
   if (s.ok()) s = ValidateJob(*job);
   if (!s.ok()) {
-    std::fprintf(stderr, "allround-worker: error: %s\n", std::string(s.message()).c_str());
+    if (worker::RankFromEnvironment() == 0) {
+      std::fprintf(stderr, "allround-worker: error: %s\n", std::string(s.message()).c_str());
+    }
     return 2;
   }
   if (print_job) {
     std::fputs(JobToYaml(*job).c_str(), stdout);
     return 0;
   }
+  auto context = comm::InitComm(job->comm.backend, &argc, &argv);
+  if (!context.ok()) {
+    std::fprintf(stderr, "allround-worker: error: %s\n", std::string(context.status().message()).c_str());
+    return 1;
+  }
+  comm::Communicator& comm = (*context)->comm();
   try {
-    s = worker::Run(*job, summary_path);
+    s = worker::Run(*job, summary_path, comm);
   } catch (const c10::Error& e) {
     s = absl::InternalError(e.what_without_backtrace());
   }
   if (!s.ok()) {
-    std::fprintf(stderr, "allround-worker: error: %s\n", std::string(s.message()).c_str());
+    const std::string where = comm.size() > 1 ? absl::StrCat("rank ", comm.rank(), ": ") : "";
+    std::fprintf(stderr, "allround-worker: error: %s%s\n", where.c_str(), std::string(s.message()).c_str());
+    std::fflush(stderr);
+    // Peers may be gone or blocked in a collective: shutting MPI down cleanly could hang, and a
+    // non-zero exit makes mpirun end the others.
+    if (comm.size() > 1) std::_Exit(1);
     return 1;
   }
   return 0;

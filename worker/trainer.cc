@@ -62,11 +62,13 @@ absl::StatusOr<TrainingData> LoadTrainingData(const Job& job) {
   return d;
 }
 
-Trainer::Trainer(const Job& job, TrainingData data, modes::LearningMode* mode, comm::Communicator* comm)
+Trainer::Trainer(const Job& job, TrainingData data, modes::LearningMode* mode, comm::Communicator* comm,
+                 comm::GradientSync* sync)
     : job_(job),
       data_(std::move(data)),
       mode_(mode),
       comm_(comm),
+      sync_(sync),
       steps_per_epoch_(StepsPerEpoch(job, data_, *comm)),
       schedule_(job.schedule, job.optimizer.lr, steps_per_epoch_, TotalSteps(job, steps_per_epoch_)) {}
 
@@ -91,7 +93,7 @@ absl::StatusOr<coordinator::RoundResult> Trainer::Execute(const coordinator::Rou
     const at::Tensor idx = index.narrow(0, begin, len);
     modes::Batch batch{data_.train_inputs.index_select(0, idx), data_.train_targets.index_select(0, idx)};
     batch.inputs = data::Augment(batch.inputs, job_.data.augment, augment_rng, 2, fill);
-    auto step = mode_->TrainStep(batch, schedule_.At(global_step_), /*sync=*/nullptr);
+    auto step = mode_->TrainStep(batch, schedule_.At(global_step_), sync_);
     if (!step.ok()) {
       return absl::Status(step.status().code(), absl::StrCat("epoch ", round.epoch + 1, " step ", s + 1, ": ",
                                                              step.status().message()));

@@ -34,7 +34,9 @@ absl::StatusOr<TrainingData> LoadTrainingData(const Job& job);
 
 class Trainer final : public coordinator::RoundExecutor {
  public:
-  Trainer(const Job& job, TrainingData data, modes::LearningMode* mode, comm::Communicator* comm);
+  // `sync` (the Reducer) may be null in a worker group of one.
+  Trainer(const Job& job, TrainingData data, modes::LearningMode* mode, comm::Communicator* comm,
+          comm::GradientSync* sync = nullptr);
 
   absl::StatusOr<coordinator::RoundResult> Execute(const coordinator::RoundAssignment& round) override;
   absl::StatusOr<coordinator::Metrics> Evaluate() override;
@@ -53,6 +55,7 @@ class Trainer final : public coordinator::RoundExecutor {
   TrainingData data_;
   modes::LearningMode* mode_;
   comm::Communicator* comm_;
+  comm::GradientSync* sync_;
   int64_t steps_per_epoch_;
   optim::LrSchedule schedule_;
   int64_t global_step_ = 0;

@@ -16,6 +16,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "comm/gradient_sync.h"
 
 namespace allround::modes {
 
@@ -36,12 +37,7 @@ struct EvalSums {
   int64_t examples = 0;
 };
 
-// Called between backward and the optimizer step. The Reducer implements it.
-class GradientSync {
- public:
-  virtual ~GradientSync() = default;
-  virtual absl::Status AfterBackward() = 0;
-};
+using comm::GradientSync;
 
 class LearningMode {
  public:

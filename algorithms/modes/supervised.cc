@@ -34,6 +34,7 @@ class SupervisedMode final : public LearningMode {
     if (!std::isfinite(value)) {
       return absl::FailedPreconditionError(absl::StrCat("loss is ", value, ": step skipped (learning rate too high?)"));
     }
+    if (sync != nullptr) sync->BeforeBackward();
     loss.backward();
     if (sync != nullptr) {
       if (auto s = sync->AfterBackward(); !s.ok()) return s;

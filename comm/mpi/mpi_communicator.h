@@ -1,0 +1,43 @@
+#ifndef ALLROUND_COMM_MPI_MPI_COMMUNICATOR_H_
+#define ALLROUND_COMM_MPI_MPI_COMMUNICATOR_H_
+
+// The Open MPI backend: collectives on CPU tensors. One communication thread owns every MPI call
+// after initialization and runs the queued collectives in issue order with non-blocking MPI
+// (MPI_Iallreduce, ...), polling for completion, so the issuing thread (e.g. autograd's, during
+// backward) never blocks and compute overlaps communication.
+//
+// Failure: Work::Wait returns DeadlineExceeded after its timeout, naming the op, its sequence
+// number, and the ranks on this host whose processes are gone. With ALLROUND_COMM_DEBUG=1 every
+// collective first compares (op, dtype, element count) across ranks and fails with an error naming
+// the ranks that disagree, instead of hanging or reducing mismatched buffers.
+
+#include <memory>
+
+#include "absl/status/statusor.h"
+#include "comm/communicator.h"
+
+namespace allround::comm {
+
+// MPI_Init_thread on construction (asks for MPI_THREAD_SERIALIZED: one thread at a time calls
+// MPI), MPI_Finalize on destruction. One per process; create it in main before any communicator.
+class MpiEnvironment {
+ public:
+  static absl::StatusOr<std::unique_ptr<MpiEnvironment>> Init(int* argc, char*** argv);
+  ~MpiEnvironment();
+  MpiEnvironment(const MpiEnvironment&) = delete;
+  MpiEnvironment& operator=(const MpiEnvironment&) = delete;
+
+  // True when this process was started by mpirun (Open MPI's environment is present).
+  static bool LaunchedByMpirun();
+
+ private:
+  MpiEnvironment() = default;
+};
+
+// A communicator over all ranks of MPI_COMM_WORLD (duplicated, so it never interferes with other
+// users of MPI). `env` must outlive it.
+absl::StatusOr<std::unique_ptr<Communicator>> MakeMpiCommunicator(MpiEnvironment* env);
+
+}  // namespace allround::comm
+
+#endif  // ALLROUND_COMM_MPI_MPI_COMMUNICATOR_H_
