@@ -10,7 +10,7 @@ TMP=$(mktemp -d); trap 'rm -rf "$TMP"' EXIT
 
 run() {
   "$WORKER" "$ROOT/deploy/jobs/simple_cnn.yaml" --data.train_limit 6000 --data.test_limit 2000 \
-    --train.epochs 2 --threads 1 --train.progress_every_s 0.5 --run_dir "$1" --summary-json "$1.json" "${@:2}"
+    --train.epochs 2 --threads 1 --train.progress_every_s 0.01 --run_dir "$1" --summary-json "$1.json" "${@:2}"
 }
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 run "$TMP/a" > "$TMP/a.out" 2> "$TMP/a.err"
