@@ -1,0 +1,234 @@
+// Launched by ctest through mpirun (2 and 4 ranks): N ranks training with the Reducer end with
+// the same parameters as one process training on the concatenated batches.
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <cstdlib>
+
+#include "algorithms/models/network.h"
+#include "comm/reducer.h"
+#include "comm/registry.h"
+
+namespace allround {
+namespace {
+
+comm::Communicator* g_comm = nullptr;
+
+double MaxAbsDiff(const std::vector<at::Tensor>& a, const std::vector<at::Tensor>& b) {
+  double m = 0;
+  for (size_t i = 0; i < a.size(); ++i) m = std::max(m, (a[i] - b[i]).abs().max().item<double>());
+  return m;
+}
+
+std::shared_ptr<models::Network> SimpleCnn() {
+  torch::manual_seed(7);
+  ModelSpec spec;
+  spec.name = "simple_cnn";
+  auto model = *models::MakeModel(spec, {});
+  // Double precision: in float, rounding differences between one batch of 8 and two of 4 (~1e-8)
+  // can flip a ReLU or a max-pool choice after a few steps and the runs drift apart by ~1e-4.
+  model->to(torch::kDouble);
+  return model;
+}
+
+torch::optim::SGD Sgd(const std::vector<at::Tensor>& params) {
+  return torch::optim::SGD(params, torch::optim::SGDOptions(0.05).momentum(0.9).weight_decay(1e-4));
+}
+
+class DdpEquivalence : public ::testing::TestWithParam<int64_t> {};  // bucket cap in bytes
+
+TEST_P(DdpEquivalence, SgdMomentumMatchesOneProcess) {
+  const int n = g_comm->size(), r = g_comm->rank();
+  const int64_t b = 4, steps = 10;
+  auto dist = SimpleCnn(), ref = SimpleCnn();
+  if (r != 0) {  // the broadcast must overwrite whatever other ranks start with
+    torch::NoGradGuard ng;
+    for (auto& p : dist->parameters()) p.add_(1.0);
+  }
+  ASSERT_TRUE(comm::BroadcastFromRoot(*g_comm, dist->parameters()).ok());
+  comm::Reducer reducer(dist->parameters(), g_comm, {GetParam(), GetParam()});
+  if (GetParam() < 1024) EXPECT_GT(reducer.num_buckets(), 5);
+  auto opt_d = Sgd(dist->parameters()), opt_r = Sgd(ref->parameters());
+  torch::manual_seed(1234);
+  const at::Tensor x = torch::randn({steps, n * b, 1, 28, 28}, torch::kDouble), y = torch::randint(0, 10, {steps, n * b});
+  for (int64_t s = 0; s < steps; ++s) {
+    opt_d.zero_grad();
+    at::Tensor loss = torch::cross_entropy_loss(dist->forward(x[s].narrow(0, r * b, b)), y[s].narrow(0, r * b, b));
+    reducer.BeforeBackward();
+    loss.backward();
+    ASSERT_TRUE(reducer.AfterBackward().ok());
+    opt_d.step();
+    opt_r.zero_grad();
+    torch::cross_entropy_loss(ref->forward(x[s]), y[s]).backward();
+    opt_r.step();
+  }
+  const double diff = MaxAbsDiff(dist->parameters(), ref->parameters());
+  EXPECT_LE(diff, 1e-9) << "rank " << r << " of " << n;
+  EXPECT_GT(MaxAbsDiff(ref->parameters(), SimpleCnn()->parameters()), 1e-2);  // it did train
+}
+
+INSTANTIATE_TEST_SUITE_P(BucketCaps, DdpEquivalence, ::testing::Values(int64_t{256}, int64_t{25} << 20),
+                         [](const auto& info) { return info.param < 1024 ? "tiny" : "default"; });
+
+TEST(DdpEquivalence, GradientAccumulationMatchesOneProcess) {
+  const int n = g_comm->size(), r = g_comm->rank();
+  const int64_t b = 3, k = 3, steps = 10;
+  auto dist = SimpleCnn(), ref = SimpleCnn();
+  comm::Reducer reducer(dist->parameters(), g_comm, {2048, 1024});
+  auto opt_d = Sgd(dist->parameters()), opt_r = Sgd(ref->parameters());
+  torch::manual_seed(99);
+  const at::Tensor x = torch::randn({steps, k * n * b, 1, 28, 28}, torch::kDouble), y = torch::randint(0, 10, {steps, k * n * b});
+  for (int64_t s = 0; s < steps; ++s) {
+    opt_d.zero_grad();
+    for (int64_t m = 0; m < k; ++m) {
+      const int64_t start = (m * n + r) * b;
+      at::Tensor loss = torch::cross_entropy_loss(dist->forward(x[s].narrow(0, start, b)), y[s].narrow(0, start, b)) / k;
+      reducer.set_sync(m == k - 1);  // no communication for the first k-1 micro-batches
+      reducer.BeforeBackward();
+      loss.backward();
+      ASSERT_TRUE(reducer.AfterBackward().ok());
+    }
+    opt_d.step();
+    opt_r.zero_grad();
+    torch::cross_entropy_loss(ref->forward(x[s]), y[s]).backward();
+    opt_r.step();
+  }
+  EXPECT_LE(MaxAbsDiff(dist->parameters(), ref->parameters()), 1e-9) << "rank " << r;
+}
+
+// A GAN-like step: a discriminator's backward and step, then a generator's backward (which also
+// reaches the discriminator) and step, each with its own Reducer over its own parameters.
+struct Gan {
+  torch::nn::Sequential d{torch::nn::Linear(784, 32), torch::nn::Functional(torch::relu), torch::nn::Linear(32, 1)};
+  torch::nn::Linear g{16, 784};
+  Gan() {
+    d->to(torch::kDouble);
+    g->to(torch::kDouble);
+  }
+};
+
+TEST(DdpEquivalence, TwoBackwardStepMatchesOneProcess) {
+  const int n = g_comm->size(), r = g_comm->rank();
+  const int64_t b = 4, steps = 10;
+  torch::manual_seed(5);
+  Gan dist;
+  torch::manual_seed(5);
+  Gan ref;
+  comm::Reducer rd(dist.d->parameters(), g_comm, {4096, 4096}), rg(dist.g->parameters(), g_comm);
+  torch::optim::SGD od(dist.d->parameters(), torch::optim::SGDOptions(0.05).momentum(0.9));
+  torch::optim::Adam og(dist.g->parameters(), torch::optim::AdamOptions(1e-3));
+  torch::optim::SGD od_ref(ref.d->parameters(), torch::optim::SGDOptions(0.05).momentum(0.9));
+  torch::optim::Adam og_ref(ref.g->parameters(), torch::optim::AdamOptions(1e-3));
+  torch::manual_seed(11);
+  const at::Tensor real = torch::randn({steps, n * b, 784}, torch::kDouble),
+                   z = torch::randn({steps, n * b, 16}, torch::kDouble);
+  const auto bce = [](const at::Tensor& logits, double target) {
+    return torch::binary_cross_entropy_with_logits(logits, torch::full_like(logits, target));
+  };
+  const auto step = [&](Gan& gan, torch::optim::Optimizer& o_d, torch::optim::Optimizer& o_g, const at::Tensor& xr,
+                        const at::Tensor& zz, comm::GradientSync* sd, comm::GradientSync* sg) {
+    o_d.zero_grad();
+    at::Tensor loss_d = bce(gan.d->forward(xr), 1.0) + bce(gan.d->forward(gan.g->forward(zz).detach()), 0.0);
+    if (sd) sd->BeforeBackward();
+    loss_d.backward();
+    if (sd) ASSERT_TRUE(sd->AfterBackward().ok());
+    o_d.step();
+    o_g.zero_grad();
+    at::Tensor loss_g = bce(gan.d->forward(gan.g->forward(zz)), 1.0);
+    if (sg) sg->BeforeBackward();
+    loss_g.backward();
+    if (sg) ASSERT_TRUE(sg->AfterBackward().ok());
+    o_g.step();
+  };
+  for (int64_t s = 0; s < steps; ++s) {
+    step(dist, od, og, real[s].narrow(0, r * b, b), z[s].narrow(0, r * b, b), &rd, &rg);
+    step(ref, od_ref, og_ref, real[s], z[s], nullptr, nullptr);
+  }
+  EXPECT_LE(MaxAbsDiff(dist.d->parameters(), ref.d->parameters()), 1e-9) << "rank " << r;
+  EXPECT_LE(MaxAbsDiff(dist.g->parameters(), ref.g->parameters()), 1e-9) << "rank " << r;
+}
+
+// A parameter that only rank 0 uses: no rank hangs, and its gradient is rank 0's over N.
+TEST(DdpEquivalence, ParameterUnusedOnSomeRanksDoesNotHang) {
+  const int n = g_comm->size(), r = g_comm->rank();
+  torch::manual_seed(3);
+  torch::nn::Linear a(8, 4), extra(8, 4);
+  std::vector<at::Tensor> params = a->parameters();
+  for (const auto& p : extra->parameters()) params.push_back(p);
+  comm::Reducer reducer(params, g_comm, {64, 64});
+  torch::manual_seed(4);
+  const at::Tensor x = torch::randn({n, 8});
+  at::Tensor loss = a->forward(x[r]).sum();
+  if (r == 0) loss = loss + extra->forward(x[0]).pow(2).sum();
+  reducer.BeforeBackward();
+  loss.backward();
+  ASSERT_TRUE(reducer.AfterBackward().ok());
+  // Rank 0's gradient of sum((W x0 + c)^2) w.r.t. W is 2 (W x0 + c) x0^T.
+  at::Tensor want;
+  {
+    torch::NoGradGuard ng;
+    want = 2 * (extra->forward(x[0])).unsqueeze(1).matmul(x[0].unsqueeze(0)) / n;
+  }
+  EXPECT_TRUE(extra->weight.grad().allclose(want, 1e-5, 1e-6)) << "rank " << r;
+}
+
+// With ALLROUND_COMM_DEBUG=1 (a separate ctest entry), ranks that call the same collective with
+// different sizes get an error naming each rank's call instead of a hang or a wrong sum.
+TEST(CommDebug, MismatchedCollectivesAreNamed) {
+  const char* debug = std::getenv("ALLROUND_COMM_DEBUG");
+  if (debug == nullptr || std::string(debug) != "1") GTEST_SKIP() << "needs ALLROUND_COMM_DEBUG=1";
+  at::Tensor t = torch::ones({g_comm->rank() == 1 ? 20 : 10});
+  absl::Status s = g_comm->AllReduce(t, comm::ReduceOp::kSum)->Wait(std::chrono::seconds(60));
+  EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(std::string(s.message()),
+              ::testing::AllOf(::testing::HasSubstr("rank 0: allreduce of 10 elements"),
+                               ::testing::HasSubstr("rank 1: allreduce of 20 elements")));
+  at::Tensor ok = torch::ones({5});
+  ASSERT_TRUE(g_comm->AllReduce(ok, comm::ReduceOp::kSum)->Wait(std::chrono::seconds(60)).ok());
+  EXPECT_EQ(ok[0].item<float>(), g_comm->size());  // the communicator still works afterwards
+}
+
+TEST(Collectives, AverageBroadcastAllGather) {
+  const int n = g_comm->size(), r = g_comm->rank();
+  at::Tensor v = torch::full({3}, static_cast<double>(r + 1), torch::kDouble);
+  ASSERT_TRUE(g_comm->AllReduce(v, comm::ReduceOp::kAverage)->Wait(std::chrono::seconds(60)).ok());
+  EXPECT_DOUBLE_EQ(v[2].item<double>(), (n + 1) / 2.0);
+  at::Tensor m = torch::full({2}, static_cast<int64_t>(r), torch::kLong);
+  ASSERT_TRUE(g_comm->AllReduce(m, comm::ReduceOp::kMax)->Wait(std::chrono::seconds(60)).ok());
+  EXPECT_EQ(m[0].item<int64_t>(), n - 1);
+  at::Tensor bc = torch::full({4}, static_cast<float>(r == 1 % n ? 42 : -1));
+  ASSERT_TRUE(g_comm->Broadcast(bc, 1 % n)->Wait(std::chrono::seconds(60)).ok());
+  EXPECT_EQ(bc[3].item<float>(), 42.0f);
+  at::Tensor out = torch::empty({2 * n}, torch::kInt);
+  ASSERT_TRUE(g_comm->AllGather(torch::tensor({r, 10 * r}, torch::kInt), out)->Wait(std::chrono::seconds(60)).ok());
+  for (int k = 0; k < n; ++k) EXPECT_EQ(out[2 * k + 1].item<int>(), 10 * k);
+  ASSERT_TRUE(g_comm->Barrier()->Wait(std::chrono::seconds(60)).ok());
+}
+
+}  // namespace
+}  // namespace allround
+
+int main(int argc, char** argv) {
+  ::testing::InitGoogleTest(&argc, argv);
+  torch::set_num_threads(1);
+  auto context = allround::comm::InitComm("mpi", &argc, &argv);
+  if (!context.ok()) {
+    std::fprintf(stderr, "%s\n", std::string(context.status().message()).c_str());
+    return 1;
+  }
+  allround::g_comm = &(*context)->comm();
+  if (allround::g_comm->rank() != 0) {  // one rank reports; the exit code carries every rank's result
+    delete ::testing::UnitTest::GetInstance()->listeners().Release(
+        ::testing::UnitTest::GetInstance()->listeners().default_result_printer());
+  }
+  int rc = RUN_ALL_TESTS();
+  int all = rc;
+  at::Tensor t = torch::tensor({rc}, torch::kInt);
+  if (allround::g_comm->AllReduce(t, allround::comm::ReduceOp::kMax)->Wait(std::chrono::seconds(60)).ok()) {
+    all = t[0].item<int>();
+  }
+  if (all != 0 && rc == 0 && allround::g_comm->rank() == 0) std::fprintf(stderr, "another rank failed\n");
+  return all;
+}
