@@ -11,6 +11,8 @@
 
 #include "algorithms/modes/supervised.h"
 #include "comm/communicator.h"
+#include "comm/reducer.h"
+#include "comm/registry.h"
 #include "worker/trainer.h"
 
 int main(int argc, char** argv) {
@@ -25,7 +27,16 @@ int main(int argc, char** argv) {
   app.add_option("--warmup", warmup, "untimed steps first");
   app.add_option("--threads", threads);
   app.add_option("--data", data_dir);
+  bool force_reducer = false;
+  app.add_flag("--reducer", force_reducer, "use the Reducer even in a world of one (measures its overhead)");
   CLI11_PARSE(app, argc, argv);
+
+  auto context = comm::InitComm("auto", &argc, &argv);
+  if (!context.ok()) {
+    std::fprintf(stderr, "error: %s\n", std::string(context.status().message()).c_str());
+    return 1;
+  }
+  comm::Communicator& comm = (*context)->comm();
 
   Job job;
   job.model.name = model;
@@ -35,7 +46,8 @@ int main(int argc, char** argv) {
   job.train.batch_size = batch;
   job.train.progress_every_s = 0;
   job.data.dir = data_dir;
-  job.data.train_limit = batch * (steps + warmup);  // one epoch holds every step
+  // One epoch holds every step; under mpirun each rank trains on its own shard of it.
+  job.data.train_limit = batch * (steps + warmup) * comm.size();
   job.data.test_limit = 1;
   torch::set_num_threads(static_cast<int>(threads));
   torch::set_num_interop_threads(1);
@@ -50,8 +62,12 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "error: %s\n", std::string(mode.status().message()).c_str());
     return 1;
   }
-  auto comm = comm::MakeLocalCommunicator();
-  worker::Trainer trainer(job, *std::move(data), mode->get(), comm.get());
+  std::unique_ptr<comm::Reducer> reducer;
+  if (comm.size() > 1 || force_reducer) {
+    if (!comm::BroadcastFromRoot(comm, (*mode)->ModelState()).ok()) return 1;
+    reducer = std::make_unique<comm::Reducer>((*mode)->TrainableParameters(), &comm);
+  }
+  worker::Trainer trainer(job, *std::move(data), mode->get(), &comm, reducer.get());
   // Round 0 warms up (allocator, kernels); round 1 is timed.
   auto warm = trainer.Execute({0, 0, warmup});
   auto timed = trainer.Execute({1, 1, steps});
@@ -59,6 +75,7 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "error: training failed\n");
     return 1;
   }
+  if (comm.rank() != 0) return 0;
   std::printf("samples_per_s=%.1f steps=%lld seconds=%.3f final_loss_mean=%.4f\n",
               static_cast<double>(timed->examples) / timed->seconds, static_cast<long long>(timed->steps),
               timed->seconds, timed->mean_loss);

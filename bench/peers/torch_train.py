@@ -1,7 +1,9 @@
 """The PyTorch side of bench/train_throughput: the same model, data in memory, batch size,
 optimizer and thread count as train_throughput_allround, in eager PyTorch (Debian's python3-torch).
 Prints samples_per_s=X."""
-import argparse, gzip, struct, time
+import argparse, os, sys, time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import torch
 import torch.nn as nn
@@ -20,35 +22,7 @@ torch.set_num_threads(a.threads)
 torch.set_num_interop_threads(1)
 
 
-def idx(path):
-    raw = gzip.open(path).read()
-    nd = raw[3]
-    dims = struct.unpack(">" + "I" * nd, raw[4:4 + 4 * nd])
-    return torch.frombuffer(bytearray(raw[4 + 4 * nd:]), dtype=torch.uint8).reshape(dims)
-
-
-class SimpleCNN(nn.Module):  # NIID-Bench
-    def __init__(self):
-        super().__init__()
-        self.conv1, self.conv2 = nn.Conv2d(1, 6, 5), nn.Conv2d(6, 16, 5)
-        self.fc1, self.fc2, self.fc3 = nn.Linear(256, 120), nn.Linear(120, 84), nn.Linear(84, 10)
-
-    def forward(self, x):
-        x = F.max_pool2d(F.relu(self.conv1(x)), 2)
-        x = F.max_pool2d(F.relu(self.conv2(x)), 2)
-        return self.fc3(F.relu(self.fc2(F.relu(self.fc1(x.flatten(1))))))
-
-
-class FedAvgCNN(nn.Module):  # McMahan et al. 2017
-    def __init__(self):
-        super().__init__()
-        self.conv1, self.conv2 = nn.Conv2d(1, 32, 5, padding=2), nn.Conv2d(32, 64, 5, padding=2)
-        self.fc1, self.fc2 = nn.Linear(3136, 512), nn.Linear(512, 10)
-
-    def forward(self, x):
-        x = F.max_pool2d(F.relu(self.conv1(x)), 2)
-        x = F.max_pool2d(F.relu(self.conv2(x)), 2)
-        return self.fc2(F.relu(self.fc1(x.flatten(1))))
+from torch_models import idx, SimpleCNN, FedAvgCNN  # noqa: E402
 
 
 n = a.batch * (a.steps + a.warmup)
