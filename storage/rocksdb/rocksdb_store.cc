@@ -1,0 +1,426 @@
+// The RocksDB CheckpointStore. Layout:
+//   column family "default": "m/<run>/<sequence, 10 digits>" -> Manifest (protobuf)
+//                            "latest/<run>"                   -> checkpoint id
+//   column family "chunks" (BlobDB: large values live in blob files, not in the LSM tree):
+//                            "<id>\0<tensor index, BE32><chunk index, BE32>" -> bytes
+// A save writes every chunk, syncs the WAL, then writes the manifest and moves "latest" in one
+// synced WriteBatch: a checkpoint exists exactly when its manifest does. Chunks without a manifest
+// (a crash mid-save) are removed on the next writable open.
+
+#include <ATen/ATen.h>
+#include <rocksdb/db.h>
+#include <rocksdb/options.h>
+#include <rocksdb/slice.h>
+#include <rocksdb/version.h>
+#include <rocksdb/write_batch.h>
+#include <torch/version.h>
+
+#include <chrono>
+#include <cstring>
+#include <set>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "storage/checkpoint_store.h"
+#include "storage/crc32c.h"
+#include "storage/proto/checkpoint.pb.h"
+
+namespace allround::storage {
+namespace {
+
+namespace pb = allround::storage::v1;
+
+absl::Status FromRocks(const rocksdb::Status& s, const std::string& what) {
+  if (s.ok()) return absl::OkStatus();
+  const std::string msg = absl::StrCat(what, ": ", s.ToString());
+  if (s.IsNotFound()) return absl::NotFoundError(msg);
+  if (s.IsCorruption()) return absl::DataLossError(msg);
+  if (s.IsIOError() && absl::StrContains(s.ToString(), "lock")) return absl::FailedPreconditionError(msg);
+  return absl::InternalError(msg);
+}
+
+std::string ManifestKey(const std::string& run, uint64_t seq) { return absl::StrFormat("m/%s/%010d", run, seq); }
+std::string LatestKey(const std::string& run) { return absl::StrCat("latest/", run); }
+
+void AppendBigEndian32(std::string* s, uint32_t v) {
+  for (int shift = 24; shift >= 0; shift -= 8) s->push_back(static_cast<char>((v >> shift) & 0xff));
+}
+
+std::string ChunkPrefix(const std::string& id) { return id + std::string(1, '\0'); }
+std::string ChunkKey(const std::string& id, uint32_t tensor, uint32_t chunk) {
+  std::string k = ChunkPrefix(id);
+  AppendBigEndian32(&k, tensor);
+  AppendBigEndian32(&k, chunk);
+  return k;
+}
+
+CheckpointRecord ToRecord(const pb::Manifest& m) {
+  CheckpointRecord r;
+  r.id = m.id();
+  r.run_id = m.run_id();
+  r.sequence = m.sequence();
+  r.info.round = m.round();
+  r.info.step = m.step();
+  r.info.epoch = m.epoch();
+  r.info.step_in_epoch = m.step_in_epoch();
+  r.info.mode = m.mode();
+  r.info.job_hash = m.job_hash();
+  r.info.metrics = {m.metrics().begin(), m.metrics().end()};
+  r.created_unix_ms = m.created_unix_ms();
+  r.versions = {m.versions().begin(), m.versions().end()};
+  for (const auto& t : m.tensors()) {
+    r.tensors.push_back({t.name(), t.dtype(), {t.shape().begin(), t.shape().end()}, t.bytes(), t.chunks(), t.crc32c()});
+    r.total_bytes += t.bytes();
+  }
+  return r;
+}
+
+class RocksDbStore final : public CheckpointStore {
+ public:
+  RocksDbStore(std::unique_ptr<rocksdb::DB> db, std::vector<rocksdb::ColumnFamilyHandle*> handles,
+               const StoreOptions& options, std::string path)
+      : db_(std::move(db)), handles_(std::move(handles)), options_(options), path_(std::move(path)) {}
+
+  ~RocksDbStore() override {
+    // Flushing on close moves chunks from the WAL into blob files, so a reopen replays nothing.
+    if (!options_.read_only) db_->Flush(rocksdb::FlushOptions(), handles_).PermitUncheckedError();
+    for (auto* h : handles_) db_->DestroyColumnFamilyHandle(h);
+    db_->Close();
+  }
+
+  absl::Status RemoveOrphans() {
+    std::set<std::string> with_manifest;
+    auto manifests = ReadManifests("");
+    if (!manifests.ok()) return manifests.status();
+    for (const auto& m : *manifests) with_manifest.insert(m.id());
+    std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions(), chunks()));
+    std::vector<std::string> orphans;
+    for (it->SeekToFirst(); it->Valid();) {
+      const std::string key = it->key().ToString();
+      const std::string id = key.substr(0, key.find('\0'));
+      if (!with_manifest.count(id)) orphans.push_back(id);
+      it->Seek(ChunkPrefix(id) + std::string(8, '\xff') + "\xff");  // next id
+    }
+    if (!it->status().ok()) return FromRocks(it->status(), "scanning chunks");
+    for (const auto& id : orphans) {
+      if (auto s = DeleteChunks(id); !s.ok()) return s;
+    }
+    orphans_removed_ = orphans.size();
+    return absl::OkStatus();
+  }
+
+  absl::StatusOr<std::string> Save(const std::string& run_id, const CheckpointInfo& info,
+                                   const NamedTensors& tensors) override {
+    if (options_.read_only) return absl::FailedPreconditionError("checkpoint store opened read-only");
+    if (run_id.empty() || run_id.find('/') != std::string::npos || run_id.find('\0') != std::string::npos) {
+      return absl::InvalidArgumentError(absl::StrCat("bad run id '", run_id, "' (no '/', not empty)"));
+    }
+    auto existing = ReadManifests(run_id);
+    if (!existing.ok()) return existing.status();
+    const uint64_t seq = existing->empty() ? 1 : existing->back().sequence() + 1;
+    pb::Manifest m;
+    m.set_id(absl::StrFormat("%s/%010d", run_id, seq));
+    m.set_run_id(run_id);
+    m.set_sequence(seq);
+    m.set_round(info.round);
+    m.set_step(info.step);
+    m.set_epoch(info.epoch);
+    m.set_step_in_epoch(info.step_in_epoch);
+    m.set_mode(info.mode);
+    m.set_job_hash(info.job_hash);
+    m.set_chunk_bytes(options_.chunk_bytes);
+    m.set_created_unix_ms(std::chrono::duration_cast<std::chrono::milliseconds>(
+                              std::chrono::system_clock::now().time_since_epoch()).count());
+    (*m.mutable_versions())["libtorch"] = TORCH_VERSION;
+    (*m.mutable_versions())["rocksdb"] = absl::StrCat(ROCKSDB_MAJOR, ".", ROCKSDB_MINOR, ".", ROCKSDB_PATCH);
+    (*m.mutable_versions())["allround"] = "0.1.0";
+    for (const auto& [k, v] : info.metrics) (*m.mutable_metrics())[k] = v;
+
+    // Chunks first, not yet visible to anyone: no manifest names them.
+    rocksdb::WriteOptions unsynced;
+    rocksdb::WriteBatch batch;
+    size_t batch_bytes = 0;
+    for (size_t i = 0; i < tensors.size(); ++i) {
+      const auto& [name, tensor] = tensors[i];
+      const at::Tensor t = tensor.detach().to(at::kCPU).contiguous();
+      const uint64_t nbytes = t.numel() * t.element_size();
+      const auto* data = static_cast<const char*>(t.data_ptr());
+      pb::TensorEntry* e = m.add_tensors();
+      e->set_name(name);
+      e->set_dtype(DtypeName(t.scalar_type()));
+      for (int64_t d : t.sizes()) e->add_shape(d);
+      e->set_bytes(nbytes);
+      uint32_t crc = 0;
+      uint32_t chunk = 0;
+      for (uint64_t off = 0; off < nbytes || (nbytes == 0 && chunk == 0); off += options_.chunk_bytes, ++chunk) {
+        const uint64_t len = std::min<uint64_t>(options_.chunk_bytes, nbytes - off);
+        crc = Crc32c(crc, data + off, len);
+        batch.Put(chunks(), ChunkKey(m.id(), static_cast<uint32_t>(i), chunk), rocksdb::Slice(data + off, len));
+        batch_bytes += len;
+        if (batch_bytes >= (64u << 20)) {
+          if (auto s = FromRocks(db_->Write(unsynced, &batch), "writing chunks"); !s.ok()) return s;
+          batch.Clear();
+          batch_bytes = 0;
+        }
+        if (nbytes == 0) break;
+      }
+      e->set_chunks(chunk == 0 ? 1 : chunk);
+      e->set_crc32c(crc);
+    }
+    if (auto s = FromRocks(db_->Write(unsynced, &batch), "writing chunks"); !s.ok()) return s;
+    if (auto s = FromRocks(db_->FlushWAL(/*sync=*/true), "syncing chunks"); !s.ok()) return s;
+
+    // Then the manifest and the latest pointer, together, synced.
+    rocksdb::WriteBatch commit;
+    commit.Put(ManifestKey(run_id, seq), m.SerializeAsString());
+    commit.Put(LatestKey(run_id), m.id());
+    rocksdb::WriteOptions synced;
+    synced.sync = true;
+    if (auto s = FromRocks(db_->Write(synced, &commit), "committing checkpoint"); !s.ok()) return s;
+    return m.id();
+  }
+
+  absl::StatusOr<std::vector<CheckpointRecord>> List() override {
+    auto manifests = ReadManifests("");
+    if (!manifests.ok()) return manifests.status();
+    std::vector<CheckpointRecord> out;
+    for (const auto& m : *manifests) out.push_back(ToRecord(m));
+    return out;
+  }
+
+  absl::StatusOr<CheckpointRecord> Get(const std::string& id) override {
+    auto m = ReadManifest(id);
+    if (!m.ok()) return m.status();
+    return ToRecord(*m);
+  }
+
+  absl::StatusOr<std::string> Latest(const std::string& run_id) override {
+    std::string id;
+    rocksdb::Status s = db_->Get(rocksdb::ReadOptions(), LatestKey(run_id), &id);
+    if (s.IsNotFound()) return absl::NotFoundError(absl::StrCat("run '", run_id, "' has no checkpoint"));
+    if (auto st = FromRocks(s, "reading latest pointer"); !st.ok()) return st;
+    return id;
+  }
+
+  absl::StatusOr<NamedTensors> Load(const std::string& id) override {
+    NamedTensors out;
+    std::vector<std::string> bad;
+    if (auto s = ReadTensors(id, &out, &bad); !s.ok()) return s;
+    if (!bad.empty()) {
+      return absl::DataLossError(absl::StrCat("checkpoint ", id, ": checksum mismatch in ", absl::StrJoin(bad, ", ")));
+    }
+    return out;
+  }
+
+  absl::StatusOr<std::vector<std::string>> Verify(const std::string& id) override {
+    std::vector<std::string> bad;
+    if (auto s = ReadTensors(id, nullptr, &bad); !s.ok()) return s;
+    return bad;
+  }
+
+  absl::StatusOr<std::vector<std::string>> Prune(const std::string& run_id, const RetentionPolicy& policy) override {
+    auto manifests = ReadManifests(run_id);
+    if (!manifests.ok()) return manifests.status();
+    auto latest = Latest(run_id);
+    std::vector<std::string> deleted;
+    const int64_t n = static_cast<int64_t>(manifests->size());
+    for (int64_t i = 0; i < n; ++i) {
+      const pb::Manifest& m = (*manifests)[i];
+      const bool keep = i >= n - policy.keep_last ||
+                        (policy.keep_every > 0 && m.sequence() % static_cast<uint64_t>(policy.keep_every) == 0) ||
+                        (latest.ok() && *latest == m.id());
+      if (keep) continue;
+      if (auto s = Delete(m.id()); !s.ok()) return s;
+      deleted.push_back(m.id());
+    }
+    return deleted;
+  }
+
+  absl::Status Delete(const std::string& id) override {
+    if (options_.read_only) return absl::FailedPreconditionError("checkpoint store opened read-only");
+    auto m = ReadManifest(id);
+    if (!m.ok()) return m.status();
+    auto latest = Latest(m->run_id());
+    if (latest.ok() && *latest == id) {
+      return absl::FailedPreconditionError(absl::StrCat("checkpoint ", id, " is its run's latest"));
+    }
+    rocksdb::WriteOptions synced;
+    synced.sync = true;
+    if (auto s = FromRocks(db_->Delete(synced, ManifestKey(m->run_id(), m->sequence())), "deleting manifest");
+        !s.ok()) {
+      return s;
+    }
+    return DeleteChunks(id);
+  }
+
+  size_t orphans_removed() const { return orphans_removed_; }
+
+ private:
+  rocksdb::ColumnFamilyHandle* meta() { return handles_[0]; }
+  rocksdb::ColumnFamilyHandle* chunks() { return handles_[1]; }
+
+  absl::Status DeleteChunks(const std::string& id) {
+    rocksdb::WriteOptions synced;
+    synced.sync = true;
+    const std::string begin = ChunkPrefix(id), end = id + std::string(1, '\x01');
+    return FromRocks(db_->DeleteRange(synced, chunks(), begin, end), absl::StrCat("deleting chunks of ", id));
+  }
+
+  // Manifests of one run (or all runs when run_id is empty), in sequence order.
+  absl::StatusOr<std::vector<pb::Manifest>> ReadManifests(const std::string& run_id) {
+    const std::string prefix = run_id.empty() ? "m/" : absl::StrCat("m/", run_id, "/");
+    std::vector<pb::Manifest> out;
+    std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions(), meta()));
+    for (it->Seek(prefix); it->Valid() && it->key().starts_with(prefix); it->Next()) {
+      pb::Manifest m;
+      if (!m.ParseFromArray(it->value().data(), static_cast<int>(it->value().size()))) {
+        return absl::DataLossError(absl::StrCat("manifest ", it->key().ToString(), " does not parse"));
+      }
+      out.push_back(std::move(m));
+    }
+    if (auto s = FromRocks(it->status(), "listing manifests"); !s.ok()) return s;
+    return out;
+  }
+
+  absl::StatusOr<pb::Manifest> ReadManifest(const std::string& id) {
+    const size_t slash = id.rfind('/');
+    if (slash == std::string::npos) return absl::InvalidArgumentError(absl::StrCat("bad checkpoint id '", id, "'"));
+    uint64_t seq = 0;
+    if (!absl::SimpleAtoi(id.substr(slash + 1), &seq)) {
+      return absl::InvalidArgumentError(absl::StrCat("bad checkpoint id '", id, "'"));
+    }
+    std::string value;
+    rocksdb::Status s = db_->Get(rocksdb::ReadOptions(), meta(), ManifestKey(id.substr(0, slash), seq), &value);
+    if (s.IsNotFound()) return absl::NotFoundError(absl::StrCat("no checkpoint '", id, "' in ", path_));
+    if (auto st = FromRocks(s, "reading manifest"); !st.ok()) return st;
+    pb::Manifest m;
+    if (!m.ParseFromString(value)) return absl::DataLossError(absl::StrCat("manifest of ", id, " does not parse"));
+    return m;
+  }
+
+  // Streams every chunk of `id` in key order; fills `out` when given; names bad tensors in `bad`.
+  absl::Status ReadTensors(const std::string& id, NamedTensors* out, std::vector<std::string>* bad) {
+    auto m = ReadManifest(id);
+    if (!m.ok()) return m.status();
+    rocksdb::ReadOptions ro;
+    ro.fill_cache = false;
+    ro.readahead_size = 8 << 20;
+    for (int i = 0; i < m->tensors_size(); ++i) {
+      // An iterator per tensor, bounded to its chunks: a corrupt chunk puts its iterator in an error
+      // state for good, and an unbounded one would read the next tensor's first chunk too.
+      const std::string upper = ChunkKey(id, static_cast<uint32_t>(i) + 1, 0);
+      const rocksdb::Slice upper_slice(upper);
+      ro.iterate_upper_bound = &upper_slice;
+      std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(ro, chunks()));
+      const pb::TensorEntry& e = m->tensors(i);
+      auto dtype = DtypeFromName(e.dtype());
+      if (!dtype.ok()) return dtype.status();
+      at::Tensor t;
+      char* dst = nullptr;
+      if (out != nullptr) {
+        t = at::empty(std::vector<int64_t>(e.shape().begin(), e.shape().end()), at::TensorOptions().dtype(*dtype));
+        if (static_cast<uint64_t>(t.numel() * t.element_size()) != e.bytes()) {
+          return absl::DataLossError(absl::StrCat("checkpoint ", id, ": tensor ", e.name(), " shape and size disagree"));
+        }
+        dst = static_cast<char*>(t.data_ptr());
+      }
+      uint32_t crc = 0;
+      uint64_t got = 0;
+      uint32_t chunks_seen = 0;
+      const std::string prefix = ChunkKey(id, static_cast<uint32_t>(i), 0).substr(0, ChunkPrefix(id).size() + 4);
+      for (it->Seek(prefix); it->Valid() && it->key().starts_with(prefix); it->Next()) {
+        const rocksdb::Slice v = it->value();
+        if (got + v.size() > e.bytes()) {
+          got += v.size();
+          break;
+        }
+        crc = Crc32c(crc, v.data(), v.size());
+        if (dst != nullptr) std::memcpy(dst + got, v.data(), v.size());
+        got += v.size();
+        ++chunks_seen;
+      }
+      if (it->status().IsCorruption()) {
+        bad->push_back(e.name());  // RocksDB's own block or blob checksum caught it first
+        continue;
+      }
+      if (auto s = FromRocks(it->status(), absl::StrCat("reading tensor ", e.name())); !s.ok()) return s;
+      if (got != e.bytes() || crc != e.crc32c() || chunks_seen != e.chunks()) {
+        bad->push_back(e.name());
+      } else if (out != nullptr) {
+        out->emplace_back(e.name(), t);
+      }
+    }
+    return absl::OkStatus();
+  }
+
+  std::unique_ptr<rocksdb::DB> db_;
+  std::vector<rocksdb::ColumnFamilyHandle*> handles_;
+  StoreOptions options_;
+  std::string path_;
+  size_t orphans_removed_ = 0;
+};
+
+}  // namespace
+
+std::string DtypeName(at::ScalarType t) {
+  switch (t) {
+    case at::kFloat: return "float32";
+    case at::kDouble: return "float64";
+    case at::kHalf: return "float16";
+    case at::kBFloat16: return "bfloat16";
+    case at::kLong: return "int64";
+    case at::kInt: return "int32";
+    case at::kShort: return "int16";
+    case at::kChar: return "int8";
+    case at::kByte: return "uint8";
+    case at::kBool: return "bool";
+    default: return c10::toString(t);
+  }
+}
+
+absl::StatusOr<at::ScalarType> DtypeFromName(const std::string& name) {
+  for (at::ScalarType t : {at::kFloat, at::kDouble, at::kHalf, at::kBFloat16, at::kLong, at::kInt, at::kShort,
+                           at::kChar, at::kByte, at::kBool}) {
+    if (DtypeName(t) == name) return t;
+  }
+  return absl::DataLossError(absl::StrCat("unknown dtype '", name, "'"));
+}
+
+absl::StatusOr<std::unique_ptr<CheckpointStore>> OpenCheckpointStore(const std::string& path,
+                                                                     const StoreOptions& options) {
+  rocksdb::DBOptions db_options;
+  db_options.create_if_missing = options.create_if_missing && !options.read_only;
+  db_options.create_missing_column_families = !options.read_only;
+  db_options.info_log_level = rocksdb::InfoLogLevel::WARN_LEVEL;
+  db_options.keep_log_file_num = 2;
+  rocksdb::ColumnFamilyOptions meta_options;
+  rocksdb::ColumnFamilyOptions chunk_options;
+  chunk_options.enable_blob_files = true;  // integrated BlobDB: chunk bytes go to blob files
+  chunk_options.min_blob_size = 4096;
+  chunk_options.blob_file_size = 256 << 20;
+  chunk_options.write_buffer_size = 128 << 20;
+  chunk_options.enable_blob_garbage_collection = true;
+  std::vector<rocksdb::ColumnFamilyDescriptor> families = {{rocksdb::kDefaultColumnFamilyName, meta_options},
+                                                           {"chunks", chunk_options}};
+  std::vector<rocksdb::ColumnFamilyHandle*> handles;
+  rocksdb::DB* raw = nullptr;
+  rocksdb::Status s = options.read_only
+                          ? rocksdb::DB::OpenForReadOnly(db_options, path, families, &handles, &raw)
+                          : rocksdb::DB::Open(db_options, path, families, &handles, &raw);
+  if (!s.ok()) {
+    if (s.IsIOError() && absl::StrContains(s.ToString(), "lock")) {
+      return absl::FailedPreconditionError(absl::StrCat("checkpoint store ", path, " is open for writing by another process: ",
+                                                        s.ToString()));
+    }
+    return FromRocks(s, absl::StrCat("opening checkpoint store ", path));
+  }
+  auto store = std::make_unique<RocksDbStore>(std::unique_ptr<rocksdb::DB>(raw), std::move(handles), options, path);
+  if (!options.read_only) {
+    if (auto st = store->RemoveOrphans(); !st.ok()) return st;
+  }
+  return std::unique_ptr<CheckpointStore>(std::move(store));
+}
+
+}  // namespace allround::storage
