@@ -66,6 +66,15 @@ struct CommSpec {
   double first_bucket_mb = 1;        // the first bucket's cap (it launches earliest)
 };
 
+struct CheckpointSpec {
+  bool enabled = true;
+  std::string dir;                   // the RocksDB store ("": <run_dir>/checkpoints)
+  int64_t every_rounds = 1;          // after every K-th round (0: never by rounds)
+  int64_t every_steps = 0;           // after every K-th step (0: never by steps)
+  int64_t keep_last = 3;             // retention: the newest N
+  int64_t keep_every = 0;            // and every M-th (0: none)
+};
+
 struct PartitionSpec {
   std::string scheme = "iid";        // iid | dirichlet | labels
   int64_t sites = 1;
@@ -89,6 +98,7 @@ struct Job {
   TrainSpec train;
   PartitionSpec partition;
   CommSpec comm;
+  CheckpointSpec checkpoint;
   std::string run_dir = "runs/{name}";  // {name} is replaced by the job's name
 };
 

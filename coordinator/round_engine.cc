@@ -4,15 +4,15 @@ namespace allround::coordinator {
 
 absl::StatusOr<RunOutcome> RunRounds(const RoundPlan& plan, RoundExecutor& executor, RoundObserver& observer) {
   RunOutcome out;
-  for (int64_t r = 0; r < plan.rounds; ++r) {
+  for (int64_t r = plan.first_round; r < plan.rounds; ++r) {
     RoundAssignment round{r, r, 0};
     if (plan.max_steps > 0) {
-      round.step_budget = plan.max_steps - out.steps;
+      round.step_budget = plan.max_steps - plan.steps_done - out.steps;
       if (round.step_budget <= 0) break;
     }
     auto result = executor.Execute(round);
     if (!result.ok()) return result.status();
-    out.rounds++;
+    out.rounds = r + 1;
     out.steps += result->steps;
     out.examples += result->examples;
     out.train_seconds += result->seconds;

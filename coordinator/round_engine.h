@@ -51,6 +51,8 @@ class RoundObserver {
 struct RoundPlan {
   int64_t rounds = 1;
   int64_t max_steps = 0;    // over all rounds (0: no limit)
+  int64_t first_round = 0;  // a resumed run starts here
+  int64_t steps_done = 0;   // steps taken before first_round (count against max_steps)
 };
 
 struct RunOutcome {

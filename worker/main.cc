@@ -5,8 +5,11 @@
 
 #include <CLI/CLI.hpp>
 #include <chrono>
+#include <atomic>
+#include <csignal>
 #include <cstdio>
 #include <ctime>
+#include <functional>
 #include <map>
 #include <optional>
 #include <cstdlib>
@@ -20,6 +23,7 @@
 #include "common/job.h"
 #include "coordinator/round_engine.h"
 #include "storage/run_directory.h"
+#include "worker/checkpointing.h"
 #include "worker/trainer.h"
 
 namespace allround::worker {
@@ -30,8 +34,9 @@ using json = nlohmann::json;
 // Writes one JSONL record per round and prints a line per round (rank 0 only).
 class RoundReporter final : public coordinator::RoundObserver {
  public:
-  RoundReporter(storage::RunDirectory* dir, const Trainer* trainer, const Job& job)
-      : dir_(dir), trainer_(trainer), job_(job) {}
+  using AfterRound = std::function<absl::Status(const coordinator::RoundAssignment&, const coordinator::Metrics&)>;
+  RoundReporter(storage::RunDirectory* dir, const Trainer* trainer, const Job& job, AfterRound after_round)
+      : dir_(dir), trainer_(trainer), job_(job), after_round_(std::move(after_round)) {}
 
   absl::Status OnRound(const coordinator::RoundAssignment& round, const coordinator::RoundResult& result,
                        const coordinator::Metrics& eval) override {
@@ -46,6 +51,9 @@ class RoundReporter final : public coordinator::RoundObserver {
                 {"samples_per_s", result.seconds > 0 ? result.examples / result.seconds : 0.0},
                 {"time", static_cast<int64_t>(std::time(nullptr))}};
     for (const auto& [k, v] : eval) rec[k] = v;
+    if (after_round_) {
+      if (auto s = after_round_(round, eval); !s.ok()) return s;
+    }
     if (dir_ == nullptr) return absl::OkStatus();  // not rank 0
     std::printf("epoch %lld/%lld train_loss %.4f test_loss %.4f test_accuracy %.4f macro_f1 %.4f (%.1fs, %.0f samples/s)\n",
                 static_cast<long long>(round.epoch + 1), static_cast<long long>(job_.train.epochs), result.mean_loss,
@@ -59,14 +67,40 @@ class RoundReporter final : public coordinator::RoundObserver {
   storage::RunDirectory* dir_;
   const Trainer* trainer_;
   Job job_;
+  AfterRound after_round_;
 };
+
+// SIGTERM / SIGINT ask for a clean stop: finish the step, checkpoint, exit 0. The flag is the one
+// piece of process-wide state, as a signal handler can reach nothing else.
+std::atomic<bool>& StopRequested() {
+  static std::atomic<bool> flag{false};
+  return flag;
+}
+
+void OnStopSignal(int) { StopRequested().store(true); }
+
+void InstallStopHandlers() {
+  struct sigaction sa = {};
+  sa.sa_handler = OnStopSignal;
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGTERM, &sa, nullptr);
+  sigaction(SIGINT, &sa, nullptr);
+}
+
+// Whether any rank was asked to stop: every rank must stop after the same step.
+absl::StatusOr<bool> AnyRankStopping(comm::Communicator& comm) {
+  if (comm.size() == 1) return StopRequested().load();
+  at::Tensor flag = at::tensor({StopRequested().load() ? 1 : 0}, at::kInt);
+  if (auto s = comm.AllReduce(flag, comm::ReduceOp::kMax)->Wait(comm.timeout()); !s.ok()) return s;
+  return flag.item<int>() != 0;
+}
 
 json Summary(const Job& job, const coordinator::RunOutcome& out, const Trainer& trainer, int64_t parameters) {
   json s;
   for (const auto& [k, v] : out.final_eval) s[k] = v;
   const auto& r = trainer.last_report();
   s["epochs"] = out.rounds;
-  s["steps"] = out.steps;
+  s["steps"] = trainer.global_step();
   s["examples"] = out.examples;
   s["train_seconds"] = out.train_seconds;
   s["samples_per_s"] = out.train_seconds > 0 ? out.examples / out.train_seconds : 0.0;
@@ -82,7 +116,8 @@ json Summary(const Job& job, const coordinator::RunOutcome& out, const Trainer& 
   return s;
 }
 
-absl::Status Run(const Job& job, const std::string& summary_path, comm::Communicator& comm) {
+absl::Status Run(const Job& job, const std::string& summary_path, const std::string& resume,
+                 comm::Communicator& comm) {
   if (job.threads > 0) {
     torch::set_num_threads(static_cast<int>(job.threads));
     torch::set_num_interop_threads(1);
@@ -126,9 +161,68 @@ absl::Status Run(const Job& job, const std::string& summary_path, comm::Communic
                  comm.size(), comm.backend().c_str(), torch::get_num_threads(), dir->path().c_str());
   }
 
-  RoundReporter reporter(dir ? &*dir : nullptr, &trainer, job);
-  auto out = coordinator::RunRounds({job.train.epochs, job.train.max_steps}, trainer, reporter);
+  // Resume: every rank reads the same checkpoint (read-only), then rank 0 opens the store to write.
+  int64_t first_round = 0;
+  auto restored = ReadCheckpointForResume(job, resume);
+  if (!restored.ok()) return restored.status();
+  if (*restored) {
+    if (auto s = ApplyRestored(**restored, **mode, trainer); !s.ok()) return s;
+    first_round = (*restored)->round;
+    if (leader) {
+      std::fprintf(stderr, "allround-worker: resumed from checkpoint %s (round %lld, step %lld)\n",
+                   (*restored)->id.c_str(), static_cast<long long>(first_round),
+                   static_cast<long long>((*restored)->position.global_step));
+    }
+  }
+  if (auto s = comm.Barrier()->Wait(comm.timeout()); !s.ok()) return s;
+  std::unique_ptr<Checkpointer> checkpointer;
+  if (leader && job.checkpoint.enabled) {
+    auto opened = Checkpointer::Open(job);
+    if (!opened.ok()) return opened.status();
+    checkpointer = *std::move(opened);
+  }
+  int64_t rounds_done = first_round;
+  coordinator::Metrics last_eval;
+  const auto save = [&](const TrainingPosition& pos) -> absl::Status {
+    if (!checkpointer) return absl::OkStatus();
+    auto id = checkpointer->Save(**mode, pos, rounds_done, last_eval);
+    if (!id.ok()) return id.status();
+    std::fprintf(stderr, "allround-worker: checkpoint %s saved (round %lld, step %lld)\n", id->c_str(),
+                 static_cast<long long>(rounds_done), static_cast<long long>(pos.global_step));
+    return absl::OkStatus();
+  };
+
+  InstallStopHandlers();
+  trainer.set_step_hook([&](const TrainingPosition& pos) -> absl::Status {
+    auto stopping = AnyRankStopping(comm);
+    if (!stopping.ok()) return stopping.status();
+    if (*stopping || (checkpointer && checkpointer->DueAfterStep(pos.global_step))) {
+      if (auto s = save(pos); !s.ok()) return s;
+    }
+    if (*stopping) return absl::CancelledError(absl::StrCat("stopped by signal after step ", pos.global_step));
+    return absl::OkStatus();
+  });
+  RoundReporter reporter(dir ? &*dir : nullptr, &trainer, job,
+                         [&](const coordinator::RoundAssignment& round, const coordinator::Metrics& eval) {
+                           rounds_done = round.round + 1;
+                           last_eval = eval;
+                           if (checkpointer && checkpointer->DueAfterRound(rounds_done) &&
+                               checkpointer->last_saved_step() != trainer.global_step()) {
+                             return save(trainer.position());
+                           }
+                           return absl::OkStatus();
+                         });
+  coordinator::RoundPlan plan{job.train.epochs, job.train.max_steps, first_round, trainer.global_step()};
+  auto out = coordinator::RunRounds(plan, trainer, reporter);
+  if (absl::IsCancelled(out.status())) {
+    if (leader) std::fprintf(stderr, "allround-worker: %s; checkpoint saved, exiting\n", std::string(out.status().message()).c_str());
+    return absl::OkStatus();
+  }
   if (!out.ok()) return out.status();
+  // The final state is always checkpointed, whatever the policy's period.
+  if (checkpointer && checkpointer->last_saved_step() != trainer.global_step()) {
+    if (auto s = save(trainer.position()); !s.ok()) return s;
+  }
   if (!leader) return absl::OkStatus();
   json summary = Summary(job, *out, trainer, (*mode)->ParameterCount());
   summary["world_size"] = comm.size();
@@ -157,15 +251,20 @@ int main(int argc, char** argv) {
   using namespace allround;
   CLI::App app{"allround-worker: trains the model a job file describes (one process: a worker group of one).\n"
                "Every job key is also a flag (--KEY=VALUE) that overrides the job file."};
-  std::string job_path, summary_path;
+  std::string job_path, summary_path, resume = "none";
   bool print_job = false;
   app.add_option("job", job_path, "job file (YAML); without it the built-in default job runs");
   app.add_option("--summary-json", summary_path, "write the final metrics to this file as one JSON object");
   app.add_flag("--print-job", print_job, "print the resolved job as YAML and exit");
+  app.add_option("--resume", resume,
+                 "none: start fresh; auto: continue from the run's latest checkpoint (fresh if none); "
+                 "or a checkpoint id (allround-ckpt ls lists them)");
   std::map<std::string, std::string> overrides;
   std::vector<std::pair<std::string, CLI::Option*>> key_options;
   for (const auto& [key, help] : JobKeys()) {
-    key_options.emplace_back(key, app.add_option("--" + key, overrides[key], help)->group("Job keys"));
+    key_options.emplace_back(key, app.add_option("--" + key, overrides[key], help)
+                                      ->group("Job keys")
+                                      ->multi_option_policy(CLI::MultiOptionPolicy::TakeLast));
   }
   try {
     app.parse(argc, argv);
@@ -199,7 +298,7 @@ int main(int argc, char** argv) {
   }
   comm::Communicator& comm = (*context)->comm();
   try {
-    s = worker::Run(*job, summary_path, comm);
+    s = worker::Run(*job, summary_path, resume, comm);
   } catch (const c10::Error& e) {
     s = absl::InternalError(e.what_without_backtrace());
   }

@@ -79,31 +79,44 @@ absl::StatusOr<coordinator::RoundResult> Trainer::Execute(const coordinator::Rou
   const std::vector<int64_t> order = sampler.Indices(round.epoch);
   const at::Tensor index = at::from_blob(const_cast<int64_t*>(order.data()), {static_cast<int64_t>(order.size())},
                                          at::kLong);
-  Rng augment_rng(DeriveSeed(job_.seed, "augment", static_cast<uint64_t>(round.epoch),
-                             static_cast<uint64_t>(comm_->rank())));
   const double fill = -data::kFashionMnistMean / data::kFashionMnistStd;  // a black pixel
+  // A resumed epoch skips the steps it already took; the order itself depends on the epoch only.
+  const int64_t first = position_.epoch == round.epoch ? position_.step_in_epoch : 0;
+  position_.epoch = round.epoch;
+  position_.step_in_epoch = first;
 
   coordinator::RoundResult result;
   double loss_sum = 0.0;
   last_progress_ = Now();
-  for (int64_t s = 0; s < steps_per_epoch_; ++s) {
+  for (int64_t s = first; s < steps_per_epoch_; ++s) {
     if (round.step_budget > 0 && result.steps >= round.step_budget) break;
     const int64_t begin = s * job_.train.batch_size;
     const int64_t len = std::min<int64_t>(job_.train.batch_size, static_cast<int64_t>(order.size()) - begin);
     const at::Tensor idx = index.narrow(0, begin, len);
     modes::Batch batch{data_.train_inputs.index_select(0, idx), data_.train_targets.index_select(0, idx)};
+    // Augmentation draws from (seed, epoch, rank, step): no generator state to carry across a resume.
+    Rng augment_rng(DeriveSeed(job_.seed, "augment", static_cast<uint64_t>(round.epoch),
+                               (static_cast<uint64_t>(comm_->rank()) << 32) | static_cast<uint64_t>(s)));
     batch.inputs = data::Augment(batch.inputs, job_.data.augment, augment_rng, 2, fill);
-    auto step = mode_->TrainStep(batch, schedule_.At(global_step_), sync_);
+    auto step = mode_->TrainStep(batch, schedule_.At(position_.global_step), sync_);
     if (!step.ok()) {
       return absl::Status(step.status().code(), absl::StrCat("epoch ", round.epoch + 1, " step ", s + 1, ": ",
                                                              step.status().message()));
     }
-    ++global_step_;
+    ++position_.global_step;
+    ++position_.step_in_epoch;
     ++result.steps;
     result.examples += step->examples * comm_->size();
     loss_sum += step->loss;
     MaybePrintProgress(round, s + 1, loss_sum / static_cast<double>(result.steps), Now() - start, result.examples,
                        false);
+    if (step_hook_) {
+      if (auto st = step_hook_(position_); !st.ok()) return st;
+    }
+  }
+  if (position_.step_in_epoch >= steps_per_epoch_) {
+    position_.epoch = round.epoch + 1;
+    position_.step_in_epoch = 0;
   }
   result.seconds = Now() - start;
   result.mean_loss = result.steps > 0 ? loss_sum / static_cast<double>(result.steps) : 0.0;
@@ -119,11 +132,11 @@ void Trainer::MaybePrintProgress(const coordinator::RoundAssignment& round, int6
   const double rate = elapsed > 0 ? static_cast<double>(examples) / elapsed : 0.0;
   const double step_s = elapsed / static_cast<double>(std::max<int64_t>(1, step_in_epoch));
   const int64_t total = TotalSteps(job_, steps_per_epoch_);
-  const double eta = step_s * static_cast<double>(std::max<int64_t>(0, total - global_step_));
+  const double eta = step_s * static_cast<double>(std::max<int64_t>(0, total - position_.global_step));
   std::fprintf(stderr, "epoch %lld/%lld step %lld/%lld loss %.4f lr %.3g %.0f samples/s ETA %s\n",
                static_cast<long long>(round.epoch + 1), static_cast<long long>(job_.train.epochs),
                static_cast<long long>(step_in_epoch), static_cast<long long>(steps_per_epoch_), loss,
-               schedule_.At(global_step_), rate, Duration(eta).c_str());
+               schedule_.At(position_.global_step), rate, Duration(eta).c_str());
   std::fflush(stderr);
 }
 

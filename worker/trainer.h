@@ -9,6 +9,7 @@
 
 #include <ATen/core/Tensor.h>
 
+#include <functional>
 #include <memory>
 
 #include "absl/status/statusor.h"
@@ -32,8 +33,19 @@ struct TrainingData {
 // Reads the job's dataset (data.name, data.dir) and applies data.train_limit / test_limit.
 absl::StatusOr<TrainingData> LoadTrainingData(const Job& job);
 
+// Where training stands: enough, with the model and optimizer state, to continue exactly.
+struct TrainingPosition {
+  int64_t global_step = 0;    // optimizer steps taken
+  int64_t epoch = 0;          // the epoch the next step belongs to
+  int64_t step_in_epoch = 0;  // steps of that epoch already taken
+};
+
 class Trainer final : public coordinator::RoundExecutor {
  public:
+  // Called after every step with the position reached. An error stops the round and is returned
+  // from Execute (CancelledError: a requested stop after a clean step).
+  using StepHook = std::function<absl::Status(const TrainingPosition&)>;
+
   // `sync` (the Reducer) may be null in a worker group of one.
   Trainer(const Job& job, TrainingData data, modes::LearningMode* mode, comm::Communicator* comm,
           comm::GradientSync* sync = nullptr);
@@ -43,9 +55,13 @@ class Trainer final : public coordinator::RoundExecutor {
 
   // The last evaluation's full report (confusion matrix, per-class figures).
   const metrics::ClassificationReport& last_report() const { return last_report_; }
+  TrainingPosition position() const { return position_; }
+  // Continue from `p` (after loading the matching model and optimizer state).
+  void Restore(const TrainingPosition& p) { position_ = p; }
+  void set_step_hook(StepHook hook) { step_hook_ = std::move(hook); }
   int64_t steps_per_epoch() const { return steps_per_epoch_; }
-  int64_t global_step() const { return global_step_; }
-  double current_lr() const { return schedule_.At(global_step_); }
+  int64_t global_step() const { return position_.global_step; }
+  double current_lr() const { return schedule_.At(position_.global_step); }
 
  private:
   void MaybePrintProgress(const coordinator::RoundAssignment& round, int64_t step_in_epoch, double loss,
@@ -58,7 +74,8 @@ class Trainer final : public coordinator::RoundExecutor {
   comm::GradientSync* sync_;
   int64_t steps_per_epoch_;
   optim::LrSchedule schedule_;
-  int64_t global_step_ = 0;
+  TrainingPosition position_;
+  StepHook step_hook_;
   double last_progress_ = -1e9;
   metrics::ClassificationReport last_report_;
 };

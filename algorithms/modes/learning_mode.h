@@ -12,6 +12,8 @@
 
 #include <cstdint>
 #include <memory>
+#include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -56,6 +58,14 @@ class LearningMode {
   // Parameters and buffers (BatchNorm statistics): everything that defines the model.
   virtual std::vector<at::Tensor> ModelState() = 0;
   virtual int64_t ParameterCount() = 0;
+
+  // Every tensor needed to continue exactly: model parameters and buffers ("model/<name>") and
+  // optimizer state ("optim/<param name>/<slot>"), named so checkpoints can be inspected and
+  // diffed. LoadState takes what State gave (same job) and fails, changing nothing it has not
+  // checked, on a missing tensor or a shape mismatch, naming the tensor.
+  using NamedTensors = std::vector<std::pair<std::string, at::Tensor>>;
+  virtual NamedTensors State() = 0;
+  virtual absl::Status LoadState(const NamedTensors& state) = 0;
 };
 
 }  // namespace allround::modes

@@ -3,6 +3,7 @@
 #include <torch/torch.h>
 
 #include <cmath>
+#include <map>
 
 #include "absl/strings/str_cat.h"
 #include "algorithms/losses.h"
@@ -13,6 +14,19 @@
 
 namespace allround::modes {
 namespace {
+
+// Optimizer state is keyed by the parameter's TensorImpl: LibTorch 1.13 uses the address printed
+// as a string, 2.x the address itself. One helper serves both.
+template <typename Key>
+Key StateKeyAs(const at::Tensor& param) {
+  if constexpr (std::is_same_v<Key, std::string>) {
+    return c10::guts::to_string(param.unsafeGetTensorImpl());
+  } else {
+    return param.unsafeGetTensorImpl();
+  }
+}
+using StateMap = std::decay_t<decltype(std::declval<torch::optim::Optimizer&>().state())>;
+StateMap::key_type StateKey(const at::Tensor& param) { return StateKeyAs<StateMap::key_type>(param); }
 
 class SupervisedMode final : public LearningMode {
  public:
@@ -70,6 +84,89 @@ class SupervisedMode final : public LearningMode {
     return out;
   }
   int64_t ParameterCount() override { return models::CountParameters(*model_); }
+
+  NamedTensors State() override {
+    NamedTensors out;
+    for (const auto& p : model_->named_parameters()) out.emplace_back("model/" + p.key(), p.value().detach());
+    for (const auto& b : model_->named_buffers()) out.emplace_back("model/" + b.key(), b.value().detach());
+    for (const auto& p : model_->named_parameters()) {
+      auto it = optimizer_->state().find(StateKey(p.value()));
+      if (it == optimizer_->state().end()) continue;  // no step taken yet
+      const std::string prefix = "optim/" + p.key() + "/";
+      if (auto* sgd = dynamic_cast<torch::optim::SGDParamState*>(it->second.get())) {
+        if (sgd->momentum_buffer().defined()) out.emplace_back(prefix + "momentum_buffer", sgd->momentum_buffer());
+      } else if (auto* adam = dynamic_cast<torch::optim::AdamParamState*>(it->second.get())) {
+        out.emplace_back(prefix + "step", torch::tensor(adam->step(), torch::kLong));
+        out.emplace_back(prefix + "exp_avg", adam->exp_avg());
+        out.emplace_back(prefix + "exp_avg_sq", adam->exp_avg_sq());
+      } else if (auto* adamw = dynamic_cast<torch::optim::AdamWParamState*>(it->second.get())) {
+        out.emplace_back(prefix + "step", torch::tensor(adamw->step(), torch::kLong));
+        out.emplace_back(prefix + "exp_avg", adamw->exp_avg());
+        out.emplace_back(prefix + "exp_avg_sq", adamw->exp_avg_sq());
+      }
+    }
+    return out;
+  }
+
+  absl::Status LoadState(const NamedTensors& state) override {
+    std::map<std::string, at::Tensor> by_name(state.begin(), state.end());
+    auto find = [&](const std::string& name, const at::Tensor& like) -> absl::StatusOr<at::Tensor> {
+      auto it = by_name.find(name);
+      if (it == by_name.end()) return absl::NotFoundError(absl::StrCat("state has no tensor '", name, "'"));
+      if (like.defined() && it->second.sizes() != like.sizes()) {
+        return absl::InvalidArgumentError(absl::StrCat("tensor '", name, "' has shape ", c10::str(it->second.sizes()),
+                                                       ", the model needs ", c10::str(like.sizes())));
+      }
+      return it->second;
+    };
+    // Check everything the model needs before changing anything.
+    std::vector<std::pair<at::Tensor, at::Tensor>> copies;
+    for (const auto& p : model_->named_parameters()) {
+      auto t = find("model/" + p.key(), p.value());
+      if (!t.ok()) return t.status();
+      copies.emplace_back(p.value(), *t);
+    }
+    for (const auto& b : model_->named_buffers()) {
+      auto t = find("model/" + b.key(), b.value());
+      if (!t.ok()) return t.status();
+      copies.emplace_back(b.value(), *t);
+    }
+    {
+      torch::NoGradGuard no_grad;
+      for (auto& [dst, src] : copies) dst.copy_(src);
+    }
+    optimizer_->state().clear();
+    for (const auto& p : model_->named_parameters()) {
+      const std::string prefix = "optim/" + p.key() + "/";
+      const auto key = StateKey(p.value());
+      if (dynamic_cast<torch::optim::SGD*>(optimizer_.get()) != nullptr) {
+        auto it = by_name.find(prefix + "momentum_buffer");
+        if (it == by_name.end()) continue;
+        auto st = std::make_unique<torch::optim::SGDParamState>();
+        st->momentum_buffer(it->second.clone());
+        optimizer_->state()[key] = std::move(st);
+      } else if (by_name.count(prefix + "step")) {
+        auto avg = find(prefix + "exp_avg", p.value()), sq = find(prefix + "exp_avg_sq", p.value());
+        if (!avg.ok()) return avg.status();
+        if (!sq.ok()) return sq.status();
+        const int64_t step = by_name.at(prefix + "step").item<int64_t>();
+        if (dynamic_cast<torch::optim::AdamW*>(optimizer_.get()) != nullptr) {
+          auto st = std::make_unique<torch::optim::AdamWParamState>();
+          st->step(step);
+          st->exp_avg(avg->clone());
+          st->exp_avg_sq(sq->clone());
+          optimizer_->state()[key] = std::move(st);
+        } else {
+          auto st = std::make_unique<torch::optim::AdamParamState>();
+          st->step(step);
+          st->exp_avg(avg->clone());
+          st->exp_avg_sq(sq->clone());
+          optimizer_->state()[key] = std::move(st);
+        }
+      }
+    }
+    return absl::OkStatus();
+  }
 
  private:
   absl::Status CheckBatch(const Batch& b) const {

@@ -1,0 +1,134 @@
+#include "worker/checkpointing.h"
+
+#include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <functional>
+#include <mutex>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+
+namespace allround::worker {
+namespace {
+
+constexpr char kPosition[] = "trainer/position";  // int64 [global_step, epoch, step_in_epoch, rounds done]
+constexpr char kCpuRng[] = "rng/torch_cpu";
+
+std::string JobHash(const Job& job) {
+  return absl::StrFormat("%016x", std::hash<std::string>{}(JobToYaml(job)));
+}
+
+}  // namespace
+
+std::string CheckpointDir(const Job& job) {
+  return job.checkpoint.dir.empty() ? ResolvedRunDir(job) + "/checkpoints" : job.checkpoint.dir;
+}
+
+absl::StatusOr<std::optional<Restored>> ReadCheckpointForResume(const Job& job, const std::string& resume) {
+  if (resume == "none") return std::optional<Restored>();
+  const std::string dir = CheckpointDir(job);
+  if (!std::filesystem::exists(dir + "/CURRENT")) {
+    if (resume == "auto") return std::optional<Restored>();
+    return absl::NotFoundError(absl::StrCat("--resume ", resume, ": no checkpoint store at ", dir));
+  }
+  storage::StoreOptions options;
+  options.read_only = true;
+  auto store = storage::OpenCheckpointStore(dir, options);
+  if (!store.ok()) return store.status();
+  std::string id = resume;
+  if (resume == "auto") {
+    auto latest = (*store)->Latest(job.name);
+    if (absl::IsNotFound(latest.status())) return std::optional<Restored>();
+    if (!latest.ok()) return latest.status();
+    id = *latest;
+  }
+  auto record = (*store)->Get(id);
+  if (!record.ok()) return record.status();
+  auto tensors = (*store)->Load(id);
+  if (!tensors.ok()) {
+    return absl::Status(tensors.status().code(),
+                        absl::StrCat(tensors.status().message(),
+                                     "; refusing to resume from it (name an earlier one with --resume ID; "
+                                     "allround-ckpt ls ", dir, " lists them)"));
+  }
+  Restored r;
+  r.id = id;
+  for (auto& [name, t] : *tensors) {
+    if (name == kPosition) {
+      if (t.numel() != 4) return absl::DataLossError(absl::StrCat("checkpoint ", id, ": malformed ", kPosition));
+      r.position = {t[0].item<int64_t>(), t[1].item<int64_t>(), t[2].item<int64_t>()};
+      r.round = t[3].item<int64_t>();
+    } else {
+      r.mode_state.emplace_back(name, t);
+    }
+  }
+  if (record->info.job_hash != JobHash(job)) {
+    std::fprintf(stderr, "allround-worker: note: checkpoint %s was written by a different job file\n", id.c_str());
+  }
+  return std::optional<Restored>(std::move(r));
+}
+
+absl::Status ApplyRestored(const Restored& r, modes::LearningMode& mode, Trainer& trainer) {
+  for (const auto& [name, t] : r.mode_state) {
+    if (name == kCpuRng) {
+      at::Generator gen = at::detail::getDefaultCPUGenerator();
+      std::lock_guard<std::mutex> lock(gen.mutex());
+      gen.set_state(t);
+    }
+  }
+  if (auto s = mode.LoadState(r.mode_state); !s.ok()) {
+    return absl::Status(s.code(), absl::StrCat("checkpoint ", r.id, ": ", s.message()));
+  }
+  trainer.Restore(r.position);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::unique_ptr<Checkpointer>> Checkpointer::Open(const Job& job) {
+  std::error_code ec;
+  std::filesystem::create_directories(CheckpointDir(job), ec);
+  auto store = storage::OpenCheckpointStore(CheckpointDir(job));
+  if (!store.ok()) return store.status();
+  return std::unique_ptr<Checkpointer>(new Checkpointer(job, *std::move(store)));
+}
+
+Checkpointer::Checkpointer(const Job& job, std::unique_ptr<storage::CheckpointStore> store)
+    : job_(job), job_hash_(JobHash(job)), store_(std::move(store)) {}
+
+bool Checkpointer::DueAfterStep(int64_t global_step) const {
+  return job_.checkpoint.every_steps > 0 && global_step % job_.checkpoint.every_steps == 0;
+}
+
+bool Checkpointer::DueAfterRound(int64_t rounds_done) const {
+  return job_.checkpoint.every_rounds > 0 && rounds_done % job_.checkpoint.every_rounds == 0;
+}
+
+absl::StatusOr<std::string> Checkpointer::Save(modes::LearningMode& mode, const TrainingPosition& position,
+                                               int64_t round, const coordinator::Metrics& metrics) {
+  storage::NamedTensors tensors = mode.State();
+  tensors.emplace_back(kPosition, at::tensor({position.global_step, position.epoch, position.step_in_epoch, round},
+                                             at::kLong));
+  {
+    at::Generator gen = at::detail::getDefaultCPUGenerator();
+    std::lock_guard<std::mutex> lock(gen.mutex());
+    tensors.emplace_back(kCpuRng, gen.get_state());
+  }
+  storage::CheckpointInfo info;
+  info.round = round;
+  info.step = position.global_step;
+  info.epoch = position.epoch;
+  info.step_in_epoch = position.step_in_epoch;
+  info.mode = job_.mode;
+  info.job_hash = job_hash_;
+  for (const auto& [k, v] : metrics) info.metrics[k] = v;
+  auto id = store_->Save(job_.name, info, tensors);
+  if (!id.ok()) return id.status();
+  last_saved_step_ = position.global_step;
+  auto pruned = store_->Prune(job_.name, {job_.checkpoint.keep_last, job_.checkpoint.keep_every});
+  if (!pruned.ok()) return pruned.status();
+  return id;
+}
+
+}  // namespace allround::worker
