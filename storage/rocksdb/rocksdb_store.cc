@@ -3,8 +3,9 @@
 //                            "latest/<run>"                   -> checkpoint id
 //   column family "chunks" (BlobDB: large values live in blob files, not in the LSM tree):
 //                            "<id>\0<tensor index, BE32><chunk index, BE32>" -> bytes
-// A save writes every chunk, syncs the WAL, then writes the manifest and moves "latest" in one
-// synced WriteBatch: a checkpoint exists exactly when its manifest does. Chunks without a manifest
+// A save writes every chunk (bypassing the WAL), flushes the chunk column family so they are in
+// synced blob files, then writes the manifest and moves "latest" in one synced WriteBatch: a
+// checkpoint exists exactly when its manifest does. Chunks without a manifest
 // (a crash mid-save) are removed on the next writable open.
 
 #include <ATen/ATen.h>
@@ -15,7 +16,10 @@
 #include <rocksdb/write_batch.h>
 #include <torch/version.h>
 
+#include <algorithm>
+#include <atomic>
 #include <chrono>
+#include <thread>
 #include <cstring>
 #include <set>
 
@@ -138,8 +142,10 @@ class RocksDbStore final : public CheckpointStore {
     (*m.mutable_versions())["allround"] = "0.1.0";
     for (const auto& [k, v] : info.metrics) (*m.mutable_metrics())[k] = v;
 
-    // Chunks first, not yet visible to anyone: no manifest names them.
+    // Chunks first, not yet visible to anyone: no manifest names them. They skip the WAL (it would
+    // write every byte twice) and become durable by the flush below, into blob files.
     rocksdb::WriteOptions unsynced;
+    unsynced.disableWAL = true;
     rocksdb::WriteBatch batch;
     size_t batch_bytes = 0;
     for (size_t i = 0; i < tensors.size(); ++i) {
@@ -170,7 +176,9 @@ class RocksDbStore final : public CheckpointStore {
       e->set_crc32c(crc);
     }
     if (auto s = FromRocks(db_->Write(unsynced, &batch), "writing chunks"); !s.ok()) return s;
-    if (auto s = FromRocks(db_->FlushWAL(/*sync=*/true), "syncing chunks"); !s.ok()) return s;
+    rocksdb::FlushOptions flush;
+    flush.wait = true;
+    if (auto s = FromRocks(db_->Flush(flush, chunks()), "flushing chunks"); !s.ok()) return s;
 
     // Then the manifest and the latest pointer, together, synced.
     rocksdb::WriteBatch commit;
@@ -300,56 +308,87 @@ class RocksDbStore final : public CheckpointStore {
     return m;
   }
 
-  // Streams every chunk of `id` in key order; fills `out` when given; names bad tensors in `bad`.
+  struct TensorRead {
+    absl::Status status;
+    bool bad = false;
+    at::Tensor tensor;
+  };
+
+  // Reads tensor `i` of manifest `m` chunk by chunk, checking sizes and the CRC32C.
+  TensorRead ReadOneTensor(const pb::Manifest& m, int i, bool keep) {
+    TensorRead r;
+    const pb::TensorEntry& e = m.tensors(i);
+    rocksdb::ReadOptions ro;
+    ro.fill_cache = false;
+    // Our CRC32C covers every chunk byte; RocksDB's per-blob checksum would be a second pass.
+    ro.verify_checksums = false;
+    // An iterator per tensor, bounded to its chunks: a corrupt chunk puts its iterator in an error
+    // state for good, and an unbounded one would read the next tensor's first chunk too.
+    const std::string upper = ChunkKey(m.id(), static_cast<uint32_t>(i) + 1, 0);
+    const rocksdb::Slice upper_slice(upper);
+    ro.iterate_upper_bound = &upper_slice;
+    std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(ro, chunks()));
+    auto dtype = DtypeFromName(e.dtype());
+    if (!dtype.ok()) {
+      r.status = dtype.status();
+      return r;
+    }
+    char* dst = nullptr;
+    if (keep) {
+      r.tensor = at::empty(std::vector<int64_t>(e.shape().begin(), e.shape().end()), at::TensorOptions().dtype(*dtype));
+      if (static_cast<uint64_t>(r.tensor.numel() * r.tensor.element_size()) != e.bytes()) {
+        r.status = absl::DataLossError(absl::StrCat("checkpoint ", m.id(), ": tensor ", e.name(),
+                                                    " shape and size disagree"));
+        return r;
+      }
+      dst = static_cast<char*>(r.tensor.data_ptr());
+    }
+    uint32_t crc = 0;
+    uint64_t got = 0;
+    uint32_t chunks_seen = 0;
+    for (it->Seek(ChunkKey(m.id(), static_cast<uint32_t>(i), 0)); it->Valid(); it->Next()) {
+      const rocksdb::Slice v = it->value();
+      if (got + v.size() > e.bytes()) {
+        got += v.size();
+        break;
+      }
+      crc = Crc32c(crc, v.data(), v.size());
+      if (dst != nullptr) std::memcpy(dst + got, v.data(), v.size());
+      got += v.size();
+      ++chunks_seen;
+    }
+    if (it->status().IsCorruption()) {
+      r.bad = true;  // RocksDB's own block checksum caught it first
+    } else if (!it->status().ok()) {
+      r.status = FromRocks(it->status(), absl::StrCat("reading tensor ", e.name()));
+    } else if (got != e.bytes() || crc != e.crc32c() || chunks_seen != e.chunks()) {
+      r.bad = true;
+    }
+    return r;
+  }
+
+  // Reads every tensor of `id` (on a few threads: copying and checksumming 1 GiB is CPU work);
+  // fills `out` in manifest order when given; names bad tensors in `bad`.
   absl::Status ReadTensors(const std::string& id, NamedTensors* out, std::vector<std::string>* bad) {
     auto m = ReadManifest(id);
     if (!m.ok()) return m.status();
-    rocksdb::ReadOptions ro;
-    ro.fill_cache = false;
-    ro.readahead_size = 8 << 20;
-    for (int i = 0; i < m->tensors_size(); ++i) {
-      // An iterator per tensor, bounded to its chunks: a corrupt chunk puts its iterator in an error
-      // state for good, and an unbounded one would read the next tensor's first chunk too.
-      const std::string upper = ChunkKey(id, static_cast<uint32_t>(i) + 1, 0);
-      const rocksdb::Slice upper_slice(upper);
-      ro.iterate_upper_bound = &upper_slice;
-      std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(ro, chunks()));
-      const pb::TensorEntry& e = m->tensors(i);
-      auto dtype = DtypeFromName(e.dtype());
-      if (!dtype.ok()) return dtype.status();
-      at::Tensor t;
-      char* dst = nullptr;
-      if (out != nullptr) {
-        t = at::empty(std::vector<int64_t>(e.shape().begin(), e.shape().end()), at::TensorOptions().dtype(*dtype));
-        if (static_cast<uint64_t>(t.numel() * t.element_size()) != e.bytes()) {
-          return absl::DataLossError(absl::StrCat("checkpoint ", id, ": tensor ", e.name(), " shape and size disagree"));
-        }
-        dst = static_cast<char*>(t.data_ptr());
-      }
-      uint32_t crc = 0;
-      uint64_t got = 0;
-      uint32_t chunks_seen = 0;
-      const std::string prefix = ChunkKey(id, static_cast<uint32_t>(i), 0).substr(0, ChunkPrefix(id).size() + 4);
-      for (it->Seek(prefix); it->Valid() && it->key().starts_with(prefix); it->Next()) {
-        const rocksdb::Slice v = it->value();
-        if (got + v.size() > e.bytes()) {
-          got += v.size();
-          break;
-        }
-        crc = Crc32c(crc, v.data(), v.size());
-        if (dst != nullptr) std::memcpy(dst + got, v.data(), v.size());
-        got += v.size();
-        ++chunks_seen;
-      }
-      if (it->status().IsCorruption()) {
-        bad->push_back(e.name());  // RocksDB's own block or blob checksum caught it first
-        continue;
-      }
-      if (auto s = FromRocks(it->status(), absl::StrCat("reading tensor ", e.name())); !s.ok()) return s;
-      if (got != e.bytes() || crc != e.crc32c() || chunks_seen != e.chunks()) {
-        bad->push_back(e.name());
+    const int n = m->tensors_size();
+    std::vector<TensorRead> reads(n);
+    std::atomic<int> next{0};
+    const auto work = [&] {
+      for (int i = next++; i < n; i = next++) reads[i] = ReadOneTensor(*m, i, out != nullptr);
+    };
+    const int threads = std::clamp(static_cast<int>(std::thread::hardware_concurrency()), 1, 4);
+    std::vector<std::thread> pool;
+    for (int t = 1; t < std::min(threads, n); ++t) pool.emplace_back(work);
+    work();
+    for (auto& t : pool) t.join();
+    for (int i = 0; i < n; ++i) {
+      if (!reads[i].status.ok()) return reads[i].status;
+      if (reads[i].bad) {
+        bad->push_back(m->tensors(i).name());
       } else if (out != nullptr) {
-        out->emplace_back(e.name(), t);
+        out->emplace_back(m->tensors(i).name(), std::move(reads[i].tensor));
       }
     }
     return absl::OkStatus();
@@ -400,7 +439,12 @@ absl::StatusOr<std::unique_ptr<CheckpointStore>> OpenCheckpointStore(const std::
   chunk_options.enable_blob_files = true;  // integrated BlobDB: chunk bytes go to blob files
   chunk_options.min_blob_size = 4096;
   chunk_options.blob_file_size = 256 << 20;
-  chunk_options.write_buffer_size = 128 << 20;
+  // Several memtables in flight and two flush threads, so filling one overlaps writing another.
+  chunk_options.write_buffer_size = 64 << 20;
+  chunk_options.max_write_buffer_number = 6;
+  db_options.max_background_flushes = 2;
+  // Start writeback every few MiB instead of one large fsync when a blob file is done.
+  db_options.bytes_per_sync = 4 << 20;
   chunk_options.enable_blob_garbage_collection = true;
   std::vector<rocksdb::ColumnFamilyDescriptor> families = {{rocksdb::kDefaultColumnFamilyName, meta_options},
                                                            {"chunks", chunk_options}};
