@@ -151,6 +151,8 @@ const std::vector<Key>& Keys() {
                  [](Job& j) -> auto& { return j.model.hidden; }),
       IntKey<int64_t>("model.width", "resnet: channels of the first stage",
                       [](Job& j) -> auto& { return j.model.width; }, 1, 1024),
+      StringKey("model.init", "initial weights from a safetensors file (fine-tuning)",
+                [](Job& j) -> auto& { return j.model.init; }),
       StringKey("data.name", "dataset", [](Job& j) -> auto& { return j.data.name; }, {"fashion_mnist"}),
       StringKey("data.dir", "directory with the IDX files (.gz or plain)",
                 [](Job& j) -> auto& { return j.data.dir; }),

@@ -21,6 +21,7 @@ struct ModelSpec {
   std::string name = "simple_cnn";   // mlp | simple_cnn | fedavg_cnn | resnet
   std::vector<int64_t> hidden = {200, 200};  // mlp only
   int64_t width = 16;                // resnet only: channels of the first stage
+  std::string init;                  // initial weights: a safetensors file (e.g. from PyTorch)
 };
 
 struct DataSpec {

@@ -12,6 +12,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "storage/checkpoint_store.h"
+#include "storage/safetensors.h"
 
 namespace allround::storage {
 namespace {
@@ -103,54 +104,34 @@ int Verify(const std::string& db, const std::string& only) {
   return bad_count == 0 ? 0 : 1;
 }
 
-// safetensors: 8-byte little-endian header length, a JSON header, then the raw bytes.
-std::string SafetensorsDtype(at::ScalarType t) {
-  switch (t) {
-    case at::kFloat: return "F32";
-    case at::kDouble: return "F64";
-    case at::kHalf: return "F16";
-    case at::kBFloat16: return "BF16";
-    case at::kLong: return "I64";
-    case at::kInt: return "I32";
-    case at::kShort: return "I16";
-    case at::kChar: return "I8";
-    case at::kByte: return "U8";
-    case at::kBool: return "BOOL";
-    default: return "";
-  }
-}
-
 int Export(const std::string& db, const std::string& id, const std::string& format, const std::string& out) {
   if (format != "safetensors") return Fail(absl::InvalidArgumentError("--format: only safetensors is supported"));
   auto store = OpenRead(db);
   if (!store.ok()) return Fail(store.status());
   auto tensors = (*store)->Load(id);
   if (!tensors.ok()) return Fail(tensors.status());
-  nlohmann::json header = {{"__metadata__", {{"checkpoint", id}, {"format", "pt"}}}};
-  uint64_t offset = 0;
-  for (const auto& [name, t] : *tensors) {
-    const std::string dt = SafetensorsDtype(t.scalar_type());
-    if (dt.empty()) return Fail(absl::InvalidArgumentError(absl::StrCat("tensor ", name, ": dtype not in safetensors")));
-    const uint64_t n = t.numel() * t.element_size();
-    header[name] = {{"dtype", dt}, {"shape", t.sizes().vec()}, {"data_offsets", {offset, offset + n}}};
-    offset += n;
+  if (auto s = WriteSafetensors(out, *tensors, {{"checkpoint", id}, {"format", "pt"}}); !s.ok()) return Fail(s);
+  uint64_t bytes = 0;
+  for (const auto& [name, t] : *tensors) bytes += t.numel() * t.element_size();
+  std::printf("exported %zu tensors (%s) of %s to %s\n", tensors->size(), Size(bytes).c_str(), id.c_str(), out.c_str());
+  return 0;
+}
+
+// Stores a safetensors file (weights trained elsewhere) as a checkpoint of `run`; names without a
+// "model/" prefix get one, so a job can start from it (model.init, or --resume).
+int Import(const std::string& db, const std::string& file, const std::string& run) {
+  auto tensors = ReadSafetensors(file);
+  if (!tensors.ok()) return Fail(tensors.status());
+  for (auto& [name, t] : *tensors) {
+    if (name.rfind("model/", 0) != 0 && name.rfind("optim/", 0) != 0) name = "model/" + name;
   }
-  std::string h = header.dump();
-  h.append((8 - h.size() % 8) % 8, ' ');
-  std::ofstream f(out, std::ios::binary | std::ios::trunc);
-  if (!f) return Fail(absl::NotFoundError(absl::StrCat("cannot write ", out)));
-  uint64_t len = h.size();
-  char le[8];
-  for (int i = 0; i < 8; ++i) le[i] = static_cast<char>((len >> (8 * i)) & 0xff);
-  f.write(le, 8);
-  f.write(h.data(), static_cast<std::streamsize>(h.size()));
-  for (const auto& [name, t] : *tensors) {
-    const at::Tensor c = t.contiguous();
-    f.write(static_cast<const char*>(c.data_ptr()), static_cast<std::streamsize>(c.numel() * c.element_size()));
-  }
-  f.close();
-  if (!f) return Fail(absl::InternalError(absl::StrCat("writing ", out, " failed")));
-  std::printf("exported %zu tensors (%s) of %s to %s\n", tensors->size(), Size(offset).c_str(), id.c_str(), out.c_str());
+  auto store = OpenCheckpointStore(db);
+  if (!store.ok()) return Fail(store.status());
+  CheckpointInfo info;
+  info.mode = "imported";
+  auto id = (*store)->Save(run, info, *tensors);
+  if (!id.ok()) return Fail(id.status());
+  std::printf("imported %zu tensors from %s as %s\n", tensors->size(), file.c_str(), id->c_str());
   return 0;
 }
 
@@ -235,6 +216,11 @@ int main(int argc, char** argv) {
   exp->add_option("id", id)->required();
   exp->add_option("out", out)->required();
   exp->add_option("--format", format, "safetensors");
+  std::string file;
+  auto* imp = app.add_subcommand("import", "store a safetensors file (weights from elsewhere) as a checkpoint");
+  imp->add_option("db", db)->required();
+  imp->add_option("file", file, "FILE.safetensors")->required();
+  imp->add_option("--run", run, "run id to store it under")->default_val("imported");
   auto* prune = app.add_subcommand("prune", "delete all but the newest N (and every M-th) of each run");
   prune->add_option("db", db)->required();
   prune->add_option("--keep", keep, "newest checkpoints to keep")->required();
@@ -257,6 +243,7 @@ int main(int argc, char** argv) {
   if (*show) return Show(db, id);
   if (*verify) return Verify(db, id);
   if (*exp) return Export(db, id, format, out);
+  if (*imp) return Import(db, file, run);
   if (*prune) return Prune(db, run, keep, keep_every);
   if (*diff) return Diff(db, id, id_b, db_b);
   return 2;

@@ -66,6 +66,34 @@ print(f"pytorch accuracy {acc:.6f}, allround recorded {recorded:.6f}")
 assert abs(acc - recorded) < 1e-6
 PY'
 
+# Weights made in PyTorch start an allround job (model.init): after one step at a learning rate of
+# 1e-30 (no change), allround's accuracy equals PyTorch's on the same test examples.
+check "PyTorch weights as a job's initial weights (model.init), and allround-ckpt import" '"$PY" - "$TMP/torch.safetensors" "$ROOT/bench/peers" "$DATA" > "$TMP/torch_acc" <<"PY"
+import sys
+import torch
+from safetensors.torch import save_file
+path, peers, data = sys.argv[1:4]
+sys.path.insert(0, peers)
+from torch_models import idx, SimpleCNN
+torch.manual_seed(123)
+model = SimpleCNN()
+x = idx(f"{data}/train-images-idx3-ubyte.gz")[:2000].float().div(255).sub(0.2860).div(0.3530).unsqueeze(1)
+y = idx(f"{data}/train-labels-idx1-ubyte.gz")[:2000].long()
+opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+for i in range(0, 2000, 50):  # a little training in PyTorch, so the weights are not trivial
+    opt.zero_grad(); torch.nn.functional.cross_entropy(model(x[i:i+50]), y[i:i+50]).backward(); opt.step()
+save_file({k: v.contiguous() for k, v in model.state_dict().items()}, path)
+xt = idx(f"{data}/t10k-images-idx3-ubyte.gz")[:500].float().div(255).sub(0.2860).div(0.3530).unsqueeze(1)
+yt = idx(f"{data}/t10k-labels-idx1-ubyte.gz")[:500].long()
+model.eval()
+with torch.no_grad():
+    print(f"{(model(xt).argmax(1) == yt).double().mean().item():.6f}")
+PY
+"$WORKER" --model.init "$TMP/torch.safetensors" --data.train_limit 64 --data.test_limit 500 --train.epochs 1   --train.max_steps 1 --optimizer.lr 1e-30 --checkpoint.enabled false --threads 1 --run_dir "$TMP/init"   --summary-json "$TMP/init.json" > /dev/null 2>&1 &&
+python3 -c "import json,sys; a=json.load(open(\"$TMP/init.json\"))[\"test_accuracy\"]; b=float(open(\"$TMP/torch_acc\").read()); print(f\"allround {a:.6f} pytorch {b:.6f}\"); sys.exit(abs(a-b) > 1e-6)" &&
+"$CKPT" import "$TMP/imported" "$TMP/torch.safetensors" --run torch > /dev/null &&
+"$CKPT" show "$TMP/imported" torch/0000000001 | grep -q "model/conv1.weight"'
+
 # Flip one byte near the end of the newest blob file: the last tensor of the last checkpoint.
 blob=$(ls "$DB"/*.blob | sort | tail -1)
 size=$(stat -c %s "$blob")

@@ -23,6 +23,7 @@
 #include "common/job.h"
 #include "coordinator/round_engine.h"
 #include "storage/run_directory.h"
+#include "storage/safetensors.h"
 #include "worker/checkpointing.h"
 #include "worker/trainer.h"
 
@@ -132,6 +133,17 @@ absl::Status Run(const Job& job, const std::string& summary_path, const std::str
   auto mode = modes::MakeSupervisedMode(job, data->info);
   if (!mode.ok()) return mode.status();
 
+  // Weights trained elsewhere (model.init): every rank reads the same file.
+  if (!job.model.init.empty()) {
+    auto weights = storage::ReadSafetensors(job.model.init);
+    if (!weights.ok()) return weights.status();
+    for (auto& [name, t] : *weights) {
+      if (name.rfind("model/", 0) != 0) name = "model/" + name;
+    }
+    if (auto s = (*mode)->LoadState(*weights); !s.ok()) {
+      return absl::Status(s.code(), absl::StrCat("job key 'model.init' (", job.model.init, "): ", s.message()));
+    }
+  }
   // Every rank starts from rank 0's model; gradients are averaged by the Reducer.
   std::unique_ptr<comm::Reducer> reducer;
   if (comm.size() > 1) {

@@ -1,0 +1,99 @@
+#include "storage/safetensors.h"
+
+#include <ATen/ATen.h>
+
+#include <algorithm>
+#include <cstring>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "absl/strings/str_cat.h"
+#include "storage/run_directory.h"
+
+namespace allround::storage {
+namespace {
+
+const std::vector<std::pair<at::ScalarType, std::string>>& Dtypes() {
+  static const auto* d = new std::vector<std::pair<at::ScalarType, std::string>>{
+      {at::kFloat, "F32"}, {at::kDouble, "F64"}, {at::kHalf, "F16"}, {at::kBFloat16, "BF16"},
+      {at::kLong, "I64"},  {at::kInt, "I32"},    {at::kShort, "I16"}, {at::kChar, "I8"},
+      {at::kByte, "U8"},   {at::kBool, "BOOL"}};
+  return *d;
+}
+
+absl::Status Bad(const std::string& path, const std::string& what) {
+  return absl::DataLossError(absl::StrCat("safetensors file '", path, "': ", what));
+}
+
+}  // namespace
+
+absl::Status WriteSafetensors(const std::string& path, const NamedTensors& tensors,
+                              const std::map<std::string, std::string>& metadata) {
+  nlohmann::json header;
+  if (!metadata.empty()) header["__metadata__"] = metadata;
+  uint64_t offset = 0;
+  for (const auto& [name, t] : tensors) {
+    auto it = std::find_if(Dtypes().begin(), Dtypes().end(), [&](const auto& d) { return d.first == t.scalar_type(); });
+    if (it == Dtypes().end()) {
+      return absl::InvalidArgumentError(absl::StrCat("tensor ", name, ": dtype has no safetensors name"));
+    }
+    const uint64_t n = t.numel() * t.element_size();
+    header[name] = {{"dtype", it->second}, {"shape", t.sizes().vec()}, {"data_offsets", {offset, offset + n}}};
+    offset += n;
+  }
+  std::string h = header.dump();
+  h.append((8 - h.size() % 8) % 8, ' ');  // the data starts 8-byte aligned
+  std::string out(8, '\0');
+  const uint64_t len = h.size();
+  for (int i = 0; i < 8; ++i) out[i] = static_cast<char>((len >> (8 * i)) & 0xff);
+  out += h;
+  out.reserve(out.size() + offset);
+  for (const auto& [name, t] : tensors) {
+    const at::Tensor c = t.detach().to(at::kCPU).contiguous();
+    out.append(static_cast<const char*>(c.data_ptr()), c.numel() * c.element_size());
+  }
+  return WriteFileAtomically(path, out);
+}
+
+absl::StatusOr<NamedTensors> ReadSafetensors(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  if (!f) return absl::NotFoundError(absl::StrCat("safetensors file '", path, "': cannot open"));
+  std::string bytes((std::istreambuf_iterator<char>(f)), {});
+  if (bytes.size() < 8) return Bad(path, "shorter than its 8-byte header length");
+  uint64_t len = 0;
+  for (int i = 7; i >= 0; --i) len = (len << 8) | static_cast<unsigned char>(bytes[i]);
+  if (len > bytes.size() - 8) return Bad(path, absl::StrCat("header length ", len, " exceeds the file"));
+  nlohmann::json header = nlohmann::json::parse(bytes.begin() + 8, bytes.begin() + 8 + static_cast<int64_t>(len),
+                                                nullptr, /*allow_exceptions=*/false);
+  if (header.is_discarded() || !header.is_object()) return Bad(path, "header is not a JSON object");
+  const uint64_t data_size = bytes.size() - 8 - len;
+  const char* data = bytes.data() + 8 + len;
+  std::vector<std::pair<uint64_t, std::pair<std::string, at::Tensor>>> found;
+  for (const auto& [name, e] : header.items()) {
+    if (name == "__metadata__") continue;
+    try {
+      const std::string dt = e.at("dtype").get<std::string>();
+      auto it = std::find_if(Dtypes().begin(), Dtypes().end(), [&](const auto& d) { return d.second == dt; });
+      if (it == Dtypes().end()) return Bad(path, absl::StrCat("tensor ", name, ": unsupported dtype ", dt));
+      const auto shape = e.at("shape").get<std::vector<int64_t>>();
+      const auto off = e.at("data_offsets").get<std::vector<uint64_t>>();
+      at::Tensor t = at::empty(shape, at::TensorOptions().dtype(it->first));
+      const uint64_t n = t.numel() * t.element_size();
+      if (off.size() != 2 || off[1] < off[0] || off[1] > data_size || off[1] - off[0] != n) {
+        return Bad(path, absl::StrCat("tensor ", name, ": data_offsets do not fit its shape or the file"));
+      }
+      std::memcpy(t.data_ptr(), data + off[0], n);
+      found.push_back({off[0], {name, t}});
+    } catch (const nlohmann::json::exception& ex) {
+      return Bad(path, absl::StrCat("tensor ", name, ": ", ex.what()));
+    } catch (const c10::Error& ex) {
+      return Bad(path, absl::StrCat("tensor ", name, ": ", ex.what_without_backtrace()));
+    }
+  }
+  std::sort(found.begin(), found.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
+  NamedTensors out;
+  for (auto& f2 : found) out.push_back(std::move(f2.second));
+  return out;
+}
+
+}  // namespace allround::storage
