@@ -47,7 +47,7 @@ void AccumulateConfusion(at::Tensor& confusion, const at::Tensor& predictions, c
 }
 
 Confusion ToConfusion(const at::Tensor& confusion) {
-  at::Tensor t = confusion.to(at::kLong).contiguous();
+  at::Tensor t = confusion.to(at::kCPU).to(at::kLong).contiguous();
   const int64_t c = t.size(0);
   Confusion out(c, std::vector<int64_t>(c));
   const int64_t* data = t.data_ptr<int64_t>();

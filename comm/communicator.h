@@ -39,6 +39,9 @@ class Communicator {
   virtual int size() const = 0;
   // "mpi", "nccl", "local".
   virtual std::string backend() const = 0;
+  // Where the tensors given to this communicator must live (CPU for MPI and local, the rank's GPU
+  // for NCCL).
+  virtual at::Device device() const { return at::Device(at::kCPU); }
 
   // In place on every rank. `tensor` must be contiguous and stay alive until Wait returns.
   virtual std::unique_ptr<Work> AllReduce(at::Tensor& tensor, ReduceOp op) = 0;

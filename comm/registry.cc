@@ -2,8 +2,18 @@
 
 #include "absl/strings/str_cat.h"
 
+#include <ATen/ATen.h>
+
+#include <cstdlib>
+#include <cstring>
+
+#include "comm/rendezvous.h"
+
 #if defined(ALLROUND_HAVE_MPI)
 #include "comm/mpi/mpi_communicator.h"
+#endif
+#if defined(ALLROUND_HAVE_NCCL)
+#include "comm/nccl/nccl_communicator.h"
 #endif
 
 namespace allround::comm {
@@ -32,17 +42,106 @@ class MpiContext final : public CommContext {
 };
 #endif
 
+#if defined(ALLROUND_HAVE_NCCL)
+// NCCL over the GPUs, with whatever started the ranks carrying the unique id: MPI under mpirun,
+// else the torchrun-style TCP rendezvous.
+class NcclContext final : public CommContext {
+ public:
+  static absl::StatusOr<std::unique_ptr<CommContext>> Init(int* argc, char*** argv, std::chrono::milliseconds timeout) {
+    auto ctx = std::unique_ptr<NcclContext>(new NcclContext());
+    int rank = 0, world = 1;
+    std::string id;
+#if defined(ALLROUND_HAVE_MPI)
+    if (MpiEnvironment::LaunchedByMpirun()) {
+      auto env = MpiEnvironment::Init(argc, argv);
+      if (!env.ok()) return env.status();
+      auto mpi = MakeMpiCommunicator(env->get());
+      if (!mpi.ok()) return mpi.status();
+      ctx->mpi_env_ = *std::move(env);
+      ctx->mpi_ = *std::move(mpi);
+      rank = ctx->mpi_->rank();
+      world = ctx->mpi_->size();
+      at::Tensor blob = at::zeros({128}, at::kByte);
+      if (rank == 0) {
+        auto made = NcclUniqueId();
+        if (!made.ok()) return made.status();
+        std::memcpy(blob.data_ptr(), made->data(), std::min<size_t>(128, made->size()));
+      }
+      if (auto s = ctx->mpi_->Broadcast(blob, 0)->Wait(timeout); !s.ok()) return s;
+      id.assign(static_cast<const char*>(blob.data_ptr()), 128);
+    }
+#endif
+    if (id.empty()) {
+      auto config = RendezvousFromEnvironment();
+      if (!config.ok() && std::getenv("RANK") == nullptr) {
+        config = RendezvousConfig{};  // a single process with no launcher: a group of one
+      }
+      if (!config.ok()) return config.status();
+      config->timeout = timeout;
+      rank = config->rank;
+      world = config->world_size;
+      std::string mine;
+      if (rank == 0) {
+        auto made = NcclUniqueId();
+        if (!made.ok()) return made.status();
+        mine = *made;
+      }
+      auto got = BroadcastBlob(*config, mine);
+      if (!got.ok()) return got.status();
+      id = *got;
+    }
+    const int devices = CudaDeviceCount();
+    if (devices == 0) return absl::UnavailableError("NCCL backend: no CUDA device");
+    int local = rank;
+    for (const char* var : {"LOCAL_RANK", "OMPI_COMM_WORLD_LOCAL_RANK"}) {
+      if (const char* v = std::getenv(var)) local = std::atoi(v);
+    }
+    auto comm = MakeNcclCommunicator(rank, world, local % devices, id, timeout);
+    if (!comm.ok()) return comm.status();
+    ctx->nccl_ = *std::move(comm);
+    return std::unique_ptr<CommContext>(std::move(ctx));
+  }
+  ~NcclContext() override {
+    nccl_.reset();
+#if defined(ALLROUND_HAVE_MPI)
+    mpi_.reset();
+    mpi_env_.reset();
+#endif
+  }
+  Communicator& comm() override { return *nccl_; }
+
+ private:
+  NcclContext() = default;
+#if defined(ALLROUND_HAVE_MPI)
+  std::unique_ptr<MpiEnvironment> mpi_env_;
+  std::unique_ptr<Communicator> mpi_;
+#endif
+  std::unique_ptr<Communicator> nccl_;
+};
+#endif
+
 }  // namespace
 
 std::string AvailableBackends() {
+  std::string out = "local";
 #if defined(ALLROUND_HAVE_MPI)
-  return "local, mpi";
-#else
-  return "local";
+  out += ", mpi";
 #endif
+#if defined(ALLROUND_HAVE_NCCL)
+  out += ", nccl";
+#endif
+  return out;
 }
 
-absl::StatusOr<std::unique_ptr<CommContext>> InitComm(const std::string& backend, int* argc, char*** argv) {
+absl::StatusOr<std::unique_ptr<CommContext>> InitComm(const std::string& backend, int* argc, char*** argv,
+                                                      std::chrono::milliseconds timeout) {
+  if (backend == "nccl") {
+#if defined(ALLROUND_HAVE_NCCL)
+    return NcclContext::Init(argc, argv, timeout);
+#else
+    return absl::FailedPreconditionError("this build has no NCCL backend (build where the CUDA toolkit and NCCL are)");
+#endif
+  }
   if (backend != "auto" && backend != "local" && backend != "mpi") {
     return absl::InvalidArgumentError(absl::StrCat("unknown communication backend '", backend,
                                                    "' (known: auto, ", AvailableBackends(), ")"));

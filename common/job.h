@@ -61,7 +61,7 @@ struct TrainSpec {
 };
 
 struct CommSpec {
-  std::string backend = "auto";      // auto (MPI under mpirun, else local) | local | mpi
+  std::string backend = "auto";      // auto (nccl on cuda; MPI under mpirun; else local) | local | mpi | nccl
   double timeout_s = 300;            // a collective not done by then fails, naming the op
   double bucket_mb = 25;             // Reducer bucket cap
   double first_bucket_mb = 1;        // the first bucket's cap (it launches earliest)
@@ -91,6 +91,7 @@ struct Job {
   uint64_t seed = 1;
   int64_t threads = 0;               // intra-op threads (0: LibTorch's default)
   std::string mode = "supervised";
+  std::string device = "cpu";        // cpu | cuda (one GPU per rank; NCCL between ranks)
   std::string loss = "cross_entropy";  // cross_entropy | l1 | mse | hinge
   ModelSpec model;
   DataSpec data;

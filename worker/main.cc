@@ -91,7 +91,7 @@ void InstallStopHandlers() {
 // Whether any rank was asked to stop: every rank must stop after the same step.
 absl::StatusOr<bool> AnyRankStopping(comm::Communicator& comm) {
   if (comm.size() == 1) return StopRequested().load();
-  at::Tensor flag = at::tensor({StopRequested().load() ? 1 : 0}, at::kInt);
+  at::Tensor flag = at::tensor({StopRequested().load() ? 1 : 0}, at::kInt).to(comm.device());
   if (auto s = comm.AllReduce(flag, comm::ReduceOp::kMax)->Wait(comm.timeout()); !s.ok()) return s;
   return flag.item<int>() != 0;
 }
@@ -130,7 +130,11 @@ absl::Status Run(const Job& job, const std::string& summary_path, const std::str
   if (job.mode != "supervised") {
     return absl::InvalidArgumentError(absl::StrCat("job key 'mode': unknown learning mode '", job.mode, "'"));
   }
-  auto mode = modes::MakeSupervisedMode(job, data->info);
+  if (job.device == "cuda" && !comm.device().is_cuda()) {
+    return absl::FailedPreconditionError(absl::StrCat("job key 'device': cuda needs the nccl backend (comm.backend is ",
+                                                      comm.backend(), ")"));
+  }
+  auto mode = modes::MakeSupervisedMode(job, data->info, comm.device());
   if (!mode.ok()) return mode.status();
 
   // Weights trained elsewhere (model.init): every rank reads the same file.
@@ -303,7 +307,9 @@ int main(int argc, char** argv) {
     std::fputs(JobToYaml(*job).c_str(), stdout);
     return 0;
   }
-  auto context = comm::InitComm(job->comm.backend, &argc, &argv);
+  const std::string backend = job->comm.backend == "auto" && job->device == "cuda" ? "nccl" : job->comm.backend;
+  auto context = comm::InitComm(backend, &argc, &argv,
+                                std::chrono::milliseconds(static_cast<int64_t>(job->comm.timeout_s * 1000)));
   if (!context.ok()) {
     std::fprintf(stderr, "allround-worker: error: %s\n", std::string(context.status().message()).c_str());
     return 1;

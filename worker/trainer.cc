@@ -70,7 +70,15 @@ Trainer::Trainer(const Job& job, TrainingData data, modes::LearningMode* mode, c
       comm_(comm),
       sync_(sync),
       steps_per_epoch_(StepsPerEpoch(job, data_, *comm)),
-      schedule_(job.schedule, job.optimizer.lr, steps_per_epoch_, TotalSteps(job, steps_per_epoch_)) {}
+      schedule_(job.schedule, job.optimizer.lr, steps_per_epoch_, TotalSteps(job, steps_per_epoch_)) {
+  // The whole dataset moves to the device once (Fashion-MNIST: ~220 MB as float32).
+  const at::Device device = comm->device();
+  if (device != data_.train_inputs.device()) {
+    for (at::Tensor* t : {&data_.train_inputs, &data_.train_targets, &data_.test_inputs, &data_.test_targets}) {
+      *t = t->to(device);
+    }
+  }
+}
 
 absl::StatusOr<coordinator::RoundResult> Trainer::Execute(const coordinator::RoundAssignment& round) {
   const double start = Now();
@@ -78,7 +86,7 @@ absl::StatusOr<coordinator::RoundResult> Trainer::Execute(const coordinator::Rou
                                    /*shuffle=*/true, data::DistributedSampler::Mode::kEven);
   const std::vector<int64_t> order = sampler.Indices(round.epoch);
   const at::Tensor index = at::from_blob(const_cast<int64_t*>(order.data()), {static_cast<int64_t>(order.size())},
-                                         at::kLong);
+                                         at::kLong).to(data_.train_inputs.device());
   const double fill = -data::kFashionMnistMean / data::kFashionMnistStd;  // a black pixel
   // A resumed epoch skips the steps it already took; the order itself depends on the epoch only.
   const int64_t first = position_.epoch == round.epoch ? position_.step_in_epoch : 0;
@@ -149,7 +157,8 @@ absl::StatusOr<coordinator::Metrics> Trainer::Evaluate() {
   auto sums = mode_->Evaluate(data_.test_inputs.narrow(0, begin, len), data_.test_targets.narrow(0, begin, len),
                               job_.train.eval_batch_size);
   if (!sums.ok()) return sums.status();
-  at::Tensor scalars = at::tensor({sums->loss_sum, static_cast<double>(sums->examples)}, at::kDouble);
+  at::Tensor scalars = at::tensor({sums->loss_sum, static_cast<double>(sums->examples)}, at::kDouble).to(comm_->device());
+  sums->confusion = sums->confusion.to(comm_->device());
   if (auto s = comm_->AllReduce(sums->confusion, comm::ReduceOp::kSum)->Wait(comm_->timeout()); !s.ok()) return s;
   if (auto s = comm_->AllReduce(scalars, comm::ReduceOp::kSum)->Wait(comm_->timeout()); !s.ok()) return s;
   last_report_ = metrics::Report(metrics::ToConfusion(sums->confusion));

@@ -63,7 +63,7 @@ class SupervisedMode final : public LearningMode {
     torch::NoGradGuard no_grad;
     model_->eval();
     EvalSums sums;
-    sums.confusion = torch::zeros({input_.num_classes, input_.num_classes}, torch::kLong);
+    sums.confusion = torch::zeros({input_.num_classes, input_.num_classes}, inputs.options().dtype(torch::kLong));
     const int64_t n = inputs.size(0);
     for (int64_t start = 0; start < n; start += batch_size) {
       const int64_t len = std::min(batch_size, n - start);
@@ -143,7 +143,7 @@ class SupervisedMode final : public LearningMode {
         auto it = by_name.find(prefix + "momentum_buffer");
         if (it == by_name.end()) continue;
         auto st = std::make_unique<torch::optim::SGDParamState>();
-        st->momentum_buffer(it->second.clone());
+        st->momentum_buffer(it->second.to(p.value().device()).clone());
         optimizer_->state()[key] = std::move(st);
       } else if (by_name.count(prefix + "step")) {
         auto avg = find(prefix + "exp_avg", p.value()), sq = find(prefix + "exp_avg_sq", p.value());
@@ -153,14 +153,14 @@ class SupervisedMode final : public LearningMode {
         if (dynamic_cast<torch::optim::AdamW*>(optimizer_.get()) != nullptr) {
           auto st = std::make_unique<torch::optim::AdamWParamState>();
           st->step(step);
-          st->exp_avg(avg->clone());
-          st->exp_avg_sq(sq->clone());
+          st->exp_avg(avg->to(p.value().device()).clone());
+          st->exp_avg_sq(sq->to(p.value().device()).clone());
           optimizer_->state()[key] = std::move(st);
         } else {
           auto st = std::make_unique<torch::optim::AdamParamState>();
           st->step(step);
-          st->exp_avg(avg->clone());
-          st->exp_avg_sq(sq->clone());
+          st->exp_avg(avg->to(p.value().device()).clone());
+          st->exp_avg_sq(sq->to(p.value().device()).clone());
           optimizer_->state()[key] = std::move(st);
         }
       }
@@ -191,12 +191,14 @@ class SupervisedMode final : public LearningMode {
 
 }  // namespace
 
-absl::StatusOr<std::unique_ptr<LearningMode>> MakeSupervisedMode(const Job& job, const InputInfo& input) {
+absl::StatusOr<std::unique_ptr<LearningMode>> MakeSupervisedMode(const Job& job, const InputInfo& input,
+                                                                 at::Device device) {
   auto loss = losses::FindLoss(job.loss);
   if (!loss.ok()) return absl::InvalidArgumentError(absl::StrCat("job key 'loss': ", loss.status().message()));
   torch::manual_seed(DeriveSeed(job.seed, "model-init"));
   auto model = models::MakeModel(job.model, {input.channels, input.height, input.width, input.num_classes});
   if (!model.ok()) return absl::InvalidArgumentError(absl::StrCat("job key 'model.name': ", model.status().message()));
+  (*model)->to(device);  // before the optimizer takes the parameters
   auto opt = optim::MakeOptimizer(job.optimizer, (*model)->parameters());
   if (!opt.ok()) return absl::InvalidArgumentError(absl::StrCat("job key 'optimizer.name': ", opt.status().message()));
   return std::unique_ptr<LearningMode>(

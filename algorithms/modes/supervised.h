@@ -17,7 +17,9 @@ struct InputInfo {
 
 // Builds the model (initial weights from LibTorch's global generator, seeded here from
 // job.seed), the optimizer and the loss. Errors name the job key at fault.
-absl::StatusOr<std::unique_ptr<LearningMode>> MakeSupervisedMode(const Job& job, const InputInfo& input);
+// The model lives on `device` (its batches must too).
+absl::StatusOr<std::unique_ptr<LearningMode>> MakeSupervisedMode(const Job& job, const InputInfo& input,
+                                                                 at::Device device = at::Device(at::kCPU));
 
 }  // namespace allround::modes
 
