@@ -4,6 +4,7 @@
 
 #include <cmath>
 #include <map>
+#include <sstream>
 
 #include "absl/strings/str_cat.h"
 #include "algorithms/losses.h"
@@ -20,7 +21,9 @@ namespace {
 template <typename Key>
 Key StateKeyAs(const at::Tensor& param) {
   if constexpr (std::is_same_v<Key, std::string>) {
-    return c10::guts::to_string(param.unsafeGetTensorImpl());
+    std::ostringstream os;  // what c10::guts::to_string did (it is gone from newer LibTorch)
+    os << param.unsafeGetTensorImpl();
+    return os.str();
   } else {
     return param.unsafeGetTensorImpl();
   }

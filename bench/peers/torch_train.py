@@ -17,6 +17,7 @@ p.add_argument("--steps", type=int, default=300)
 p.add_argument("--warmup", type=int, default=30)
 p.add_argument("--threads", type=int, default=1)
 p.add_argument("--data", default="/usr/share/datasets/fashion-mnist")
+p.add_argument("--device", default="cpu")
 a = p.parse_args()
 torch.set_num_threads(a.threads)
 torch.set_num_interop_threads(1)
@@ -29,12 +30,13 @@ n = a.batch * (a.steps + a.warmup)
 x = idx(f"{a.data}/train-images-idx3-ubyte.gz")[:n].float().div(255).sub(0.2860).div(0.3530).unsqueeze(1).contiguous()
 y = idx(f"{a.data}/train-labels-idx1-ubyte.gz")[:n].long()
 torch.manual_seed(1)
-model = {"simple_cnn": SimpleCNN, "fedavg_cnn": FedAvgCNN}[a.model]()
+model = {"simple_cnn": SimpleCNN, "fedavg_cnn": FedAvgCNN}[a.model]().to(a.device)
+x, y = x.to(a.device), y.to(a.device)
 if a.optimizer == "sgd":
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-5)
 else:
     opt = torch.optim.Adam(model.parameters(), lr=0.001)
-order = torch.randperm(n)
+order = torch.randperm(n).to(a.device)
 
 
 def train(first, count):
