@@ -8,6 +8,7 @@
 #include <condition_variable>
 #include <cstdlib>
 #include <deque>
+#include <fstream>
 #include <functional>
 #include <mutex>
 #include <thread>
@@ -61,6 +62,23 @@ struct Completion {
     cv.notify_all();
   }
 };
+
+// "gone", "stopped", "defunct", or "" for a running process (from /proc/PID/stat).
+std::string ProcessState(int pid) {
+  if (::kill(pid, 0) != 0 && errno == ESRCH) return "gone";
+  std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
+  std::string line;
+  if (!std::getline(stat, line)) return "";
+  const size_t paren = line.rfind(')');
+  if (paren == std::string::npos || paren + 2 >= line.size()) return "";
+  switch (line[paren + 2]) {
+    case 'T':
+    case 't': return "stopped";
+    case 'Z':
+    case 'X': return "defunct";
+    default: return "";
+  }
+}
 
 class MpiCommunicator;
 
@@ -172,19 +190,20 @@ class MpiCommunicator final : public Communicator {
     });
   }
 
-  // Called by a Work whose wait timed out: the thread is stuck in MPI for good.
+  // Called by a Work whose wait timed out: the thread is stuck in MPI for good. Names the ranks on
+  // this host whose processes are gone, stopped or defunct.
   std::string DescribeTimeout() const {
     stuck_ = true;
-    std::vector<std::string> dead;
+    std::vector<std::string> named;
     char host[256] = {};
     gethostname(host, sizeof(host) - 1);
     for (int r = 0; r < size_ && r < static_cast<int>(pids_.size()); ++r) {
-      if (r != rank_ && hosts_[r] == host && ::kill(pids_[r], 0) != 0 && errno == ESRCH) {
-        dead.push_back(absl::StrCat("rank ", r, " (pid ", pids_[r], ")"));
-      }
+      if (r == rank_ || hosts_[r] != host) continue;
+      const std::string state = ProcessState(pids_[r]);
+      if (!state.empty()) named.push_back(absl::StrCat("rank ", r, " (pid ", pids_[r], ") is ", state));
     }
-    if (!dead.empty()) return absl::StrCat("; gone: ", absl::StrJoin(dead, ", "));
-    return "; every rank on this host is alive: a rank on another host, or one stuck elsewhere, did not answer";
+    if (!named.empty()) return absl::StrCat("; ", absl::StrJoin(named, ", "));
+    return "; every rank on this host is running: a rank on another host, or one stuck elsewhere, did not answer";
   }
 
  private:

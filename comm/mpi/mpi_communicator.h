@@ -7,7 +7,7 @@
 // backward) never blocks and compute overlaps communication.
 //
 // Failure: Work::Wait returns DeadlineExceeded after its timeout, naming the op, its sequence
-// number, and the ranks on this host whose processes are gone. With ALLROUND_COMM_DEBUG=1 every
+// number, and the ranks on this host whose processes are gone, stopped or defunct. With ALLROUND_COMM_DEBUG=1 every
 // collective first compares (op, dtype, element count) across ranks and fails with an error naming
 // the ranks that disagree, instead of hanging or reducing mismatched buffers.
 
