@@ -6,8 +6,10 @@
 
 namespace allround::comm {
 
-Reducer::Reducer(std::vector<at::Tensor> params, Communicator* comm, ReducerOptions options)
-    : params_(std::move(params)), comm_(comm) {
+Reducer::Reducer(std::vector<at::Tensor> params, Communicator* comm, ReducerOptions options) : comm_(comm) {
+  for (auto& p : params) {
+    if (p.requires_grad()) params_.push_back(std::move(p));  // frozen parameters get no gradient to average
+  }
   const int n = static_cast<int>(params_.size());
   bucket_of_.assign(n, -1);
   slot_of_.assign(n, -1);

@@ -38,7 +38,7 @@ struct ReducerOptions {
 
 class Reducer final : public GradientSync {
  public:
-  // `params` must outlive the Reducer and keep requires_grad; `comm` too.
+  // `params` must outlive the Reducer (those without requires_grad are left out); `comm` too.
   Reducer(std::vector<at::Tensor> params, Communicator* comm, ReducerOptions options = {});
   ~Reducer() override;
   Reducer(const Reducer&) = delete;

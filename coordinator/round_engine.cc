@@ -4,6 +4,7 @@ namespace allround::coordinator {
 
 absl::StatusOr<RunOutcome> RunRounds(const RoundPlan& plan, RoundExecutor& executor, RoundObserver& observer) {
   RunOutcome out;
+  out.rounds = plan.first_round;
   for (int64_t r = plan.first_round; r < plan.rounds; ++r) {
     RoundAssignment round{r, r, 0};
     if (plan.max_steps > 0) {
@@ -20,6 +21,11 @@ absl::StatusOr<RunOutcome> RunRounds(const RoundPlan& plan, RoundExecutor& execu
     if (!eval.ok()) return eval.status();
     out.final_eval = *eval;
     if (auto s = observer.OnRound(round, *result, *eval); !s.ok()) return s;
+  }
+  if (out.final_eval.empty()) {  // nothing left to train (a resumed run that had finished)
+    auto eval = executor.Evaluate();
+    if (!eval.ok()) return eval.status();
+    out.final_eval = *eval;
   }
   return out;
 }

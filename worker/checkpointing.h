@@ -47,6 +47,8 @@ class Checkpointer {
   bool DueAfterStep(int64_t global_step) const;
   bool DueAfterRound(int64_t rounds_done) const;
   int64_t last_saved_step() const { return last_saved_step_; }
+  // The run resumed from a checkpoint at this step: it is saved already.
+  void MarkSaved(int64_t global_step) { last_saved_step_ = global_step; }
 
  private:
   Checkpointer(const Job& job, std::unique_ptr<storage::CheckpointStore> store);

@@ -196,6 +196,7 @@ absl::Status Run(const Job& job, const std::string& summary_path, const std::str
     auto opened = Checkpointer::Open(job);
     if (!opened.ok()) return opened.status();
     checkpointer = *std::move(opened);
+    if (*restored) checkpointer->MarkSaved((*restored)->position.global_step);
   }
   int64_t rounds_done = first_round;
   coordinator::Metrics last_eval;
@@ -324,6 +325,7 @@ int main(int argc, char** argv) {
     const std::string where = comm.size() > 1 ? absl::StrCat("rank ", comm.rank(), ": ") : "";
     std::fprintf(stderr, "allround-worker: error: %s%s\n", where.c_str(), std::string(s.message()).c_str());
     std::fflush(stderr);
+    std::fflush(stdout);
     // Peers may be gone or blocked in a collective: shutting MPI down cleanly could hang, and a
     // non-zero exit makes mpirun end the others.
     if (comm.size() > 1) std::_Exit(1);
