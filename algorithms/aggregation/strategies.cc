@@ -1,0 +1,240 @@
+#include <ATen/ATen.h>
+
+#include <algorithm>
+#include <cmath>
+#include <map>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "algorithms/aggregation/strategy.h"
+
+namespace allround::aggregation {
+namespace {
+
+bool Aggregated(const at::Tensor& t) { return at::isFloatingType(t.scalar_type()); }
+
+// Every update matches the global state tensor for tensor, and holds finite values.
+absl::Status Check(const NamedTensors& global, const std::vector<SiteUpdate>& updates) {
+  if (updates.empty()) return absl::FailedPreconditionError("no updates to aggregate");
+  int64_t total = 0;
+  for (const SiteUpdate& u : updates) {
+    if (u.examples < 0) return absl::InvalidArgumentError(absl::StrCat("site ", u.site_id, ": negative example count"));
+    total += u.examples;
+    if (u.weights.size() != global.size()) {
+      return absl::InvalidArgumentError(absl::StrCat("site ", u.site_id, ": ", u.weights.size(), " tensors, the model has ",
+                                                     global.size()));
+    }
+    for (size_t k = 0; k < global.size(); ++k) {
+      const auto& [name, g] = global[k];
+      const auto& [uname, t] = u.weights[k];
+      if (uname != name || t.sizes() != g.sizes() || t.scalar_type() != g.scalar_type()) {
+        return absl::InvalidArgumentError(absl::StrCat("site ", u.site_id, ": tensor ", uname, " ",
+                                                       c10::str(t.sizes()), " ", c10::toString(t.scalar_type()),
+                                                       " does not match ", name, " ", c10::str(g.sizes()), " ",
+                                                       c10::toString(g.scalar_type())));
+      }
+      if (Aggregated(t) && !at::isfinite(t).all().item<bool>()) {
+        return absl::InvalidArgumentError(absl::StrCat("site ", u.site_id, ": tensor ", name, " holds NaN or Inf"));
+      }
+    }
+  }
+  if (total <= 0) return absl::InvalidArgumentError("updates hold no examples");
+  return absl::OkStatus();
+}
+
+// The example-weighted mean of the updates' tensor k (in float64, then the tensor's dtype).
+at::Tensor WeightedMean(const std::vector<SiteUpdate>& updates, size_t k) {
+  double total = 0;
+  for (const auto& u : updates) total += static_cast<double>(u.examples);
+  at::Tensor acc = at::zeros_like(updates[0].weights[k].second, at::kDouble);
+  for (const auto& u : updates) acc.add_(u.weights[k].second.to(at::kDouble), static_cast<double>(u.examples) / total);
+  return acc;
+}
+
+// Applies `fn(k, global tensor in float64) -> new float64 tensor` to aggregated tensors; integer
+// tensors come from the first update.
+template <typename Fn>
+NamedTensors Map(const NamedTensors& global, const std::vector<SiteUpdate>& updates, Fn fn) {
+  NamedTensors out;
+  for (size_t k = 0; k < global.size(); ++k) {
+    const auto& [name, g] = global[k];
+    if (!Aggregated(g)) {
+      out.emplace_back(name, updates[0].weights[k].second.clone());
+    } else {
+      out.emplace_back(name, fn(k, g.to(at::kDouble)).to(g.scalar_type()));
+    }
+  }
+  return out;
+}
+
+class FedAvg : public Strategy {
+ public:
+  explicit FedAvg(double mu = 0.0, std::string name = "fedavg") : mu_(mu), name_(std::move(name)) {}
+  std::string name() const override { return name_; }
+  double proximal_mu() const override { return mu_; }
+  absl::StatusOr<NamedTensors> Aggregate(const NamedTensors& global, const std::vector<SiteUpdate>& updates) override {
+    if (auto s = Check(global, updates); !s.ok()) return s;
+    return Map(global, updates, [&](size_t k, const at::Tensor&) { return WeightedMean(updates, k); });
+  }
+
+ private:
+  double mu_;
+  std::string name_;
+};
+
+// Server optimizers over the pseudo-gradient delta: FedAvgM and the adaptive family.
+class ServerOptimizer : public Strategy {
+ public:
+  explicit ServerOptimizer(const StrategySpec& spec) : spec_(spec) {}
+  std::string name() const override { return spec_.name; }
+
+  absl::StatusOr<NamedTensors> Aggregate(const NamedTensors& global, const std::vector<SiteUpdate>& updates) override {
+    if (auto s = Check(global, updates); !s.ok()) return s;
+    std::map<std::string, at::Tensor> m = m_, v = v_;  // committed only on success
+    NamedTensors out = Map(global, updates, [&](size_t k, const at::Tensor& x) {
+      const std::string& name = global[k].first;
+      const at::Tensor delta = WeightedMean(updates, k) - x;
+      if (!m.count(name)) {
+        m[name] = at::zeros_like(x);
+        v[name] = at::full_like(x, spec_.tau * spec_.tau);
+      }
+      at::Tensor& mt = m[name];
+      at::Tensor& vt = v[name];
+      if (spec_.name == "fedavgm") {
+        mt = spec_.momentum * mt + delta;
+        return x + spec_.server_lr * mt;
+      }
+      mt = spec_.beta1 * mt + (1 - spec_.beta1) * delta;
+      const at::Tensor d2 = delta * delta;
+      if (spec_.name == "fedadagrad") {
+        vt = vt + d2;
+      } else if (spec_.name == "fedadam") {
+        vt = spec_.beta2 * vt + (1 - spec_.beta2) * d2;
+      } else {  // fedyogi
+        vt = vt - (1 - spec_.beta2) * d2 * at::sign(vt - d2);
+      }
+      return x + spec_.server_lr * mt / (at::sqrt(vt) + spec_.tau);
+    });
+    m_ = std::move(m);
+    v_ = std::move(v);
+    return out;
+  }
+
+  NamedTensors State() const override {
+    NamedTensors out;
+    for (const auto& [k, t] : m_) out.emplace_back("strategy/m/" + k, t);
+    for (const auto& [k, t] : v_) out.emplace_back("strategy/v/" + k, t);
+    return out;
+  }
+  absl::Status LoadState(const NamedTensors& state) override {
+    std::map<std::string, at::Tensor> m, v;
+    for (const auto& [name, t] : state) {
+      if (name.rfind("strategy/m/", 0) == 0) m[name.substr(11)] = t.to(at::kDouble);
+      if (name.rfind("strategy/v/", 0) == 0) v[name.substr(11)] = t.to(at::kDouble);
+    }
+    m_ = std::move(m);
+    v_ = std::move(v);
+    return absl::OkStatus();
+  }
+
+ private:
+  StrategySpec spec_;
+  std::map<std::string, at::Tensor> m_, v_;  // float64, by tensor name
+};
+
+// Coordinate-wise robust statistics over the stacked updates (unweighted, as in Yin et al.).
+class Robust : public Strategy {
+ public:
+  explicit Robust(const StrategySpec& spec) : spec_(spec) {}
+  std::string name() const override { return spec_.name; }
+  absl::StatusOr<NamedTensors> Aggregate(const NamedTensors& global, const std::vector<SiteUpdate>& updates) override {
+    if (auto s = Check(global, updates); !s.ok()) return s;
+    const int64_t n = static_cast<int64_t>(updates.size());
+    const int64_t cut = spec_.name == "trimmed_mean" ? static_cast<int64_t>(std::floor(spec_.trim_beta * n)) : 0;
+    if (2 * cut >= n) {
+      return absl::InvalidArgumentError(absl::StrCat("trimmed_mean: trimming ", cut, " from each end of ", n,
+                                                     " updates leaves none"));
+    }
+    return Map(global, updates, [&](size_t k, const at::Tensor&) {
+      std::vector<at::Tensor> all;
+      for (const auto& u : updates) all.push_back(u.weights[k].second.to(at::kDouble));
+      const at::Tensor sorted = std::get<0>(at::stack(all).sort(0));
+      if (spec_.name == "median") {
+        return n % 2 == 1 ? sorted[n / 2] : (sorted[n / 2 - 1] + sorted[n / 2]) / 2;
+      }
+      return sorted.narrow(0, cut, n - 2 * cut).mean(0);
+    });
+  }
+
+ private:
+  StrategySpec spec_;
+};
+
+class Krum : public Strategy {
+ public:
+  explicit Krum(const StrategySpec& spec) : spec_(spec) {}
+  std::string name() const override { return "krum"; }
+  absl::StatusOr<NamedTensors> Aggregate(const NamedTensors& global, const std::vector<SiteUpdate>& updates) override {
+    if (auto s = Check(global, updates); !s.ok()) return s;
+    const int64_t n = static_cast<int64_t>(updates.size());
+    const int64_t neighbours = n - spec_.byzantine - 2;
+    if (neighbours < 1 || spec_.multi_krum < 1 || spec_.multi_krum > n) {
+      return absl::InvalidArgumentError(absl::StrCat("krum: ", n, " updates cannot tolerate ", spec_.byzantine,
+                                                     " byzantine sites (needs n > f + 2)"));
+    }
+    // Each update as one flat float64 vector of its aggregated tensors.
+    std::vector<at::Tensor> flat;
+    for (const auto& u : updates) {
+      std::vector<at::Tensor> parts;
+      for (const auto& [name, t] : u.weights) {
+        if (Aggregated(t)) parts.push_back(t.to(at::kDouble).reshape({-1}));
+      }
+      flat.push_back(at::cat(parts));
+    }
+    const at::Tensor x = at::stack(flat);
+    const at::Tensor d2 = at::cdist(x, x).pow(2);
+    std::vector<std::pair<double, int64_t>> scores;
+    for (int64_t i = 0; i < n; ++i) {
+      // The smallest `neighbours` distances to others (index 0 of the sorted row is itself, 0).
+      const at::Tensor row = std::get<0>(d2[i].sort());
+      scores.emplace_back(row.narrow(0, 1, neighbours).sum().item<double>(), i);
+    }
+    std::stable_sort(scores.begin(), scores.end());
+    std::vector<SiteUpdate> chosen;
+    for (int64_t j = 0; j < spec_.multi_krum; ++j) {
+      SiteUpdate u = updates[scores[j].second];
+      u.examples = 1;  // multi-Krum averages the selected updates plainly
+      chosen.push_back(std::move(u));
+    }
+    return Map(global, chosen, [&](size_t k, const at::Tensor&) { return WeightedMean(chosen, k); });
+  }
+
+ private:
+  StrategySpec spec_;
+};
+
+}  // namespace
+
+std::vector<std::string> StrategyNames() {
+  return {"fedavg", "fedprox", "fedavgm", "fedadagrad", "fedadam", "fedyogi", "median", "trimmed_mean", "krum"};
+}
+
+absl::StatusOr<std::unique_ptr<Strategy>> MakeStrategy(const StrategySpec& spec) {
+  if (spec.name == "fedavg") return std::unique_ptr<Strategy>(std::make_unique<FedAvg>());
+  if (spec.name == "fedprox") {
+    if (spec.proximal_mu < 0) return absl::InvalidArgumentError("fedprox: proximal_mu must be >= 0");
+    return std::unique_ptr<Strategy>(std::make_unique<FedAvg>(spec.proximal_mu, "fedprox"));
+  }
+  if (spec.name == "fedavgm" || spec.name == "fedadagrad" || spec.name == "fedadam" || spec.name == "fedyogi") {
+    return std::unique_ptr<Strategy>(std::make_unique<ServerOptimizer>(spec));
+  }
+  if (spec.name == "median" || spec.name == "trimmed_mean") {
+    if (spec.trim_beta < 0 || spec.trim_beta >= 0.5) return absl::InvalidArgumentError("trim_beta must be in [0, 0.5)");
+    return std::unique_ptr<Strategy>(std::make_unique<Robust>(spec));
+  }
+  if (spec.name == "krum") return std::unique_ptr<Strategy>(std::make_unique<Krum>(spec));
+  return absl::InvalidArgumentError(absl::StrCat("unknown strategy '", spec.name, "' (known: ",
+                                                 absl::StrJoin(StrategyNames(), ", "), ")"));
+}
+
+}  // namespace allround::aggregation

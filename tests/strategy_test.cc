@@ -1,0 +1,142 @@
+// Every strategy against numbers computed by hand (see the comments) on a two-element model.
+
+#include "algorithms/aggregation/strategy.h"
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+namespace allround::aggregation {
+namespace {
+
+using ::testing::HasSubstr;
+
+NamedTensors Model(std::vector<float> w, int64_t count = 7) {
+  return {{"w", torch::tensor(w)}, {"bn.count", torch::tensor(count)}};
+}
+
+SiteUpdate Update(int64_t site, int64_t n, std::vector<float> w) { return {site, n, Model(std::move(w), 100 + site)}; }
+
+std::vector<float> W(const absl::StatusOr<NamedTensors>& r) {
+  EXPECT_TRUE(r.ok()) << r.status();
+  const at::Tensor t = (*r)[0].second;
+  return {t[0].item<float>(), t[1].item<float>()};
+}
+
+std::unique_ptr<Strategy> Make(StrategySpec spec) {
+  auto s = MakeStrategy(spec);
+  EXPECT_TRUE(s.ok()) << s.status();
+  return *std::move(s);
+}
+
+const std::vector<SiteUpdate> kTwo = {Update(1, 1, {1, 2}), Update(2, 3, {3, -2})};
+
+TEST(Strategy, FedAvgIsTheExampleWeightedMean) {
+  // 1/4 [1, 2] + 3/4 [3, -2] = [2.5, -1].
+  auto s = Make({"fedavg"});
+  auto r = s->Aggregate(Model({0, 0}), kTwo);
+  EXPECT_THAT(W(r), ::testing::ElementsAre(2.5f, -1.0f));
+  EXPECT_EQ((*r)[1].second.item<int64_t>(), 101);  // integer tensors: the first update's
+}
+
+TEST(Strategy, FedProxAggregatesLikeFedAvgAndCarriesMu) {
+  StrategySpec spec{"fedprox"};
+  spec.proximal_mu = 0.01;
+  auto s = Make(spec);
+  EXPECT_THAT(W(s->Aggregate(Model({0, 0}), kTwo)), ::testing::ElementsAre(2.5f, -1.0f));
+  EXPECT_DOUBLE_EQ(s->proximal_mu(), 0.01);
+}
+
+TEST(Strategy, FedAvgMAccumulatesServerMomentum) {
+  // Round 1 from 0: delta = [2.5, -1], m = delta, x = [2.5, -1].
+  // Round 2 from there with the same updates: delta = 0, m = 0.9 m = [2.25, -0.9], x = [4.75, -1.9].
+  auto s = Make({"fedavgm"});
+  auto r1 = s->Aggregate(Model({0, 0}), kTwo);
+  EXPECT_THAT(W(r1), ::testing::ElementsAre(2.5f, -1.0f));
+  auto r2 = s->Aggregate(*r1, kTwo);
+  EXPECT_NEAR(W(r2)[0], 4.75f, 1e-6);
+  EXPECT_NEAR(W(r2)[1], -1.9f, 1e-6);
+}
+
+TEST(Strategy, AdaptiveServerOptimizers) {
+  // delta = [2.5, -1]; m = 0.1 delta; v0 = tau^2 = 1e-6; x = 0.1 m / (sqrt(v) + 1e-3), with
+  // adagrad v = v0 + d^2, adam v = 0.99 v0 + 0.01 d^2, yogi v = v0 + 0.01 d^2 (v0 < d^2).
+  const std::vector<std::pair<std::string, std::vector<double>>> want = {
+      {"fedadagrad", {0.009996000800, -0.009990005000}},
+      {"fedadam", {0.099600807933, -0.099005048883}},
+      {"fedyogi", {0.099600799997, -0.099004999875}}};
+  for (const auto& [name, expected] : want) {
+    StrategySpec spec{name};
+    spec.server_lr = 0.1;
+    auto s = Make(spec);
+    auto r = W(s->Aggregate(Model({0, 0}), kTwo));
+    EXPECT_NEAR(r[0], expected[0], 1e-6) << name;
+    EXPECT_NEAR(r[1], expected[1], 1e-6) << name;
+  }
+}
+
+TEST(Strategy, StateRoundTripContinuesExactly) {
+  StrategySpec spec{"fedadam"};
+  spec.server_lr = 0.1;
+  auto a = Make(spec), b = Make(spec);
+  auto r1 = a->Aggregate(Model({0, 0}), kTwo);
+  ASSERT_TRUE(b->LoadState(a->State()).ok());
+  EXPECT_EQ(a->State().size(), 2u);  // m and v of "w"; the integer tensor is not aggregated
+  auto ra = a->Aggregate(*r1, kTwo), rb = b->Aggregate(*r1, kTwo);
+  EXPECT_TRUE((*ra)[0].second.equal((*rb)[0].second));
+}
+
+const std::vector<SiteUpdate> kFive = {Update(1, 1, {1, 2}), Update(2, 9, {3, -2}), Update(3, 1, {10, 0}),
+                                       Update(4, 1, {-5, 7}), Update(5, 1, {100, 100})};
+
+TEST(Strategy, CoordinateWiseMedian) {
+  auto s = Make({"median"});
+  // Three updates: per coordinate {1, 3, 10} -> 3 and {2, -2, 0} -> 0. Example counts do not matter.
+  EXPECT_THAT(W(s->Aggregate(Model({0, 0}), {kFive[0], kFive[1], kFive[2]})), ::testing::ElementsAre(3.0f, 0.0f));
+  // Four: {-5, 1, 3, 10} -> 2 and {-2, 0, 2, 7} -> 1 (mean of the middle two).
+  EXPECT_THAT(W(s->Aggregate(Model({0, 0}), {kFive[0], kFive[1], kFive[2], kFive[3]})),
+              ::testing::ElementsAre(2.0f, 1.0f));
+}
+
+TEST(Strategy, TrimmedMean) {
+  StrategySpec spec{"trimmed_mean"};
+  spec.trim_beta = 0.2;  // 5 updates: drop 1 from each end
+  auto s = Make(spec);
+  // {-5, 1, 3, 10, 100} -> mean(1, 3, 10) = 14/3; {-2, 0, 2, 7, 100} -> mean(0, 2, 7) = 3.
+  auto r = W(s->Aggregate(Model({0, 0}), kFive));
+  EXPECT_NEAR(r[0], 14.0f / 3, 1e-5);
+  EXPECT_NEAR(r[1], 3.0f, 1e-6);
+}
+
+TEST(Strategy, KrumPicksTheMostCentralAndMultiKrumAverages) {
+  const std::vector<SiteUpdate> u = {Update(1, 1, {0, 0}), Update(2, 1, {1, 0}), Update(3, 1, {0, 1}),
+                                     Update(4, 50, {100, 100})};
+  // f = 0: each scores the squared distances to its 2 nearest others: a: 1 + 1 = 2, b: 1 + 2 = 3,
+  // c: 1 + 2 = 3, d: 19801 + 19801 = 39602 (100^2 + 99^2 each). a wins.
+  auto krum = Make({"krum"});
+  EXPECT_THAT(W(krum->Aggregate(Model({5, 5}), u)), ::testing::ElementsAre(0.0f, 0.0f));
+  StrategySpec multi{"krum"};
+  multi.byzantine = 1;
+  multi.multi_krum = 3;  // the three central ones, averaged plainly: [1/3, 1/3]
+  auto r = W(Make(multi)->Aggregate(Model({5, 5}), u));
+  EXPECT_NEAR(r[0], 1.0f / 3, 1e-6);
+  EXPECT_NEAR(r[1], 1.0f / 3, 1e-6);
+  StrategySpec too_many{"krum"};
+  too_many.byzantine = 2;
+  EXPECT_THAT(std::string(Make(too_many)->Aggregate(Model({0, 0}), u).status().message()), HasSubstr("n > f + 2"));
+}
+
+TEST(Strategy, RefusesBadUpdatesNamingSiteAndTensor) {
+  auto s = Make({"fedadam"});
+  auto nan = s->Aggregate(Model({0, 0}), {Update(1, 1, {1, 2}), Update(7, 1, {NAN, 0})});
+  EXPECT_THAT(std::string(nan.status().message()), HasSubstr("site 7: tensor w holds NaN or Inf"));
+  SiteUpdate wrong{3, 1, {{"w", torch::zeros({3})}, {"bn.count", torch::tensor(int64_t{1})}}};
+  auto shape = s->Aggregate(Model({0, 0}), {wrong});
+  EXPECT_THAT(std::string(shape.status().message()), HasSubstr("site 3: tensor w [3]"));
+  EXPECT_EQ(s->Aggregate(Model({0, 0}), {}).status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_TRUE(s->State().empty());  // refused rounds leave no trace in the server state
+  EXPECT_FALSE(MakeStrategy({"fedsgd"}).ok());
+}
+
+}  // namespace
+}  // namespace allround::aggregation
