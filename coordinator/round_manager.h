@@ -1,0 +1,123 @@
+#ifndef ALLROUND_COORDINATOR_ROUND_MANAGER_H_
+#define ALLROUND_COORDINATOR_ROUND_MANAGER_H_
+
+// The federated coordinator's brain, in plain C++ (no gRPC): the site registry, per-round
+// sampling, deadlines, straggler handling, update validation and aggregation in site-id order.
+// The gRPC service is a thin adapter over it. Time is passed in by the caller, so tests drive it
+// with a fake clock.
+//
+// A round: when at least `min_available` sites are alive, `max(min_sites, ceil(fraction * alive))`
+// of them are sampled (seeded by the job seed and the round index) and given the round. It closes
+// when every participant has submitted, or at its deadline if at least `min_sites` have; a round
+// that reaches its deadline with fewer is abandoned and a new one is sampled. Updates are checked
+// (participant, round, first submission, before the deadline, shapes and dtypes, finite values)
+// and every refusal carries a reason and is counted.
+//
+// Thread-safe: every method takes the one mutex.
+
+#include <chrono>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "algorithms/aggregation/strategy.h"
+
+namespace allround::coordinator {
+
+using Time = std::chrono::steady_clock::time_point;
+using aggregation::NamedTensors;
+
+struct RoundManagerOptions {
+  uint64_t seed = 1;
+  int64_t rounds = 10;
+  double fraction = 1.0;
+  int64_t min_sites = 1;
+  int64_t min_available = 1;
+  std::chrono::milliseconds round_timeout{std::chrono::minutes(10)};
+  std::chrono::milliseconds site_timeout{std::chrono::seconds(60)};  // no heartbeat for this long: not alive
+};
+
+struct Task {
+  enum class Kind { kTrain, kWait, kStop };
+  Kind kind = Kind::kWait;
+  int64_t round = 0;          // kTrain: the round to train
+  int64_t model_version = 0;  // kTrain: the global model to fetch
+  std::string reason;         // kWait / kStop: why
+};
+
+struct RoundRecord {
+  int64_t round = 0;
+  std::vector<int64_t> participants;
+  std::vector<int64_t> contributors;  // sites whose updates were aggregated, in id order
+  int64_t examples = 0;
+  bool closed_by_deadline = false;
+};
+
+class RoundManager {
+ public:
+  RoundManager(RoundManagerOptions options, NamedTensors initial_model,
+               std::unique_ptr<aggregation::Strategy> strategy);
+
+  // Registers a site, or re-registers it (a restarted site keeps its id). Returns the site id.
+  absl::StatusOr<int64_t> Join(const std::string& name, int64_t examples, Time now);
+  absl::Status Heartbeat(int64_t site, Time now);
+
+  // What the site should do now. Also advances the round state (starts and closes rounds).
+  absl::StatusOr<Task> GetTask(int64_t site, Time now);
+
+  // The global model of `version` (the current one; older ones are not kept).
+  absl::StatusOr<NamedTensors> Model(int64_t version) const;
+
+  // Accepts or refuses an update; a refusal's status says why and nothing reaches the aggregate.
+  absl::Status SubmitUpdate(int64_t site, int64_t round, int64_t examples, NamedTensors weights, Time now);
+
+  // Closes the current round if its deadline passed (call it periodically).
+  void Tick(Time now);
+
+  int64_t model_version() const;
+  int64_t rounds_done() const;
+  bool finished() const;
+  std::vector<RoundRecord> history() const;
+  // Refusals counted by reason ("wrong_round", "duplicate", "late", "not_participant",
+  // "unknown_site", "bad_tensor", "non_finite").
+  std::map<std::string, int64_t> refusals() const;
+
+ private:
+  struct Site {
+    std::string name;
+    int64_t examples = 0;
+    Time last_seen;
+  };
+  struct Round {
+    int64_t index = 0;
+    std::vector<int64_t> participants;
+    Time deadline;
+    std::map<int64_t, aggregation::SiteUpdate> updates;  // by site id: aggregation order
+  };
+
+  bool Alive(const Site& s, Time now) const;
+  void MaybeStartRound(Time now);
+  void MaybeCloseRound(Time now);
+  absl::Status Refuse(const std::string& reason, absl::Status status);
+
+  const RoundManagerOptions options_;
+  std::unique_ptr<aggregation::Strategy> strategy_;
+  mutable std::mutex mu_;
+  NamedTensors model_;
+  int64_t version_ = 0;
+  int64_t rounds_done_ = 0;
+  int64_t next_round_index_ = 0;  // counts abandoned rounds too, so each sample is fresh
+  std::map<int64_t, Site> sites_;
+  std::map<std::string, int64_t> site_by_name_;
+  std::optional<Round> current_;
+  std::vector<RoundRecord> history_;
+  std::map<std::string, int64_t> refusals_;
+};
+
+}  // namespace allround::coordinator
+
+#endif  // ALLROUND_COORDINATOR_ROUND_MANAGER_H_
