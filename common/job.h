@@ -76,6 +76,29 @@ struct CheckpointSpec {
   int64_t keep_every = 0;            // and every M-th (0: none)
 };
 
+struct FederatedSpec {
+  int64_t rounds = 10;
+  double fraction = 1.0;             // of the alive sites sampled per round
+  int64_t min_sites = 1;             // updates a round needs to close
+  int64_t min_available = 1;         // alive sites before a round starts
+  double round_timeout_s = 600;      // a round's deadline
+  double site_timeout_s = 60;        // no contact for this long: the site is not alive
+  int64_t local_epochs = 1;          // a site's training per round
+};
+
+struct StrategyJobSpec {
+  std::string name = "fedavg";
+  double server_lr = 1.0;
+  double momentum = 0.9;
+  double beta1 = 0.9;
+  double beta2 = 0.99;
+  double tau = 1e-3;
+  double proximal_mu = 0.0;
+  double trim_beta = 0.1;
+  int64_t byzantine = 0;
+  int64_t multi_krum = 1;
+};
+
 struct PartitionSpec {
   std::string scheme = "iid";        // iid | dirichlet | labels
   int64_t sites = 1;
@@ -101,6 +124,8 @@ struct Job {
   PartitionSpec partition;
   CommSpec comm;
   CheckpointSpec checkpoint;
+  FederatedSpec federated;
+  StrategyJobSpec strategy;
   std::string run_dir = "runs/{name}";  // {name} is replaced by the job's name
 };
 

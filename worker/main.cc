@@ -21,10 +21,12 @@
 #include "comm/reducer.h"
 #include "comm/registry.h"
 #include "common/job.h"
+#include "common/job_cli.h"
 #include "coordinator/round_engine.h"
 #include "storage/run_directory.h"
 #include "storage/safetensors.h"
 #include "worker/checkpointing.h"
+#include "worker/federated_client.h"
 #include "worker/trainer.h"
 
 namespace allround::worker {
@@ -276,13 +278,13 @@ int main(int argc, char** argv) {
   app.add_option("--resume", resume,
                  "none: start fresh; auto: continue from the run's latest checkpoint (fresh if none); "
                  "or a checkpoint id (allround-ckpt ls lists them)");
-  std::map<std::string, std::string> overrides;
-  std::vector<std::pair<std::string, CLI::Option*>> key_options;
-  for (const auto& [key, help] : JobKeys()) {
-    key_options.emplace_back(key, app.add_option("--" + key, overrides[key], help)
-                                      ->group("Job keys")
-                                      ->multi_option_policy(CLI::MultiOptionPolicy::TakeLast));
-  }
+  worker::SiteOptions site;
+  app.add_option("--coordinator", site.coordinator, "federated: the coordinator's HOST:PORT (makes this process a site)");
+  app.add_option("--site", site.site_name, "federated: this site's name");
+  app.add_option("--token", site.token, "federated: this site's token");
+  app.add_option("--site-index", site.site_index, "federated: which partition of the job's data is this site's");
+  app.add_option("--dump-updates", site.dump_updates, "federated: also write each submitted update to this directory");
+  JobFlags job_flags(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {
@@ -292,12 +294,8 @@ int main(int argc, char** argv) {
     return 2;
   }
 
-  absl::StatusOr<Job> job = job_path.empty() ? absl::StatusOr<Job>(Job{}) : LoadJobFile(job_path);
+  absl::StatusOr<Job> job = job_flags.Resolve(job_path);
   absl::Status s = job.status();
-  for (const auto& [key, option] : key_options) {
-    if (s.ok() && option->count() > 0) s = SetJobKey(*job, key, overrides[key]);
-  }
-  if (s.ok()) s = ValidateJob(*job);
   if (!s.ok()) {
     if (worker::RankFromEnvironment() == 0) {
       std::fprintf(stderr, "allround-worker: error: %s\n", std::string(s.message()).c_str());
@@ -306,6 +304,20 @@ int main(int argc, char** argv) {
   }
   if (print_job) {
     std::fputs(JobToYaml(*job).c_str(), stdout);
+    return 0;
+  }
+  if (app.get_option("--coordinator")->count() > 0) {
+    if (job->threads > 0) torch::set_num_threads(static_cast<int>(job->threads));
+    absl::Status fs;
+    try {
+      fs = worker::RunSite(*job, site);
+    } catch (const c10::Error& e) {
+      fs = absl::InternalError(e.what_without_backtrace());
+    }
+    if (!fs.ok()) {
+      std::fprintf(stderr, "allround-worker: error: %s\n", std::string(fs.message()).c_str());
+      return 1;
+    }
     return 0;
   }
   const std::string backend = job->comm.backend == "auto" && job->device == "cuda" ? "nccl" : job->comm.backend;

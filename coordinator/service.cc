@@ -1,0 +1,111 @@
+#include "coordinator/service.h"
+
+#include <chrono>
+
+#include "absl/strings/str_cat.h"
+#include "comm/wire.h"
+
+namespace allround::coordinator {
+namespace {
+
+constexpr uint32_t kProtocolVersion = 1;
+
+Time Now() { return std::chrono::steady_clock::now(); }
+
+}  // namespace
+
+grpc::Status ToGrpc(const absl::Status& s) {
+  if (s.ok()) return grpc::Status::OK;
+  return grpc::Status(static_cast<grpc::StatusCode>(static_cast<int>(s.code())), std::string(s.message()));
+}
+
+grpc::Status CoordinatorService::CheckToken(int64_t site, const std::string& token) {
+  if (options_.tokens.empty()) return grpc::Status::OK;
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = site_tokens_.find(site);
+  if (it == site_tokens_.end()) return grpc::Status(grpc::StatusCode::NOT_FOUND, absl::StrCat("unknown site ", site));
+  if (it->second != token) {
+    return grpc::Status(grpc::StatusCode::UNAUTHENTICATED, absl::StrCat("bad token for site ", site));
+  }
+  return grpc::Status::OK;
+}
+
+grpc::Status CoordinatorService::Join(grpc::ServerContext*, const allround::v1::JoinRequest* req,
+                                      allround::v1::JoinReply* reply) {
+  if (req->protocol_version() != kProtocolVersion) {
+    return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
+                        absl::StrCat("protocol version ", req->protocol_version(), " (coordinator speaks ",
+                                     kProtocolVersion, ")"));
+  }
+  if (!options_.tokens.empty()) {
+    auto it = options_.tokens.find(req->site_name());
+    if (it == options_.tokens.end() || it->second != req->token()) {
+      return grpc::Status(grpc::StatusCode::UNAUTHENTICATED,
+                          absl::StrCat("site '", req->site_name(), "': unknown site or bad token"));
+    }
+  }
+  auto id = manager_->Join(req->site_name(), req->examples(), Now());
+  if (!id.ok()) return ToGrpc(id.status());
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    site_tokens_[*id] = req->token();
+  }
+  reply->set_site_id(*id);
+  return grpc::Status::OK;
+}
+
+grpc::Status CoordinatorService::GetTask(grpc::ServerContext*, const allround::v1::TaskRequest* req,
+                                         allround::v1::TaskReply* reply) {
+  if (auto s = CheckToken(req->site_id(), req->token()); !s.ok()) return s;
+  auto task = manager_->GetTask(req->site_id(), Now());
+  if (!task.ok()) return ToGrpc(task.status());
+  switch (task->kind) {
+    case Task::Kind::kTrain: reply->set_kind(allround::v1::TaskReply::TRAIN); break;
+    case Task::Kind::kStop: reply->set_kind(allround::v1::TaskReply::STOP); break;
+    default: reply->set_kind(allround::v1::TaskReply::WAIT);
+  }
+  reply->set_round(task->round);
+  reply->set_model_version(task->model_version);
+  reply->set_reason(task->reason);
+  reply->set_local_epochs(options_.local_epochs);
+  reply->set_proximal_mu(options_.proximal_mu);
+  return grpc::Status::OK;
+}
+
+grpc::Status CoordinatorService::FetchModel(grpc::ServerContext*, const allround::v1::FetchRequest* req,
+                                            grpc::ServerWriter<allround::v1::TensorChunk>* writer) {
+  if (auto s = CheckToken(req->site_id(), req->token()); !s.ok()) return s;
+  auto model = manager_->Model(req->model_version());
+  if (!model.ok()) return ToGrpc(model.status());
+  for (const auto& chunk : comm::EncodeTensors(*model)) {
+    if (!writer->Write(chunk)) return grpc::Status(grpc::StatusCode::CANCELLED, "site went away mid-stream");
+  }
+  return grpc::Status::OK;
+}
+
+grpc::Status CoordinatorService::SubmitUpdate(grpc::ServerContext*, grpc::ServerReader<allround::v1::UpdateChunk>* reader,
+                                              allround::v1::SubmitReply* reply) {
+  allround::v1::UpdateChunk msg;
+  if (!reader->Read(&msg)) return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "empty update stream");
+  const int64_t site = msg.site_id(), round = msg.round(), examples = msg.examples();
+  if (auto s = CheckToken(site, msg.token()); !s.ok()) return s;
+  comm::TensorAssembler assembler(options_.max_update_bytes);
+  absl::Status bad;
+  do {
+    if (bad.ok() && msg.has_chunk()) bad = assembler.Add(msg.chunk());
+  } while (reader->Read(&msg));  // drain the stream even after a bad chunk
+  auto tensors = bad.ok() ? assembler.Finish() : absl::StatusOr<comm::NamedTensors>(bad);
+  absl::Status s = tensors.status();
+  if (s.ok()) s = manager_->SubmitUpdate(site, round, examples, *std::move(tensors), Now());
+  reply->set_accepted(s.ok());
+  reply->set_reason(std::string(s.message()));
+  return ToGrpc(s);
+}
+
+grpc::Status CoordinatorService::Heartbeat(grpc::ServerContext*, const allround::v1::HeartbeatRequest* req,
+                                           allround::v1::HeartbeatReply*) {
+  if (auto s = CheckToken(req->site_id(), req->token()); !s.ok()) return s;
+  return ToGrpc(manager_->Heartbeat(req->site_id(), Now()));
+}
+
+}  // namespace allround::coordinator

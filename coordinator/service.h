@@ -1,0 +1,53 @@
+#ifndef ALLROUND_COORDINATOR_SERVICE_H_
+#define ALLROUND_COORDINATOR_SERVICE_H_
+
+// The gRPC face of the RoundManager (a thin adapter, after gRPC's route_guide): it checks each
+// call's site token, converts messages and tensor streams, and maps refusals to gRPC statuses
+// whose messages say why. All decisions are the RoundManager's.
+
+#include <grpcpp/grpcpp.h>
+
+#include <map>
+#include <mutex>
+#include <string>
+
+#include "comm/proto/federated.grpc.pb.h"
+#include "coordinator/round_manager.h"
+
+namespace allround::coordinator {
+
+struct ServiceOptions {
+  std::map<std::string, std::string> tokens;  // site name -> token; empty: no authentication
+  int64_t local_epochs = 1;
+  double proximal_mu = 0.0;
+  uint64_t max_update_bytes = uint64_t{1} << 32;
+};
+
+class CoordinatorService final : public allround::v1::Coordinator::Service {
+ public:
+  CoordinatorService(RoundManager* manager, ServiceOptions options) : manager_(manager), options_(std::move(options)) {}
+
+  grpc::Status Join(grpc::ServerContext*, const allround::v1::JoinRequest*, allround::v1::JoinReply*) override;
+  grpc::Status GetTask(grpc::ServerContext*, const allround::v1::TaskRequest*, allround::v1::TaskReply*) override;
+  grpc::Status FetchModel(grpc::ServerContext*, const allround::v1::FetchRequest*,
+                          grpc::ServerWriter<allround::v1::TensorChunk>*) override;
+  grpc::Status SubmitUpdate(grpc::ServerContext*, grpc::ServerReader<allround::v1::UpdateChunk>*,
+                            allround::v1::SubmitReply*) override;
+  grpc::Status Heartbeat(grpc::ServerContext*, const allround::v1::HeartbeatRequest*,
+                         allround::v1::HeartbeatReply*) override;
+
+ private:
+  grpc::Status CheckToken(int64_t site, const std::string& token);
+
+  RoundManager* manager_;
+  ServiceOptions options_;
+  std::mutex mu_;
+  std::map<int64_t, std::string> site_tokens_;
+};
+
+// absl::Status -> grpc::Status, keeping the message.
+grpc::Status ToGrpc(const absl::Status& s);
+
+}  // namespace allround::coordinator
+
+#endif  // ALLROUND_COORDINATOR_SERVICE_H_
