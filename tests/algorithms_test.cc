@@ -232,3 +232,36 @@ TEST(ReluMaxPool, PropagatesNaNAndFallsBackForOtherLayouts) {
 
 }  // namespace
 }  // namespace allround
+
+namespace allround {
+namespace {
+
+// FedProx's term adds mu (w - w_ref) to every gradient: with plain SGD and w_ref = w + 1, one step
+// moves each parameter lr * mu further than the same step without the term.
+TEST(SupervisedMode, ProximalTermPullsTowardsTheReference) {
+  Job job;
+  job.model.name = "mlp";
+  job.model.hidden = {8};
+  job.optimizer.momentum = 0;
+  job.optimizer.weight_decay = 0;
+  modes::InputInfo info{1, 28, 28, 10};
+  auto plain = modes::MakeSupervisedMode(job, info), prox = modes::MakeSupervisedMode(job, info);
+  ASSERT_TRUE(plain.ok() && prox.ok());
+  modes::LearningMode::NamedTensors reference;
+  for (auto& [name, t] : (*prox)->State()) reference.emplace_back(name, t + 1.0);
+  const double lr = 0.1, mu = 0.5;
+  ASSERT_TRUE((*prox)->SetProximalTerm(mu, reference).ok());
+  torch::manual_seed(9);
+  const modes::Batch b{torch::randn({4, 1, 28, 28}), torch::randint(0, 10, {4})};
+  ASSERT_TRUE((*plain)->TrainStep(b, lr, nullptr).ok());
+  ASSERT_TRUE((*prox)->TrainStep(b, lr, nullptr).ok());
+  const auto a = (*plain)->TrainableParameters(), p = (*prox)->TrainableParameters();
+  for (size_t i = 0; i < a.size(); ++i) {
+    EXPECT_TRUE((p[i] - a[i]).allclose(torch::full_like(a[i], lr * mu), 1e-5, 1e-6)) << i;
+  }
+  EXPECT_FALSE((*prox)->SetProximalTerm(mu, {{"model/nope", torch::ones({1})}}).ok());
+  ASSERT_TRUE((*prox)->SetProximalTerm(0, {}).ok());  // off again
+}
+
+}  // namespace
+}  // namespace allround

@@ -4,8 +4,10 @@
 # model the coordinator produced equals, to float precision, the example-weighted mean of the
 # updates the sites submitted in that round, computed here independently in Python; a site with
 # a wrong token is refused with a clear error.
+# Extra arguments are job flags for every process (e.g. --strategy.name fedprox ...).
 set -u
 COORD="$1" WORKER="$2"
+shift 2
 DATA=/usr/share/datasets/fashion-mnist
 PY="${ALLROUND_VENV:-/opt/allround-venv}/bin/python3"
 [[ -d $DATA ]] || { echo "no $DATA: skipped"; exit 77; }
@@ -16,7 +18,7 @@ printf 'a tokA\nb tokB\nc tokC\n' > "$TMP/tokens"
 PORT=$((20000 + ($$ * 13) % 20000))
 JOB=(--data.train_limit 3000 --data.test_limit 500 --threads 1 --federated.rounds 3 --federated.min_sites 3
      --federated.min_available 3 --partition.scheme dirichlet --partition.sites 3 --partition.beta 0.5
-     --train.progress_every_s 0 --checkpoint.enabled false)
+     --train.progress_every_s 0 --checkpoint.enabled false "$@")
 "$COORD" "${JOB[@]}" --listen 127.0.0.1:$PORT --tokens "$TMP/tokens" --insecure --dump-models "$TMP/models" \
   --run_dir "$TMP/run" --summary-json "$TMP/summary.json" > "$TMP/coord.out" 2> "$TMP/coord.err" &
 coord=$!

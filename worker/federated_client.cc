@@ -161,6 +161,8 @@ class Site {
     auto model = assembler.Finish();
     if (!model.ok()) return model.status();
     if (auto s = mode_->LoadState(*model); !s.ok()) return s;
+    // FedProx: stay near the round's global model.
+    if (auto s = mode_->SetProximalTerm(task.proximal_mu(), *model); !s.ok()) return s;
 
     // Local training: the round's epochs on this site's data, in an order of its own per round.
     Job local = job_;

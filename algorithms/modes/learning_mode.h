@@ -66,6 +66,11 @@ class LearningMode {
   using NamedTensors = std::vector<std::pair<std::string, at::Tensor>>;
   virtual NamedTensors State() = 0;
   virtual absl::Status LoadState(const NamedTensors& state) = 0;
+
+  // FedProx (Li et al. 2020): until changed, every step's loss gains (mu / 2) ||w - w_ref||^2 over
+  // the model parameters, w_ref taken from `reference` ("model/<name>" tensors, e.g. the round's
+  // global model). mu = 0 turns it off. Fails, changing nothing, if a parameter is missing.
+  virtual absl::Status SetProximalTerm(double mu, const NamedTensors& reference) = 0;
 };
 
 }  // namespace allround::modes

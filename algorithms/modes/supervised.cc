@@ -47,6 +47,12 @@ class SupervisedMode final : public LearningMode {
     } catch (const c10::Error& e) {
       return absl::InvalidArgumentError(absl::StrCat("forward failed: ", e.what_without_backtrace()));
     }
+    if (mu_ > 0) {
+      torch::Tensor prox = torch::zeros({}, loss.options());
+      const auto params = model_->parameters();
+      for (size_t i = 0; i < params.size(); ++i) prox = prox + (params[i] - reference_[i]).pow(2).sum();
+      loss = loss + 0.5 * mu_ * prox;
+    }
     const double value = loss.item<double>();
     if (!std::isfinite(value)) {
       return absl::FailedPreconditionError(absl::StrCat("loss is ", value, ": step skipped (learning rate too high?)"));
@@ -87,6 +93,26 @@ class SupervisedMode final : public LearningMode {
     return out;
   }
   int64_t ParameterCount() override { return models::CountParameters(*model_); }
+
+  absl::Status SetProximalTerm(double mu, const NamedTensors& reference) override {
+    if (mu <= 0) {
+      mu_ = 0;
+      reference_.clear();
+      return absl::OkStatus();
+    }
+    std::map<std::string, at::Tensor> by_name(reference.begin(), reference.end());
+    std::vector<at::Tensor> ref;
+    for (const auto& p : model_->named_parameters()) {
+      auto it = by_name.find("model/" + p.key());
+      if (it == by_name.end() || it->second.sizes() != p.value().sizes()) {
+        return absl::InvalidArgumentError(absl::StrCat("proximal reference lacks a tensor like model/", p.key()));
+      }
+      ref.push_back(it->second.detach().to(p.value().device(), p.value().scalar_type()).clone());
+    }
+    mu_ = mu;
+    reference_ = std::move(ref);
+    return absl::OkStatus();
+  }
 
   NamedTensors State() override {
     NamedTensors out;
@@ -190,6 +216,8 @@ class SupervisedMode final : public LearningMode {
   std::unique_ptr<torch::optim::Optimizer> optimizer_;
   losses::LossFn loss_;
   InputInfo input_;
+  double mu_ = 0;                      // FedProx
+  std::vector<at::Tensor> reference_;  // per parameter, in registration order
 };
 
 }  // namespace
