@@ -51,12 +51,6 @@ Reducer::~Reducer() {
   for (size_t i = 0; i < hook_ids_.size(); ++i) params_[i].remove_hook(hook_ids_[i]);
 }
 
-std::vector<std::vector<int>> Reducer::BucketLayout() const {
-  std::vector<std::vector<int>> out;
-  for (const Bucket& b : buckets_) out.push_back(b.params);
-  return out;
-}
-
 void Reducer::OnGradient(int param, const at::Tensor& grad) {
   if (!armed_ || ready_[param]) return;
   Bucket& b = buckets_[bucket_of_[param]];

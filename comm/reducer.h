@@ -52,8 +52,6 @@ class Reducer final : public GradientSync {
   // false: the next backwards accumulate locally and AfterBackward does nothing.
   void set_sync(bool sync) { sync_ = sync; }
   int num_buckets() const { return static_cast<int>(buckets_.size()); }
-  // Parameter indices (into `params`) of each bucket, in launch order.
-  std::vector<std::vector<int>> BucketLayout() const;
 
  private:
   struct Bucket {

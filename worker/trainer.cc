@@ -116,8 +116,7 @@ absl::StatusOr<coordinator::RoundResult> Trainer::Execute(const coordinator::Rou
     ++result.steps;
     result.examples += step->examples * comm_->size();
     loss_sum += step->loss;
-    MaybePrintProgress(round, s + 1, loss_sum / static_cast<double>(result.steps), Now() - start, result.examples,
-                       false);
+    MaybePrintProgress(round, s + 1, loss_sum / static_cast<double>(result.steps), Now() - start, result.examples);
     if (step_hook_) {
       if (auto st = step_hook_(position_); !st.ok()) return st;
     }
@@ -132,10 +131,10 @@ absl::StatusOr<coordinator::RoundResult> Trainer::Execute(const coordinator::Rou
 }
 
 void Trainer::MaybePrintProgress(const coordinator::RoundAssignment& round, int64_t step_in_epoch, double loss,
-                                 double elapsed, int64_t examples, bool force) {
+                                 double elapsed, int64_t examples) {
   if (comm_->rank() != 0 || job_.train.progress_every_s <= 0) return;
   const double now = Now();
-  if (!force && now - last_progress_ < job_.train.progress_every_s) return;
+  if (now - last_progress_ < job_.train.progress_every_s) return;
   last_progress_ = now;
   const double rate = elapsed > 0 ? static_cast<double>(examples) / elapsed : 0.0;
   const double step_s = elapsed / static_cast<double>(std::max<int64_t>(1, step_in_epoch));

@@ -65,7 +65,7 @@ class Trainer final : public coordinator::RoundExecutor {
 
  private:
   void MaybePrintProgress(const coordinator::RoundAssignment& round, int64_t step_in_epoch, double loss,
-                          double elapsed, int64_t examples, bool force);
+                          double elapsed, int64_t examples);
 
   Job job_;
   TrainingData data_;

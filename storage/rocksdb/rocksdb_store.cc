@@ -111,7 +111,6 @@ class RocksDbStore final : public CheckpointStore {
     for (const auto& id : orphans) {
       if (auto s = DeleteChunks(id); !s.ok()) return s;
     }
-    orphans_removed_ = orphans.size();
     return absl::OkStatus();
   }
 
@@ -263,8 +262,6 @@ class RocksDbStore final : public CheckpointStore {
     return DeleteChunks(id);
   }
 
-  size_t orphans_removed() const { return orphans_removed_; }
-
  private:
   rocksdb::ColumnFamilyHandle* meta() { return handles_[0]; }
   rocksdb::ColumnFamilyHandle* chunks() { return handles_[1]; }
@@ -398,7 +395,6 @@ class RocksDbStore final : public CheckpointStore {
   std::vector<rocksdb::ColumnFamilyHandle*> handles_;
   StoreOptions options_;
   std::string path_;
-  size_t orphans_removed_ = 0;
 };
 
 }  // namespace
