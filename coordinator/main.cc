@@ -67,10 +67,9 @@ absl::Status Serve(const Job& job, const Flags& flags) {
   if (!data.ok()) return data.status();
   auto mode = modes::MakeSupervisedMode(job, data->info);
   if (!mode.ok()) return mode.status();
-  NamedTensors initial;
-  for (auto& [name, t] : (*mode)->State()) {
-    if (name.rfind("model/", 0) == 0) initial.emplace_back(name, t.clone());
-  }
+  // A snapshot: the mode's own model is overwritten by every evaluation below.
+  NamedTensors initial = modes::ModelTensors((*mode)->State());
+  for (auto& [name, t] : initial) t = t.clone();
   const aggregation::StrategySpec spec{job.strategy.name,        job.strategy.server_lr, job.strategy.momentum,
                                        job.strategy.beta1,       job.strategy.beta2,     job.strategy.tau,
                                        job.strategy.proximal_mu, job.strategy.trim_beta, job.strategy.byzantine,

@@ -32,15 +32,6 @@ bool Retryable(const grpc::Status& s) {
   return s.error_code() == grpc::StatusCode::UNAVAILABLE || s.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED;
 }
 
-// Model tensors only: what a site sends and receives.
-storage::NamedTensors ModelTensors(modes::LearningMode& mode) {
-  storage::NamedTensors out;
-  for (auto& [name, t] : mode.State()) {
-    if (name.rfind("model/", 0) == 0) out.emplace_back(name, t);
-  }
-  return out;
-}
-
 class Site {
  public:
   Site(const Job& job, const SiteOptions& o) : job_(job), o_(o) {
@@ -177,7 +168,7 @@ class Site {
       if (!r.ok()) return r.status();
     }
     const int64_t examples = data_.train_targets.size(0);
-    storage::NamedTensors update = ModelTensors(*mode_);
+    storage::NamedTensors update = modes::ModelTensors(mode_->State());
     if (!o_.dump_updates.empty()) {
       const std::string path = absl::StrCat(o_.dump_updates, "/round-", task.round(), "-site-", o_.site_name,
                                             ".safetensors");

@@ -73,6 +73,16 @@ class LearningMode {
   virtual absl::Status SetProximalTerm(double mu, const NamedTensors& reference) = 0;
 };
 
+// The "model/" tensors of a State(): what a federated site receives and returns. They share
+// storage with the mode's model; clone them to keep a snapshot.
+inline LearningMode::NamedTensors ModelTensors(const LearningMode::NamedTensors& state) {
+  LearningMode::NamedTensors out;
+  for (const auto& [name, t] : state) {
+    if (name.rfind("model/", 0) == 0) out.emplace_back(name, t);
+  }
+  return out;
+}
+
 }  // namespace allround::modes
 
 #endif  // ALLROUND_ALGORITHMS_MODES_LEARNING_MODE_H_
