@@ -5,19 +5,9 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
+#include "comm/dtype.h"
 
 namespace allround::comm {
-namespace {
-
-const std::vector<std::pair<at::ScalarType, std::string>>& Dtypes() {
-  static const auto* d = new std::vector<std::pair<at::ScalarType, std::string>>{
-      {at::kFloat, "float32"}, {at::kDouble, "float64"}, {at::kHalf, "float16"}, {at::kBFloat16, "bfloat16"},
-      {at::kLong, "int64"},    {at::kInt, "int32"},      {at::kShort, "int16"},  {at::kChar, "int8"},
-      {at::kByte, "uint8"},    {at::kBool, "bool"}};
-  return *d;
-}
-
-}  // namespace
 
 std::vector<allround::v1::TensorChunk> EncodeTensors(const NamedTensors& tensors, uint64_t chunk_bytes) {
   std::vector<allround::v1::TensorChunk> out;
@@ -30,9 +20,7 @@ std::vector<allround::v1::TensorChunk> EncodeTensors(const NamedTensors& tensors
       allround::v1::TensorChunk c;
       if (off == 0) {
         c.set_name(name);
-        for (const auto& [type, dname] : Dtypes()) {
-          if (type == t.scalar_type()) c.set_dtype(dname);
-        }
+        c.set_dtype(DtypeName(t.scalar_type()));
         for (int64_t d : t.sizes()) c.add_shape(d);
         c.set_total_bytes(n);
       }
@@ -53,16 +41,10 @@ absl::Status TensorAssembler::Add(const allround::v1::TensorChunk& c) {
                                                      " bytes"));
     }
     if (current_.defined()) done_.emplace_back(name_, current_);
-    at::ScalarType type = at::kFloat;
-    bool known = false;
-    for (const auto& [t, dname] : Dtypes()) {
-      if (dname == c.dtype()) {
-        type = t;
-        known = true;
-      }
-    }
     if (c.name().empty()) return absl::InvalidArgumentError("a tensor chunk at offset 0 has no name");
-    if (!known) return absl::InvalidArgumentError(absl::StrCat("tensor ", c.name(), ": unknown dtype '", c.dtype(), "'"));
+    auto known = DtypeFromName(c.dtype());
+    if (!known.ok()) return absl::InvalidArgumentError(absl::StrCat("tensor ", c.name(), ": ", known.status().message()));
+    const at::ScalarType type = *known;
     int64_t numel = 1;
     for (int64_t d : c.shape()) {
       if (d < 0 || (d > 0 && numel > (int64_t{1} << 40) / d)) {

@@ -102,10 +102,6 @@ struct StoreOptions {
 absl::StatusOr<std::unique_ptr<CheckpointStore>> OpenCheckpointStore(const std::string& path,
                                                                      const StoreOptions& options = {});
 
-// "float32", "int64", ... for a dtype, and back.
-std::string DtypeName(at::ScalarType t);
-absl::StatusOr<at::ScalarType> DtypeFromName(const std::string& name);
-
 }  // namespace allround::storage
 
 #endif  // ALLROUND_STORAGE_CHECKPOINT_STORE_H_

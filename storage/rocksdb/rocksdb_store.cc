@@ -27,6 +27,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "comm/dtype.h"
 #include "storage/checkpoint_store.h"
 #include "storage/crc32c.h"
 #include "storage/proto/checkpoint.pb.h"
@@ -154,7 +155,7 @@ class RocksDbStore final : public CheckpointStore {
       const auto* data = static_cast<const char*>(t.data_ptr());
       pb::TensorEntry* e = m.add_tensors();
       e->set_name(name);
-      e->set_dtype(DtypeName(t.scalar_type()));
+      e->set_dtype(comm::DtypeName(t.scalar_type()));
       for (int64_t d : t.sizes()) e->add_shape(d);
       e->set_bytes(nbytes);
       uint32_t crc = 0;
@@ -325,9 +326,10 @@ class RocksDbStore final : public CheckpointStore {
     const rocksdb::Slice upper_slice(upper);
     ro.iterate_upper_bound = &upper_slice;
     std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(ro, chunks()));
-    auto dtype = DtypeFromName(e.dtype());
+    auto dtype = comm::DtypeFromName(e.dtype());
     if (!dtype.ok()) {
-      r.status = dtype.status();
+      r.status = absl::DataLossError(absl::StrCat("checkpoint ", m.id(), ": tensor ", e.name(), ": ",
+                                                  dtype.status().message()));
       return r;
     }
     char* dst = nullptr;
@@ -398,30 +400,6 @@ class RocksDbStore final : public CheckpointStore {
 };
 
 }  // namespace
-
-std::string DtypeName(at::ScalarType t) {
-  switch (t) {
-    case at::kFloat: return "float32";
-    case at::kDouble: return "float64";
-    case at::kHalf: return "float16";
-    case at::kBFloat16: return "bfloat16";
-    case at::kLong: return "int64";
-    case at::kInt: return "int32";
-    case at::kShort: return "int16";
-    case at::kChar: return "int8";
-    case at::kByte: return "uint8";
-    case at::kBool: return "bool";
-    default: return c10::toString(t);
-  }
-}
-
-absl::StatusOr<at::ScalarType> DtypeFromName(const std::string& name) {
-  for (at::ScalarType t : {at::kFloat, at::kDouble, at::kHalf, at::kBFloat16, at::kLong, at::kInt, at::kShort,
-                           at::kChar, at::kByte, at::kBool}) {
-    if (DtypeName(t) == name) return t;
-  }
-  return absl::DataLossError(absl::StrCat("unknown dtype '", name, "'"));
-}
 
 absl::StatusOr<std::unique_ptr<CheckpointStore>> OpenCheckpointStore(const std::string& path,
                                                                      const StoreOptions& options) {
