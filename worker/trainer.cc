@@ -103,9 +103,12 @@ absl::StatusOr<coordinator::RoundResult> Trainer::Execute(const coordinator::Rou
     const at::Tensor idx = index.narrow(0, begin, len);
     modes::Batch batch{data_.train_inputs.index_select(0, idx), data_.train_targets.index_select(0, idx)};
     // Augmentation draws from (seed, epoch, rank, step): no generator state to carry across a resume.
-    Rng augment_rng(DeriveSeed(job_.seed, "augment", static_cast<uint64_t>(round.epoch),
-                               (static_cast<uint64_t>(comm_->rank()) << 32) | static_cast<uint64_t>(s)));
-    batch.inputs = data::Augment(batch.inputs, job_.data.augment, augment_rng, 2, fill);
+    // (Seeding a generator per step is not free; without augmentation there is none to seed.)
+    if (job_.data.augment != "none") {
+      Rng augment_rng(DeriveSeed(job_.seed, "augment", static_cast<uint64_t>(round.epoch),
+                                 (static_cast<uint64_t>(comm_->rank()) << 32) | static_cast<uint64_t>(s)));
+      batch.inputs = data::Augment(batch.inputs, job_.data.augment, augment_rng, 2, fill);
+    }
     auto step = mode_->TrainStep(batch, schedule_.At(position_.global_step), sync_);
     if (!step.ok()) {
       return absl::Status(step.status().code(), absl::StrCat("epoch ", round.epoch + 1, " step ", s + 1, ": ",
