@@ -16,6 +16,7 @@
 #include "absl/strings/str_join.h"
 #include "algorithms/metrics.h"
 #include "algorithms/modes/supervised.h"
+#include "common/cli.h"
 #include "common/job_cli.h"
 #include "coordinator/round_manager.h"
 #include "coordinator/service.h"
@@ -166,14 +167,7 @@ int main(int argc, char** argv) {
   app.add_option("--dump-models", flags.dump_models, "write every global model version to this directory");
   app.add_option("--summary-json", flags.summary_json, "write the final metrics here as one JSON object");
   JobFlags job_flags(app);
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::CallForHelp& e) {
-    return app.exit(e);
-  } catch (const CLI::ParseError& e) {
-    std::fprintf(stderr, "allround-coordinator: error: %s (see --help)\n", e.what());
-    return 2;
-  }
+  if (auto code = ParseCommandLine(app, argc, argv, "allround-coordinator")) return *code;
   auto job = job_flags.Resolve(job_path);
   if (!job.ok()) {
     std::fprintf(stderr, "allround-coordinator: error: %s\n", std::string(job.status().message()).c_str());

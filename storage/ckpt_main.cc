@@ -11,6 +11,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "common/cli.h"
 #include "storage/checkpoint_store.h"
 #include "storage/safetensors.h"
 
@@ -231,14 +232,7 @@ int main(int argc, char** argv) {
   diff->add_option("a", id)->required();
   diff->add_option("b", id_b)->required();
   diff->add_option("--db-b", db_b, "B lives in this other store");
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::CallForHelp& e) {
-    return app.exit(e);
-  } catch (const CLI::ParseError& e) {
-    std::fprintf(stderr, "allround-ckpt: error: %s (see --help)\n", e.what());
-    return 2;
-  }
+  if (auto code = allround::ParseCommandLine(app, argc, argv, "allround-ckpt")) return *code;
   if (*ls) return List(db);
   if (*show) return Show(db, id);
   if (*verify) return Verify(db, id);

@@ -21,6 +21,7 @@
 #include "comm/reducer.h"
 #include "comm/registry.h"
 #include "common/job.h"
+#include "common/cli.h"
 #include "common/job_cli.h"
 #include "coordinator/round_engine.h"
 #include "storage/run_directory.h"
@@ -285,14 +286,7 @@ int main(int argc, char** argv) {
   app.add_option("--site-index", site.site_index, "federated: which partition of the job's data is this site's");
   app.add_option("--dump-updates", site.dump_updates, "federated: also write each submitted update to this directory");
   JobFlags job_flags(app);
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::CallForHelp& e) {
-    return app.exit(e);
-  } catch (const CLI::ParseError& e) {
-    std::fprintf(stderr, "allround-worker: error: %s (see --help)\n", e.what());
-    return 2;
-  }
+  if (auto code = ParseCommandLine(app, argc, argv, "allround-worker")) return *code;
 
   absl::StatusOr<Job> job = job_flags.Resolve(job_path);
   absl::Status s = job.status();

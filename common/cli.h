@@ -1,0 +1,28 @@
+#ifndef ALLROUND_COMMON_CLI_H_
+#define ALLROUND_COMMON_CLI_H_
+
+// Command-line parsing shared by every binary: --help prints the help and exits 0; a bad flag is
+// one error line naming it, exit code 2.
+
+#include <CLI/CLI.hpp>
+#include <cstdio>
+#include <optional>
+
+namespace allround {
+
+// The exit code when the process should end now, or nullopt to go on.
+inline std::optional<int> ParseCommandLine(CLI::App& app, int argc, char** argv, const char* program) {
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::CallForHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::ParseError& e) {
+    std::fprintf(stderr, "%s: error: %s (see --help)\n", program, e.what());
+    return 2;
+  }
+  return std::nullopt;
+}
+
+}  // namespace allround
+
+#endif  // ALLROUND_COMMON_CLI_H_
