@@ -6,6 +6,8 @@ set -euo pipefail
 PACKAGES=(
   # toolchain
   build-essential cmake ninja-build pkg-config git ca-certificates
+  # the crash and resume tests find and signal processes with pgrep and pkill
+  procps
   # LibTorch (CPU) and a fast BLAS: Debian's reference BLAS makes matrix products ~25x slower
   libtorch-dev libopenblas0-pthread
   # collectives
