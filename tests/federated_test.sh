@@ -22,6 +22,15 @@ JOB=(--data.train_limit 3000 --data.test_limit 500 --threads 1 --federated.round
 "$COORD" "${JOB[@]}" --listen 127.0.0.1:$PORT --tokens "$TMP/tokens" --insecure --dump-models "$TMP/models" \
   --run_dir "$TMP/run" --summary-json "$TMP/summary.json" > "$TMP/coord.out" 2> "$TMP/coord.err" &
 coord=$!
+passed=0 failed=0
+check() { if eval "$2"; then echo "ok   $1"; passed=$((passed+1)); else echo "FAIL $1"; failed=$((failed+1)); fi; }
+
+# Before the real sites start: the coordinator cannot finish without them, so this site meets a
+# running coordinator (retrying until it listens) and not one that has already shut down.
+"$WORKER" "${JOB[@]}" --coordinator 127.0.0.1:$PORT --site mallory --token guess --site-index 0 2> "$TMP/bad.err"
+rc=$?
+check "a site with a wrong token is refused with a clear error" \
+  '[[ $rc -ne 0 ]] && grep -q "site .mallory.: unknown site or bad token" "$TMP/bad.err"'
 i=0
 for site in a b c; do
   token=tok$(echo $site | tr a-c A-C)
@@ -29,13 +38,7 @@ for site in a b c; do
     --dump-updates "$TMP/updates" > /dev/null 2> "$TMP/site-$site.err" &
   i=$((i + 1))
 done
-passed=0 failed=0
-check() { if eval "$2"; then echo "ok   $1"; passed=$((passed+1)); else echo "FAIL $1"; failed=$((failed+1)); fi; }
 
-"$WORKER" "${JOB[@]}" --coordinator 127.0.0.1:$PORT --site mallory --token guess --site-index 0 2> "$TMP/bad.err"
-rc=$?
-check "a site with a wrong token is refused with a clear error" \
-  '[[ $rc -ne 0 ]] && grep -q "site .mallory.: unknown site or bad token" "$TMP/bad.err"'
 timeout 300 tail --pid=$coord -f /dev/null; wait $coord; rc=$?
 cat "$TMP/coord.out"
 check "coordinator finished 3 rounds" '[[ $rc -eq 0 ]] && grep -q "^round 3/3" "$TMP/coord.out"'
