@@ -84,6 +84,8 @@ struct FederatedSpec {
   double round_timeout_s = 600;      // a round's deadline
   double site_timeout_s = 60;        // no contact for this long: the site is not alive
   int64_t local_epochs = 1;          // a site's training per round
+  double site_eval_fraction = 0.1;   // of a site's examples held out as its own test split
+                                     // (federated evaluation; 0: none, all examples train)
 };
 
 struct StrategyJobSpec {

@@ -8,53 +8,66 @@
 #include <CLI/CLI.hpp>
 #include <chrono>
 #include <cstdio>
-#include <fstream>
+#include <filesystem>
 #include <nlohmann/json.hpp>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "algorithms/metrics.h"
 #include "algorithms/modes/supervised.h"
 #include "common/cli.h"
 #include "common/job_cli.h"
+#include "common/text_file.h"
 #include "coordinator/round_manager.h"
 #include "coordinator/service.h"
+#include "storage/checkpoint_store.h"
 #include "storage/run_directory.h"
 #include "storage/safetensors.h"
+#include "worker/checkpointing.h"
 #include "worker/trainer.h"
 
 namespace allround::coordinator {
 namespace {
-
-absl::StatusOr<std::map<std::string, std::string>> ReadTokens(const std::string& path) {
-  std::ifstream f(path);
-  if (!f) return absl::NotFoundError(absl::StrCat("tokens file '", path, "': cannot open"));
-  std::map<std::string, std::string> out;
-  std::string name, token;
-  while (f >> name >> token) out[name] = token;
-  if (out.empty()) return absl::InvalidArgumentError(absl::StrCat("tokens file '", path, "': no 'site token' lines"));
-  return out;
-}
 
 struct Flags {
   std::string listen = "127.0.0.1:50051";
   std::string tokens;
   bool no_auth = false;
   bool insecure = false;
+  std::string tls_cert, tls_key;
+  std::string resume = "none";
   std::string dump_models;
   std::string summary_json;
 };
 
 absl::Status Serve(const Job& job, const Flags& flags) {
   if (job.threads > 0) torch::set_num_threads(static_cast<int>(job.threads));
-  if (!flags.insecure) {
-    return absl::FailedPreconditionError(
-        "TLS is not implemented yet: pass --insecure to serve plain text (loopback and tests only)");
+  // Transport: TLS with the server's certificate, or plain text only when asked for.
+  std::shared_ptr<grpc::ServerCredentials> credentials;
+  if (!flags.tls_cert.empty() || !flags.tls_key.empty()) {
+    if (flags.insecure) return absl::InvalidArgumentError("--insecure and --tls-cert/--tls-key exclude each other");
+    if (flags.tls_cert.empty() || flags.tls_key.empty()) {
+      return absl::InvalidArgumentError("TLS needs both --tls-cert and --tls-key");
+    }
+    auto cert = ReadTextFile(flags.tls_cert, "--tls-cert");
+    if (!cert.ok()) return cert.status();
+    auto key = ReadTextFile(flags.tls_key, "--tls-key");
+    if (!key.ok()) return key.status();
+    grpc::SslServerCredentialsOptions ssl;
+    ssl.pem_key_cert_pairs.push_back({*key, *cert});
+    credentials = grpc::SslServerCredentials(ssl);
+  } else if (flags.insecure) {
+    credentials = grpc::InsecureServerCredentials();
+  } else {
+    return absl::InvalidArgumentError(
+        "give --tls-cert FILE --tls-key FILE (deploy/make-certs.sh makes a test CA and certificates), "
+        "or --insecure to serve plain text");
   }
   ServiceOptions service_options;
   if (!flags.tokens.empty()) {
-    auto tokens = ReadTokens(flags.tokens);
+    auto tokens = ReadTokensFile(flags.tokens, "--tokens");
     if (!tokens.ok()) return tokens.status();
     service_options.tokens = *tokens;
   } else if (!flags.no_auth) {
@@ -86,11 +99,58 @@ absl::Status Serve(const Job& job, const Flags& flags) {
   rm.round_timeout = std::chrono::milliseconds(static_cast<int64_t>(job.federated.round_timeout_s * 1000));
   rm.site_timeout = std::chrono::milliseconds(static_cast<int64_t>(job.federated.site_timeout_s * 1000));
   RoundManager manager(rm, initial, *std::move(strategy));
+
+  // Checkpoints of the coordinator's whole state, and resuming from one.
+  const std::string run_id = job.name + ".coordinator";
+  std::unique_ptr<storage::CheckpointStore> store;
+  if (job.checkpoint.enabled || flags.resume != "none") {
+    const std::string dir = worker::CheckpointDir(job);
+    if (flags.resume != "none" && flags.resume != "auto" && !std::filesystem::exists(dir + "/CURRENT")) {
+      return absl::NotFoundError(absl::StrCat("--resume ", flags.resume, ": no checkpoint store at ", dir));
+    }
+    std::error_code ec;
+    std::filesystem::create_directories(std::filesystem::path(dir).parent_path(), ec);
+    auto opened = storage::OpenCheckpointStore(dir);
+    if (!opened.ok()) return opened.status();
+    store = *std::move(opened);
+    std::string id = flags.resume;
+    if (flags.resume == "auto") {
+      auto latest = store->Latest(run_id);
+      id = latest.ok() ? *latest : "";
+      if (!latest.ok() && !absl::IsNotFound(latest.status())) return latest.status();
+    }
+    if (flags.resume != "none" && !id.empty()) {
+      auto state = store->Load(id);
+      if (!state.ok()) return state.status();
+      if (auto s = manager.LoadState(*state, std::chrono::steady_clock::now()); !s.ok()) {
+        return absl::Status(s.code(), absl::StrCat("resuming from ", id, ": ", s.message()));
+      }
+      std::fprintf(stderr, "allround-coordinator: resumed from checkpoint %s (%lld rounds done)\n", id.c_str(),
+                   static_cast<long long>(manager.rounds_done()));
+    }
+  }
+  const auto checkpoint = [&](const ClosedRound& closed, const nlohmann::json& metrics) -> absl::Status {
+    const int64_t version = closed.version;
+    if (!store || !job.checkpoint.enabled || job.checkpoint.every_rounds <= 0) return absl::OkStatus();
+    if (version % job.checkpoint.every_rounds != 0 && version != job.federated.rounds) return absl::OkStatus();
+    storage::CheckpointInfo info;
+    info.round = version;
+    info.mode = "federated-coordinator";
+    for (const auto& [k, v] : metrics.items()) {
+      if (v.is_number()) info.metrics[k] = v.get<double>();
+    }
+    auto id = store->Save(run_id, info, closed.state);
+    if (!id.ok()) return id.status();
+    std::fprintf(stderr, "allround-coordinator: checkpoint %s saved (round %lld)\n", id->c_str(),
+                 static_cast<long long>(version));
+    auto pruned = store->Prune(run_id, {job.checkpoint.keep_last, job.checkpoint.keep_every});
+    return pruned.status();
+  };
   CoordinatorService service(&manager, service_options);
 
   grpc::ServerBuilder builder;
   int port = 0;
-  builder.AddListeningPort(flags.listen, grpc::InsecureServerCredentials(), &port);
+  builder.AddListeningPort(flags.listen, credentials, &port);
   builder.SetMaxReceiveMessageSize(64 << 20);
   builder.RegisterService(&service);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
@@ -100,44 +160,56 @@ absl::Status Serve(const Job& job, const Flags& flags) {
 
   auto dir = storage::RunDirectory::Open(ResolvedRunDir(job));
   if (!dir.ok()) return dir.status();
-  int64_t evaluated = 0;
   nlohmann::json last;
-  const auto evaluate = [&](int64_t version) -> absl::Status {
-    auto model = manager.Model(version);
-    if (!model.ok()) return model.status();
+  const auto evaluate = [&](const ClosedRound& closed) -> absl::Status {
+    const int64_t version = closed.version;
     if (!flags.dump_models.empty()) {
       if (auto s = storage::WriteSafetensors(absl::StrCat(flags.dump_models, "/version-", version, ".safetensors"),
-                                             *model, {});
+                                             closed.model, {});
           !s.ok()) {
         return s;
       }
     }
-    if (auto s = (*mode)->LoadState(*model); !s.ok()) return s;
+    if (auto s = (*mode)->LoadState(closed.model); !s.ok()) return s;
     auto sums = (*mode)->Evaluate(data->test_inputs, data->test_targets, job.train.eval_batch_size);
     if (!sums.ok()) return sums.status();
     const auto report = metrics::Report(metrics::ToConfusion(sums->confusion));
-    const auto history = manager.history();
-    const RoundRecord& r = history.back();
+    const RoundRecord& r = closed.record;
     last = {{"round", version}, {"test_accuracy", report.accuracy}, {"macro_f1", report.macro_f1},
             {"test_loss", sums->loss_sum / std::max<int64_t>(1, sums->examples)},
             {"sites", r.contributors}, {"examples", r.examples}, {"closed_by_deadline", r.closed_by_deadline}};
-    std::printf("round %lld/%lld: test_accuracy %.4f macro_f1 %.4f (%zu sites, %lld examples%s)\n",
+    // Federated evaluation: the sites' own test splits, on the model the round started from,
+    // weighted by their example counts (the sites report sums).
+    std::string federated;
+    const auto m = r.site_metrics;
+    if (m.count("eval_examples") && m.at("eval_examples") > 0) {
+      const double n = m.at("eval_examples");
+      last["federated_accuracy"] = m.count("eval_correct") ? m.at("eval_correct") / n : 0.0;
+      last["federated_loss"] = m.count("eval_loss_sum") ? m.at("eval_loss_sum") / n : 0.0;
+      last["federated_examples"] = n;
+      federated = absl::StrFormat(" federated_accuracy(v%lld) %.4f", static_cast<long long>(version - 1),
+                                  last["federated_accuracy"].get<double>());
+    }
+    std::printf("round %lld/%lld: test_accuracy %.4f macro_f1 %.4f%s (%zu sites, %lld examples%s)\n",
                 static_cast<long long>(version), static_cast<long long>(job.federated.rounds), report.accuracy,
-                report.macro_f1, r.contributors.size(), static_cast<long long>(r.examples),
+                report.macro_f1, federated.c_str(), r.contributors.size(), static_cast<long long>(r.examples),
                 r.closed_by_deadline ? ", closed at the deadline" : "");
     std::fflush(stdout);
-    return dir->AppendMetrics(last.dump());
+    if (auto s = dir->AppendMetrics(last.dump()); !s.ok()) return s;
+    return checkpoint(closed, last);
+  };
+  const auto drain = [&]() -> absl::Status {
+    for (const ClosedRound& closed : manager.TakeClosedRounds()) {
+      if (auto s = evaluate(closed); !s.ok()) return s;
+    }
+    return absl::OkStatus();
   };
   while (!manager.finished()) {
     manager.Tick(std::chrono::steady_clock::now());
-    while (evaluated < manager.model_version()) {
-      if (auto s = evaluate(++evaluated); !s.ok()) return s;
-    }
+    if (auto s = drain(); !s.ok()) return s;
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
-  while (evaluated < manager.model_version()) {
-    if (auto s = evaluate(++evaluated); !s.ok()) return s;
-  }
+  if (auto s = drain(); !s.ok()) return s;
   // Let polling sites hear STOP before the server goes away.
   std::this_thread::sleep_for(std::chrono::seconds(2));
   server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
@@ -164,6 +236,9 @@ int main(int argc, char** argv) {
   app.add_option("--tokens", flags.tokens, "file of 'site-name token' lines; each site must present its token");
   app.add_flag("--no-auth", flags.no_auth, "accept sites without tokens (tests only)");
   app.add_flag("--insecure", flags.insecure, "serve plain text, no TLS (loopback and tests only)");
+  app.add_option("--tls-cert", flags.tls_cert, "the server certificate chain (PEM)");
+  app.add_option("--tls-key", flags.tls_key, "the server certificate's private key (PEM)");
+  app.add_option("--resume", flags.resume, "none | auto (the latest coordinator checkpoint, if any) | a checkpoint id");
   app.add_option("--dump-models", flags.dump_models, "write every global model version to this directory");
   app.add_option("--summary-json", flags.summary_json, "write the final metrics here as one JSON object");
   JobFlags job_flags(app);

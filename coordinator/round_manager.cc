@@ -4,6 +4,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
+#include <nlohmann/json.hpp>
 
 #include "absl/strings/str_cat.h"
 #include "common/random.h"
@@ -22,6 +24,7 @@ absl::StatusOr<int64_t> RoundManager::Join(const std::string& name, int64_t exam
   const int64_t id = it != site_by_name_.end() ? it->second : static_cast<int64_t>(sites_.size()) + 1;
   site_by_name_[name] = id;
   sites_[id] = Site{name, examples, now};
+  Changed();
   return id;
 }
 
@@ -50,7 +53,8 @@ void RoundManager::MaybeStartRound(Time now) {
   rng.Shuffle(alive);
   alive.resize(want);
   std::sort(alive.begin(), alive.end());
-  current_ = Round{next_round_index_++, alive, now + options_.round_timeout, {}};
+  current_ = Round{next_round_index_++, alive, now + options_.round_timeout, {}, {}};
+  Changed();
 }
 
 void RoundManager::MaybeCloseRound(Time now) {
@@ -62,6 +66,7 @@ void RoundManager::MaybeCloseRound(Time now) {
   record.round = current_->index;
   record.participants = current_->participants;
   record.closed_by_deadline = !all_in;
+  Changed();
   if (static_cast<int64_t>(current_->updates.size()) < options_.min_sites) {
     history_.push_back(record);  // abandoned: too few updates by the deadline
     current_.reset();
@@ -71,16 +76,26 @@ void RoundManager::MaybeCloseRound(Time now) {
   for (auto& [id, u] : current_->updates) {
     record.contributors.push_back(id);
     record.examples += u.examples;
+    for (const auto& [k, v] : current_->metrics[id]) record.site_metrics[k] += v;
     updates.push_back(std::move(u));
   }
   auto next = strategy_->Aggregate(model_, updates);
+  history_.push_back(record);
+  current_.reset();
   if (next.ok()) {
     model_ = *std::move(next);
     ++version_;
     ++rounds_done_;
+    // The state as of this close, before the next round starts: what a checkpoint must hold.
+    ClosedRound closed{version_, {}, record, StateLocked()};
+    closed.model.assign(closed.state.begin(), closed.state.begin() + static_cast<int64_t>(model_.size()));
+    closed_.push_back(std::move(closed));
   }
-  history_.push_back(record);
-  current_.reset();
+}
+
+void RoundManager::Changed() {
+  ++changes_;
+  changed_cv_.notify_all();
 }
 
 void RoundManager::Tick(Time now) {
@@ -112,7 +127,8 @@ absl::StatusOr<NamedTensors> RoundManager::Model(int64_t version) const {
   return model_;
 }
 
-absl::Status RoundManager::SubmitUpdate(int64_t site, int64_t round, int64_t examples, NamedTensors weights, Time now) {
+absl::Status RoundManager::SubmitUpdate(int64_t site, int64_t round, int64_t examples, NamedTensors weights, Time now,
+                                        const std::map<std::string, double>& metrics) {
   std::lock_guard<std::mutex> lock(mu_);
   if (!sites_.count(site)) return Refuse("unknown_site", absl::NotFoundError(absl::StrCat("unknown site ", site)));
   sites_[site].last_seen = now;
@@ -155,7 +171,14 @@ absl::Status RoundManager::SubmitUpdate(int64_t site, int64_t round, int64_t exa
       return Refuse("non_finite", absl::InvalidArgumentError(absl::StrCat("tensor ", name, " holds NaN or Inf")));
     }
   }
+  for (const auto& [k, v] : metrics) {
+    if (!std::isfinite(v) || v < 0) {
+      return Refuse("bad_metrics", absl::InvalidArgumentError(absl::StrCat("metric '", k, "' = ", v,
+                                                                           " is not a finite non-negative sum")));
+    }
+  }
   current_->updates[site] = aggregation::SiteUpdate{site, examples, std::move(weights)};
+  current_->metrics[site] = metrics;
   MaybeCloseRound(now);
   MaybeStartRound(now);
   return absl::OkStatus();
@@ -164,6 +187,144 @@ absl::Status RoundManager::SubmitUpdate(int64_t site, int64_t round, int64_t exa
 absl::Status RoundManager::Refuse(const std::string& reason, absl::Status status) {
   ++refusals_[reason];
   return status;
+}
+
+void RoundManager::CountRefusal(const std::string& reason) {
+  std::lock_guard<std::mutex> lock(mu_);
+  ++refusals_[reason];
+}
+
+absl::StatusOr<std::string> RoundManager::SiteName(int64_t site) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = sites_.find(site);
+  if (it == sites_.end()) return absl::NotFoundError(absl::StrCat("unknown site ", site));
+  return it->second.name;
+}
+
+uint64_t RoundManager::change_count() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return changes_;
+}
+
+void RoundManager::WaitForChange(uint64_t seen, std::chrono::steady_clock::time_point until) const {
+  std::unique_lock<std::mutex> lock(mu_);
+  changed_cv_.wait_until(lock, until, [&] { return changes_ != seen; });
+}
+
+std::vector<ClosedRound> RoundManager::TakeClosedRounds() {
+  std::lock_guard<std::mutex> lock(mu_);
+  std::vector<ClosedRound> out(std::make_move_iterator(closed_.begin()), std::make_move_iterator(closed_.end()));
+  closed_.clear();
+  return out;
+}
+
+namespace {
+
+constexpr char kCounters[] = "coordinator/counters";  // int64 [version, rounds done, next round index]
+constexpr char kRegistry[] = "coordinator/registry";  // uint8: JSON of sites, history and refusals
+
+at::Tensor JsonTensor(const nlohmann::json& j) {
+  const std::string text = j.dump();
+  at::Tensor t = at::empty({static_cast<int64_t>(text.size())}, at::kByte);
+  std::memcpy(t.data_ptr<uint8_t>(), text.data(), text.size());
+  return t;
+}
+
+}  // namespace
+
+NamedTensors RoundManager::State() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return StateLocked();
+}
+
+NamedTensors RoundManager::StateLocked() const {
+  NamedTensors out;
+  for (const auto& [name, t] : model_) out.emplace_back(name, t.clone());
+  for (const auto& [name, t] : strategy_->State()) out.emplace_back(name, t.clone());
+  // An open round is not saved: the restored manager opens it again under the same index.
+  const int64_t next_index = current_ ? current_->index : next_round_index_;
+  out.emplace_back(kCounters, at::tensor({version_, rounds_done_, next_index}, at::kLong));
+  nlohmann::json sites = nlohmann::json::array(), history = nlohmann::json::array();
+  for (const auto& [id, s] : sites_) sites.push_back({{"id", id}, {"name", s.name}, {"examples", s.examples}});
+  for (const auto& r : history_) {
+    history.push_back({{"round", r.round},
+                       {"participants", r.participants},
+                       {"contributors", r.contributors},
+                       {"examples", r.examples},
+                       {"closed_by_deadline", r.closed_by_deadline},
+                       {"site_metrics", r.site_metrics}});
+  }
+  out.emplace_back(kRegistry, JsonTensor({{"sites", sites}, {"history", history}, {"refusals", refusals_}}));
+  return out;
+}
+
+absl::Status RoundManager::LoadState(const NamedTensors& state, Time now) {
+  std::map<std::string, at::Tensor> by_name(state.begin(), state.end());
+  std::lock_guard<std::mutex> lock(mu_);
+  NamedTensors model;
+  for (const auto& [name, g] : model_) {
+    auto it = by_name.find(name);
+    if (it == by_name.end()) return absl::NotFoundError(absl::StrCat("coordinator state has no tensor '", name, "'"));
+    if (it->second.sizes() != g.sizes() || it->second.scalar_type() != g.scalar_type()) {
+      return absl::InvalidArgumentError(absl::StrCat("coordinator state: tensor '", name, "' is ",
+                                                     c10::str(it->second.sizes()), ", the model needs ",
+                                                     c10::str(g.sizes())));
+    }
+    model.emplace_back(name, it->second.clone());
+  }
+  auto counters = by_name.find(kCounters);
+  auto registry = by_name.find(kRegistry);
+  if (counters == by_name.end() || counters->second.numel() != 3 || registry == by_name.end()) {
+    return absl::DataLossError("coordinator state: missing or malformed coordinator/ tensors");
+  }
+  const at::Tensor bytes = registry->second.contiguous();
+  const auto j = nlohmann::json::parse(
+      std::string(reinterpret_cast<const char*>(bytes.data_ptr<uint8_t>()), bytes.numel()), nullptr, false);
+  if (j.is_discarded() || !j.contains("sites") || !j.contains("history") || !j.contains("refusals")) {
+    return absl::DataLossError("coordinator state: the registry is not valid JSON");
+  }
+  NamedTensors strategy_state;
+  for (const auto& [name, t] : state) {
+    if (name.rfind("strategy/", 0) == 0) strategy_state.emplace_back(name, t.clone());
+  }
+  std::map<int64_t, Site> sites;
+  std::map<std::string, int64_t> by_site_name;
+  std::vector<RoundRecord> history;
+  std::map<std::string, int64_t> refusals;
+  try {
+    for (const auto& s : j["sites"]) {
+      const int64_t id = s["id"];
+      sites[id] = Site{s["name"], s["examples"], now};
+      by_site_name[s["name"]] = id;
+    }
+    for (const auto& h : j["history"]) {
+      RoundRecord r;
+      r.round = h["round"];
+      r.participants = h["participants"].get<std::vector<int64_t>>();
+      r.contributors = h["contributors"].get<std::vector<int64_t>>();
+      r.examples = h["examples"];
+      r.closed_by_deadline = h["closed_by_deadline"];
+      r.site_metrics = h["site_metrics"].get<std::map<std::string, double>>();
+      history.push_back(std::move(r));
+    }
+    refusals = j["refusals"].get<std::map<std::string, int64_t>>();
+  } catch (const nlohmann::json::exception& e) {
+    return absl::DataLossError(absl::StrCat("coordinator state: malformed registry: ", e.what()));
+  }
+  if (auto s = strategy_->LoadState(strategy_state); !s.ok()) return s;
+  model_ = std::move(model);
+  const at::Tensor c = counters->second.to(at::kLong);
+  version_ = c[0].item<int64_t>();
+  rounds_done_ = c[1].item<int64_t>();
+  next_round_index_ = c[2].item<int64_t>();
+  sites_ = std::move(sites);
+  site_by_name_ = std::move(by_site_name);
+  history_ = std::move(history);
+  refusals_ = std::move(refusals);
+  current_.reset();
+  closed_.clear();
+  Changed();
+  return absl::OkStatus();
 }
 
 int64_t RoundManager::model_version() const {

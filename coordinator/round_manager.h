@@ -16,6 +16,8 @@
 // Thread-safe: every method takes the one mutex.
 
 #include <chrono>
+#include <condition_variable>
+#include <deque>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -55,6 +57,18 @@ struct RoundRecord {
   std::vector<int64_t> contributors;  // sites whose updates were aggregated, in id order
   int64_t examples = 0;
   bool closed_by_deadline = false;
+  // Federated evaluation: the contributors' reported metrics summed over sites (each site reports
+  // sums, e.g. eval_examples, eval_correct, eval_loss_sum, so sums are example-weighted).
+  std::map<std::string, double> site_metrics;
+};
+
+// A round that produced a new global model, queued for the caller to evaluate and checkpoint
+// (the manager itself keeps only the current model).
+struct ClosedRound {
+  int64_t version = 0;
+  NamedTensors model;  // a snapshot
+  RoundRecord record;
+  NamedTensors state;  // State() as of the close (the model's tensors shared with `model`)
 };
 
 class RoundManager {
@@ -73,7 +87,31 @@ class RoundManager {
   absl::StatusOr<NamedTensors> Model(int64_t version) const;
 
   // Accepts or refuses an update; a refusal's status says why and nothing reaches the aggregate.
-  absl::Status SubmitUpdate(int64_t site, int64_t round, int64_t examples, NamedTensors weights, Time now);
+  // `metrics` are the site's federated-evaluation sums (finite, non-negative).
+  absl::Status SubmitUpdate(int64_t site, int64_t round, int64_t examples, NamedTensors weights, Time now,
+                            const std::map<std::string, double>& metrics = {});
+
+  // Counts a refusal made outside the manager (by the transport: bad token, malformed stream).
+  void CountRefusal(const std::string& reason);
+
+  // The name a site joined with; NotFound for an unknown id.
+  absl::StatusOr<std::string> SiteName(int64_t site) const;
+
+  // Long polls: a counter that moves whenever a round starts or closes, a site joins or the job
+  // finishes; WaitForChange blocks until it differs from `seen` or `until` (real time) passes.
+  uint64_t change_count() const;
+  void WaitForChange(uint64_t seen, std::chrono::steady_clock::time_point until) const;
+
+  // The rounds closed since the last call, oldest first, with a snapshot of each model.
+  std::vector<ClosedRound> TakeClosedRounds();
+
+  // The whole coordinator state for a checkpoint: the global model ("model/..."), the strategy's
+  // state ("strategy/..."), counters, the site registry, the history and the refusal counts
+  // ("coordinator/..."). LoadState restores it (sites count as seen at `now`); it checks
+  // everything before changing anything. An open round is not part of the state: after a
+  // restore, the next round has the same index, and so the same sample, as the one that was open.
+  NamedTensors State() const;
+  absl::Status LoadState(const NamedTensors& state, Time now);
 
   // Closes the current round if its deadline passed (call it periodically).
   void Tick(Time now);
@@ -83,7 +121,8 @@ class RoundManager {
   bool finished() const;
   std::vector<RoundRecord> history() const;
   // Refusals counted by reason ("wrong_round", "duplicate", "late", "not_participant",
-  // "unknown_site", "bad_tensor", "non_finite").
+  // "unknown_site", "bad_tensor", "non_finite", "bad_metrics", and from the transport "bad_token",
+  // "bad_stream").
   std::map<std::string, int64_t> refusals() const;
 
  private:
@@ -97,12 +136,15 @@ class RoundManager {
     std::vector<int64_t> participants;
     Time deadline;
     std::map<int64_t, aggregation::SiteUpdate> updates;  // by site id: aggregation order
+    std::map<int64_t, std::map<std::string, double>> metrics;
   };
 
   bool Alive(const Site& s, Time now) const;
   void MaybeStartRound(Time now);
   void MaybeCloseRound(Time now);
   absl::Status Refuse(const std::string& reason, absl::Status status);
+  void Changed();
+  NamedTensors StateLocked() const;
 
   const RoundManagerOptions options_;
   std::unique_ptr<aggregation::Strategy> strategy_;
@@ -116,6 +158,9 @@ class RoundManager {
   std::optional<Round> current_;
   std::vector<RoundRecord> history_;
   std::map<std::string, int64_t> refusals_;
+  std::deque<ClosedRound> closed_;
+  uint64_t changes_ = 0;
+  mutable std::condition_variable changed_cv_;
 };
 
 }  // namespace allround::coordinator

@@ -1,6 +1,7 @@
 #include "coordinator/service.h"
 
 #include <chrono>
+#include <cstdio>
 
 #include "absl/strings/str_cat.h"
 #include "comm/wire.h"
@@ -21,10 +22,11 @@ grpc::Status ToGrpc(const absl::Status& s) {
 
 grpc::Status CoordinatorService::CheckToken(int64_t site, const std::string& token) {
   if (options_.tokens.empty()) return grpc::Status::OK;
-  std::lock_guard<std::mutex> lock(mu_);
-  auto it = site_tokens_.find(site);
-  if (it == site_tokens_.end()) return grpc::Status(grpc::StatusCode::NOT_FOUND, absl::StrCat("unknown site ", site));
-  if (it->second != token) {
+  auto name = manager_->SiteName(site);
+  if (!name.ok()) return ToGrpc(name.status());
+  auto it = options_.tokens.find(*name);
+  if (it == options_.tokens.end() || it->second != token) {
+    manager_->CountRefusal("bad_token");
     return grpc::Status(grpc::StatusCode::UNAUTHENTICATED, absl::StrCat("bad token for site ", site));
   }
   return grpc::Status::OK;
@@ -40,24 +42,31 @@ grpc::Status CoordinatorService::Join(grpc::ServerContext*, const allround::v1::
   if (!options_.tokens.empty()) {
     auto it = options_.tokens.find(req->site_name());
     if (it == options_.tokens.end() || it->second != req->token()) {
+      manager_->CountRefusal("bad_token");
       return grpc::Status(grpc::StatusCode::UNAUTHENTICATED,
                           absl::StrCat("site '", req->site_name(), "': unknown site or bad token"));
     }
   }
   auto id = manager_->Join(req->site_name(), req->examples(), Now());
   if (!id.ok()) return ToGrpc(id.status());
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    site_tokens_[*id] = req->token();
-  }
+  std::fprintf(stderr, "allround-coordinator: site '%s' joined as %lld (%lld examples)\n", req->site_name().c_str(),
+               static_cast<long long>(*id), static_cast<long long>(req->examples()));
   reply->set_site_id(*id);
   return grpc::Status::OK;
 }
 
-grpc::Status CoordinatorService::GetTask(grpc::ServerContext*, const allround::v1::TaskRequest* req,
+grpc::Status CoordinatorService::GetTask(grpc::ServerContext* ctx, const allround::v1::TaskRequest* req,
                                          allround::v1::TaskReply* reply) {
   if (auto s = CheckToken(req->site_id(), req->token()); !s.ok()) return s;
-  auto task = manager_->GetTask(req->site_id(), Now());
+  // Long poll: hold a WAIT until the round state changes, the poll time is up, or the site leaves.
+  const Time until = Now() + options_.long_poll;
+  absl::StatusOr<Task> task;
+  for (;;) {
+    const uint64_t seen = manager_->change_count();
+    task = manager_->GetTask(req->site_id(), Now());
+    if (!task.ok() || task->kind != Task::Kind::kWait || Now() >= until || ctx->IsCancelled()) break;
+    manager_->WaitForChange(seen, std::min(until, Now() + std::chrono::milliseconds(500)));
+  }
   if (!task.ok()) return ToGrpc(task.status());
   switch (task->kind) {
     case Task::Kind::kTrain: reply->set_kind(allround::v1::TaskReply::TRAIN); break;
@@ -88,6 +97,7 @@ grpc::Status CoordinatorService::SubmitUpdate(grpc::ServerContext*, grpc::Server
   allround::v1::UpdateChunk msg;
   if (!reader->Read(&msg)) return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "empty update stream");
   const int64_t site = msg.site_id(), round = msg.round(), examples = msg.examples();
+  const std::map<std::string, double> metrics(msg.metrics().begin(), msg.metrics().end());
   if (auto s = CheckToken(site, msg.token()); !s.ok()) return s;
   comm::TensorAssembler assembler(options_.max_update_bytes);
   absl::Status bad;
@@ -96,7 +106,8 @@ grpc::Status CoordinatorService::SubmitUpdate(grpc::ServerContext*, grpc::Server
   } while (reader->Read(&msg));  // drain the stream even after a bad chunk
   auto tensors = bad.ok() ? assembler.Finish() : absl::StatusOr<comm::NamedTensors>(bad);
   absl::Status s = tensors.status();
-  if (s.ok()) s = manager_->SubmitUpdate(site, round, examples, *std::move(tensors), Now());
+  if (!s.ok()) manager_->CountRefusal("bad_stream");
+  if (s.ok()) s = manager_->SubmitUpdate(site, round, examples, *std::move(tensors), Now(), metrics);
   reply->set_accepted(s.ok());
   reply->set_reason(std::string(s.message()));
   return ToGrpc(s);

@@ -3,12 +3,12 @@
 
 // The gRPC face of the RoundManager (a thin adapter, after gRPC's route_guide): it checks each
 // call's site token, converts messages and tensor streams, and maps refusals to gRPC statuses
-// whose messages say why. All decisions are the RoundManager's.
+// whose messages say why. All decisions are the RoundManager's. GetTask is a long poll.
 
 #include <grpcpp/grpcpp.h>
 
+#include <chrono>
 #include <map>
-#include <mutex>
 #include <string>
 
 #include "comm/proto/federated.grpc.pb.h"
@@ -21,6 +21,8 @@ struct ServiceOptions {
   int64_t local_epochs = 1;
   double proximal_mu = 0.0;
   uint64_t max_update_bytes = uint64_t{1} << 32;
+  // GetTask holds a WAIT answer this long, returning early when the round state changes.
+  std::chrono::milliseconds long_poll{10000};
 };
 
 class CoordinatorService final : public allround::v1::Coordinator::Service {
@@ -37,12 +39,12 @@ class CoordinatorService final : public allround::v1::Coordinator::Service {
                          allround::v1::HeartbeatReply*) override;
 
  private:
+  // Every call after Join names its site and carries the site's token, checked against the
+  // tokens file by the site's registered name (so a restarted coordinator still knows it).
   grpc::Status CheckToken(int64_t site, const std::string& token);
 
   RoundManager* manager_;
-  ServiceOptions options_;
-  std::mutex mu_;
-  std::map<int64_t, std::string> site_tokens_;
+  const ServiceOptions options_;
 };
 
 // absl::Status -> grpc::Status, keeping the message.

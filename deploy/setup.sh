@@ -14,6 +14,8 @@ PACKAGES=(
   libopenmpi-dev openmpi-bin
   # federated transport
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
+  # deploy/make-certs.sh makes a test CA and certificates for TLS
+  openssl
   # checkpoints
   librocksdb-dev
   # tests and micro-benchmarks

@@ -27,14 +27,14 @@ check() { if eval "$2"; then echo "ok   $1"; passed=$((passed+1)); else echo "FA
 
 # Before the real sites start: the coordinator cannot finish without them, so this site meets a
 # running coordinator (retrying until it listens) and not one that has already shut down.
-"$WORKER" "${JOB[@]}" --coordinator 127.0.0.1:$PORT --site mallory --token guess --site-index 0 2> "$TMP/bad.err"
+"$WORKER" "${JOB[@]}" --coordinator 127.0.0.1:$PORT --insecure --site mallory --token guess --site-index 0 2> "$TMP/bad.err"
 rc=$?
 check "a site with a wrong token is refused with a clear error" \
   '[[ $rc -ne 0 ]] && grep -q "site .mallory.: unknown site or bad token" "$TMP/bad.err"'
 i=0
 for site in a b c; do
   token=tok$(echo $site | tr a-c A-C)
-  "$WORKER" "${JOB[@]}" --coordinator 127.0.0.1:$PORT --site $site --token $token --site-index $i \
+  "$WORKER" "${JOB[@]}" --coordinator 127.0.0.1:$PORT --insecure --site $site --token $token --site-index $i \
     --dump-updates "$TMP/updates" > /dev/null 2> "$TMP/site-$site.err" &
   i=$((i + 1))
 done

@@ -2,10 +2,14 @@
 // and every refusal, each followed by a good update that is accepted.
 
 #include "coordinator/round_manager.h"
+#include "worker/federated_client.h"
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 #include <torch/torch.h>
+
+#include <cmath>
+#include <thread>
 
 namespace allround::coordinator {
 namespace {
@@ -179,5 +183,103 @@ TEST_F(RoundManagerTest, SitesWithoutHeartbeatAreNotSampledAndAllRoundsEndInStop
   EXPECT_TRUE(m->finished());
 }
 
+TEST_F(RoundManagerTest, FederatedEvaluationSumsAreAddedOverContributorsAndBadOnesRefused) {
+  RoundManagerOptions o;
+  o.rounds = 1;
+  o.min_sites = 2;
+  o.min_available = 2;
+  auto m = Manager(o);
+  const int64_t a = *m->Join("a", 10, At(0)), b = *m->Join("b", 30, At(0));
+  ASSERT_EQ(m->GetTask(a, At(1))->kind, Task::Kind::kTrain);
+  auto refused = m->SubmitUpdate(a, 0, 10, Weights(1, 1), At(2), {{"eval_correct", std::nan("")}});
+  EXPECT_EQ(refused.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(refused.message()), HasSubstr("eval_correct"));
+  EXPECT_EQ(m->refusals().at("bad_metrics"), 1);
+  // Then good ones: site a got 3 of 4 right, site b 6 of 12: 9 / 16 overall.
+  ASSERT_TRUE(m->SubmitUpdate(a, 0, 10, Weights(1, 1), At(2), {{"eval_correct", 3}, {"eval_examples", 4}}).ok());
+  ASSERT_TRUE(m->SubmitUpdate(b, 0, 30, Weights(1, 1), At(2), {{"eval_correct", 6}, {"eval_examples", 12}}).ok());
+  const auto closed = m->TakeClosedRounds();
+  ASSERT_EQ(closed.size(), 1u);
+  EXPECT_EQ(closed[0].version, 1);
+  EXPECT_DOUBLE_EQ(closed[0].record.site_metrics.at("eval_correct"), 9);
+  EXPECT_DOUBLE_EQ(closed[0].record.site_metrics.at("eval_examples"), 16);
+  EXPECT_TRUE(m->TakeClosedRounds().empty());  // taken once
+}
+
+TEST_F(RoundManagerTest, StateRestoresModelRegistryCountersAndTheOpenRoundsIndex) {
+  RoundManagerOptions o;
+  o.rounds = 3;
+  o.min_sites = 2;
+  o.min_available = 2;
+  o.fraction = 0.5;  // 2 of 4 sampled: the sample depends on the round index
+  auto m = std::make_unique<RoundManager>(o, Weights(0, 0), *aggregation::MakeStrategy({"fedavgm"}));
+  for (const char* name : {"a", "b", "c", "d"}) ASSERT_TRUE(m->Join(name, 10, At(0)).ok());
+  auto play_round = [&](RoundManager& rm, int64_t round, Time t) {
+    std::vector<int64_t> chosen;
+    for (int64_t s = 1; s <= 4; ++s) {
+      auto task = rm.GetTask(s, t);
+      if (task->kind == Task::Kind::kTrain) chosen.push_back(s);
+    }
+    for (int64_t s : chosen) EXPECT_TRUE(rm.SubmitUpdate(s, round, 10, Weights(s, round), t).ok());
+    return chosen;
+  };
+  play_round(*m, 0, At(1));
+  const auto closed = m->TakeClosedRounds();
+  ASSERT_EQ(closed.size(), 1u);
+  // Round 1 opened when round 0 closed. The state saved at round 0's close, and State() taken
+  // now with round 1 open, both restore to "round 1 next", so it is reopened under its index.
+  for (const auto& state : {closed[0].state, m->State()}) {
+    auto restored = std::make_unique<RoundManager>(o, Weights(0, 0), *aggregation::MakeStrategy({"fedavgm"}));
+    ASSERT_TRUE(restored->LoadState(state, At(50)).ok());
+    EXPECT_EQ(restored->model_version(), 1);
+    EXPECT_EQ(restored->rounds_done(), 1);
+    EXPECT_EQ(*restored->SiteName(3), "c");
+    EXPECT_EQ(*restored->Join("c", 10, At(50)), 3);  // a rejoining site keeps its id
+    EXPECT_EQ(restored->history().size(), 1u);
+    // Both managers go on identically: same samples, same (momentum) aggregates.
+    auto twin = std::make_unique<RoundManager>(o, Weights(0, 0), *aggregation::MakeStrategy({"fedavgm"}));
+    ASSERT_TRUE(twin->LoadState(closed[0].state, At(50)).ok());
+    for (int64_t r = 1; r < 3; ++r) {
+      EXPECT_EQ(play_round(*restored, r, At(50 + r)), play_round(*twin, r, At(50 + r)));
+    }
+    EXPECT_TRUE(restored->finished());
+    EXPECT_TRUE(at::equal((*restored->Model(3))[0].second, (*twin->Model(3))[0].second));
+  }
+  // A malformed state changes nothing.
+  auto fresh = Manager(o);
+  EXPECT_FALSE(fresh->LoadState({{"w", torch::zeros({3})}}, At(0)).ok());
+  EXPECT_EQ(fresh->model_version(), 0);
+}
+
+TEST_F(RoundManagerTest, WaitForChangeWakesOnAJoinAndTimesOutOtherwise) {
+  auto m = Manager({});
+  const uint64_t seen = m->change_count();
+  const auto start = std::chrono::steady_clock::now();
+  m->WaitForChange(seen, start + std::chrono::milliseconds(50));  // nothing happens: returns at the timeout
+  EXPECT_GE(std::chrono::steady_clock::now() - start, std::chrono::milliseconds(50));
+  std::thread joiner([&] { ASSERT_TRUE(m->Join("a", 1, At(0)).ok()); });
+  m->WaitForChange(seen, std::chrono::steady_clock::now() + std::chrono::seconds(60));
+  joiner.join();
+  EXPECT_NE(m->change_count(), seen);
+}
+
 }  // namespace
 }  // namespace allround::coordinator
+
+namespace allround::worker {
+namespace {
+
+TEST(SiteIndices, SingleRangesAndListsAndClearRefusals) {
+  EXPECT_THAT(*ParseSiteIndices("3"), ::testing::ElementsAre(3));
+  EXPECT_THAT(*ParseSiteIndices("0-3"), ::testing::ElementsAre(0, 1, 2, 3));
+  EXPECT_THAT(*ParseSiteIndices("1,4,7-8"), ::testing::ElementsAre(1, 4, 7, 8));
+  EXPECT_EQ(ParseSiteIndices("0-99")->size(), 100u);
+  for (const char* bad : {"", "a", "3-1", "-2", "1,1", "0-2,2", "1-", "1.5"}) {
+    auto r = ParseSiteIndices(bad);
+    EXPECT_FALSE(r.ok()) << bad;
+    EXPECT_THAT(std::string(r.status().message()), ::testing::HasSubstr("--site-index")) << bad;
+  }
+}
+
+}  // namespace
+}  // namespace allround::worker

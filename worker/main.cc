@@ -281,9 +281,16 @@ int main(int argc, char** argv) {
                  "or a checkpoint id (allround-ckpt ls lists them)");
   worker::SiteOptions site;
   app.add_option("--coordinator", site.coordinator, "federated: the coordinator's HOST:PORT (makes this process a site)");
-  app.add_option("--site", site.site_name, "federated: this site's name");
+  app.add_option("--site", site.site_name, "federated: this site's name (with many sites: the prefix of NAME-I)");
   app.add_option("--token", site.token, "federated: this site's token");
-  app.add_option("--site-index", site.site_index, "federated: which partition of the job's data is this site's");
+  app.add_option("--tokens", site.tokens_file, "federated: a file of 'site-name token' lines for the hosted sites");
+  app.add_option("--site-index", site.site_indices,
+                 "federated: the partition(s) of the job's data this process hosts as sites: I, A-B or A,B,C");
+  app.add_option("--site-threads", site.site_threads, "federated: hosted sites that train at the same time");
+  app.add_option("--data", site.data_dir, "federated: the site's own IDX files (train and test) instead of a partition");
+  app.add_option("--tls-ca", site.tls_ca, "federated: the CA certificate (PEM) that signed the coordinator's");
+  app.add_flag("--insecure", site.insecure, "federated: talk plain text to the coordinator (loopback and tests only)");
+  app.add_option("--give-up-s", site.give_up_s, "federated: stop retrying an unreachable coordinator after this long");
   app.add_option("--dump-updates", site.dump_updates, "federated: also write each submitted update to this directory");
   JobFlags job_flags(app);
   if (auto code = ParseCommandLine(app, argc, argv, "allround-worker")) return *code;
@@ -300,20 +307,6 @@ int main(int argc, char** argv) {
     std::fputs(JobToYaml(*job).c_str(), stdout);
     return 0;
   }
-  if (app.get_option("--coordinator")->count() > 0) {
-    if (job->threads > 0) torch::set_num_threads(static_cast<int>(job->threads));
-    absl::Status fs;
-    try {
-      fs = worker::RunSite(*job, site);
-    } catch (const c10::Error& e) {
-      fs = absl::InternalError(e.what_without_backtrace());
-    }
-    if (!fs.ok()) {
-      std::fprintf(stderr, "allround-worker: error: %s\n", std::string(fs.message()).c_str());
-      return 1;
-    }
-    return 0;
-  }
   const std::string backend = job->comm.backend == "auto" && job->device == "cuda" ? "nccl" : job->comm.backend;
   auto context = comm::InitComm(backend, &argc, &argv,
                                 std::chrono::milliseconds(static_cast<int64_t>(job->comm.timeout_s * 1000)));
@@ -322,8 +315,15 @@ int main(int argc, char** argv) {
     return 1;
   }
   comm::Communicator& comm = (*context)->comm();
+  const bool federated = app.get_option("--coordinator")->count() > 0;
   try {
-    s = worker::Run(*job, summary_path, resume, comm);
+    if (federated) {
+      // A site (or, under mpirun, a worker group that is one site).
+      if (job->threads > 0) torch::set_num_threads(static_cast<int>(job->threads));
+      s = worker::RunSites(*job, site, &comm);
+    } else {
+      s = worker::Run(*job, summary_path, resume, comm);
+    }
   } catch (const c10::Error& e) {
     s = absl::InternalError(e.what_without_backtrace());
   }

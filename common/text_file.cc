@@ -1,0 +1,42 @@
+#include "common/text_file.h"
+
+#include <fstream>
+#include <iterator>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+
+namespace allround {
+
+absl::StatusOr<std::string> ReadTextFile(const std::string& path, const std::string& flag) {
+  std::ifstream f(path, std::ios::binary);
+  if (!f) return absl::NotFoundError(absl::StrCat(flag, " '", path, "': cannot open"));
+  std::string text((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+  if (text.empty()) return absl::InvalidArgumentError(absl::StrCat(flag, " '", path, "' is empty"));
+  return text;
+}
+
+absl::StatusOr<std::map<std::string, std::string>> ReadTokensFile(const std::string& path, const std::string& flag) {
+  auto text = ReadTextFile(path, flag);
+  if (!text.ok()) return text.status();
+  std::map<std::string, std::string> out;
+  int line_no = 0;
+  for (absl::string_view line : absl::StrSplit(*text, '\n')) {
+    ++line_no;
+    std::vector<std::string> parts = absl::StrSplit(line, absl::ByAnyChar(" \t\r"), absl::SkipEmpty());
+    if (parts.empty()) continue;
+    if (parts.size() != 2) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(flag, " '", path, "' line ", line_no, ": want 'site-name token'"));
+    }
+    if (!out.emplace(parts[0], parts[1]).second) {
+      return absl::InvalidArgumentError(absl::StrCat(flag, " '", path, "' line ", line_no, ": site '", parts[0],
+                                                     "' appears twice"));
+    }
+  }
+  if (out.empty()) return absl::InvalidArgumentError(absl::StrCat(flag, " '", path, "': no 'site token' lines"));
+  return out;
+}
+
+}  // namespace allround

@@ -1,0 +1,216 @@
+#!/usr/bin/env bash
+# Federated runs on loopback that go wrong on purpose, one scenario per ctest:
+#   tls           TLS with deploy/make-certs.sh: a site with the CA trains; a site without the CA,
+#                 one with another CA, and one with a wrong token are refused.
+#   site_killed   a site SIGKILLed mid-round: the round closes at its deadline with the other two;
+#                 the restarted site takes part in the next round.
+#   resume        the coordinator SIGKILLed just after its round-2 checkpoint (round 3 may or may
+#                 not have closed and been saved by then) and restarted with --resume auto:
+#                 the sites carry on, and the final model equals an uninterrupted run's, bit for bit.
+#   many_sites    one worker process hosts 8 sites (--site-index 0-7 on 2 training threads) beside
+#                 a single-site process; every round aggregates all 9.
+#   mpi_site      an mpirun group of 2 ranks is one site beside two single-process sites.
+# Usage: federated_robustness_test.sh SCENARIO COORDINATOR WORKER MAKE_CERTS
+set -u
+SCENARIO="$1" COORD="$2" WORKER="$3" MAKE_CERTS="$4"
+DATA=/usr/share/datasets/fashion-mnist
+PY="${ALLROUND_VENV:-/opt/allround-venv}/bin/python3"
+[[ -d $DATA ]] || { echo "no $DATA: skipped"; exit 77; }
+TMP=$(mktemp -d); trap 'kill -9 $(jobs -p) 2>/dev/null; [[ -n ${KEEP_TMP:-} ]] && echo "kept $TMP" || rm -rf "$TMP"' EXIT
+PORT=$((20000 + ($$ * 17 + ${#SCENARIO} * 101) % 20000))
+ADDR=127.0.0.1:$PORT
+JOB=(--data.train_limit 3000 --data.test_limit 500 --threads 1 --partition.scheme dirichlet --partition.beta 0.5
+     --train.progress_every_s 0)
+passed=0 failed=0
+check() { if eval "$2"; then echo "ok   $1"; passed=$((passed+1)); else echo "FAIL $1"; failed=$((failed+1)); fi; }
+finish() { echo "$passed passed, $failed failed"; [[ $failed -eq 0 ]]; exit $?; }
+# wait_for FILE PATTERN SECONDS: until FILE holds a line matching PATTERN.
+wait_for() {
+  local i
+  for ((i = 0; i < $3 * 10; i++)); do grep -q "$2" "$1" 2>/dev/null && return 0; sleep 0.1; done
+  echo "timed out waiting for '$2' in $1"; cat "$1"; return 1
+}
+# wait_done PID SECONDS: the process's exit status, or 124 after SECONDS.
+wait_done() {
+  timeout "$2" tail --pid="$1" -f /dev/null || { kill -9 "$1"; wait "$1" 2>/dev/null; return 124; }
+  wait "$1"
+}
+# site NAME INDEX ARGS...: a site process in the background; its stderr in $TMP/site-NAME.err.
+site() {
+  local name=$1 index=$2
+  shift 2
+  "$WORKER" "${JOB[@]}" "${EXTRA[@]}" --coordinator $ADDR --site "$name" --site-index "$index" "$@" \
+    > /dev/null 2>> "$TMP/site-$name.err" &
+}
+
+case "$SCENARIO" in
+tls)
+  command -v openssl > /dev/null || { echo "no openssl: skipped"; exit 77; }
+  bash "$MAKE_CERTS" "$TMP/certs" > /dev/null && bash "$MAKE_CERTS" "$TMP/other" > /dev/null || exit 1
+  EXTRA=(--federated.rounds 1 --partition.sites 1 --federated.min_sites 1 --checkpoint.enabled false)
+  printf 'a tokA\n' > "$TMP/tokens"
+  "$COORD" "${JOB[@]}" "${EXTRA[@]}" --listen $ADDR 2> "$TMP/notls.err"
+  rc=$?
+  check "without --tls-cert or --insecure the coordinator refuses to start, saying what to give" \
+    '[[ $rc -ne 0 ]] && grep -q "give --tls-cert FILE --tls-key FILE" "$TMP/notls.err"'
+  "$COORD" "${JOB[@]}" "${EXTRA[@]}" --listen $ADDR --tokens "$TMP/tokens" --tls-cert "$TMP/certs/server.pem" \
+    --tls-key "$TMP/certs/server.key" --run_dir "$TMP/run" > "$TMP/coord.out" 2> "$TMP/coord.err" &
+  coord=$!
+  "$WORKER" "${JOB[@]}" "${EXTRA[@]}" --coordinator $ADDR --site a --token tokA 2> "$TMP/noca.err"
+  rc=$?
+  check "a site with neither --tls-ca nor --insecure is told to give one" \
+    '[[ $rc -ne 0 ]] && grep -q "give --tls-ca FILE" "$TMP/noca.err"'
+  "$WORKER" "${JOB[@]}" "${EXTRA[@]}" --coordinator $ADDR --site a --token tokA --insecure --give-up-s 3 \
+    2> "$TMP/plain.err"
+  rc=$?
+  check "a plain-text site is refused by the TLS coordinator" '[[ $rc -ne 0 ]] && grep -q "error:" "$TMP/plain.err"'
+  "$WORKER" "${JOB[@]}" "${EXTRA[@]}" --coordinator $ADDR --site a --token tokA --tls-ca "$TMP/other/ca.pem" \
+    --give-up-s 3 2> "$TMP/otherca.err"
+  rc=$?
+  check "a site trusting another CA is refused" '[[ $rc -ne 0 ]] && grep -q "error:" "$TMP/otherca.err"'
+  "$WORKER" "${JOB[@]}" "${EXTRA[@]}" --coordinator $ADDR --site a --token wrong --tls-ca "$TMP/certs/ca.pem" \
+    2> "$TMP/badtoken.err"
+  rc=$?
+  check "a site over TLS with a wrong token is refused with a clear error" \
+    '[[ $rc -ne 0 ]] && grep -q "site .a.: unknown site or bad token" "$TMP/badtoken.err"'
+  check "none of the refused sites ever joined" '! grep -q "joined as" "$TMP/coord.err"'
+  "$WORKER" "${JOB[@]}" "${EXTRA[@]}" --coordinator $ADDR --site a --token tokA --tls-ca "$TMP/certs/ca.pem" \
+    2> "$TMP/good.err"
+  rc=$?
+  check "the site with the CA and its token trains the round over TLS" \
+    '[[ $rc -eq 0 ]] && grep -q "round 0 update accepted" "$TMP/good.err"'
+  wait_done $coord 60; rc=$?
+  check "the coordinator finished the round" '[[ $rc -eq 0 ]] && grep -q "^round 1/1" "$TMP/coord.out"'
+  check "the refusals are counted in the summary" \
+    '"$PY" -c "import json,sys; r=json.load(open(sys.argv[1]))[\"refusals\"]; sys.exit(0 if r.get(\"bad_token\",0)>=1 else 1)" "$TMP/run/summary.json"'
+  ;;
+
+site_killed)
+  EXTRA=(--federated.rounds 3 --partition.sites 3 --federated.min_sites 2 --federated.min_available 3
+         --federated.round_timeout_s 8 --federated.site_timeout_s 60 --checkpoint.enabled false)
+  "$COORD" "${JOB[@]}" "${EXTRA[@]}" --listen $ADDR --no-auth --insecure --run_dir "$TMP/run" \
+    > "$TMP/coord.out" 2> "$TMP/coord.err" &
+  coord=$!
+  site a 0 --insecure; site b 1 --insecure; site c 2 --insecure
+  victim=$!
+  wait_for "$TMP/site-c.err" "round 1: training" 60 && kill -9 $victim
+  echo "site c killed in round 1"
+  wait_for "$TMP/coord.out" "^round 2/3" 60
+  check "round 1 closed at its deadline with the two live sites" \
+    'grep "^round 2/3" "$TMP/coord.out" | grep -q "(2 sites, .*closed at the deadline)"'
+  site c 2 --insecure
+  wait_done $coord 120; rc=$?
+  cat "$TMP/coord.out"
+  check "the coordinator finished all 3 rounds" '[[ $rc -eq 0 ]] && grep -q "^round 3/3" "$TMP/coord.out"'
+  check "the restarted site took part in the next round" \
+    'grep "^round 3/3" "$TMP/coord.out" | grep -q "(3 sites" && grep -q "round 2 update accepted" "$TMP/site-c.err"'
+  check "site c rejoined under its old id" \
+    '[[ $(grep -c "site .c. joined" "$TMP/coord.err") -eq 2 && $(grep "site .c. joined" "$TMP/coord.err" | sort -u | wc -l) -eq 1 ]]'
+  ;;
+
+resume)
+  EXTRA=(--federated.rounds 4 --partition.sites 3 --federated.min_sites 3 --federated.min_available 3
+         --checkpoint.every_rounds 1 --federated.local_epochs 4)
+  # run_one NAME [KILL_AFTER_ROUND]: a whole federated run; sites started one by one so that site
+  # ids, and so the aggregation order, are the same in every run.
+  run_one() {
+    local name=$1 kill_after=${2:-0} s i=0
+    mkdir -p "$TMP/$name/models"
+    "$COORD" "${JOB[@]}" "${EXTRA[@]}" --listen $ADDR --no-auth --insecure --run_dir "$TMP/$name/run" \
+      --dump-models "$TMP/$name/models" --resume auto > "$TMP/$name/coord.out" 2> "$TMP/$name/coord.err" &
+    local coord=$!
+    for s in a b c; do
+      "$WORKER" "${JOB[@]}" "${EXTRA[@]}" --coordinator $ADDR --insecure --site $s --site-index $i \
+        > /dev/null 2> "$TMP/$name/site-$s.err" &
+      wait_for "$TMP/$name/coord.err" "site .$s. joined" 60 || return 1
+      i=$((i + 1))
+    done
+    if [[ $kill_after -gt 0 ]]; then
+      wait_for "$TMP/$name/coord.err" "checkpoint .* saved (round $kill_after)" 120 || return 1
+      kill -9 $coord; wait $coord 2>/dev/null
+      echo "coordinator killed after round $kill_after"
+      "$COORD" "${JOB[@]}" "${EXTRA[@]}" --listen $ADDR --no-auth --insecure --run_dir "$TMP/$name/run" \
+        --dump-models "$TMP/$name/models" --resume auto >> "$TMP/$name/coord.out" 2> "$TMP/$name/coord2.err" &
+      coord=$!
+    fi
+    wait_done $coord 180 || return 1
+    wait  # the sites
+  }
+  mkdir -p "$TMP/whole" "$TMP/killed"
+  run_one whole; rc=$?
+  check "the uninterrupted run finished" '[[ $rc -eq 0 ]] && grep -q "^round 4/4" "$TMP/whole/coord.out"'
+  run_one killed 2; rc=$?
+  cat "$TMP/killed/coord.out"
+  check "the restarted coordinator resumed from its checkpoint" \
+    'grep -q "resumed from checkpoint .* ([23] rounds done)" "$TMP/killed/coord2.err"'
+  check "it finished the run" '[[ $rc -eq 0 ]] && grep -q "^round 4/4" "$TMP/killed/coord.out"'
+  check "the sites survived the restart and were told to stop" \
+    '[[ $(grep -l "coordinator says stop" "$TMP"/killed/site-*.err | wc -l) -eq 3 ]]'
+  check "the final model equals the uninterrupted run's, bit for bit" \
+    'cmp "$TMP/whole/models/version-4.safetensors" "$TMP/killed/models/version-4.safetensors"'
+  ;;
+
+many_sites)
+  EXTRA=(--federated.rounds 2 --partition.sites 9 --federated.min_sites 9 --federated.min_available 9
+         --checkpoint.enabled false)
+  for i in $(seq 0 7); do echo "sim-$i tok$i"; done > "$TMP/tokens"
+  echo "solo tok8" >> "$TMP/tokens"
+  mkdir -p "$TMP/models" "$TMP/updates"
+  "$COORD" "${JOB[@]}" "${EXTRA[@]}" --listen $ADDR --tokens "$TMP/tokens" --insecure --run_dir "$TMP/run" \
+    --dump-models "$TMP/models" > "$TMP/coord.out" 2> "$TMP/coord.err" &
+  coord=$!
+  "$WORKER" "${JOB[@]}" "${EXTRA[@]}" --coordinator $ADDR --insecure --site sim --site-index 0-7 \
+    --tokens "$TMP/tokens" --site-threads 2 --dump-updates "$TMP/updates" > /dev/null 2> "$TMP/many.err" &
+  many=$!
+  site solo 8 --insecure --token tok8 --dump-updates "$TMP/updates"
+  wait_done $coord 300; rc=$?
+  cat "$TMP/coord.out"
+  check "every round aggregated all 9 sites" \
+    '[[ $rc -eq 0 ]] && [[ $(grep -c "(9 sites" "$TMP/coord.out") -eq 2 ]]'
+  check "the 8 hosted sites joined under their own names" '[[ $(grep -c "site .sim-[0-7]. joined" "$TMP/coord.err") -eq 8 ]]'
+  wait_done $many 30; rc=$?
+  check "the hosting process exited cleanly after STOP" '[[ $rc -eq 0 ]]'
+  check "federated evaluation was reported" 'grep -q "federated_accuracy" "$TMP/coord.out"'
+  check "each global model is the example-weighted mean of the 9 updates" '"$PY" - "$TMP" <<"PY"
+import glob, sys
+from safetensors import safe_open
+from safetensors.torch import load_file
+t = sys.argv[1]
+for r in range(2):
+    files = sorted(glob.glob(f"{t}/updates/round-{r}-site-*.safetensors"))
+    assert len(files) == 9, files
+    counts = [int(safe_open(f, "pt").metadata()["examples"]) for f in files]
+    updates = [load_file(f) for f in files]
+    model = load_file(f"{t}/models/version-{r + 1}.safetensors")
+    worst = max((g.double() - sum(u[k].double() * n / sum(counts) for u, n in zip(updates, counts))).abs().max().item()
+                for k, g in model.items() if g.is_floating_point())
+    print(f"round {r}: {len(files)} sites, max |global - weighted mean| = {worst:.2e}")
+    assert worst < 1e-6
+PY'
+  ;;
+
+mpi_site)
+  command -v mpirun > /dev/null || { echo "no mpirun: skipped"; exit 77; }
+  EXTRA=(--federated.rounds 2 --partition.sites 3 --federated.min_sites 3 --federated.min_available 3
+         --checkpoint.enabled false)
+  mkdir -p "$TMP/updates"
+  "$COORD" "${JOB[@]}" "${EXTRA[@]}" --listen $ADDR --no-auth --insecure --run_dir "$TMP/run" \
+    > "$TMP/coord.out" 2> "$TMP/coord.err" &
+  coord=$!
+  export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
+  mpirun -np 2 --oversubscribe --bind-to none "$WORKER" "${JOB[@]}" "${EXTRA[@]}" --coordinator $ADDR --insecure \
+    --site group --site-index 0 --dump-updates "$TMP/updates" > /dev/null 2> "$TMP/site-group.err" &
+  group=$!
+  site b 1 --insecure; site c 2 --insecure
+  wait_done $coord 300; rc=$?
+  cat "$TMP/coord.out"
+  check "every round aggregated the group and the two single sites" \
+    '[[ $rc -eq 0 ]] && [[ $(grep -c "(3 sites" "$TMP/coord.out") -eq 2 ]]'
+  wait_done $group 60; rc=$?
+  check "both ranks of the group stopped cleanly" '[[ $rc -eq 0 ]] && grep -q "site group: coordinator says stop" "$TMP/site-group.err"'
+  check "the group submitted one update per round" \
+    '[[ $(ls "$TMP"/updates/round-*-site-group.safetensors | wc -l) -eq 2 ]]'
+  ;;
+*) echo "unknown scenario $SCENARIO"; exit 2 ;;
+esac
+finish
