@@ -8,7 +8,8 @@
 #                 not have closed and been saved by then) and restarted with --resume auto:
 #                 the sites carry on, and the final model equals an uninterrupted run's, bit for bit.
 #   many_sites    one worker process hosts 8 sites (--site-index 0-7 on 2 training threads) beside
-#                 a single-site process; every round aggregates all 9.
+#                 a single-site process and a site with its own IDX files (--data DIR); every
+#                 round aggregates all 10.
 #   mpi_site      an mpirun group of 2 ranks is one site beside two single-process sites.
 # Usage: federated_robustness_test.sh SCENARIO COORDINATOR WORKER MAKE_CERTS
 set -u
@@ -151,10 +152,25 @@ resume)
   ;;
 
 many_sites)
-  EXTRA=(--federated.rounds 2 --partition.sites 9 --federated.min_sites 9 --federated.min_available 9
+  EXTRA=(--federated.rounds 2 --partition.sites 9 --federated.min_sites 10 --federated.min_available 10
          --checkpoint.enabled false)
   for i in $(seq 0 7); do echo "sim-$i tok$i"; done > "$TMP/tokens"
-  echo "solo tok8" >> "$TMP/tokens"
+  printf 'solo tok8\nown tok9\n' >> "$TMP/tokens"
+  # A tenth site with its own IDX files (--data DIR): 400 training and 100 test images cut from
+  # the end of the Fashion-MNIST files, uncompressed.
+  mkdir -p "$TMP/own"
+  python3 - "$DATA" "$TMP/own" <<"PY" || exit 1
+import gzip, struct, sys
+src, dst = sys.argv[1:]
+for base, n in (("train", 400), ("t10k", 100)):
+    for kind, item in (("images-idx3", 784), ("labels-idx1", 1)):
+        raw = gzip.open(f"{src}/{base}-{kind}-ubyte.gz").read()
+        dims = raw[3]
+        total = struct.unpack(">I", raw[4:8])[0]
+        header = raw[:4] + struct.pack(">I", n) + raw[8:4 + 4 * dims]
+        body = raw[4 + 4 * dims:]
+        open(f"{dst}/{base}-{kind}-ubyte", "wb").write(header + body[(total - n) * item:])
+PY
   mkdir -p "$TMP/models" "$TMP/updates"
   "$COORD" "${JOB[@]}" "${EXTRA[@]}" --listen $ADDR --tokens "$TMP/tokens" --insecure --run_dir "$TMP/run" \
     --dump-models "$TMP/models" > "$TMP/coord.out" 2> "$TMP/coord.err" &
@@ -163,22 +179,25 @@ many_sites)
     --tokens "$TMP/tokens" --site-threads 2 --dump-updates "$TMP/updates" > /dev/null 2> "$TMP/many.err" &
   many=$!
   site solo 8 --insecure --token tok8 --dump-updates "$TMP/updates"
+  site own 0 --insecure --token tok9 --data "$TMP/own" --dump-updates "$TMP/updates"
   wait_done $coord 300; rc=$?
   cat "$TMP/coord.out"
-  check "every round aggregated all 9 sites" \
-    '[[ $rc -eq 0 ]] && [[ $(grep -c "(9 sites" "$TMP/coord.out") -eq 2 ]]'
+  check "every round aggregated all 10 sites" \
+    '[[ $rc -eq 0 ]] && [[ $(grep -c "(10 sites" "$TMP/coord.out") -eq 2 ]]'
+  check "the site with its own files joined with its 400 training examples" \
+    'grep -q "site .own. joined as [0-9]* (400 examples)" "$TMP/coord.err"'
   check "the 8 hosted sites joined under their own names" '[[ $(grep -c "site .sim-[0-7]. joined" "$TMP/coord.err") -eq 8 ]]'
   wait_done $many 30; rc=$?
   check "the hosting process exited cleanly after STOP" '[[ $rc -eq 0 ]]'
   check "federated evaluation was reported" 'grep -q "federated_accuracy" "$TMP/coord.out"'
-  check "each global model is the example-weighted mean of the 9 updates" '"$PY" - "$TMP" <<"PY"
+  check "each global model is the example-weighted mean of the 10 updates" '"$PY" - "$TMP" <<"PY"
 import glob, sys
 from safetensors import safe_open
 from safetensors.torch import load_file
 t = sys.argv[1]
 for r in range(2):
     files = sorted(glob.glob(f"{t}/updates/round-{r}-site-*.safetensors"))
-    assert len(files) == 9, files
+    assert len(files) == 10, files
     counts = [int(safe_open(f, "pt").metadata()["examples"]) for f in files]
     updates = [load_file(f) for f in files]
     model = load_file(f"{t}/models/version-{r + 1}.safetensors")
