@@ -23,7 +23,10 @@ grpc::Status ToGrpc(const absl::Status& s) {
 grpc::Status CoordinatorService::CheckToken(int64_t site, const std::string& token) {
   if (options_.tokens.empty()) return grpc::Status::OK;
   auto name = manager_->SiteName(site);
-  if (!name.ok()) return ToGrpc(name.status());
+  if (!name.ok()) {
+    manager_->CountRefusal("unknown_site");
+    return ToGrpc(name.status());
+  }
   auto it = options_.tokens.find(*name);
   if (it == options_.tokens.end() || it->second != token) {
     manager_->CountRefusal("bad_token");
