@@ -177,7 +177,9 @@ absl::Status Serve(const Job& job, const Flags& flags) {
     const RoundRecord& r = closed.record;
     last = {{"round", version}, {"test_accuracy", report.accuracy}, {"macro_f1", report.macro_f1},
             {"test_loss", sums->loss_sum / std::max<int64_t>(1, sums->examples)},
-            {"sites", r.contributors}, {"examples", r.examples}, {"closed_by_deadline", r.closed_by_deadline}};
+            {"sites", r.contributors}, {"examples", r.examples}, {"closed_by_deadline", r.closed_by_deadline},
+            {"aggregate_s", r.aggregate_s},
+            {"time", std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count()}};
     // Federated evaluation: the sites' own test splits, on the model the round started from,
     // weighted by their example counts (the sites report sums).
     std::string federated;

@@ -79,7 +79,9 @@ void RoundManager::MaybeCloseRound(Time now) {
     for (const auto& [k, v] : current_->metrics[id]) record.site_metrics[k] += v;
     updates.push_back(std::move(u));
   }
+  const auto start = std::chrono::steady_clock::now();
   auto next = strategy_->Aggregate(model_, updates);
+  record.aggregate_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   history_.push_back(record);
   current_.reset();
   if (next.ok()) {
@@ -167,7 +169,7 @@ absl::Status RoundManager::SubmitUpdate(int64_t site, int64_t round, int64_t exa
                                       " does not match the model's ", name, " ", c10::str(g.sizes()), " ",
                                       c10::toString(g.scalar_type()))));
     }
-    if (at::isFloatingType(t.scalar_type()) && !at::isfinite(t).all().item<bool>()) {
+    if (!aggregation::AllFinite(t)) {
       return Refuse("non_finite", absl::InvalidArgumentError(absl::StrCat("tensor ", name, " holds NaN or Inf")));
     }
   }

@@ -57,6 +57,7 @@ struct RoundRecord {
   std::vector<int64_t> contributors;  // sites whose updates were aggregated, in id order
   int64_t examples = 0;
   bool closed_by_deadline = false;
+  double aggregate_s = 0.0;  // the strategy's time
   // Federated evaluation: the contributors' reported metrics summed over sites (each site reports
   // sums, e.g. eval_examples, eval_correct, eval_loss_sum, so sums are example-weighted).
   std::map<std::string, double> site_metrics;

@@ -87,12 +87,23 @@ grpc::Status CoordinatorService::GetTask(grpc::ServerContext* ctx, const allroun
 grpc::Status CoordinatorService::FetchModel(grpc::ServerContext*, const allround::v1::FetchRequest* req,
                                             grpc::ServerWriter<allround::v1::TensorChunk>* writer) {
   if (auto s = CheckToken(req->site_id(), req->token()); !s.ok()) return s;
-  auto model = manager_->Model(req->model_version());
-  if (!model.ok()) return ToGrpc(model.status());
-  for (const auto& chunk : comm::EncodeTensors(*model)) {
+  auto chunks = EncodedModel(req->model_version());
+  if (!chunks.ok()) return ToGrpc(chunks.status());
+  for (const auto& chunk : **chunks) {
     if (!writer->Write(chunk)) return grpc::Status(grpc::StatusCode::CANCELLED, "site went away mid-stream");
   }
   return grpc::Status::OK;
+}
+
+absl::StatusOr<std::shared_ptr<const std::vector<allround::v1::TensorChunk>>> CoordinatorService::EncodedModel(
+    int64_t version) {
+  std::lock_guard<std::mutex> lock(cache_mu_);  // sites that fetch at once wait for one encoding
+  if (version == cached_version_) return cached_chunks_;
+  auto model = manager_->Model(version);
+  if (!model.ok()) return model.status();
+  cached_chunks_ = std::make_shared<const std::vector<allround::v1::TensorChunk>>(comm::EncodeTensors(*model));
+  cached_version_ = version;
+  return cached_chunks_;
 }
 
 grpc::Status CoordinatorService::SubmitUpdate(grpc::ServerContext*, grpc::ServerReader<allround::v1::UpdateChunk>* reader,

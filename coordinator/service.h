@@ -9,6 +9,9 @@
 
 #include <chrono>
 #include <map>
+#include <memory>
+#include <mutex>
+#include <vector>
 #include <string>
 
 #include "comm/proto/federated.grpc.pb.h"
@@ -43,8 +46,14 @@ class CoordinatorService final : public allround::v1::Coordinator::Service {
   // tokens file by the site's registered name (so a restarted coordinator still knows it).
   grpc::Status CheckToken(int64_t site, const std::string& token);
 
+  // The current model's chunks, encoded once per version and shared by every site's fetch.
+  absl::StatusOr<std::shared_ptr<const std::vector<allround::v1::TensorChunk>>> EncodedModel(int64_t version);
+
   RoundManager* manager_;
   const ServiceOptions options_;
+  std::mutex cache_mu_;
+  int64_t cached_version_ = -1;
+  std::shared_ptr<const std::vector<allround::v1::TensorChunk>> cached_chunks_;
 };
 
 // absl::Status -> grpc::Status, keeping the message.

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs every dependency of allround on a Debian 12 machine (run as root, or with sudo on PATH).
 # Idempotent: when every package is already present it only checks and returns in a second or two.
+# `setup.sh --bench` also installs the benchmark peers that come from PyPI (Flower).
 set -euo pipefail
 
 PACKAGES=(
@@ -53,5 +54,15 @@ if [[ ! -x "$VENV/bin/python3" ]]; then
 fi
 if ! "$VENV/bin/python3" -c 'import safetensors' 2>/dev/null; then
   $SUDO "$VENV/bin/pip" install -q safetensors || echo "setup: warning: safetensors not installed (no PyPI?)"
+fi
+# Benchmark peers only (bench/federated_overhead): Flower's simulation engine, in a venv of its own
+# so that its numpy pin (Debian's torch 1.13 needs numpy < 2) does not touch the main one.
+if [[ ${1:-} == --bench ]]; then
+  BENCH_VENV="${ALLROUND_BENCH_VENV:-/opt/allround-bench-venv}"
+  [[ -x "$BENCH_VENV/bin/python3" ]] || $SUDO /usr/bin/python3 -m venv --system-site-packages "$BENCH_VENV"
+  if ! "$BENCH_VENV/bin/python3" -c 'import flwr, ray, torch; torch.ones(1).numpy()' 2>/dev/null; then
+    $SUDO "$BENCH_VENV/bin/pip" install -q "flwr[simulation]" "numpy<2"
+  fi
+  echo "setup: bench peers ready (python venv: $BENCH_VENV)"
 fi
 echo "setup: done (python venv: $VENV)"

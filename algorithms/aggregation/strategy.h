@@ -70,6 +70,10 @@ class Strategy {
 };
 
 absl::StatusOr<std::unique_ptr<Strategy>> MakeStrategy(const StrategySpec& spec);
+
+// True if `t` holds no NaN or Inf (integer tensors always). One pass, no allocation for
+// contiguous float32/float64; the coordinator checks every update with it.
+bool AllFinite(const at::Tensor& t);
 std::vector<std::string> StrategyNames();
 
 }  // namespace allround::aggregation
