@@ -286,6 +286,9 @@ int main(int argc, char** argv) {
   app.add_option("--tokens", site.tokens_file, "federated: a file of 'site-name token' lines for the hosted sites");
   app.add_option("--site-index", site.site_indices,
                  "federated: the partition(s) of the job's data this process hosts as sites: I, A-B or A,B,C");
+  int64_t num_sites = 0;
+  app.add_option("--num-sites", num_sites, "federated: the number of sites the job's data is split into (partition.sites)")
+      ->check(CLI::Range(int64_t{1}, int64_t{1000000}));
   app.add_option("--site-threads", site.site_threads, "federated: hosted sites that train at the same time");
   app.add_option("--data", site.data_dir, "federated: the site's own IDX files (train and test) instead of a partition");
   app.add_option("--tls-ca", site.tls_ca, "federated: the CA certificate (PEM) that signed the coordinator's");
@@ -303,6 +306,7 @@ int main(int argc, char** argv) {
     }
     return 2;
   }
+  if (num_sites > 0) job->partition.sites = num_sites;
   if (print_job) {
     std::fputs(JobToYaml(*job).c_str(), stdout);
     return 0;
