@@ -1,0 +1,124 @@
+// Image augmentation ops: each against hand-computed results on tiny images, and every op and
+// view deterministic per seed.
+
+#include "algorithms/augment/image_ops.h"
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <functional>
+
+namespace allround::augment {
+namespace {
+
+at::Tensor Ramp(int64_t b = 2, int64_t h = 4, int64_t w = 4) {
+  return torch::arange(b * h * w, torch::kFloat).div(b * h * w).view({b, 1, h, w});
+}
+
+TEST(Augment, FlipWithProbabilityOneMirrorsAndZeroLeavesAlone) {
+  Rng rng(1);
+  const at::Tensor x = Ramp();
+  EXPECT_TRUE(at::equal(HorizontalFlip(x, rng, 1.0), x.flip({3})));
+  EXPECT_TRUE(at::equal(HorizontalFlip(x, rng, 0.0), x));
+}
+
+TEST(Augment, PadAndCropShiftsWithinThePadAndFills) {
+  const at::Tensor x = torch::ones({64, 1, 5, 5});
+  Rng rng(3);
+  const at::Tensor y = PadAndCrop(x, rng, 1, 0.0);
+  for (int64_t i = 0; i < 64; ++i) {
+    // A shift by (dy, dx) in {-1, 0, 1}^2 leaves a 5 x 5, 4 x 5, 5 x 4 or 4 x 4 block of ones.
+    const int64_t ones = y[i].sum().item<float>();
+    EXPECT_TRUE(ones == 25 || ones == 20 || ones == 16) << ones;
+  }
+  EXPECT_GT(y.sum().item<float>(), 16 * 64);  // not all shifted: some are 0-shifts
+}
+
+TEST(Augment, RandomResizedCropOfTheWholeImageIsTheImage) {
+  const at::Tensor x = Ramp(3, 8, 8);
+  Rng rng(1);
+  const at::Tensor y = RandomResizedCrop(x, rng, 8, 1.0, 1.0, 1.0, 1.0);
+  EXPECT_TRUE(at::allclose(y, x, 1e-5, 1e-6));
+  const at::Tensor small = RandomResizedCrop(x, rng, 4, 0.05, 0.4);
+  EXPECT_EQ(small.sizes(), (at::IntArrayRef{3, 1, 4, 4}));
+  EXPECT_GE(small.min().item<float>(), x.min().item<float>() - 1e-6);  // a crop interpolates inside
+  EXPECT_LE(small.max().item<float>(), x.max().item<float>() + 1e-6);
+}
+
+TEST(Augment, BrightnessContrastFollowsItsFormula) {
+  const at::Tensor x = torch::tensor({0.2f, 0.4f, 0.6f, 0.8f}).view({1, 1, 2, 2});
+  // Contrast range 0 and brightness range 0: the identity.
+  Rng rng(5);
+  EXPECT_TRUE(at::allclose(BrightnessContrast(x, rng, 0.0, 0.0), x));
+  // Reproduce the draws: p coin, then b, then c.
+  Rng a(9), b(9);
+  const at::Tensor y = BrightnessContrast(x, a, 0.3, 0.5);
+  b.UniformDouble();
+  const double add = -0.3 + 0.6 * b.UniformDouble(), mul = 0.5 + 1.0 * b.UniformDouble();
+  const at::Tensor want = ((x - 0.5) * mul + 0.5 + add).clamp(0, 1);
+  EXPECT_TRUE(at::allclose(y, want, 1e-5, 1e-6)) << y << want;
+}
+
+TEST(Augment, BlurKeepsConstantsAndSmoothsAnImpulse) {
+  Rng rng(2);
+  const at::Tensor flat = torch::full({2, 1, 6, 6}, 0.7f);
+  EXPECT_TRUE(at::allclose(GaussianBlur(flat, rng, 1.0, 0.5, 1.5), flat, 1e-5, 1e-6));
+  at::Tensor impulse = torch::zeros({1, 1, 9, 9});
+  impulse[0][0][4][4] = 1;
+  const at::Tensor blurred = GaussianBlur(impulse, rng, 1.0, 1.0, 1.0);
+  EXPECT_NEAR(blurred.sum().item<float>(), 1.0, 1e-5);  // mass kept (away from the edges)
+  EXPECT_LT(blurred[0][0][4][4].item<float>(), 0.5);
+  EXPECT_TRUE(at::allclose(blurred, blurred.flip({2}).flip({3})));  // symmetric
+  EXPECT_TRUE(at::equal(GaussianBlur(impulse, rng, 0.0, 1.0, 1.0), impulse));  // p 0: untouched
+}
+
+TEST(Augment, SolarizeInvertsAboveTheThreshold) {
+  Rng rng(1);
+  const at::Tensor x = torch::tensor({0.1f, 0.5f, 0.7f, 1.0f}).view({1, 1, 2, 2});
+  EXPECT_TRUE(at::allclose(Solarize(x, rng, 1.0, 0.5), torch::tensor({0.1f, 0.5f, 0.3f, 0.0f}).view({1, 1, 2, 2})));
+  EXPECT_TRUE(at::equal(Solarize(x, rng, 0.0, 0.5), x));
+}
+
+TEST(Augment, CutoutBlanksAClippedSquare) {
+  Rng rng(4);
+  const at::Tensor x = torch::ones({200, 1, 10, 10});
+  const at::Tensor y = Cutout(x, rng, 4, 0.0);
+  for (int64_t i = 0; i < 200; ++i) {
+    const int64_t blank = 100 - static_cast<int64_t>(y[i].sum().item<float>());
+    EXPECT_GE(blank, 4);  // a corner leaves at least 2 x 2
+    EXPECT_LE(blank, 16);
+  }
+}
+
+TEST(Augment, PosterizeKeepsLevelsAndAffineWithNoAngleIsTheIdentity) {
+  Rng rng(1);
+  const at::Tensor x = Ramp(1, 8, 8);
+  const at::Tensor p = Posterize(x, rng, 1, 1);  // 2 levels: 0 or 1
+  EXPECT_TRUE(at::equal(p, (x >= 0.5).to(at::kFloat)));
+  EXPECT_TRUE(at::allclose(Affine(x, rng, 0.0, 0.0), x, 1e-5, 1e-6));
+}
+
+TEST(Augment, EveryOpAndViewIsDeterministicPerSeedAndDiffersAcrossSeeds) {
+  torch::manual_seed(0);
+  const at::Tensor x = torch::randn({16, 1, 28, 28});
+  const std::vector<std::pair<const char*, std::function<at::Tensor(Rng&)>>> ops = {
+      {"weak", [&](Rng& r) { return WeakView(x, r, 0.286, 0.353); }},
+      {"strong", [&](Rng& r) { return StrongView(x, r, 0.286, 0.353); }},
+      {"global0", [&](Rng& r) { return GlobalView(x, r, 0, 0.286, 0.353); }},
+      {"global1", [&](Rng& r) { return GlobalView(x, r, 1, 0.286, 0.353); }},
+      {"local", [&](Rng& r) { return LocalView(x, r, 0.286, 0.353); }},
+  };
+  for (const auto& [name, op] : ops) {
+    Rng a(DeriveSeed(7, "augment", 3)), b(DeriveSeed(7, "augment", 3)), c(DeriveSeed(8, "augment", 3));
+    const at::Tensor ya = op(a), yb = op(b), yc = op(c);
+    EXPECT_TRUE(at::equal(ya, yb)) << name;
+    EXPECT_FALSE(at::equal(ya, yc)) << name;
+    EXPECT_TRUE(at::isfinite(ya).all().item<bool>()) << name;
+  }
+  Rng r(1);
+  EXPECT_EQ(LocalView(x, r, 0.286, 0.353).sizes(), (at::IntArrayRef{16, 1, 12, 12}));
+}
+
+}  // namespace
+}  // namespace allround::augment
