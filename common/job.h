@@ -30,6 +30,8 @@ struct DataSpec {
   std::string augment = "none";      // none | flip | crop | flip_crop
   int64_t train_limit = 0;           // use only the first N training examples (0: all)
   int64_t test_limit = 0;            // evaluate on only the first N test examples (0: all)
+  int64_t labels_per_class = 0;      // keep the labels of only N training images per class
+                                     // (seeded); semi-supervised modes use the rest unlabelled
 };
 
 struct OptimizerSpec {
@@ -56,6 +58,7 @@ struct TrainSpec {
   int64_t epochs = 10;
   int64_t batch_size = 64;
   int64_t eval_batch_size = 1000;
+  int64_t eval_every = 1;            // evaluate after every K-th epoch (and the last)
   int64_t max_steps = 0;             // stop after this many steps in all (0: no limit)
   double progress_every_s = 10.0;    // a progress line at most this often
 };
@@ -101,6 +104,14 @@ struct StrategyJobSpec {
   int64_t multi_krum = 1;
 };
 
+// Semi-supervised modes (fixmatch, pseudolabel): per step B labelled and mu x B unlabelled
+// images; pseudo-labels where the weak view's probability >= tau; unlabelled loss weight lambda_u.
+struct SemiSpec {
+  int64_t mu = 7;
+  double tau = 0.95;
+  double lambda_u = 1.0;
+};
+
 struct PartitionSpec {
   std::string scheme = "iid";        // iid | dirichlet | labels
   int64_t sites = 1;
@@ -115,7 +126,7 @@ struct Job {
   std::string name = "simple_cnn";
   uint64_t seed = 1;
   int64_t threads = 0;               // intra-op threads (0: LibTorch's default)
-  std::string mode = "supervised";
+  std::string mode = "supervised";   // supervised | fixmatch | pseudolabel
   std::string device = "cpu";        // cpu | cuda (one GPU per rank; NCCL between ranks)
   std::string loss = "cross_entropy";  // cross_entropy | l1 | mse | hinge
   ModelSpec model;
@@ -128,6 +139,7 @@ struct Job {
   CheckpointSpec checkpoint;
   FederatedSpec federated;
   StrategyJobSpec strategy;
+  SemiSpec semi;
   std::string run_dir = "runs/{name}";  // {name} is replaced by the job's name
 };
 

@@ -76,6 +76,10 @@ absl::Status Serve(const Job& job, const Flags& flags) {
   service_options.local_epochs = job.federated.local_epochs;
   service_options.proximal_mu = job.strategy.name == "fedprox" ? job.strategy.proximal_mu : 0.0;
 
+  if (job.mode != "supervised") {
+    return absl::UnimplementedError(absl::StrCat("job key 'mode': federated runs are 'supervised' only so far, not '",
+                                                 job.mode, "'"));
+  }
   // The held-out set for centralized evaluation, and the initial global model.
   auto data = worker::LoadTrainingData(job);
   if (!data.ok()) return data.status();

@@ -53,6 +53,8 @@ struct RoundPlan {
   int64_t max_steps = 0;    // over all rounds (0: no limit)
   int64_t first_round = 0;  // a resumed run starts here
   int64_t steps_done = 0;   // steps taken before first_round (count against max_steps)
+  int64_t eval_every = 1;   // evaluate after every K-th round and the last (observers get empty
+                            // metrics for the others)
 };
 
 struct RunOutcome {

@@ -2,11 +2,13 @@
 // view deterministic per seed.
 
 #include "algorithms/augment/image_ops.h"
+#include "algorithms/modes/semi_supervised.h"
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include <cmath>
 #include <functional>
 
 namespace allround::augment {
@@ -122,3 +124,32 @@ TEST(Augment, EveryOpAndViewIsDeterministicPerSeedAndDiffersAcrossSeeds) {
 
 }  // namespace
 }  // namespace allround::augment
+
+namespace allround::modes {
+namespace {
+
+TEST(FixMatch, MaskAndLossOnAHandMadeBatch) {
+  // Labelled: one image of class 0 with logits [0, 0]: CE = ln 2.
+  const at::Tensor labeled = torch::zeros({1, 2}), targets = torch::tensor({0}, torch::kLong);
+  // Unlabelled weak logits: image 0 confident in class 1 (p = 0.982 >= 0.95), image 1 not
+  // (p = 0.731 < 0.95), image 2 confident in class 0.
+  const at::Tensor weak = torch::tensor({{0.0f, 4.0f}, {0.0f, 1.0f}, {5.0f, 0.0f}});
+  // Strong logits: image 0 uniform (CE = ln 2 against class 1), image 1 anything (masked),
+  // image 2 [0, 2] (CE against class 0 = ln(1 + e^2)).
+  const at::Tensor strong = torch::tensor({{1.0f, 1.0f}, {9.0f, -9.0f}, {0.0f, 2.0f}}).requires_grad_();
+  const FixMatchLoss l = ComputeFixMatchLoss(labeled, targets, weak, strong, 0.95, 0.5);
+  const double ln2 = std::log(2.0), ce2 = std::log(1 + std::exp(2.0));
+  EXPECT_NEAR(l.mask_rate, 2.0 / 3.0, 1e-6);
+  EXPECT_NEAR(l.supervised, ln2, 1e-6);
+  EXPECT_NEAR(l.unsupervised, (ln2 + ce2) / 3.0, 1e-6);  // averaged over all 3 unlabelled
+  EXPECT_NEAR(l.total.item<double>(), ln2 + 0.5 * (ln2 + ce2) / 3.0, 1e-6);
+  // The masked image gets no gradient; the weak logits were only read.
+  l.total.backward();
+  EXPECT_TRUE(at::equal(strong.grad()[1], torch::zeros({2})));
+  EXPECT_GT(strong.grad()[0].abs().sum().item<float>(), 0);
+  // With tau 1 nothing passes and only the labelled loss is left.
+  EXPECT_NEAR(ComputeFixMatchLoss(labeled, targets, weak, strong, 1.0, 1.0).total.item<double>(), ln2, 1e-6);
+}
+
+}  // namespace
+}  // namespace allround::modes

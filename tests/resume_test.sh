@@ -2,9 +2,11 @@
 # Exact resume: a 6-epoch run SIGKILLed after its 3rd checkpoint and resumed with --resume auto
 # ends bit-for-bit equal (max abs difference 0 over every parameter, buffer and optimizer slot) to
 # a run that never stopped. Usage: resume_test.sh WORKER CKPT OPTIMIZER RANKS [steps]
-# With "steps", checkpoints come every 20 steps, so the kill and the resume fall mid-epoch.
+# With "steps", checkpoints come every 20 steps, so the kill and the resume fall mid-epoch. Further
+# arguments are job flags (e.g. another learning mode).
 set -u
 WORKER="$1" CKPT="$2" OPT="$3" RANKS="$4" PERIOD="${5:-rounds}"
+shift 5 2>/dev/null || shift $#
 DATA=/usr/share/datasets/fashion-mnist
 [[ -d $DATA ]] || { echo "no $DATA: skipped"; exit 77; }
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
@@ -15,6 +17,7 @@ LR=0.05; [[ $OPT == adam ]] && LR=0.002
 ARGS=(--data.train_limit 6000 --data.test_limit 500 --train.epochs 6 --threads 1 --train.progress_every_s 0
       --optimizer.name "$OPT" --optimizer.lr $LR --data.augment flip_crop --checkpoint.keep_last 100)
 [[ $PERIOD == steps ]] && ARGS+=(--checkpoint.every_steps 20 --checkpoint.every_rounds 0)
+ARGS+=("$@")
 
 "${LAUNCH[@]}" "$WORKER" "${ARGS[@]}" --run_dir "$TMP/straight" > /dev/null 2> "$TMP/straight.err" ||
   { echo "FAIL: uninterrupted run"; cat "$TMP/straight.err"; exit 1; }

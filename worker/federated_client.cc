@@ -418,6 +418,10 @@ absl::Status RunSites(const Job& job, const SiteOptions& options, comm::Communic
     return absl::InvalidArgumentError("--data DIR is one site's own data: give one --site-index (or none)");
   }
   if (options.site_threads < 1) return absl::InvalidArgumentError("--site-threads must be at least 1");
+  if (job.mode != "supervised") {
+    return absl::UnimplementedError(absl::StrCat("job key 'mode': federated sites train 'supervised' only so far, not '",
+                                                 job.mode, "'"));
+  }
   const bool many = indices->size() > 1;
   if (options.site_name.empty() && !many) return absl::InvalidArgumentError("--site NAME is required with --coordinator");
 

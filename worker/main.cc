@@ -16,7 +16,8 @@
 #include <nlohmann/json.hpp>
 
 #include "absl/strings/str_cat.h"
-#include "algorithms/modes/supervised.h"
+#include "absl/strings/str_format.h"
+#include "algorithms/modes/semi_supervised.h"
 #include "comm/communicator.h"
 #include "comm/reducer.h"
 #include "comm/registry.h"
@@ -59,10 +60,12 @@ class RoundReporter final : public coordinator::RoundObserver {
       if (auto s = after_round_(round, eval); !s.ok()) return s;
     }
     if (dir_ == nullptr) return absl::OkStatus();  // not rank 0
-    std::printf("epoch %lld/%lld train_loss %.4f test_loss %.4f test_accuracy %.4f macro_f1 %.4f (%.1fs, %.0f samples/s)\n",
-                static_cast<long long>(round.epoch + 1), static_cast<long long>(job_.train.epochs), result.mean_loss,
-                rec["test_loss"].get<double>(), rec["test_accuracy"].get<double>(), rec["macro_f1"].get<double>(),
-                result.seconds, rec["samples_per_s"].get<double>());
+    const std::string tested =
+        eval.empty() ? "" : absl::StrFormat(" test_loss %.4f test_accuracy %.4f macro_f1 %.4f", rec["test_loss"].get<double>(),
+                                            rec["test_accuracy"].get<double>(), rec["macro_f1"].get<double>());
+    std::printf("epoch %lld/%lld train_loss %.4f%s (%.1fs, %.0f samples/s)\n", static_cast<long long>(round.epoch + 1),
+                static_cast<long long>(job_.train.epochs), result.mean_loss, tested.c_str(), result.seconds,
+                rec["samples_per_s"].get<double>());
     std::fflush(stdout);
     return dir_->AppendMetrics(rec.dump());
   }
@@ -130,14 +133,11 @@ absl::Status Run(const Job& job, const std::string& summary_path, const std::str
   const bool leader = comm.rank() == 0;
   auto data = LoadTrainingData(job);
   if (!data.ok()) return data.status();
-  if (job.mode != "supervised") {
-    return absl::InvalidArgumentError(absl::StrCat("job key 'mode': unknown learning mode '", job.mode, "'"));
-  }
   if (job.device == "cuda" && !comm.device().is_cuda()) {
     return absl::FailedPreconditionError(absl::StrCat("job key 'device': cuda needs the nccl backend (comm.backend is ",
                                                       comm.backend(), ")"));
   }
-  auto mode = modes::MakeSupervisedMode(job, data->info, comm.device());
+  auto mode = modes::MakeLearningMode(job, data->info, comm.device());
   if (!mode.ok()) return mode.status();
 
   // Weights trained elsewhere (model.init): every rank reads the same file.
@@ -225,14 +225,15 @@ absl::Status Run(const Job& job, const std::string& summary_path, const std::str
   RoundReporter reporter(dir ? &*dir : nullptr, &trainer, job,
                          [&](const coordinator::RoundAssignment& round, const coordinator::Metrics& eval) {
                            rounds_done = round.round + 1;
-                           last_eval = eval;
+                           if (!eval.empty()) last_eval = eval;
                            if (checkpointer && checkpointer->DueAfterRound(rounds_done) &&
                                checkpointer->last_saved_step() != trainer.global_step()) {
                              return save(trainer.position());
                            }
                            return absl::OkStatus();
                          });
-  coordinator::RoundPlan plan{job.train.epochs, job.train.max_steps, first_round, trainer.global_step()};
+  coordinator::RoundPlan plan{job.train.epochs, job.train.max_steps, first_round, trainer.global_step(),
+                              job.train.eval_every};
   auto out = coordinator::RunRounds(plan, trainer, reporter);
   if (absl::IsCancelled(out.status())) {
     if (leader) std::fprintf(stderr, "allround-worker: %s; checkpoint saved, exiting\n", std::string(out.status().message()).c_str());

@@ -2,6 +2,7 @@
 
 #include <ATen/ATen.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -9,6 +10,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "common/random.h"
+#include "algorithms/modes/semi_supervised.h"
 #include "worker/data/augment.h"
 #include "worker/data/fashion_mnist.h"
 #include "worker/data/sampler.h"
@@ -31,10 +33,35 @@ at::Tensor Limit(const at::Tensor& t, int64_t limit) {
   return limit > 0 && limit < t.size(0) ? t.narrow(0, 0, limit).contiguous() : t;
 }
 
+bool Semi(const TrainingData& data) { return data.labeled_inputs.defined(); }
+
+// The batch the epoch's sampler order is cut into: the unlabelled mu x B in a semi-supervised job.
+int64_t MainBatch(const Job& job, const TrainingData& data) {
+  return Semi(data) ? job.train.batch_size * job.semi.mu : job.train.batch_size;
+}
+
 int64_t StepsPerEpoch(const Job& job, const TrainingData& data, const comm::Communicator& comm) {
   data::DistributedSampler sampler(data.train_targets.size(0), comm.rank(), comm.size(), job.seed, true,
                                    data::DistributedSampler::Mode::kEven);
-  return (sampler.ShardSize() + job.train.batch_size - 1) / job.train.batch_size;
+  const int64_t batch = MainBatch(job, data);
+  return (sampler.ShardSize() + batch - 1) / batch;
+}
+
+// N labels per class, chosen with a seeded shuffle of each class; sorted indices.
+at::Tensor LabeledSubset(const at::Tensor& labels, int64_t per_class, int64_t classes, uint64_t seed) {
+  const at::Tensor y = labels.contiguous();
+  const int64_t* p = y.data_ptr<int64_t>();
+  std::vector<std::vector<int64_t>> by_class(classes);
+  for (int64_t i = 0; i < y.numel(); ++i) by_class[p[i]].push_back(i);
+  std::vector<int64_t> keep;
+  for (int64_t c = 0; c < classes; ++c) {
+    Rng rng(DeriveSeed(seed, "labeled-subset", static_cast<uint64_t>(c)));
+    rng.Shuffle(by_class[c]);
+    const int64_t n = std::min<int64_t>(per_class, static_cast<int64_t>(by_class[c].size()));
+    keep.insert(keep.end(), by_class[c].begin(), by_class[c].begin() + n);
+  }
+  std::sort(keep.begin(), keep.end());
+  return at::tensor(keep, at::kLong);
 }
 
 int64_t TotalSteps(const Job& job, int64_t steps_per_epoch) {
@@ -59,6 +86,20 @@ absl::StatusOr<TrainingData> LoadTrainingData(const Job& job) {
   d.test_inputs = norm(Limit(raw->test.images, job.data.test_limit));
   d.test_targets = Limit(raw->test.labels, job.data.test_limit);
   d.info = {1, d.train_inputs.size(2), d.train_inputs.size(3), data::kFashionMnistClasses};
+  if (job.data.labels_per_class > 0) {
+    const at::Tensor keep = LabeledSubset(d.train_targets, job.data.labels_per_class, d.info.num_classes, job.seed);
+    at::Tensor x = d.train_inputs.index_select(0, keep), y = d.train_targets.index_select(0, keep);
+    if (modes::IsSemiSupervised(job.mode)) {
+      d.labeled_inputs = x;
+      d.labeled_targets = y;
+    } else {
+      d.train_inputs = x;
+      d.train_targets = y;
+    }
+  } else if (modes::IsSemiSupervised(job.mode)) {
+    return absl::InvalidArgumentError(absl::StrCat("job key 'data.labels_per_class': mode '", job.mode,
+                                                   "' needs a labelled subset (give N > 0 per class)"));
+  }
   return d;
 }
 
@@ -74,8 +115,9 @@ Trainer::Trainer(const Job& job, TrainingData data, modes::LearningMode* mode, c
   // The whole dataset moves to the device once (Fashion-MNIST: ~220 MB as float32).
   const at::Device device = comm->device();
   if (device != data_.train_inputs.device()) {
-    for (at::Tensor* t : {&data_.train_inputs, &data_.train_targets, &data_.test_inputs, &data_.test_targets}) {
-      *t = t->to(device);
+    for (at::Tensor* t : {&data_.train_inputs, &data_.train_targets, &data_.test_inputs, &data_.test_targets,
+                          &data_.labeled_inputs, &data_.labeled_targets}) {
+      if (t->defined()) *t = t->to(device);
     }
   }
 }
@@ -98,10 +140,26 @@ absl::StatusOr<coordinator::RoundResult> Trainer::Execute(const coordinator::Rou
   last_progress_ = Now();
   for (int64_t s = first; s < steps_per_epoch_; ++s) {
     if (round.step_budget > 0 && result.steps >= round.step_budget) break;
-    const int64_t begin = s * job_.train.batch_size;
-    const int64_t len = std::min<int64_t>(job_.train.batch_size, static_cast<int64_t>(order.size()) - begin);
+    const int64_t main_batch = MainBatch(job_, data_);
+    const int64_t begin = s * main_batch;
+    const int64_t len = std::min<int64_t>(main_batch, static_cast<int64_t>(order.size()) - begin);
     const at::Tensor idx = index.narrow(0, begin, len);
-    modes::Batch batch{data_.train_inputs.index_select(0, idx), data_.train_targets.index_select(0, idx)};
+    const uint64_t where = (static_cast<uint64_t>(comm_->rank()) << 32) | static_cast<uint64_t>(s);
+    modes::Batch batch;
+    if (Semi(data_)) {
+      // The unlabelled images of this step, and B labelled ones drawn with replacement.
+      batch.unlabeled = data_.train_inputs.index_select(0, idx);
+      Rng pick(DeriveSeed(job_.seed, "labeled-batch", static_cast<uint64_t>(round.epoch), where));
+      std::vector<int64_t> labeled(job_.train.batch_size);
+      for (auto& i : labeled) i = static_cast<int64_t>(pick.UniformInt(data_.labeled_targets.size(0)));
+      const at::Tensor lidx = at::tensor(labeled, at::kLong).to(data_.labeled_inputs.device());
+      batch.inputs = data_.labeled_inputs.index_select(0, lidx);
+      batch.targets = data_.labeled_targets.index_select(0, lidx);
+      batch.seed = DeriveSeed(job_.seed, "views", static_cast<uint64_t>(round.epoch), where);
+    } else {
+      batch.inputs = data_.train_inputs.index_select(0, idx);
+      batch.targets = data_.train_targets.index_select(0, idx);
+    }
     // Augmentation draws from (seed, epoch, rank, step): no generator state to carry across a resume.
     // (Seeding a generator per step is not free; without augmentation there is none to seed.)
     if (job_.data.augment != "none") {

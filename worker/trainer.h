@@ -28,9 +28,14 @@ struct TrainingData {
   at::Tensor train_inputs, train_targets;  // float [N, C, H, W], int64 [N]
   at::Tensor test_inputs, test_targets;
   modes::InputInfo info;
+  // Semi-supervised modes: the labelled images. Then train_inputs is the unlabelled pool that
+  // epochs run over (mu x batch per step; its labels are never given to the mode), and each
+  // step also draws a batch of labelled images, seeded by (seed, epoch, step, rank).
+  at::Tensor labeled_inputs, labeled_targets;
 };
 
-// Reads the job's dataset (data.name, data.dir) and applies data.train_limit / test_limit.
+// Reads the job's dataset (data.name, data.dir) and applies data.train_limit / test_limit and
+// data.labels_per_class (for a semi-supervised job.mode, into labeled_* beside the whole pool).
 absl::StatusOr<TrainingData> LoadTrainingData(const Job& job);
 
 // Where training stands: enough, with the model and optimizer state, to continue exactly.

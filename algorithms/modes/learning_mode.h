@@ -23,8 +23,11 @@
 namespace allround::modes {
 
 struct Batch {
-  at::Tensor inputs;   // float [B, ...]
-  at::Tensor targets;  // int64 [B]
+  at::Tensor inputs;     // float [B, ...]
+  at::Tensor targets;    // int64 [B]
+  at::Tensor unlabeled;  // semi-supervised modes: float [U, ...] without labels; else undefined
+  uint64_t seed = 0;     // for the step's own random choices (augmented views): from the job seed,
+                         // epoch, step and rank, so a resumed run draws the same
 };
 
 struct StepResult {

@@ -1,5 +1,7 @@
 #include "algorithms/modes/supervised.h"
 
+#include "algorithms/modes/classifier.h"
+
 #include <torch/torch.h>
 
 #include <cmath>
@@ -31,11 +33,17 @@ Key StateKeyAs(const at::Tensor& param) {
 using StateMap = std::decay_t<decltype(std::declval<torch::optim::Optimizer&>().state())>;
 StateMap::key_type StateKey(const at::Tensor& param) { return StateKeyAs<StateMap::key_type>(param); }
 
-class SupervisedMode final : public LearningMode {
+// A classifier: one network, one optimizer, evaluated by its predictions. The batch loss is the
+// job's loss on the labels, or a semi-supervised mode's (BatchLossFn).
+class ClassifierMode final : public LearningMode {
  public:
-  SupervisedMode(std::shared_ptr<models::Network> model, std::unique_ptr<torch::optim::Optimizer> opt,
-                 losses::LossFn loss, const InputInfo& input)
-      : model_(std::move(model)), optimizer_(std::move(opt)), loss_(loss), input_(input) {}
+  ClassifierMode(std::shared_ptr<models::Network> model, std::unique_ptr<torch::optim::Optimizer> opt,
+                 losses::LossFn loss, const InputInfo& input, BatchLossFn batch_loss)
+      : model_(std::move(model)),
+        optimizer_(std::move(opt)),
+        loss_(loss),
+        input_(input),
+        batch_loss_(std::move(batch_loss)) {}
 
   absl::StatusOr<StepResult> TrainStep(const Batch& batch, double lr, GradientSync* sync) override {
     if (auto s = CheckBatch(batch); !s.ok()) return s;
@@ -43,7 +51,13 @@ class SupervisedMode final : public LearningMode {
     optimizer_->zero_grad();
     torch::Tensor loss;
     try {
-      loss = loss_(model_->forward(batch.inputs), batch.targets);
+      if (batch_loss_) {
+        auto l = batch_loss_(*model_, loss_, batch);
+        if (!l.ok()) return l.status();
+        loss = *std::move(l);
+      } else {
+        loss = loss_(model_->forward(batch.inputs), batch.targets);
+      }
     } catch (const c10::Error& e) {
       return absl::InvalidArgumentError(absl::StrCat("forward failed: ", e.what_without_backtrace()));
     }
@@ -64,7 +78,7 @@ class SupervisedMode final : public LearningMode {
     }
     optim::SetLearningRate(*optimizer_, lr);
     optimizer_->step();
-    return StepResult{value, batch.inputs.size(0)};
+    return StepResult{value, batch.inputs.size(0) + (batch.unlabeled.defined() ? batch.unlabeled.size(0) : 0)};
   }
 
   absl::StatusOr<EvalSums> Evaluate(const at::Tensor& inputs, const at::Tensor& targets,
@@ -216,6 +230,7 @@ class SupervisedMode final : public LearningMode {
   std::unique_ptr<torch::optim::Optimizer> optimizer_;
   losses::LossFn loss_;
   InputInfo input_;
+  BatchLossFn batch_loss_;
   double mu_ = 0;                      // FedProx
   std::vector<at::Tensor> reference_;  // per parameter, in registration order
 };
@@ -224,6 +239,11 @@ class SupervisedMode final : public LearningMode {
 
 absl::StatusOr<std::unique_ptr<LearningMode>> MakeSupervisedMode(const Job& job, const InputInfo& input,
                                                                  at::Device device) {
+  return MakeClassifierMode(job, input, device, nullptr);
+}
+
+absl::StatusOr<std::unique_ptr<LearningMode>> MakeClassifierMode(const Job& job, const InputInfo& input,
+                                                                 at::Device device, BatchLossFn batch_loss) {
   auto loss = losses::FindLoss(job.loss);
   if (!loss.ok()) return absl::InvalidArgumentError(absl::StrCat("job key 'loss': ", loss.status().message()));
   torch::manual_seed(DeriveSeed(job.seed, "model-init"));
@@ -233,7 +253,7 @@ absl::StatusOr<std::unique_ptr<LearningMode>> MakeSupervisedMode(const Job& job,
   auto opt = optim::MakeOptimizer(job.optimizer, (*model)->parameters());
   if (!opt.ok()) return absl::InvalidArgumentError(absl::StrCat("job key 'optimizer.name': ", opt.status().message()));
   return std::unique_ptr<LearningMode>(
-      std::make_unique<SupervisedMode>(*std::move(model), *std::move(opt), *loss, input));
+      std::make_unique<ClassifierMode>(*std::move(model), *std::move(opt), *loss, input, std::move(batch_loss)));
 }
 
 }  // namespace allround::modes
