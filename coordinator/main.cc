@@ -16,7 +16,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "algorithms/metrics.h"
-#include "algorithms/modes/supervised.h"
+#include "algorithms/modes/semi_supervised.h"
 #include "common/cli.h"
 #include "common/job_cli.h"
 #include "common/text_file.h"
@@ -76,14 +76,10 @@ absl::Status Serve(const Job& job, const Flags& flags) {
   service_options.local_epochs = job.federated.local_epochs;
   service_options.proximal_mu = job.strategy.name == "fedprox" ? job.strategy.proximal_mu : 0.0;
 
-  if (job.mode != "supervised") {
-    return absl::UnimplementedError(absl::StrCat("job key 'mode': federated runs are 'supervised' only so far, not '",
-                                                 job.mode, "'"));
-  }
   // The held-out set for centralized evaluation, and the initial global model.
   auto data = worker::LoadTrainingData(job);
   if (!data.ok()) return data.status();
-  auto mode = modes::MakeSupervisedMode(job, data->info);
+  auto mode = modes::MakeLearningMode(job, data->info);
   if (!mode.ok()) return mode.status();
   // A snapshot: the mode's own model is overwritten by every evaluation below.
   NamedTensors initial = modes::ModelTensors((*mode)->State());

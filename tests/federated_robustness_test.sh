@@ -11,6 +11,7 @@
 #                 a single-site process and a site with its own IDX files (--data DIR); every
 #                 round aggregates all 10.
 #   mpi_site      an mpirun group of 2 ranks is one site beside two single-process sites.
+#   fixmatch      the semi-supervised mode at 3 sites (each with the labels that fall in its share).
 # Usage: federated_robustness_test.sh SCENARIO COORDINATOR WORKER MAKE_CERTS
 set -u
 SCENARIO="$1" COORD="$2" WORKER="$3" MAKE_CERTS="$4"
@@ -229,6 +230,24 @@ mpi_site)
   check "both ranks of the group stopped cleanly" '[[ $rc -eq 0 ]] && grep -q "site group: coordinator says stop" "$TMP/site-group.err"'
   check "the group submitted one update per round" \
     '[[ $(ls "$TMP"/updates/round-*-site-group.safetensors | wc -l) -eq 2 ]]'
+  ;;
+fixmatch)
+  # FixMatch at 3 sites: 10 labels per class over the whole set, each site keeps the ones in its
+  # share; every round averages the model; the optimizer state stays at the site (reset per round).
+  EXTRA=(--mode fixmatch --data.labels_per_class 10 --semi.mu 2 --train.batch_size 32 --federated.rounds 2
+         --federated.local_epochs 4 --optimizer.lr 0.03
+         --partition.sites 3 --partition.scheme iid --federated.min_sites 3 --federated.min_available 3
+         --checkpoint.enabled false)
+  "$COORD" "${JOB[@]}" "${EXTRA[@]}" --listen $ADDR --no-auth --insecure --run_dir "$TMP/run" \
+    > "$TMP/coord.out" 2> "$TMP/coord.err" &
+  coord=$!
+  site a 0 --insecure; site b 1 --insecure; site c 2 --insecure
+  wait_done $coord 300; rc=$?
+  cat "$TMP/coord.out"
+  check "FixMatch sites trained and every round aggregated all 3" \
+    '[[ $rc -eq 0 ]] && [[ $(grep -c "(3 sites" "$TMP/coord.out") -eq 2 ]]'
+  check "the global model learned from the few labels" \
+    '"$PY" -c "import json,sys; sys.exit(0 if json.load(open(sys.argv[1]))[\"test_accuracy\"] > 0.2 else 1)" "$TMP/run/summary.json"'
   ;;
 *) echo "unknown scenario $SCENARIO"; exit 2 ;;
 esac

@@ -17,7 +17,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
-#include "algorithms/modes/supervised.h"
+#include "algorithms/modes/semi_supervised.h"
 #include "comm/communicator.h"
 #include "comm/proto/federated.grpc.pb.h"
 #include "comm/reducer.h"
@@ -53,6 +53,7 @@ bool Refused(const absl::Status& s) {
 // One site's examples: its training data and its own test split.
 struct SiteData {
   at::Tensor train_x, train_y, test_x, test_y;
+  at::Tensor labeled_x, labeled_y;  // semi-supervised modes: the site's labelled images
 };
 
 // The learning modes that sites of this process train with, one per slot; a site borrows one
@@ -296,6 +297,8 @@ class Site {
     td.test_inputs = data.test_x.defined() ? data.test_x : data.train_x.narrow(0, 0, 0);
     td.test_targets = data.test_y.defined() ? data.test_y : data.train_y.narrow(0, 0, 0);
     td.info = sh->info;
+    td.labeled_inputs = data.labeled_x;
+    td.labeled_targets = data.labeled_y;
     std::unique_ptr<comm::Communicator> local_comm;
     comm::Communicator* comm = sh->group;
     if (comm == nullptr) {
@@ -418,10 +421,7 @@ absl::Status RunSites(const Job& job, const SiteOptions& options, comm::Communic
     return absl::InvalidArgumentError("--data DIR is one site's own data: give one --site-index (or none)");
   }
   if (options.site_threads < 1) return absl::InvalidArgumentError("--site-threads must be at least 1");
-  if (job.mode != "supervised") {
-    return absl::UnimplementedError(absl::StrCat("job key 'mode': federated sites train 'supervised' only so far, not '",
-                                                 job.mode, "'"));
-  }
+
   const bool many = indices->size() > 1;
   if (options.site_name.empty() && !many) return absl::InvalidArgumentError("--site NAME is required with --coordinator");
 
@@ -451,13 +451,45 @@ absl::Status RunSites(const Job& job, const SiteOptions& options, comm::Communic
   }
 
   // The data: the job's, read once and partitioned, or the site's own directory.
+  // Semi-supervised: the job's labelled subset is chosen over the whole training set, and each
+  // site keeps the labels that fall in its share; the rest of its share is its unlabelled pool.
+  const bool semi = modes::IsSemiSupervised(job.mode);
   Job data_job = job;
   if (!options.data_dir.empty()) data_job.data.dir = options.data_dir;
+  if (semi) {
+    data_job.mode = "supervised";
+    data_job.data.labels_per_class = 0;
+  }
   auto data = LoadTrainingData(data_job);
   if (!data.ok()) return data.status();
+  at::Tensor is_labeled;
+  if (semi) {
+    if (job.data.labels_per_class <= 0) {
+      return absl::InvalidArgumentError(absl::StrCat("job key 'data.labels_per_class': mode '", job.mode,
+                                                     "' needs a labelled subset (give N > 0 per class)"));
+    }
+    is_labeled = at::zeros({data->train_targets.size(0)}, at::kBool);
+    is_labeled.index_fill_(0, LabeledSubset(data->train_targets, job.data.labels_per_class, data->info.num_classes,
+                                            job.seed),
+                           true);
+  }
+  const auto with_labels = [&](SiteData d, const at::Tensor& pool_index, int64_t i) -> absl::StatusOr<SiteData> {
+    if (!semi) return d;
+    const at::Tensor mine = pool_index.index_select(0, is_labeled.index_select(0, pool_index).nonzero().view(-1));
+    if (mine.numel() == 0) {
+      return absl::FailedPreconditionError(absl::StrCat("site ", i, " holds none of the job's labelled images: "
+                                                        "raise data.labels_per_class"));
+    }
+    d.labeled_x = data->train_inputs.index_select(0, mine);
+    d.labeled_y = data->train_targets.index_select(0, mine);
+    return d;
+  };
   std::vector<SiteData> site_data;
   if (!options.data_dir.empty()) {
-    site_data.push_back({data->train_inputs, data->train_targets, data->test_inputs, data->test_targets});
+    auto d = with_labels({data->train_inputs, data->train_targets, data->test_inputs, data->test_targets},
+                         at::arange(data->train_targets.size(0), at::kLong), (*indices)[0]);
+    if (!d.ok()) return d.status();
+    site_data.push_back(*std::move(d));
   } else {
     const at::Tensor labels = data->train_targets.contiguous();
     std::vector<int64_t> y(labels.data_ptr<int64_t>(), labels.data_ptr<int64_t>() + labels.numel());
@@ -469,8 +501,11 @@ absl::Status RunSites(const Job& job, const SiteOptions& options, comm::Communic
                                                        " sites (partition.sites)"));
       }
       auto [train, test] = SplitForEvaluation((*parts)[i], job.federated.site_eval_fraction, job.seed, i);
-      site_data.push_back({data->train_inputs.index_select(0, train), data->train_targets.index_select(0, train),
-                           data->train_inputs.index_select(0, test), data->train_targets.index_select(0, test)});
+      auto d = with_labels({data->train_inputs.index_select(0, train), data->train_targets.index_select(0, train),
+                            data->train_inputs.index_select(0, test), data->train_targets.index_select(0, test)},
+                           train, i);
+      if (!d.ok()) return d.status();
+      site_data.push_back(*std::move(d));
     }
   }
   const modes::InputInfo info = data->info;
@@ -481,7 +516,7 @@ absl::Status RunSites(const Job& job, const SiteOptions& options, comm::Communic
   const int slots = group != nullptr ? 1 : std::min<int>(options.site_threads, static_cast<int>(indices->size()));
   std::vector<std::unique_ptr<modes::LearningMode>> modes;
   for (int k = 0; k < slots; ++k) {
-    auto mode = modes::MakeSupervisedMode(job, info, group != nullptr ? group->device() : at::Device(at::kCPU));
+    auto mode = modes::MakeLearningMode(job, info, group != nullptr ? group->device() : at::Device(at::kCPU));
     if (!mode.ok()) return mode.status();
     modes.push_back(*std::move(mode));
   }

@@ -47,7 +47,8 @@ int64_t StepsPerEpoch(const Job& job, const TrainingData& data, const comm::Comm
   return (sampler.ShardSize() + batch - 1) / batch;
 }
 
-// N labels per class, chosen with a seeded shuffle of each class; sorted indices.
+}  // namespace
+
 at::Tensor LabeledSubset(const at::Tensor& labels, int64_t per_class, int64_t classes, uint64_t seed) {
   const at::Tensor y = labels.contiguous();
   const int64_t* p = y.data_ptr<int64_t>();
@@ -63,6 +64,8 @@ at::Tensor LabeledSubset(const at::Tensor& labels, int64_t per_class, int64_t cl
   std::sort(keep.begin(), keep.end());
   return at::tensor(keep, at::kLong);
 }
+
+namespace {
 
 int64_t TotalSteps(const Job& job, int64_t steps_per_epoch) {
   const int64_t all = steps_per_epoch * job.train.epochs;

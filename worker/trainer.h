@@ -34,6 +34,10 @@ struct TrainingData {
   at::Tensor labeled_inputs, labeled_targets;
 };
 
+// The indices (sorted) of `per_class` labelled examples of each class, chosen by a seeded shuffle
+// of each class: the same choice in every process of a run.
+at::Tensor LabeledSubset(const at::Tensor& labels, int64_t per_class, int64_t classes, uint64_t seed);
+
 // Reads the job's dataset (data.name, data.dir) and applies data.train_limit / test_limit and
 // data.labels_per_class (for a semi-supervised job.mode, into labeled_* beside the whole pool).
 absl::StatusOr<TrainingData> LoadTrainingData(const Job& job);
