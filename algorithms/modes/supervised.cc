@@ -18,20 +18,6 @@
 namespace allround::modes {
 namespace {
 
-// Optimizer state is keyed by the parameter's TensorImpl: LibTorch 1.13 uses the address printed
-// as a string, 2.x the address itself. One helper serves both.
-template <typename Key>
-Key StateKeyAs(const at::Tensor& param) {
-  if constexpr (std::is_same_v<Key, std::string>) {
-    std::ostringstream os;  // what c10::guts::to_string did (it is gone from newer LibTorch)
-    os << param.unsafeGetTensorImpl();
-    return os.str();
-  } else {
-    return param.unsafeGetTensorImpl();
-  }
-}
-using StateMap = std::decay_t<decltype(std::declval<torch::optim::Optimizer&>().state())>;
-StateMap::key_type StateKey(const at::Tensor& param) { return StateKeyAs<StateMap::key_type>(param); }
 
 // A classifier: one network, one optimizer, evaluated by its predictions. The batch loss is the
 // job's loss on the labels, or a semi-supervised mode's (BatchLossFn).
@@ -132,22 +118,7 @@ class ClassifierMode final : public LearningMode {
     NamedTensors out;
     for (const auto& p : model_->named_parameters()) out.emplace_back("model/" + p.key(), p.value().detach());
     for (const auto& b : model_->named_buffers()) out.emplace_back("model/" + b.key(), b.value().detach());
-    for (const auto& p : model_->named_parameters()) {
-      auto it = optimizer_->state().find(StateKey(p.value()));
-      if (it == optimizer_->state().end()) continue;  // no step taken yet
-      const std::string prefix = "optim/" + p.key() + "/";
-      if (auto* sgd = dynamic_cast<torch::optim::SGDParamState*>(it->second.get())) {
-        if (sgd->momentum_buffer().defined()) out.emplace_back(prefix + "momentum_buffer", sgd->momentum_buffer());
-      } else if (auto* adam = dynamic_cast<torch::optim::AdamParamState*>(it->second.get())) {
-        out.emplace_back(prefix + "step", torch::tensor(adam->step(), torch::kLong));
-        out.emplace_back(prefix + "exp_avg", adam->exp_avg());
-        out.emplace_back(prefix + "exp_avg_sq", adam->exp_avg_sq());
-      } else if (auto* adamw = dynamic_cast<torch::optim::AdamWParamState*>(it->second.get())) {
-        out.emplace_back(prefix + "step", torch::tensor(adamw->step(), torch::kLong));
-        out.emplace_back(prefix + "exp_avg", adamw->exp_avg());
-        out.emplace_back(prefix + "exp_avg_sq", adamw->exp_avg_sq());
-      }
-    }
+    for (auto& entry : optim::OptimizerState(*optimizer_, NamedParameters())) out.push_back(std::move(entry));
     return out;
   }
 
@@ -178,40 +149,16 @@ class ClassifierMode final : public LearningMode {
       torch::NoGradGuard no_grad;
       for (auto& [dst, src] : copies) dst.copy_(src);
     }
-    optimizer_->state().clear();
-    for (const auto& p : model_->named_parameters()) {
-      const std::string prefix = "optim/" + p.key() + "/";
-      const auto key = StateKey(p.value());
-      if (dynamic_cast<torch::optim::SGD*>(optimizer_.get()) != nullptr) {
-        auto it = by_name.find(prefix + "momentum_buffer");
-        if (it == by_name.end()) continue;
-        auto st = std::make_unique<torch::optim::SGDParamState>();
-        st->momentum_buffer(it->second.to(p.value().device()).clone());
-        optimizer_->state()[key] = std::move(st);
-      } else if (by_name.count(prefix + "step")) {
-        auto avg = find(prefix + "exp_avg", p.value()), sq = find(prefix + "exp_avg_sq", p.value());
-        if (!avg.ok()) return avg.status();
-        if (!sq.ok()) return sq.status();
-        const int64_t step = by_name.at(prefix + "step").item<int64_t>();
-        if (dynamic_cast<torch::optim::AdamW*>(optimizer_.get()) != nullptr) {
-          auto st = std::make_unique<torch::optim::AdamWParamState>();
-          st->step(step);
-          st->exp_avg(avg->to(p.value().device()).clone());
-          st->exp_avg_sq(sq->to(p.value().device()).clone());
-          optimizer_->state()[key] = std::move(st);
-        } else {
-          auto st = std::make_unique<torch::optim::AdamParamState>();
-          st->step(step);
-          st->exp_avg(avg->to(p.value().device()).clone());
-          st->exp_avg_sq(sq->to(p.value().device()).clone());
-          optimizer_->state()[key] = std::move(st);
-        }
-      }
-    }
-    return absl::OkStatus();
+    return optim::LoadOptimizerState(*optimizer_, NamedParameters(), by_name);
   }
 
  private:
+  std::vector<std::pair<std::string, at::Tensor>> NamedParameters() const {
+    std::vector<std::pair<std::string, at::Tensor>> out;
+    for (const auto& p : model_->named_parameters()) out.emplace_back(p.key(), p.value());
+    return out;
+  }
+
   absl::Status CheckBatch(const Batch& b) const {
     if (b.inputs.dim() != 4 || b.inputs.size(1) != input_.channels || b.inputs.size(2) != input_.height ||
         b.inputs.size(3) != input_.width) {

@@ -2,9 +2,30 @@
 
 #include <torch/optim.h>
 
+#include <sstream>
+#include <type_traits>
+
 #include "absl/strings/str_cat.h"
 
 namespace allround::optim {
+namespace {
+
+// Optimizer state is keyed by the parameter's TensorImpl: LibTorch 1.13 uses the address printed
+// as a string, 2.x the address itself. One helper serves both.
+template <typename Key>
+Key StateKeyAs(const at::Tensor& param) {
+  if constexpr (std::is_same_v<Key, std::string>) {
+    std::ostringstream os;  // what c10::guts::to_string did (it is gone from newer LibTorch)
+    os << param.unsafeGetTensorImpl();
+    return os.str();
+  } else {
+    return param.unsafeGetTensorImpl();
+  }
+}
+using StateMap = std::decay_t<decltype(std::declval<torch::optim::Optimizer&>().state())>;
+StateMap::key_type StateKey(const at::Tensor& param) { return StateKeyAs<StateMap::key_type>(param); }
+
+}  // namespace
 
 absl::StatusOr<std::unique_ptr<torch::optim::Optimizer>> MakeOptimizer(const OptimizerSpec& spec,
                                                                         const std::vector<at::Tensor>& params) {
@@ -29,6 +50,71 @@ absl::StatusOr<std::unique_ptr<torch::optim::Optimizer>> MakeOptimizer(const Opt
 
 void SetLearningRate(torch::optim::Optimizer& optimizer, double lr) {
   for (auto& group : optimizer.param_groups()) group.options().set_lr(lr);
+}
+
+NamedTensors OptimizerState(torch::optim::Optimizer& optimizer, const NamedTensors& named_params) {
+  NamedTensors out;
+    for (const auto& p : named_params) {
+      auto it = optimizer.state().find(StateKey(p.second));
+      if (it == optimizer.state().end()) continue;  // no step taken yet
+      const std::string prefix = "optim/" + p.first + "/";
+      if (auto* sgd = dynamic_cast<torch::optim::SGDParamState*>(it->second.get())) {
+        if (sgd->momentum_buffer().defined()) out.emplace_back(prefix + "momentum_buffer", sgd->momentum_buffer());
+      } else if (auto* adam = dynamic_cast<torch::optim::AdamParamState*>(it->second.get())) {
+        out.emplace_back(prefix + "step", torch::tensor(adam->step(), torch::kLong));
+        out.emplace_back(prefix + "exp_avg", adam->exp_avg());
+        out.emplace_back(prefix + "exp_avg_sq", adam->exp_avg_sq());
+      } else if (auto* adamw = dynamic_cast<torch::optim::AdamWParamState*>(it->second.get())) {
+        out.emplace_back(prefix + "step", torch::tensor(adamw->step(), torch::kLong));
+        out.emplace_back(prefix + "exp_avg", adamw->exp_avg());
+        out.emplace_back(prefix + "exp_avg_sq", adamw->exp_avg_sq());
+      }
+    }
+  return out;
+}
+
+absl::Status LoadOptimizerState(torch::optim::Optimizer& optimizer, const NamedTensors& named_params,
+                                const std::map<std::string, at::Tensor>& by_name) {
+  auto find = [&](const std::string& name, const at::Tensor& like) -> absl::StatusOr<at::Tensor> {
+    auto it = by_name.find(name);
+    if (it == by_name.end()) return absl::NotFoundError(absl::StrCat("state has no tensor '", name, "'"));
+    if (it->second.sizes() != like.sizes()) {
+      return absl::InvalidArgumentError(absl::StrCat("tensor '", name, "' has shape ", c10::str(it->second.sizes()),
+                                                     ", the parameter ", c10::str(like.sizes())));
+    }
+    return it->second;
+  };
+    optimizer.state().clear();
+    for (const auto& p : named_params) {
+      const std::string prefix = "optim/" + p.first + "/";
+      const auto key = StateKey(p.second);
+      if (dynamic_cast<torch::optim::SGD*>(&optimizer) != nullptr) {
+        auto it = by_name.find(prefix + "momentum_buffer");
+        if (it == by_name.end()) continue;
+        auto st = std::make_unique<torch::optim::SGDParamState>();
+        st->momentum_buffer(it->second.to(p.second.device()).clone());
+        optimizer.state()[key] = std::move(st);
+      } else if (by_name.count(prefix + "step")) {
+        auto avg = find(prefix + "exp_avg", p.second), sq = find(prefix + "exp_avg_sq", p.second);
+        if (!avg.ok()) return avg.status();
+        if (!sq.ok()) return sq.status();
+        const int64_t step = by_name.at(prefix + "step").item<int64_t>();
+        if (dynamic_cast<torch::optim::AdamW*>(&optimizer) != nullptr) {
+          auto st = std::make_unique<torch::optim::AdamWParamState>();
+          st->step(step);
+          st->exp_avg(avg->to(p.second.device()).clone());
+          st->exp_avg_sq(sq->to(p.second.device()).clone());
+          optimizer.state()[key] = std::move(st);
+        } else {
+          auto st = std::make_unique<torch::optim::AdamParamState>();
+          st->step(step);
+          st->exp_avg(avg->to(p.second.device()).clone());
+          st->exp_avg_sq(sq->to(p.second.device()).clone());
+          optimizer.state()[key] = std::move(st);
+        }
+      }
+    }
+  return absl::OkStatus();
 }
 
 }  // namespace allround::optim

@@ -6,7 +6,10 @@
 
 #include <ATen/core/Tensor.h>
 
+#include <map>
 #include <memory>
+#include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -23,6 +26,17 @@ absl::StatusOr<std::unique_ptr<torch::optim::Optimizer>> MakeOptimizer(const Opt
 
 // Sets the learning rate of every parameter group.
 void SetLearningRate(torch::optim::Optimizer& optimizer, double lr);
+
+using NamedTensors = std::vector<std::pair<std::string, at::Tensor>>;
+
+// The optimizer's state for the named parameters, as "optim/<name>/<slot>" tensors (SGD's
+// momentum_buffer; Adam's and AdamW's step, exp_avg, exp_avg_sq), sharing storage; parameters
+// without state (no step yet) have none.
+NamedTensors OptimizerState(torch::optim::Optimizer& optimizer, const NamedTensors& named_params);
+// Replaces the optimizer's state by the "optim/..." tensors of `by_name` for these parameters
+// (a parameter without them starts fresh); a malformed slot is an error naming it.
+absl::Status LoadOptimizerState(torch::optim::Optimizer& optimizer, const NamedTensors& named_params,
+                                const std::map<std::string, at::Tensor>& by_name);
 
 }  // namespace allround::optim
 
