@@ -1,6 +1,8 @@
 #ifndef ALLROUND_COMM_GRADIENT_SYNC_H_
 #define ALLROUND_COMM_GRADIENT_SYNC_H_
 
+#include <ATen/core/Tensor.h>
+
 #include "absl/status/status.h"
 
 namespace allround::comm {
@@ -14,6 +16,9 @@ class GradientSync {
   virtual ~GradientSync() = default;
   virtual void BeforeBackward() = 0;
   virtual absl::Status AfterBackward() = 0;
+  // Replaces `t` by its mean over the group (e.g. DINO's batch center), so state derived from it
+  // stays identical on every rank.
+  virtual absl::Status AverageAcrossGroup(at::Tensor& t) = 0;
 };
 
 }  // namespace allround::comm

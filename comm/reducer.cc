@@ -72,6 +72,10 @@ void Reducer::LaunchReady() {
 
 void Reducer::Launch(int bucket) { buckets_[bucket].work = comm_->AllReduce(buckets_[bucket].flat, ReduceOp::kAverage); }
 
+absl::Status Reducer::AverageAcrossGroup(at::Tensor& t) {
+  return comm_->AllReduce(t, ReduceOp::kAverage)->Wait(comm_->timeout());
+}
+
 absl::Status Reducer::AfterBackward() {
   if (!armed_) return absl::OkStatus();
   armed_ = false;

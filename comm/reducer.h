@@ -48,6 +48,7 @@ class Reducer final : public GradientSync {
   // not armed for (another Reducer's) leaves its buckets alone.
   void BeforeBackward() override { armed_ = sync_; }
   absl::Status AfterBackward() override;
+  absl::Status AverageAcrossGroup(at::Tensor& t) override;
 
   // false: the next backwards accumulate locally and AfterBackward does nothing.
   void set_sync(bool sync) { sync_ = sync; }

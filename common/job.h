@@ -112,6 +112,28 @@ struct SemiSpec {
   double lambda_u = 1.0;
 };
 
+// DINO (self-distillation): student and EMA teacher of the same backbone (model.name, emitting
+// embed_dim features) with a 3-layer MLP head (hidden, bottleneck, a weight-normalized last layer
+// of out_dim); multi-crop with 2 global and local_crops local views.
+struct DinoSpec {
+  int64_t embed_dim = 128;
+  int64_t hidden_dim = 256;
+  int64_t bottleneck_dim = 64;
+  int64_t out_dim = 1024;
+  int64_t local_crops = 4;
+  int64_t local_size = 28;           // local crops are resized to this (CNN backbones need 28)
+  double student_temp = 0.1;
+  double teacher_temp = 0.04;
+  double warmup_teacher_temp = 0.04;  // teacher temperature at the start, linear to teacher_temp
+  double warmup_fraction = 0.0;       // over this fraction of the run
+  double momentum = 0.996;            // teacher EMA momentum, cosine to 1 over the run
+  double center_momentum = 0.9;
+  int64_t knn_k = 20;
+  double knn_temp = 0.07;
+  int64_t knn_bank = 10000;           // labelled training images the k-NN evaluation votes with
+  std::string knn_features = "backbone";  // backbone (the teacher's) | pixels (the baseline)
+};
+
 struct PartitionSpec {
   std::string scheme = "iid";        // iid | dirichlet | labels
   int64_t sites = 1;
@@ -126,7 +148,7 @@ struct Job {
   std::string name = "simple_cnn";
   uint64_t seed = 1;
   int64_t threads = 0;               // intra-op threads (0: LibTorch's default)
-  std::string mode = "supervised";   // supervised | fixmatch | pseudolabel
+  std::string mode = "supervised";   // supervised | fixmatch | pseudolabel | dino
   std::string device = "cpu";        // cpu | cuda (one GPU per rank; NCCL between ranks)
   std::string loss = "cross_entropy";  // cross_entropy | l1 | mse | hinge
   ModelSpec model;
@@ -140,6 +162,7 @@ struct Job {
   FederatedSpec federated;
   StrategyJobSpec strategy;
   SemiSpec semi;
+  DinoSpec dino;
   std::string run_dir = "runs/{name}";  // {name} is replaced by the job's name
 };
 

@@ -153,3 +153,61 @@ TEST(FixMatch, MaskAndLossOnAHandMadeBatch) {
 
 }  // namespace
 }  // namespace allround::modes
+
+#include "algorithms/modes/dino.h"
+
+namespace allround::modes {
+namespace {
+
+TEST(Dino, LossMatchesAHandComputedValue) {
+  // B = 1, K = 2, views: 2 global + 1 local. Center 0, temperatures 1 (plain softmaxes).
+  const at::Tensor teacher = torch::tensor({{0.0f, 0.0f}, {std::log(3.0f), 0.0f}});  // p0 = [.5,.5], p1 = [.75,.25]
+  const at::Tensor student = torch::tensor({{0.0f, 0.0f}, {0.0f, 0.0f}, {0.0f, std::log(3.0f)}}).requires_grad_();
+  // log_softmax: s0 = s1 = [ln .5, ln .5], s2 = [ln .25, ln .75].
+  const double h_half = -std::log(0.5);
+  const double t0_s1 = h_half, t0_s2 = -(0.5 * std::log(0.25) + 0.5 * std::log(0.75));
+  const double t1_s0 = h_half, t1_s2 = -(0.75 * std::log(0.25) + 0.25 * std::log(0.75));
+  const at::Tensor loss = DinoLoss(student, teacher, torch::zeros({2}), 3, 1.0, 1.0);
+  EXPECT_NEAR(loss.item<double>(), (t0_s1 + t0_s2 + t1_s0 + t1_s2) / 4, 1e-6);
+  loss.backward();  // the student gets gradients; the teacher was only read
+  EXPECT_GT(student.grad().abs().sum().item<float>(), 0);
+  // Centering shifts the teacher before its softmax: with center [ln 3, 0], p0 = [.25, .75] and
+  // p1 = [.5, .5].
+  const double c0_s1 = h_half, c0_s2 = -(0.25 * std::log(0.25) + 0.75 * std::log(0.75));
+  const double c1_s0 = h_half, c1_s2 = -(0.5 * std::log(0.25) + 0.5 * std::log(0.75));
+  const at::Tensor centred = DinoLoss(student.detach(), teacher, teacher[1], 3, 1.0, 1.0);
+  EXPECT_NEAR(centred.item<double>(), (c0_s1 + c0_s2 + c1_s0 + c1_s2) / 4, 1e-6);
+  // Sharpening: a low teacher temperature turns p1 into nearly one-hot on class 0.
+  const double sharp = DinoLoss(student.detach(), teacher, torch::zeros({2}), 3, 1.0, 0.01).item<double>();
+  EXPECT_NEAR(sharp, (t0_s1 + t0_s2 + h_half + -std::log(0.25)) / 4, 1e-4);
+}
+
+TEST(Dino, EmaMomentumScheduleAndCenter) {
+  std::vector<at::Tensor> teacher = {torch::tensor({1.0f, 2.0f})}, student = {torch::tensor({3.0f, 6.0f})};
+  EmaUpdate(teacher, student, 0.75);  // 0.75 t + 0.25 s
+  EXPECT_TRUE(at::allclose(teacher[0], torch::tensor({1.5f, 3.0f})));
+  EXPECT_DOUBLE_EQ(TeacherMomentum(0.996, 0.0), 0.996);
+  EXPECT_NEAR(TeacherMomentum(0.996, 0.5), 0.998, 1e-12);
+  EXPECT_DOUBLE_EQ(TeacherMomentum(0.996, 1.0), 1.0);
+  at::Tensor center = torch::tensor({1.0f, 0.0f});
+  UpdateCenter(center, torch::tensor({0.0f, 1.0f}), 0.9);
+  EXPECT_TRUE(at::allclose(center, torch::tensor({0.9f, 0.1f})));
+}
+
+TEST(Dino, WeightedKnnVotesByTemperedSimilarity) {
+  // Bank: two of class 0 near (1, 0), one of class 1 at (0, 1); k = 3.
+  const at::Tensor bank = torch::tensor({{1.0f, 0.0f}, {0.8f, 0.6f}, {0.0f, 1.0f}});
+  const at::Tensor labels = torch::tensor({0, 0, 1}, torch::kLong);
+  const at::Tensor q = torch::tensor({{0.6f, 0.8f}, {1.0f, 0.0f}});
+  // Query 0: class 0 gets e^{0.6/T} + e^{0.96/T}, class 1 e^{0.8/T}: class 0 wins at T = 1 ...
+  EXPECT_EQ(WeightedKnn(bank, labels, q, 3, 1.0, 2)[0].item<int64_t>(), 0);
+  // ... and with k = 1 the nearest (0.8, 0.6), class 0, decides; query 1 is class 0 either way.
+  const at::Tensor p = WeightedKnn(bank, labels, q, 1, 0.07, 2);
+  EXPECT_EQ(p[0].item<int64_t>(), 0);
+  EXPECT_EQ(p[1].item<int64_t>(), 0);
+  // A query on class 1's point with k = 1 is class 1.
+  EXPECT_EQ(WeightedKnn(bank, labels, torch::tensor({{0.0f, 1.0f}}), 1, 0.07, 2)[0].item<int64_t>(), 1);
+}
+
+}  // namespace
+}  // namespace allround::modes

@@ -137,7 +137,7 @@ absl::Status Run(const Job& job, const std::string& summary_path, const std::str
     return absl::FailedPreconditionError(absl::StrCat("job key 'device': cuda needs the nccl backend (comm.backend is ",
                                                       comm.backend(), ")"));
   }
-  auto mode = modes::MakeLearningMode(job, data->info, comm.device());
+  auto mode = modes::MakeLearningMode(job, data->info, comm.device(), data->train_inputs, data->train_targets);
   if (!mode.ok()) return mode.status();
 
   // Weights trained elsewhere (model.init): every rank reads the same file.

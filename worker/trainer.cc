@@ -114,7 +114,8 @@ Trainer::Trainer(const Job& job, TrainingData data, modes::LearningMode* mode, c
       comm_(comm),
       sync_(sync),
       steps_per_epoch_(StepsPerEpoch(job, data_, *comm)),
-      schedule_(job.schedule, job.optimizer.lr, steps_per_epoch_, TotalSteps(job, steps_per_epoch_)) {
+      total_steps_(TotalSteps(job, steps_per_epoch_)),
+      schedule_(job.schedule, job.optimizer.lr, steps_per_epoch_, total_steps_) {
   // The whole dataset moves to the device once (Fashion-MNIST: ~220 MB as float32).
   const at::Device device = comm->device();
   if (device != data_.train_inputs.device()) {
@@ -169,6 +170,10 @@ absl::StatusOr<coordinator::RoundResult> Trainer::Execute(const coordinator::Rou
       Rng augment_rng(DeriveSeed(job_.seed, "augment", static_cast<uint64_t>(round.epoch),
                                  (static_cast<uint64_t>(comm_->rank()) << 32) | static_cast<uint64_t>(s)));
       batch.inputs = data::Augment(batch.inputs, job_.data.augment, augment_rng, 2, fill);
+    }
+    batch.progress = total_steps_ > 0 ? static_cast<double>(position_.global_step) / static_cast<double>(total_steps_) : 0;
+    if (batch.seed == 0) {
+      batch.seed = DeriveSeed(job_.seed, "step", static_cast<uint64_t>(round.epoch), where);
     }
     auto step = mode_->TrainStep(batch, schedule_.At(position_.global_step), sync_);
     if (!step.ok()) {
@@ -226,13 +231,20 @@ absl::StatusOr<coordinator::Metrics> Trainer::Evaluate() {
   if (auto s = comm_->AllReduce(scalars, comm::ReduceOp::kSum)->Wait(comm_->timeout()); !s.ok()) return s;
   last_report_ = metrics::Report(metrics::ToConfusion(sums->confusion));
   const double examples = scalars[1].item<double>();
-  return coordinator::Metrics{
+  coordinator::Metrics out{
       {"test_accuracy", last_report_.accuracy},
       {"test_loss", examples > 0 ? scalars[0].item<double>() / examples : 0.0},
       {"macro_precision", last_report_.macro_precision},
       {"macro_recall", last_report_.macro_recall},
       {"macro_f1", last_report_.macro_f1},
   };
+  // Monitors: means over each rank's shard, averaged over ranks (every rank reports the same keys).
+  for (const auto& [key, value] : sums->monitors) {
+    at::Tensor v = at::tensor({value}, at::kDouble).to(comm_->device());
+    if (auto s = comm_->AllReduce(v, comm::ReduceOp::kAverage)->Wait(comm_->timeout()); !s.ok()) return s;
+    out.emplace_back(key, v.item<double>());
+  }
+  return out;
 }
 
 }  // namespace allround::worker

@@ -82,6 +82,7 @@ class Trainer final : public coordinator::RoundExecutor {
   comm::Communicator* comm_;
   comm::GradientSync* sync_;
   int64_t steps_per_epoch_;
+  int64_t total_steps_;
   optim::LrSchedule schedule_;
   TrainingPosition position_;
   StepHook step_hook_;

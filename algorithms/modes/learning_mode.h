@@ -11,6 +11,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <string>
 #include <utility>
@@ -28,6 +29,7 @@ struct Batch {
   at::Tensor unlabeled;  // semi-supervised modes: float [U, ...] without labels; else undefined
   uint64_t seed = 0;     // for the step's own random choices (augmented views): from the job seed,
                          // epoch, step and rank, so a resumed run draws the same
+  double progress = 0;   // the fraction of the run's steps done before this one (schedules)
 };
 
 struct StepResult {
@@ -40,6 +42,9 @@ struct EvalSums {
   at::Tensor confusion;  // int64 [C, C]
   double loss_sum = 0.0;
   int64_t examples = 0;
+  // Mode-specific figures that are means over the shard (e.g. DINO's collapse monitors); ranks
+  // average them.
+  std::map<std::string, double> monitors;
 };
 
 using comm::GradientSync;

@@ -5,6 +5,7 @@
 #include "absl/strings/str_cat.h"
 #include "algorithms/augment/image_ops.h"
 #include "algorithms/modes/classifier.h"
+#include "algorithms/modes/dino.h"
 #include "common/random.h"
 
 namespace allround::modes {
@@ -63,8 +64,10 @@ absl::StatusOr<std::unique_ptr<LearningMode>> MakeSemiSupervisedMode(const Job& 
 }
 
 absl::StatusOr<std::unique_ptr<LearningMode>> MakeLearningMode(const Job& job, const InputInfo& input,
-                                                               at::Device device) {
+                                                               at::Device device, const at::Tensor& bank_inputs,
+                                                               const at::Tensor& bank_labels) {
   if (job.mode == "supervised") return MakeSupervisedMode(job, input, device);
+  if (job.mode == "dino") return MakeDinoMode(job, input, device, bank_inputs, bank_labels);
   if (IsSemiSupervised(job.mode)) return MakeSemiSupervisedMode(job, input, device);
   return absl::InvalidArgumentError(absl::StrCat("job key 'mode': unknown learning mode '", job.mode, "'"));
 }

@@ -1,0 +1,308 @@
+#include "algorithms/modes/dino.h"
+
+#include <torch/torch.h>
+
+#include <cmath>
+#include <map>
+
+#include "absl/strings/str_cat.h"
+#include "algorithms/augment/image_ops.h"
+#include "algorithms/metrics.h"
+#include "algorithms/models/network.h"
+#include "algorithms/optim/optimizer.h"
+#include "common/random.h"
+
+namespace allround::modes {
+namespace {
+
+constexpr double kPi = 3.14159265358979323846;
+constexpr double kMean = 0.2860, kStd = 0.3530;  // Fashion-MNIST: the views work on pixels
+
+// The DINO head: Linear-GELU-Linear-GELU-Linear to the bottleneck, L2 normalization, then a
+// weight-normalized linear layer without bias whose row norms are fixed at 1 (DINO's
+// norm_last_layer).
+class DinoHead : public torch::nn::Module {
+ public:
+  DinoHead(int64_t in, int64_t hidden, int64_t bottleneck, int64_t out)
+      : l1_(register_module("l1", torch::nn::Linear(in, hidden))),
+        l2_(register_module("l2", torch::nn::Linear(hidden, hidden))),
+        l3_(register_module("l3", torch::nn::Linear(hidden, bottleneck))),
+        last_(register_parameter("last_v", torch::randn({out, bottleneck}) * 0.02)) {}
+
+  torch::Tensor forward(torch::Tensor x) {
+    x = torch::gelu(l1_->forward(x));
+    x = torch::gelu(l2_->forward(x));
+    x = torch::nn::functional::normalize(l3_->forward(x), torch::nn::functional::NormalizeFuncOptions().dim(1));
+    return x.matmul((last_ / last_.norm(2, 1, /*keepdim=*/true)).t());
+  }
+
+ private:
+  torch::nn::Linear l1_, l2_, l3_;
+  torch::Tensor last_;
+};
+
+// Backbone and head: one of the student or the teacher.
+class DinoNet : public torch::nn::Module {
+ public:
+  DinoNet(std::shared_ptr<models::Network> backbone, const DinoSpec& s)
+      : backbone_(register_module("backbone", std::move(backbone))),
+        head_(register_module("head", std::make_shared<DinoHead>(s.embed_dim, s.hidden_dim, s.bottleneck_dim,
+                                                                 s.out_dim))) {}
+  torch::Tensor features(const torch::Tensor& x) { return backbone_->forward(x); }
+  torch::Tensor forward(const torch::Tensor& x) { return head_->forward(features(x)); }
+
+ private:
+  std::shared_ptr<models::Network> backbone_;
+  std::shared_ptr<DinoHead> head_;
+};
+
+torch::Tensor L2Normalize(const torch::Tensor& x) {
+  return torch::nn::functional::normalize(x, torch::nn::functional::NormalizeFuncOptions().dim(1));
+}
+
+class DinoMode final : public LearningMode {
+ public:
+  DinoMode(const Job& job, const InputInfo& input, std::shared_ptr<DinoNet> student, std::shared_ptr<DinoNet> teacher,
+           std::unique_ptr<torch::optim::Optimizer> opt, at::Tensor bank_x, at::Tensor bank_y)
+      : spec_(job.dino),
+        input_(input),
+        student_(std::move(student)),
+        teacher_(std::move(teacher)),
+        optimizer_(std::move(opt)),
+        center_(torch::zeros({job.dino.out_dim}, teacher_->parameters()[0].options())),
+        bank_x_(std::move(bank_x)),
+        bank_y_(std::move(bank_y)) {}
+
+  absl::StatusOr<StepResult> TrainStep(const Batch& batch, double lr, GradientSync* sync) override {
+    if (batch.inputs.dim() != 4 || batch.inputs.size(1) != input_.channels || batch.inputs.size(2) != input_.height ||
+        batch.inputs.size(3) != input_.width) {
+      return absl::InvalidArgumentError(absl::StrCat("batch inputs of shape ", c10::str(batch.inputs.sizes()),
+                                                     ", expected [B, ", input_.channels, ", ", input_.height, ", ",
+                                                     input_.width, "]"));
+    }
+    const int64_t b = batch.inputs.size(0);
+    Rng rng(batch.seed);
+    std::vector<at::Tensor> globals = {augment::GlobalView(batch.inputs, rng, 0, kMean, kStd),
+                                       augment::GlobalView(batch.inputs, rng, 1, kMean, kStd)};
+    std::vector<at::Tensor> views = globals;
+    for (int64_t l = 0; l < spec_.local_crops; ++l) {
+      views.push_back(augment::LocalView(batch.inputs, rng, kMean, kStd, spec_.local_size));
+    }
+    student_->train();
+    teacher_->train();
+    optimizer_->zero_grad();
+    torch::Tensor teacher_out;
+    {
+      torch::NoGradGuard no_grad;
+      teacher_out = teacher_->forward(torch::cat(globals, 0));
+    }
+    // Globals and locals differ in size unless local_size is the image size: one forward each.
+    torch::Tensor student_out = student_->forward(torch::cat({globals[0], globals[1]}, 0));
+    if (spec_.local_crops > 0) {
+      student_out = torch::cat(
+          {student_out, student_->forward(torch::cat(std::vector<at::Tensor>(views.begin() + 2, views.end()), 0))}, 0);
+    }
+    const double tt = TeacherTemp(batch.progress);
+    torch::Tensor loss = DinoLoss(student_out, teacher_out, center_, static_cast<int64_t>(views.size()),
+                                  spec_.student_temp, tt);
+    const double value = loss.item<double>();
+    if (!std::isfinite(value)) {
+      return absl::FailedPreconditionError(absl::StrCat("loss is ", value, ": step skipped (learning rate too high?)"));
+    }
+    if (sync != nullptr) sync->BeforeBackward();
+    loss.backward();
+    if (sync != nullptr) {
+      if (auto s = sync->AfterBackward(); !s.ok()) return s;
+    }
+    optim::SetLearningRate(*optimizer_, lr);
+    optimizer_->step();
+    // The teacher follows the student; the center follows the teacher (the group's mean).
+    torch::NoGradGuard no_grad;
+    EmaUpdate(teacher_->parameters(), student_->parameters(), TeacherMomentum(spec_.momentum, batch.progress));
+    const auto tb = teacher_->buffers(), sb = student_->buffers();
+    for (size_t i = 0; i < tb.size(); ++i) tb[i].copy_(sb[i]);
+    at::Tensor batch_center = teacher_out.mean(0);
+    if (sync != nullptr) {
+      if (auto s = sync->AverageAcrossGroup(batch_center); !s.ok()) return s;
+    }
+    UpdateCenter(center_, batch_center, spec_.center_momentum);
+    return StepResult{value, b};
+  }
+
+  absl::StatusOr<EvalSums> Evaluate(const at::Tensor& inputs, const at::Tensor& targets, int64_t batch_size) override {
+    torch::NoGradGuard no_grad;
+    teacher_->eval();
+    const auto features = [&](const at::Tensor& x) {
+      std::vector<at::Tensor> parts;
+      for (int64_t s = 0; s < x.size(0); s += batch_size) {
+        const at::Tensor chunk = x.narrow(0, s, std::min(batch_size, x.size(0) - s));
+        parts.push_back(spec_.knn_features == "pixels" ? chunk.flatten(1) : teacher_->features(chunk));
+      }
+      return L2Normalize(torch::cat(parts, 0));
+    };
+    EvalSums sums;
+    sums.confusion = torch::zeros({input_.num_classes, input_.num_classes}, targets.options().dtype(torch::kLong));
+    if (inputs.size(0) == 0) return sums;
+    const at::Tensor bank = features(bank_x_.to(inputs.device()));
+    const at::Tensor queries = features(inputs);
+    const at::Tensor predicted =
+        WeightedKnn(bank, bank_y_.to(inputs.device()), queries, spec_.knn_k, spec_.knn_temp, input_.num_classes);
+    metrics::AccumulateConfusion(sums.confusion, predicted, targets);
+    sums.examples = inputs.size(0);
+    // Collapse monitors on this shard: the teacher's centred output entropy, the features' spread.
+    at::Tensor logits;
+    {
+      std::vector<at::Tensor> parts;
+      for (int64_t s = 0; s < inputs.size(0); s += batch_size) {
+        parts.push_back(teacher_->forward(inputs.narrow(0, s, std::min(batch_size, inputs.size(0) - s))));
+      }
+      logits = torch::cat(parts, 0);
+    }
+    const at::Tensor p = torch::softmax((logits - center_) / spec_.teacher_temp, 1);
+    sums.monitors["teacher_entropy"] = (-(p * torch::log(p.clamp_min(1e-12))).sum(1)).mean().item<double>();
+    sums.monitors["feature_std"] = queries.std(0).mean().item<double>();
+    return sums;
+  }
+
+  std::vector<at::Tensor> TrainableParameters() override { return student_->parameters(); }
+  std::vector<at::Tensor> ModelState() override {
+    std::vector<at::Tensor> out;
+    for (const auto& [name, t] : ModelTensors()) out.push_back(t);
+    return out;
+  }
+  int64_t ParameterCount() override { return models::CountParameters(*student_); }
+
+  NamedTensors State() override {
+    NamedTensors out = ModelTensors();
+    for (auto& entry : optim::OptimizerState(*optimizer_, StudentParameters())) out.push_back(std::move(entry));
+    return out;
+  }
+
+  absl::Status LoadState(const NamedTensors& state) override {
+    std::map<std::string, at::Tensor> by_name(state.begin(), state.end());
+    std::vector<std::pair<at::Tensor, at::Tensor>> copies;
+    for (const auto& [name, t] : ModelTensors()) {
+      auto it = by_name.find(name);
+      if (it == by_name.end()) return absl::NotFoundError(absl::StrCat("state has no tensor '", name, "'"));
+      if (it->second.sizes() != t.sizes()) {
+        return absl::InvalidArgumentError(absl::StrCat("tensor '", name, "' has shape ", c10::str(it->second.sizes()),
+                                                       ", the model needs ", c10::str(t.sizes())));
+      }
+      copies.emplace_back(t, it->second);
+    }
+    {
+      torch::NoGradGuard no_grad;
+      for (auto& [dst, src] : copies) dst.copy_(src);
+    }
+    return optim::LoadOptimizerState(*optimizer_, StudentParameters(), by_name);
+  }
+
+  absl::Status SetProximalTerm(double mu, const NamedTensors&) override {
+    if (mu > 0) return absl::UnimplementedError("dino: a proximal term (fedprox) is not supported");
+    return absl::OkStatus();
+  }
+
+ private:
+  double TeacherTemp(double progress) const {
+    if (spec_.warmup_fraction <= 0 || progress >= spec_.warmup_fraction) return spec_.teacher_temp;
+    return spec_.warmup_teacher_temp +
+           (spec_.teacher_temp - spec_.warmup_teacher_temp) * progress / spec_.warmup_fraction;
+  }
+
+  std::vector<std::pair<std::string, at::Tensor>> StudentParameters() const {
+    std::vector<std::pair<std::string, at::Tensor>> out;
+    for (const auto& p : student_->named_parameters()) out.emplace_back("student/" + p.key(), p.value());
+    return out;
+  }
+
+  // Everything that defines the model: "model/student/...", "model/teacher/...", "model/center".
+  NamedTensors ModelTensors() const {
+    NamedTensors out;
+    for (const auto& [prefix, net] : {std::pair{"student/", student_}, std::pair{"teacher/", teacher_}}) {
+      for (const auto& p : net->named_parameters()) out.emplace_back("model/" + (prefix + p.key()), p.value().detach());
+      for (const auto& b : net->named_buffers()) out.emplace_back("model/" + (prefix + b.key()), b.value().detach());
+    }
+    out.emplace_back("model/center", center_);
+    return out;
+  }
+
+  DinoSpec spec_;
+  InputInfo input_;
+  std::shared_ptr<DinoNet> student_, teacher_;
+  std::unique_ptr<torch::optim::Optimizer> optimizer_;
+  at::Tensor center_;
+  at::Tensor bank_x_, bank_y_;
+};
+
+}  // namespace
+
+at::Tensor DinoLoss(const at::Tensor& student, const at::Tensor& teacher, const at::Tensor& center, int64_t views,
+                    double student_temp, double teacher_temp) {
+  const std::vector<at::Tensor> s = (student / student_temp).chunk(views, 0);
+  const std::vector<at::Tensor> t = at::softmax((teacher.detach() - center) / teacher_temp, 1).chunk(2, 0);
+  at::Tensor total = at::zeros({}, student.options());
+  int64_t pairs = 0;
+  for (int64_t i = 0; i < 2; ++i) {
+    for (int64_t v = 0; v < views; ++v) {
+      if (v == i) continue;
+      total = total + (-t[i] * at::log_softmax(s[v], 1)).sum(1).mean();
+      ++pairs;
+    }
+  }
+  return total / static_cast<double>(pairs);
+}
+
+void EmaUpdate(const std::vector<at::Tensor>& teacher, const std::vector<at::Tensor>& student, double m) {
+  at::NoGradGuard no_grad;
+  for (size_t i = 0; i < teacher.size(); ++i) teacher[i].mul_(m).add_(student[i].detach(), 1 - m);
+}
+
+double TeacherMomentum(double m0, double progress) { return 1 - (1 - m0) * (std::cos(kPi * progress) + 1) / 2; }
+
+void UpdateCenter(at::Tensor& center, const at::Tensor& batch_mean, double m) {
+  at::NoGradGuard no_grad;
+  center.mul_(m).add_(batch_mean.detach(), 1 - m);
+}
+
+at::Tensor WeightedKnn(const at::Tensor& bank, const at::Tensor& bank_labels, const at::Tensor& queries, int64_t k,
+                       double temp, int64_t classes) {
+  k = std::min<int64_t>(k, bank.size(0));
+  auto [sim, idx] = queries.matmul(bank.t()).topk(k, 1);
+  const at::Tensor weights = (sim / temp).exp();
+  at::Tensor votes = at::zeros({queries.size(0), classes}, weights.options());
+  votes.scatter_add_(1, bank_labels.index_select(0, idx.flatten()).view_as(idx), weights);
+  return votes.argmax(1);
+}
+
+absl::StatusOr<std::unique_ptr<LearningMode>> MakeDinoMode(const Job& job, const InputInfo& input, at::Device device,
+                                                           const at::Tensor& bank_inputs,
+                                                           const at::Tensor& bank_labels) {
+  if (!bank_inputs.defined() || bank_inputs.size(0) == 0) {
+    return absl::InvalidArgumentError("dino: the k-NN evaluation needs a bank of labelled images");
+  }
+  const models::InputShape shape{input.channels, input.height, input.width, job.dino.embed_dim};
+  torch::manual_seed(DeriveSeed(job.seed, "model-init"));
+  auto backbone = models::MakeModel(job.model, shape);
+  if (!backbone.ok()) return absl::InvalidArgumentError(absl::StrCat("job key 'model.name': ", backbone.status().message()));
+  auto student = std::make_shared<DinoNet>(*std::move(backbone), job.dino);
+  auto teacher_backbone = models::MakeModel(job.model, shape);
+  if (!teacher_backbone.ok()) return teacher_backbone.status();
+  auto teacher = std::make_shared<DinoNet>(*std::move(teacher_backbone), job.dino);
+  student->to(device);
+  teacher->to(device);
+  {
+    // The teacher starts as the student, and never gets gradients.
+    torch::NoGradGuard no_grad;
+    const auto sp = student->parameters(), tp = teacher->parameters();
+    for (size_t i = 0; i < tp.size(); ++i) tp[i].copy_(sp[i]);
+    for (auto& p : tp) p.set_requires_grad(false);
+  }
+  auto opt = optim::MakeOptimizer(job.optimizer, student->parameters());
+  if (!opt.ok()) return absl::InvalidArgumentError(absl::StrCat("job key 'optimizer.name': ", opt.status().message()));
+  const int64_t n = std::min<int64_t>(job.dino.knn_bank, bank_inputs.size(0));
+  return std::unique_ptr<LearningMode>(std::make_unique<DinoMode>(job, input, student, teacher, *std::move(opt),
+                                                                  bank_inputs.narrow(0, 0, n).to(device),
+                                                                  bank_labels.narrow(0, 0, n).to(device)));
+}
+
+}  // namespace allround::modes

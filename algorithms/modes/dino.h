@@ -1,0 +1,63 @@
+#ifndef ALLROUND_ALGORITHMS_MODES_DINO_H_
+#define ALLROUND_ALGORITHMS_MODES_DINO_H_
+
+// DINO (Caron et al. 2021): self-distillation without labels. A student and a teacher of the same
+// architecture (a backbone from algorithms/models emitting dino.embed_dim features, then a
+// 3-layer MLP head with GELU, an L2-normalized bottleneck and a weight-normalized last layer of
+// dino.out_dim prototypes). Each step makes 2 global and dino.local_crops local views of every
+// image; the teacher sees the global ones, the student all; the loss is the cross-entropy
+// between the teacher's centred, sharpened softmax of each global view and the student's
+// log-softmax of every other view. Only the student gets gradients (the Reducer averages them
+// across ranks); after the step the teacher moves to an exponential moving average of the
+// student (momentum cosine from dino.momentum to 1 over the run) and the center to a moving
+// average (dino.center_momentum) of the teacher's outputs, averaged over ranks, so teacher and
+// center stay identical everywhere.
+//
+// Evaluation: weighted k-NN (k dino.knn_k, temperature dino.knn_temp) on the teacher backbone's
+// L2-normalized features, voting with a bank of labelled training images; with
+// dino.knn_features "pixels", on raw pixels (the baseline). Collapse monitors come with it:
+// the teacher's output entropy and the mean per-dimension std of the normalized features.
+// Checkpoints hold student, teacher, center and the optimizer ("model/student/...",
+// "model/teacher/...", "model/center", "optim/...").
+
+#include <ATen/core/Tensor.h>
+
+#include <memory>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "algorithms/modes/learning_mode.h"
+#include "algorithms/modes/supervised.h"
+
+namespace allround::modes {
+
+// The DINO loss: `student` holds V views' outputs stacked [V*B, K], `teacher` the 2 global views'
+// [2*B, K] (no gradient flows to it). Mean over the (teacher view i, student view v != i) pairs
+// of the batch mean of sum_k -softmax((t_i - center) / teacher_temp)_k log_softmax(s_v /
+// student_temp)_k.
+at::Tensor DinoLoss(const at::Tensor& student, const at::Tensor& teacher, const at::Tensor& center, int64_t views,
+                    double student_temp, double teacher_temp);
+
+// teacher = m teacher + (1 - m) student, tensor by tensor, in place.
+void EmaUpdate(const std::vector<at::Tensor>& teacher, const std::vector<at::Tensor>& student, double m);
+
+// The teacher momentum at `progress` in [0, 1]: 1 - (1 - m0) (cos(pi progress) + 1) / 2.
+double TeacherMomentum(double m0, double progress);
+
+// center = m center + (1 - m) batch_mean, in place.
+void UpdateCenter(at::Tensor& center, const at::Tensor& batch_mean, double m);
+
+// Weighted k-NN (Wu et al. 2018, as DINO evaluates): each query's k most similar bank rows vote
+// for their labels with weight exp(similarity / temp); features must be L2-normalized.
+// Returns the predicted labels.
+at::Tensor WeightedKnn(const at::Tensor& bank, const at::Tensor& bank_labels, const at::Tensor& queries, int64_t k,
+                       double temp, int64_t classes);
+
+// bank_inputs / bank_labels: the labelled images the k-NN evaluation votes with.
+absl::StatusOr<std::unique_ptr<LearningMode>> MakeDinoMode(const Job& job, const InputInfo& input, at::Device device,
+                                                           const at::Tensor& bank_inputs,
+                                                           const at::Tensor& bank_labels);
+
+}  // namespace allround::modes
+
+#endif  // ALLROUND_ALGORITHMS_MODES_DINO_H_
