@@ -105,17 +105,8 @@ class DinoMode final : public LearningMode {
     const double tt = TeacherTemp(batch.progress);
     torch::Tensor loss = DinoLoss(student_out, teacher_out, center_, static_cast<int64_t>(views.size()),
                                   spec_.student_temp, tt);
-    const double value = loss.item<double>();
-    if (!std::isfinite(value)) {
-      return absl::FailedPreconditionError(absl::StrCat("loss is ", value, ": step skipped (learning rate too high?)"));
-    }
-    if (sync != nullptr) sync->BeforeBackward();
-    loss.backward();
-    if (sync != nullptr) {
-      if (auto s = sync->AfterBackward(); !s.ok()) return s;
-    }
-    optim::SetLearningRate(*optimizer_, lr);
-    optimizer_->step();
+    auto value = optim::BackwardAndStep(loss, sync, *optimizer_, lr);
+    if (!value.ok()) return value.status();
     // The teacher follows the student; the center follows the teacher (the group's mean).
     torch::NoGradGuard no_grad;
     EmaUpdate(teacher_->parameters(), student_->parameters(), TeacherMomentum(spec_.momentum, batch.progress));
@@ -126,7 +117,7 @@ class DinoMode final : public LearningMode {
       if (auto s = sync->AverageAcrossGroup(batch_center); !s.ok()) return s;
     }
     UpdateCenter(center_, batch_center, spec_.center_momentum);
-    return StepResult{value, b};
+    return StepResult{*value, b};
   }
 
   absl::StatusOr<EvalSums> Evaluate(const at::Tensor& inputs, const at::Tensor& targets, int64_t batch_size) override {

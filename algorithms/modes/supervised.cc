@@ -53,18 +53,9 @@ class ClassifierMode final : public LearningMode {
       for (size_t i = 0; i < params.size(); ++i) prox = prox + (params[i] - reference_[i]).pow(2).sum();
       loss = loss + 0.5 * mu_ * prox;
     }
-    const double value = loss.item<double>();
-    if (!std::isfinite(value)) {
-      return absl::FailedPreconditionError(absl::StrCat("loss is ", value, ": step skipped (learning rate too high?)"));
-    }
-    if (sync != nullptr) sync->BeforeBackward();
-    loss.backward();
-    if (sync != nullptr) {
-      if (auto s = sync->AfterBackward(); !s.ok()) return s;
-    }
-    optim::SetLearningRate(*optimizer_, lr);
-    optimizer_->step();
-    return StepResult{value, batch.inputs.size(0) + (batch.unlabeled.defined() ? batch.unlabeled.size(0) : 0)};
+    auto value = optim::BackwardAndStep(loss, sync, *optimizer_, lr);
+    if (!value.ok()) return value.status();
+    return StepResult{*value, batch.inputs.size(0) + (batch.unlabeled.defined() ? batch.unlabeled.size(0) : 0)};
   }
 
   absl::StatusOr<EvalSums> Evaluate(const at::Tensor& inputs, const at::Tensor& targets,

@@ -2,6 +2,7 @@
 
 #include <torch/optim.h>
 
+#include <cmath>
 #include <sstream>
 #include <type_traits>
 
@@ -50,6 +51,22 @@ absl::StatusOr<std::unique_ptr<torch::optim::Optimizer>> MakeOptimizer(const Opt
 
 void SetLearningRate(torch::optim::Optimizer& optimizer, double lr) {
   for (auto& group : optimizer.param_groups()) group.options().set_lr(lr);
+}
+
+absl::StatusOr<double> BackwardAndStep(const at::Tensor& loss, comm::GradientSync* sync,
+                                       torch::optim::Optimizer& optimizer, double lr) {
+  const double value = loss.item<double>();
+  if (!std::isfinite(value)) {
+    return absl::FailedPreconditionError(absl::StrCat("loss is ", value, ": step skipped (learning rate too high?)"));
+  }
+  if (sync != nullptr) sync->BeforeBackward();
+  loss.backward();
+  if (sync != nullptr) {
+    if (auto s = sync->AfterBackward(); !s.ok()) return s;
+  }
+  SetLearningRate(optimizer, lr);
+  optimizer.step();
+  return value;
 }
 
 NamedTensors OptimizerState(torch::optim::Optimizer& optimizer, const NamedTensors& named_params) {

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "comm/gradient_sync.h"
 #include "common/job.h"
 
 namespace torch::optim {
@@ -26,6 +27,12 @@ absl::StatusOr<std::unique_ptr<torch::optim::Optimizer>> MakeOptimizer(const Opt
 
 // Sets the learning rate of every parameter group.
 void SetLearningRate(torch::optim::Optimizer& optimizer, double lr);
+
+// One optimization step from `loss`: refuses (changing nothing) a non-finite loss, then backward
+// between sync's BeforeBackward and AfterBackward (the group's gradient average; sync may be
+// null), then the optimizer's step at `lr`. Returns the loss.
+absl::StatusOr<double> BackwardAndStep(const at::Tensor& loss, comm::GradientSync* sync,
+                                       torch::optim::Optimizer& optimizer, double lr);
 
 using NamedTensors = std::vector<std::pair<std::string, at::Tensor>>;
 
