@@ -177,6 +177,7 @@ const std::vector<Key>& Keys() {
                       1, 65536),
       IntKey<int64_t>("dino.out_dim", "head output (prototypes)", [](Job& j) -> auto& { return j.dino.out_dim; }, 2,
                       1 << 20),
+      BoolKey("dino.head_bn", "batch norm in the head's hidden layers", [](Job& j) -> auto& { return j.dino.head_bn; }),
       IntKey<int64_t>("dino.local_crops", "local views per image", [](Job& j) -> auto& { return j.dino.local_crops; },
                       0, 64),
       IntKey<int64_t>("dino.local_size", "local views' side in pixels",

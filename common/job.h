@@ -120,6 +120,7 @@ struct DinoSpec {
   int64_t hidden_dim = 256;
   int64_t bottleneck_dim = 64;
   int64_t out_dim = 1024;
+  bool head_bn = true;               // batch norm in the head's hidden layers (DINO's use_bn, for CNNs)
   int64_t local_crops = 4;
   int64_t local_size = 28;           // local crops are resized to this (CNN backbones need 28)
   double student_temp = 0.1;

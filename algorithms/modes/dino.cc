@@ -23,21 +23,30 @@ constexpr double kMean = 0.2860, kStd = 0.3530;  // Fashion-MNIST: the views wor
 // norm_last_layer).
 class DinoHead : public torch::nn::Module {
  public:
-  DinoHead(int64_t in, int64_t hidden, int64_t bottleneck, int64_t out)
+  DinoHead(int64_t in, int64_t hidden, int64_t bottleneck, int64_t out, bool bn)
       : l1_(register_module("l1", torch::nn::Linear(in, hidden))),
         l2_(register_module("l2", torch::nn::Linear(hidden, hidden))),
         l3_(register_module("l3", torch::nn::Linear(hidden, bottleneck))),
-        last_(register_parameter("last_v", torch::randn({out, bottleneck}) * 0.02)) {}
+        last_(register_parameter("last_v", torch::randn({out, bottleneck}) * 0.02)) {
+    if (bn) {
+      bn1_ = register_module("bn1", torch::nn::BatchNorm1d(hidden));
+      bn2_ = register_module("bn2", torch::nn::BatchNorm1d(hidden));
+    }
+  }
 
   torch::Tensor forward(torch::Tensor x) {
-    x = torch::gelu(l1_->forward(x));
-    x = torch::gelu(l2_->forward(x));
+    x = l1_->forward(x);
+    if (bn1_) x = bn1_->forward(x);
+    x = l2_->forward(torch::gelu(x));
+    if (bn2_) x = bn2_->forward(x);
+    x = torch::gelu(x);
     x = torch::nn::functional::normalize(l3_->forward(x), torch::nn::functional::NormalizeFuncOptions().dim(1));
     return x.matmul((last_ / last_.norm(2, 1, /*keepdim=*/true)).t());
   }
 
  private:
   torch::nn::Linear l1_, l2_, l3_;
+  torch::nn::BatchNorm1d bn1_{nullptr}, bn2_{nullptr};
   torch::Tensor last_;
 };
 
@@ -47,7 +56,7 @@ class DinoNet : public torch::nn::Module {
   DinoNet(std::shared_ptr<models::Network> backbone, const DinoSpec& s)
       : backbone_(register_module("backbone", std::move(backbone))),
         head_(register_module("head", std::make_shared<DinoHead>(s.embed_dim, s.hidden_dim, s.bottleneck_dim,
-                                                                 s.out_dim))) {}
+                                                                 s.out_dim, s.head_bn))) {}
   torch::Tensor features(const torch::Tensor& x) { return backbone_->forward(x); }
   torch::Tensor forward(const torch::Tensor& x) { return head_->forward(features(x)); }
 

@@ -3,7 +3,7 @@
 
 // DINO (Caron et al. 2021): self-distillation without labels. A student and a teacher of the same
 // architecture (a backbone from algorithms/models emitting dino.embed_dim features, then a
-// 3-layer MLP head with GELU, an L2-normalized bottleneck and a weight-normalized last layer of
+// 3-layer MLP head with GELU (and batch norm, dino.head_bn), an L2-normalized bottleneck and a weight-normalized last layer of
 // dino.out_dim prototypes). Each step makes 2 global and dino.local_crops local views of every
 // image; the teacher sees the global ones, the student all; the loss is the cross-entropy
 // between the teacher's centred, sharpened softmax of each global view and the student's
