@@ -140,3 +140,25 @@ TEST(Strategy, RefusesBadUpdatesNamingSiteAndTensor) {
 
 }  // namespace
 }  // namespace allround::aggregation
+
+namespace allround::aggregation {
+namespace {
+
+TEST(AllFinite, FindsNaNAndBothInfinitiesInFloatAndDoubleAnywhere) {
+  for (auto dtype : {torch::kFloat, torch::kDouble}) {
+    EXPECT_TRUE(AllFinite(torch::randn({1000}, dtype)));
+    EXPECT_TRUE(AllFinite(torch::tensor({double{std::numeric_limits<float>::max()}, 0.0, -0.0}).to(dtype)));
+    for (double bad : {std::nan(""), std::numeric_limits<double>::infinity(), -std::numeric_limits<double>::infinity()}) {
+      for (int64_t at : {0, 517, 999}) {
+        at::Tensor t = torch::randn({1000}, dtype);
+        t[at] = bad;
+        EXPECT_FALSE(AllFinite(t)) << bad << " at " << at;
+        EXPECT_FALSE(AllFinite(t.view({10, 100}).t())) << "non-contiguous";
+      }
+    }
+  }
+  EXPECT_TRUE(AllFinite(torch::tensor({1, 2}, torch::kLong)));
+}
+
+}  // namespace
+}  // namespace allround::aggregation
