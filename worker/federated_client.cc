@@ -133,11 +133,14 @@ class Site {
         if (auto s = TellGroup(kGroupWait, task); !s.ok()) return s;
         continue;  // the coordinator held the poll already
       }
+      coordinator_said_no_ = false;
       if (auto s = TrainRound(task); !s.ok()) {
-        // Unreachable mid-round (the coordinator restarts): back to polling, which retries.
+        // The coordinator refused or was unreachable mid-round (it restarts): back to polling,
+        // which retries. A failure here (a model that does not load, a diverging loss) ends the
+        // site with its error; the coordinator's deadline takes care of the round.
         const bool transient = s.code() == absl::StatusCode::kUnavailable ||
                                s.code() == absl::StatusCode::kDeadlineExceeded;
-        if (!Refused(s) && !transient) return s;
+        if (!coordinator_said_no_ || (!Refused(s) && !transient)) return s;
         std::fprintf(stderr, "site %s: round %lld: %s\n", name_.c_str(), static_cast<long long>(task.round()),
                      std::string(s.message()).c_str());
       }
@@ -225,7 +228,10 @@ class Site {
     while (reader->Read(&chunk)) {
       if (bad.ok()) bad = assembler.Add(chunk);
     }
-    if (auto s = FromGrpc(reader->Finish(), "fetching the model"); !s.ok()) return s;
+    if (auto s = FromGrpc(reader->Finish(), "fetching the model"); !s.ok()) {
+      coordinator_said_no_ = true;
+      return s;
+    }
     if (!bad.ok()) return bad;
     return assembler.Finish();
   }
@@ -334,7 +340,10 @@ class Site {
       if (!writer->Write(msg)) break;
     }
     writer->WritesDone();
-    if (auto s = FromGrpc(writer->Finish(), "submitting the update"); !s.ok()) return s;
+    if (auto s = FromGrpc(writer->Finish(), "submitting the update"); !s.ok()) {
+      coordinator_said_no_ = true;
+      return s;
+    }
     std::fprintf(stderr, "site %s: round %lld update accepted (%lld examples)\n", name_.c_str(),
                  static_cast<long long>(task.round()), static_cast<long long>(examples));
     return absl::OkStatus();
@@ -347,6 +356,7 @@ class Site {
   std::unique_ptr<v1::Coordinator::Stub> stub_;
   std::atomic<int64_t> site_id_{0};
   std::atomic<bool> joined_{false};
+  bool coordinator_said_no_ = false;  // the last round's failure came from the coordinator
 };
 
 // Ranks 1.. of a group that is one site: follow rank 0's control messages, receive the global
