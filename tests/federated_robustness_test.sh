@@ -191,22 +191,8 @@ PY
   wait_done $many 30; rc=$?
   check "the hosting process exited cleanly after STOP" '[[ $rc -eq 0 ]]'
   check "federated evaluation was reported" 'grep -q "federated_accuracy" "$TMP/coord.out"'
-  check "each global model is the example-weighted mean of the 10 updates" '"$PY" - "$TMP" <<"PY"
-import glob, sys
-from safetensors import safe_open
-from safetensors.torch import load_file
-t = sys.argv[1]
-for r in range(2):
-    files = sorted(glob.glob(f"{t}/updates/round-{r}-site-*.safetensors"))
-    assert len(files) == 10, files
-    counts = [int(safe_open(f, "pt").metadata()["examples"]) for f in files]
-    updates = [load_file(f) for f in files]
-    model = load_file(f"{t}/models/version-{r + 1}.safetensors")
-    worst = max((g.double() - sum(u[k].double() * n / sum(counts) for u, n in zip(updates, counts))).abs().max().item()
-                for k, g in model.items() if g.is_floating_point())
-    print(f"round {r}: {len(files)} sites, max |global - weighted mean| = {worst:.2e}")
-    assert worst < 1e-6
-PY'
+  check "each global model is the example-weighted mean of the 10 updates" \
+    '"$PY" "$(dirname "$0")/weighted_mean_check.py" "$TMP" 2 10'
   ;;
 
 mpi_site)
