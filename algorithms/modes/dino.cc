@@ -180,20 +180,7 @@ class DinoMode final : public LearningMode {
 
   absl::Status LoadState(const NamedTensors& state) override {
     std::map<std::string, at::Tensor> by_name(state.begin(), state.end());
-    std::vector<std::pair<at::Tensor, at::Tensor>> copies;
-    for (const auto& [name, t] : ModelTensors()) {
-      auto it = by_name.find(name);
-      if (it == by_name.end()) return absl::NotFoundError(absl::StrCat("state has no tensor '", name, "'"));
-      if (it->second.sizes() != t.sizes()) {
-        return absl::InvalidArgumentError(absl::StrCat("tensor '", name, "' has shape ", c10::str(it->second.sizes()),
-                                                       ", the model needs ", c10::str(t.sizes())));
-      }
-      copies.emplace_back(t, it->second);
-    }
-    {
-      torch::NoGradGuard no_grad;
-      for (auto& [dst, src] : copies) dst.copy_(src);
-    }
+    if (auto s = CopyCheckedInto(ModelTensors(), by_name); !s.ok()) return s;
     return optim::LoadOptimizerState(*optimizer_, StudentParameters(), by_name);
   }
 

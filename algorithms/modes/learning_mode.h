@@ -91,6 +91,12 @@ inline LearningMode::NamedTensors ModelTensors(const LearningMode::NamedTensors&
   return out;
 }
 
+// LoadState's model half: copies by_name's tensor of each target's name into the target, after
+// checking that every one is there with the target's shape (an error names the first that is not,
+// and then nothing has changed).
+absl::Status CopyCheckedInto(const LearningMode::NamedTensors& targets,
+                             const std::map<std::string, at::Tensor>& by_name);
+
 }  // namespace allround::modes
 
 #endif  // ALLROUND_ALGORITHMS_MODES_LEARNING_MODE_H_

@@ -115,31 +115,10 @@ class ClassifierMode final : public LearningMode {
 
   absl::Status LoadState(const NamedTensors& state) override {
     std::map<std::string, at::Tensor> by_name(state.begin(), state.end());
-    auto find = [&](const std::string& name, const at::Tensor& like) -> absl::StatusOr<at::Tensor> {
-      auto it = by_name.find(name);
-      if (it == by_name.end()) return absl::NotFoundError(absl::StrCat("state has no tensor '", name, "'"));
-      if (like.defined() && it->second.sizes() != like.sizes()) {
-        return absl::InvalidArgumentError(absl::StrCat("tensor '", name, "' has shape ", c10::str(it->second.sizes()),
-                                                       ", the model needs ", c10::str(like.sizes())));
-      }
-      return it->second;
-    };
-    // Check everything the model needs before changing anything.
-    std::vector<std::pair<at::Tensor, at::Tensor>> copies;
-    for (const auto& p : model_->named_parameters()) {
-      auto t = find("model/" + p.key(), p.value());
-      if (!t.ok()) return t.status();
-      copies.emplace_back(p.value(), *t);
-    }
-    for (const auto& b : model_->named_buffers()) {
-      auto t = find("model/" + b.key(), b.value());
-      if (!t.ok()) return t.status();
-      copies.emplace_back(b.value(), *t);
-    }
-    {
-      torch::NoGradGuard no_grad;
-      for (auto& [dst, src] : copies) dst.copy_(src);
-    }
+    NamedTensors targets;
+    for (const auto& p : model_->named_parameters()) targets.emplace_back("model/" + p.key(), p.value());
+    for (const auto& b : model_->named_buffers()) targets.emplace_back("model/" + b.key(), b.value());
+    if (auto s = CopyCheckedInto(targets, by_name); !s.ok()) return s;
     return optim::LoadOptimizerState(*optimizer_, NamedParameters(), by_name);
   }
 
