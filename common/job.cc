@@ -149,11 +149,19 @@ const std::vector<Key>& Keys() {
       StringKey("loss", "loss function", [](Job& j) -> auto& { return j.loss; },
                 {"cross_entropy", "l1", "mse", "hinge"}),
       StringKey("model.name", "model architecture", [](Job& j) -> auto& { return j.model.name; },
-                {"mlp", "simple_cnn", "fedavg_cnn", "resnet"}),
+                {"mlp", "simple_cnn", "fedavg_cnn", "resnet", "vit"}),
       IntListKey("model.hidden", "mlp hidden layer widths, e.g. 200,200",
                  [](Job& j) -> auto& { return j.model.hidden; }),
       IntKey<int64_t>("model.width", "resnet: channels of the first stage",
                       [](Job& j) -> auto& { return j.model.width; }, 1, 1024),
+      IntKey<int64_t>("model.patch", "vit: side of the square patches", [](Job& j) -> auto& { return j.model.patch; },
+                      1, 1024),
+      IntKey<int64_t>("model.dim", "vit: token width", [](Job& j) -> auto& { return j.model.dim; }, 1, 65536),
+      IntKey<int64_t>("model.depth", "vit: transformer blocks", [](Job& j) -> auto& { return j.model.depth; }, 1,
+                      256),
+      IntKey<int64_t>("model.heads", "vit: attention heads", [](Job& j) -> auto& { return j.model.heads; }, 1, 1024),
+      IntKey<int64_t>("model.mlp_dim", "vit: hidden width of each block's MLP",
+                      [](Job& j) -> auto& { return j.model.mlp_dim; }, 1, 1 << 20),
       StringKey("model.init", "initial weights from a safetensors file (fine-tuning)",
                 [](Job& j) -> auto& { return j.model.init; }),
       StringKey("data.name", "dataset", [](Job& j) -> auto& { return j.data.name; }, {"fashion_mnist"}),
@@ -202,6 +210,10 @@ const std::vector<Key>& Keys() {
                       [](Job& j) -> auto& { return j.dino.knn_bank; }, 1, kBig),
       StringKey("dino.knn_features", "k-NN evaluation features", [](Job& j) -> auto& { return j.dino.knn_features; },
                 {"backbone", "pixels"}),
+      IntKey<int64_t>("dino.probe_steps", "linear probe: full-batch Adam steps on the k-NN bank (0: no probe)",
+                      [](Job& j) -> auto& { return j.dino.probe_steps; }, 0, 1000000),
+      DoubleKey("dino.probe_lr", "linear probe: Adam learning rate", [](Job& j) -> auto& { return j.dino.probe_lr; },
+                1e-6, 10),
       IntKey<int64_t>("semi.mu", "unlabelled images per labelled one in a step",
                       [](Job& j) -> auto& { return j.semi.mu; }, 1, 1024),
       DoubleKey("semi.tau", "confidence a pseudo-label needs", [](Job& j) -> auto& { return j.semi.tau; }, 0.0, 1.0),
@@ -389,6 +401,10 @@ absl::Status SetJobKey(Job& job, const std::string& key, const std::string& valu
 absl::Status ValidateJob(const Job& job) {
   if (job.model.name == "mlp" && job.model.hidden.empty()) {
     return absl::InvalidArgumentError("job key 'model.hidden': an mlp needs at least one layer");
+  }
+  if (job.model.name == "vit" && job.model.dim % job.model.heads != 0) {
+    return absl::InvalidArgumentError(absl::StrCat("job key 'model.dim': ", job.model.dim,
+                                                   " is not a multiple of model.heads (", job.model.heads, ")"));
   }
   if (job.data.dir.empty()) return absl::InvalidArgumentError("job key 'data.dir': empty");
   if (job.optimizer.lr <= 0) return absl::InvalidArgumentError("job key 'optimizer.lr': must be > 0");

@@ -18,9 +18,14 @@
 namespace allround {
 
 struct ModelSpec {
-  std::string name = "simple_cnn";   // mlp | simple_cnn | fedavg_cnn | resnet
+  std::string name = "simple_cnn";   // mlp | simple_cnn | fedavg_cnn | resnet | vit
   std::vector<int64_t> hidden = {200, 200};  // mlp only
   int64_t width = 16;                // resnet only: channels of the first stage
+  int64_t patch = 7;                 // vit: side of the square patches (must divide the image)
+  int64_t dim = 64;                  // vit: token width
+  int64_t depth = 4;                 // vit: transformer blocks
+  int64_t heads = 4;                 // vit: attention heads (dim a multiple of them)
+  int64_t mlp_dim = 128;             // vit: hidden width of each block's MLP
   std::string init;                  // initial weights: a safetensors file (e.g. from PyTorch)
 };
 
@@ -133,6 +138,8 @@ struct DinoSpec {
   double knn_temp = 0.07;
   int64_t knn_bank = 10000;           // labelled training images the k-NN evaluation votes with
   std::string knn_features = "backbone";  // backbone (the teacher's) | pixels (the baseline)
+  int64_t probe_steps = 300;          // linear probe on the same features and bank: full-batch Adam steps (0: off)
+  double probe_lr = 0.05;
 };
 
 struct PartitionSpec {

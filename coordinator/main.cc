@@ -79,7 +79,9 @@ absl::Status Serve(const Job& job, const Flags& flags) {
   // The held-out set for centralized evaluation, and the initial global model.
   auto data = worker::LoadTrainingData(job);
   if (!data.ok()) return data.status();
-  auto mode = modes::MakeLearningMode(job, data->info);
+  // A mode that evaluates by neighbours (DINO) votes with labelled images of the job's training set
+  // that the coordinator holds.
+  auto mode = modes::MakeLearningMode(job, data->info, at::Device(at::kCPU), data->train_inputs, data->train_targets);
   if (!mode.ok()) return mode.status();
   // A snapshot: the mode's own model is overwritten by every evaluation below.
   NamedTensors initial = modes::ModelTensors((*mode)->State());
@@ -180,6 +182,11 @@ absl::Status Serve(const Job& job, const Flags& flags) {
             {"sites", r.contributors}, {"examples", r.examples}, {"closed_by_deadline", r.closed_by_deadline},
             {"aggregate_s", r.aggregate_s},
             {"time", std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count()}};
+    std::string extra;
+    for (const auto& [key, correct] : sums->extra_correct) {
+      last[key] = static_cast<double>(correct) / static_cast<double>(std::max<int64_t>(1, sums->examples));
+      extra += absl::StrFormat(" %s %.4f", key, last[key].get<double>());
+    }
     // Federated evaluation: the sites' own test splits, on the model the round started from,
     // weighted by their example counts (the sites report sums).
     std::string federated;
@@ -192,9 +199,9 @@ absl::Status Serve(const Job& job, const Flags& flags) {
       federated = absl::StrFormat(" federated_accuracy(v%lld) %.4f", static_cast<long long>(version - 1),
                                   last["federated_accuracy"].get<double>());
     }
-    std::printf("round %lld/%lld: test_accuracy %.4f macro_f1 %.4f%s (%zu sites, %lld examples%s)\n",
+    std::printf("round %lld/%lld: test_accuracy %.4f macro_f1 %.4f%s%s (%zu sites, %lld examples%s)\n",
                 static_cast<long long>(version), static_cast<long long>(job.federated.rounds), report.accuracy,
-                report.macro_f1, federated.c_str(), r.contributors.size(), static_cast<long long>(r.examples),
+                report.macro_f1, extra.c_str(), federated.c_str(), r.contributors.size(), static_cast<long long>(r.examples),
                 r.closed_by_deadline ? ", closed at the deadline" : "");
     std::fflush(stdout);
     if (auto s = dir->AppendMetrics(last.dump()); !s.ok()) return s;

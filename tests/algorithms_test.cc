@@ -7,6 +7,7 @@
 #include "algorithms/metrics.h"
 #include "algorithms/models/kernels/relu_max_pool.h"
 #include "algorithms/models/network.h"
+#include "algorithms/models/transformer.h"
 #include "algorithms/modes/supervised.h"
 #include "algorithms/optim/schedule.h"
 
@@ -94,6 +95,52 @@ TEST(Models, ParameterCounts) {
   // ResNet width 16: stem 144+32; block1 2*2304+2*32; block2 4608+9216+2*64+512+64;
   // block3 18432+36864+2*128+2048+128; fc 640+10.
   EXPECT_EQ(Count("resnet"), 176 + 4672 + 14528 + 57728 + 650);
+  // ViT patch 7, dim 64, 4 blocks of 4 heads, MLP 128: embedding 49*64+64; [CLS] 64; positions
+  // 17*64; per block 2 layer norms 2*128, qkv 64*192+192, proj 64*64+64, MLP 64*128+128 and
+  // 128*64+64; final norm 128; fc 64*10+10.
+  EXPECT_EQ(Count("vit"), 3200 + 64 + 1088 + 4 * (256 + 12480 + 4160 + 8320 + 8256) + 128 + 650);
+}
+
+TEST(Models, VitPatchesAndErrors) {
+  ModelSpec spec;
+  spec.name = "vit";
+  spec.patch = 4;
+  auto m = models::MakeModel(spec, {});
+  ASSERT_TRUE(m.ok()) << m.status();
+  EXPECT_EQ((*m)->forward(torch::randn({2, 1, 28, 28})).sizes().vec(), (std::vector<int64_t>{2, 10}));
+  spec.patch = 5;
+  auto bad = models::MakeModel(spec, {});
+  ASSERT_FALSE(bad.ok());
+  EXPECT_NE(std::string(bad.status().message()).find("patch 5 does not divide 28x28"), std::string::npos);
+  spec.patch = 7;
+  spec.heads = 3;
+  EXPECT_FALSE(models::MakeModel(spec, {}).ok());
+}
+
+TEST(Transformer, AttentionAveragesAndIgnoresPadding) {
+  // Equal scores: each query gets the mean of the values it may see.
+  const at::Tensor q = torch::zeros({1, 1, 3, 2}, torch::kDouble), k = q;
+  const at::Tensor v = torch::tensor({1.0, 10.0, 2.0, 20.0, 6.0, 60.0}, torch::kDouble).view({1, 1, 3, 2});
+  const at::Tensor all = models::Attention(q, k, v, {});
+  EXPECT_NEAR(all[0][0][1][0].item<double>(), 3.0, 1e-12);
+  EXPECT_NEAR(all[0][0][1][1].item<double>(), 30.0, 1e-12);
+  const at::Tensor pad = torch::tensor({false, false, true}).view({1, 3});
+  const at::Tensor masked = models::Attention(q, k, v, pad);
+  EXPECT_NEAR(masked[0][0][2][0].item<double>(), 1.5, 1e-12);
+  EXPECT_NEAR(masked[0][0][2][1].item<double>(), 15.0, 1e-12);
+  // Through a whole encoder: what sits at padded positions changes nothing at the others.
+  torch::manual_seed(3);
+  models::TransformerEncoder encoder(8, 2, 2, 16);
+  at::Tensor x = torch::randn({2, 5, 8});
+  const at::Tensor padding = torch::tensor({false, false, false, true, true, false, false, false, false, false})
+                                 .view({2, 5});
+  const at::Tensor before = encoder.forward(x, padding);
+  at::Tensor changed = x.clone();
+  changed[0][3] = changed[0][3] * 100 + 7;
+  changed[0][4] = -changed[0][4];
+  const at::Tensor after = encoder.forward(changed, padding);
+  EXPECT_TRUE(torch::allclose(before[0].narrow(0, 0, 3), after[0].narrow(0, 0, 3), 1e-5, 1e-6));
+  EXPECT_TRUE(torch::allclose(before[1], after[1]));
 }
 
 TEST(Models, ForwardShapesAndUnknownName) {

@@ -2,6 +2,7 @@
 // view deterministic per seed.
 
 #include "algorithms/augment/image_ops.h"
+#include "algorithms/modes/dino.h"
 #include "algorithms/modes/semi_supervised.h"
 
 #include <gmock/gmock.h>
@@ -207,6 +208,61 @@ TEST(Dino, WeightedKnnVotesByTemperedSimilarity) {
   EXPECT_EQ(p[1].item<int64_t>(), 0);
   // A query on class 1's point with k = 1 is class 1.
   EXPECT_EQ(WeightedKnn(bank, labels, torch::tensor({{0.0f, 1.0f}}), 1, 0.07, 2)[0].item<int64_t>(), 1);
+}
+
+TEST(Dino, LinearProbeSeparatesWhatALineSeparatesAndIsDeterministic) {
+  // Three classes along one axis at -3, 0, 3 (k-NN's nearest neighbours would do as well); a second
+  // feature of pure noise on a scale 1000 times larger, and a constant one (std 0): the probe's
+  // standardization must keep both from drowning or breaking the fit.
+  torch::manual_seed(5);
+  const int64_t n = 300;
+  const at::Tensor y = torch::arange(n, torch::kLong).remainder(3);
+  const auto features = [&](const at::Tensor& labels) {
+    const int64_t m = labels.size(0);
+    return torch::stack({(labels.to(torch::kFloat) - 1) * 3 + 0.3 * torch::randn({m}), 1000 * torch::randn({m}),
+                         torch::full({m}, 7.0f)},
+                        1);
+  };
+  const at::Tensor x = features(y);
+  const LinearProbe a = FitLinearProbe(x, y, 3, 200, 0.05);
+  const LinearProbe b = FitLinearProbe(x, y, 3, 200, 0.05);
+  EXPECT_TRUE(torch::equal(a.weight, b.weight));
+  EXPECT_TRUE(torch::equal(a.bias, b.bias));
+  const at::Tensor yt = torch::tensor({0, 1, 2, 2, 1, 0}, torch::kLong);
+  EXPECT_TRUE(torch::equal(a.Predict(features(yt)), yt));
+  EXPECT_GE(a.Predict(x).eq(y).to(torch::kFloat).mean().item<float>(), 0.99f);
+}
+
+TEST(Dino, EvaluationNeedsABankAndReportsKnnAndLinearProbe) {
+  Job job;
+  job.mode = "dino";
+  job.model.name = "mlp";
+  job.model.hidden = {16};
+  job.dino.embed_dim = 8;
+  job.dino.hidden_dim = 16;
+  job.dino.bottleneck_dim = 8;
+  job.dino.out_dim = 16;
+  job.dino.knn_bank = 40;
+  job.dino.probe_steps = 20;
+  const InputInfo info{1, 28, 28, 10};
+  auto mode = MakeDinoMode(job, info, at::Device(at::kCPU), at::Tensor(), at::Tensor());
+  ASSERT_TRUE(mode.ok()) << mode.status();
+  torch::manual_seed(2);
+  const at::Tensor x = torch::rand({60, 1, 28, 28});
+  const at::Tensor y = torch::arange(60, torch::kLong).remainder(10);
+  auto none = (*mode)->Evaluate(x.narrow(0, 0, 10), y.narrow(0, 0, 10), 16);
+  ASSERT_FALSE(none.ok());
+  EXPECT_THAT(std::string(none.status().message()), testing::HasSubstr("needs a bank of labelled images"));
+  (*mode)->SetEvaluationBank(x, y);
+  // The bank's own first images as queries: k-NN finds each one itself among its neighbours.
+  auto sums = (*mode)->Evaluate(x.narrow(0, 0, 10), y.narrow(0, 0, 10), 16);
+  ASSERT_TRUE(sums.ok()) << sums.status();
+  EXPECT_EQ(sums->examples, 10);
+  EXPECT_EQ(sums->confusion.sum().item<int64_t>(), 10);
+  ASSERT_EQ(sums->extra_correct.count("linear_accuracy"), 1u);
+  EXPECT_GE(sums->extra_correct.at("linear_accuracy"), 0);
+  EXPECT_LE(sums->extra_correct.at("linear_accuracy"), 10);
+  EXPECT_EQ(sums->monitors.count("teacher_entropy"), 1u);
 }
 
 }  // namespace

@@ -210,7 +210,8 @@ class Site {
   absl::Status TellGroup(GroupKind kind, const v1::TaskReply& task) {
     if (sh_->group == nullptr) return absl::OkStatus();
     at::Tensor control = at::tensor({static_cast<double>(kind), static_cast<double>(task.round()),
-                                     static_cast<double>(task.local_epochs()), task.proximal_mu()},
+                                     static_cast<double>(task.local_epochs()), task.proximal_mu(),
+                                     static_cast<double>(task.model_version())},
                                     at::kDouble);
     return BroadcastControl(*sh_->group, control);
   }
@@ -264,6 +265,7 @@ class Site {
                            std::map<std::string, double>* metrics, storage::NamedTensors* update) {
     if (auto s = mode->LoadState(model); !s.ok()) return s;
     if (data_.test_y.defined() && data_.test_y.size(0) > 0) {
+      mode->SetEvaluationBank(data_.train_x, data_.train_y);  // the site's own labelled share (DINO's k-NN)
       auto sums = mode->Evaluate(data_.test_x, data_.test_y, sh_->job.train.eval_batch_size);
       if (!sums.ok()) return sums.status();
       (*metrics)["eval_examples"] = static_cast<double>(sums->examples);
@@ -274,7 +276,8 @@ class Site {
       if (auto s = TellGroup(kGroupTrain, task); !s.ok()) return s;
       if (auto s = comm::BroadcastFromRoot(*sh_->group, mode->ModelState()); !s.ok()) return s;
     }
-    if (auto s = TrainLocally(sh_, index_, data_, task.round(), task.local_epochs(), task.proximal_mu(), mode);
+    if (auto s = TrainLocally(sh_, index_, data_, task.round(), task.model_version(), task.local_epochs(),
+                              task.proximal_mu(), mode);
         !s.ok()) {
       return s;
     }
@@ -283,9 +286,11 @@ class Site {
   }
 
  public:
-  // The round's local training, the same on every rank of a group.
-  static absl::Status TrainLocally(Shared* sh, int64_t index, const SiteData& data, int64_t round, int64_t epochs,
-                                   double mu, modes::LearningMode* mode) {
+  // The round's local training, the same on every rank of a group. `version`: the global model's
+  // (the rounds done), so schedules that follow the run's progress (DINO's teacher) see the whole
+  // federated run rather than restart every round.
+  static absl::Status TrainLocally(Shared* sh, int64_t index, const SiteData& data, int64_t round, int64_t version,
+                                   int64_t epochs, double mu, modes::LearningMode* mode) {
     // FedProx: stay near the round's global model (what the mode holds now).
     storage::NamedTensors reference;
     if (mu > 0) {
@@ -312,6 +317,8 @@ class Site {
       comm = local_comm.get();
     }
     Trainer trainer(local, td, mode, comm, sh->reducer.get());
+    const double rounds = static_cast<double>(std::max<int64_t>(1, sh->job.federated.rounds));
+    trainer.SetProgressSpan(std::min(1.0, version / rounds), std::min(1.0, (version + 1) / rounds));
     for (int64_t e = 0; e < epochs; ++e) {
       auto r = trainer.Execute({e, e, 0});
       if (!r.ok()) return r.status();
@@ -364,13 +371,14 @@ class Site {
 absl::Status FollowGroup(Shared* sh, int64_t index, const SiteData& data) {
   modes::LearningMode* mode = sh->slots->Acquire();
   for (;;) {
-    at::Tensor control = at::zeros({4}, at::kDouble);
+    at::Tensor control = at::zeros({5}, at::kDouble);
     if (auto s = BroadcastControl(*sh->group, control); !s.ok()) return s;
     const auto kind = static_cast<GroupKind>(control[0].item<double>());
     if (kind == kGroupStop) return absl::OkStatus();
     if (kind != kGroupTrain) continue;
     if (auto s = comm::BroadcastFromRoot(*sh->group, mode->ModelState()); !s.ok()) return s;
     if (auto s = Site::TrainLocally(sh, index, data, static_cast<int64_t>(control[1].item<double>()),
+                                    static_cast<int64_t>(control[4].item<double>()),
                                     static_cast<int64_t>(control[2].item<double>()), control[3].item<double>(), mode);
         !s.ok()) {
       return s;

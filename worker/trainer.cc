@@ -171,7 +171,8 @@ absl::StatusOr<coordinator::RoundResult> Trainer::Execute(const coordinator::Rou
                                  (static_cast<uint64_t>(comm_->rank()) << 32) | static_cast<uint64_t>(s)));
       batch.inputs = data::Augment(batch.inputs, job_.data.augment, augment_rng, 2, fill);
     }
-    batch.progress = total_steps_ > 0 ? static_cast<double>(position_.global_step) / static_cast<double>(total_steps_) : 0;
+    const double local = total_steps_ > 0 ? static_cast<double>(position_.global_step) / static_cast<double>(total_steps_) : 0;
+    batch.progress = progress_begin_ + (progress_end_ - progress_begin_) * local;
     if (batch.seed == 0) {
       batch.seed = DeriveSeed(job_.seed, "step", static_cast<uint64_t>(round.epoch), where);
     }
@@ -243,6 +244,12 @@ absl::StatusOr<coordinator::Metrics> Trainer::Evaluate() {
     at::Tensor v = at::tensor({value}, at::kDouble).to(comm_->device());
     if (auto s = comm_->AllReduce(v, comm::ReduceOp::kAverage)->Wait(comm_->timeout()); !s.ok()) return s;
     out.emplace_back(key, v.item<double>());
+  }
+  // Further evaluators' accuracies (DINO's linear probe): correct counts summed over ranks.
+  for (const auto& [key, correct] : sums->extra_correct) {
+    at::Tensor v = at::tensor({static_cast<double>(correct)}, at::kDouble).to(comm_->device());
+    if (auto s = comm_->AllReduce(v, comm::ReduceOp::kSum)->Wait(comm_->timeout()); !s.ok()) return s;
+    out.emplace_back(key, examples > 0 ? v.item<double>() / examples : 0.0);
   }
   return out;
 }

@@ -68,6 +68,12 @@ class Trainer final : public coordinator::RoundExecutor {
   // Continue from `p` (after loading the matching model and optimizer state).
   void Restore(const TrainingPosition& p) { position_ = p; }
   void set_step_hook(StepHook hook) { step_hook_ = std::move(hook); }
+  // The steps of this trainer are the part [begin, end] of a longer run (a federated round of the
+  // whole federated run): the progress a mode's schedules see goes from begin to end.
+  void SetProgressSpan(double begin, double end) {
+    progress_begin_ = begin;
+    progress_end_ = end;
+  }
   int64_t steps_per_epoch() const { return steps_per_epoch_; }
   int64_t global_step() const { return position_.global_step; }
   double current_lr() const { return schedule_.At(position_.global_step); }
@@ -87,6 +93,7 @@ class Trainer final : public coordinator::RoundExecutor {
   TrainingPosition position_;
   StepHook step_hook_;
   double last_progress_ = -1e9;
+  double progress_begin_ = 0.0, progress_end_ = 1.0;
   metrics::ClassificationReport last_report_;
 };
 

@@ -1,4 +1,5 @@
-// The model zoo: MLP, NIID-Bench's SimpleCNN, the CNN of the FedAvg paper, and a small ResNet.
+// The model zoo: MLP, NIID-Bench's SimpleCNN, the CNN of the FedAvg paper, a small ResNet and a
+// small vision transformer.
 
 #include <torch/torch.h>
 
@@ -6,6 +7,7 @@
 #include "absl/strings/str_join.h"
 #include "algorithms/models/kernels/relu_max_pool.h"
 #include "algorithms/models/network.h"
+#include "algorithms/models/transformer.h"
 
 namespace allround::models {
 namespace {
@@ -131,9 +133,39 @@ class ResNet final : public Network {
   nn::Linear fc_{nullptr};
 };
 
+// A small ViT (Dosovitskiy et al. 2021): the image cut into patch x patch squares, each linearly
+// embedded (a strided convolution), a learned [CLS] token and learned position embeddings, a
+// pre-norm transformer encoder, and a linear layer on the [CLS] token's output.
+class Vit final : public Network {
+ public:
+  Vit(const InputShape& in, const ModelSpec& s) : side_h_(in.height / s.patch), side_w_(in.width / s.patch) {
+    embed_ = register_module("embed",
+                             nn::Conv2d(nn::Conv2dOptions(in.channels, s.dim, s.patch).stride(s.patch)));
+    cls_ = register_parameter("cls", torch::randn({1, 1, s.dim}) * 0.02);
+    pos_ = register_parameter("pos", torch::randn({1, 1 + side_h_ * side_w_, s.dim}) * 0.02);
+    encoder_ = register_module("encoder", std::make_shared<TransformerEncoder>(s.dim, s.depth, s.heads, s.mlp_dim));
+    fc_ = register_module("fc", nn::Linear(s.dim, in.num_classes));
+  }
+  torch::Tensor forward(torch::Tensor x) override {
+    TORCH_CHECK(x.size(2) / embed_->options.kernel_size()->at(0) == side_h_ &&
+                    x.size(3) / embed_->options.kernel_size()->at(1) == side_w_,
+                "vit: images of ", x.size(2), "x", x.size(3), " do not match the model's patch grid");
+    torch::Tensor tokens = embed_->forward(x).flatten(2).transpose(1, 2);  // [B, N, D]
+    tokens = torch::cat({cls_.expand({x.size(0), 1, cls_.size(2)}), tokens}, 1) + pos_;
+    return fc_->forward(encoder_->forward(tokens).select(1, 0));
+  }
+
+ private:
+  int64_t side_h_, side_w_;
+  nn::Conv2d embed_{nullptr};
+  torch::Tensor cls_, pos_;
+  std::shared_ptr<TransformerEncoder> encoder_;
+  nn::Linear fc_{nullptr};
+};
+
 }  // namespace
 
-std::vector<std::string> ModelNames() { return {"mlp", "simple_cnn", "fedavg_cnn", "resnet"}; }
+std::vector<std::string> ModelNames() { return {"mlp", "simple_cnn", "fedavg_cnn", "resnet", "vit"}; }
 
 absl::StatusOr<std::shared_ptr<Network>> MakeModel(const ModelSpec& spec, const InputShape& input) {
   if (spec.name == "mlp") return std::shared_ptr<Network>(std::make_shared<Mlp>(input, spec.hidden));
@@ -145,6 +177,17 @@ absl::StatusOr<std::shared_ptr<Network>> MakeModel(const ModelSpec& spec, const 
   }
   if (spec.name == "fedavg_cnn") return std::shared_ptr<Network>(std::make_shared<FedAvgCnn>(input));
   if (spec.name == "resnet") return std::shared_ptr<Network>(std::make_shared<ResNet>(input, spec.width));
+  if (spec.name == "vit") {
+    if (spec.patch <= 0 || input.height % spec.patch != 0 || input.width % spec.patch != 0) {
+      return absl::InvalidArgumentError(absl::StrCat("vit: patch ", spec.patch, " does not divide ", input.height,
+                                                     "x", input.width, " images (28x28 takes 4, 7 or 14)"));
+    }
+    if (spec.dim % spec.heads != 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("vit: dim ", spec.dim, " is not a multiple of heads ", spec.heads));
+    }
+    return std::shared_ptr<Network>(std::make_shared<Vit>(input, spec));
+  }
   return absl::InvalidArgumentError(absl::StrCat("unknown model '", spec.name, "' (known: ",
                                                  absl::StrJoin(ModelNames(), ", "), ")"));
 }

@@ -72,15 +72,13 @@ torch::Tensor L2Normalize(const torch::Tensor& x) {
 class DinoMode final : public LearningMode {
  public:
   DinoMode(const Job& job, const InputInfo& input, std::shared_ptr<DinoNet> student, std::shared_ptr<DinoNet> teacher,
-           std::unique_ptr<torch::optim::Optimizer> opt, at::Tensor bank_x, at::Tensor bank_y)
+           std::unique_ptr<torch::optim::Optimizer> opt)
       : spec_(job.dino),
         input_(input),
         student_(std::move(student)),
         teacher_(std::move(teacher)),
         optimizer_(std::move(opt)),
-        center_(torch::zeros({job.dino.out_dim}, teacher_->parameters()[0].options())),
-        bank_x_(std::move(bank_x)),
-        bank_y_(std::move(bank_y)) {}
+        center_(torch::zeros({job.dino.out_dim}, teacher_->parameters()[0].options())) {}
 
   absl::StatusOr<StepResult> TrainStep(const Batch& batch, double lr, GradientSync* sync) override {
     if (batch.inputs.dim() != 4 || batch.inputs.size(1) != input_.channels || batch.inputs.size(2) != input_.height ||
@@ -143,10 +141,17 @@ class DinoMode final : public LearningMode {
     EvalSums sums;
     sums.confusion = torch::zeros({input_.num_classes, input_.num_classes}, targets.options().dtype(torch::kLong));
     if (inputs.size(0) == 0) return sums;
+    if (!bank_x_.defined() || bank_x_.size(0) == 0) {
+      return absl::FailedPreconditionError("dino: evaluation needs a bank of labelled images (none was given)");
+    }
     const at::Tensor bank = features(bank_x_.to(inputs.device()));
+    const at::Tensor bank_y = bank_y_.to(inputs.device());
     const at::Tensor queries = features(inputs);
-    const at::Tensor predicted =
-        WeightedKnn(bank, bank_y_.to(inputs.device()), queries, spec_.knn_k, spec_.knn_temp, input_.num_classes);
+    const at::Tensor predicted = WeightedKnn(bank, bank_y, queries, spec_.knn_k, spec_.knn_temp, input_.num_classes);
+    if (spec_.probe_steps > 0) {
+      const LinearProbe probe = FitLinearProbe(bank, bank_y, input_.num_classes, spec_.probe_steps, spec_.probe_lr);
+      sums.extra_correct["linear_accuracy"] = probe.Predict(queries).eq(targets).sum().item<int64_t>();
+    }
     metrics::AccumulateConfusion(sums.confusion, predicted, targets);
     sums.examples = inputs.size(0);
     // Collapse monitors on this shard: the teacher's centred output entropy, the features' spread.
@@ -187,6 +192,13 @@ class DinoMode final : public LearningMode {
   absl::Status SetProximalTerm(double mu, const NamedTensors&) override {
     if (mu > 0) return absl::UnimplementedError("dino: a proximal term (fedprox) is not supported");
     return absl::OkStatus();
+  }
+
+  void SetEvaluationBank(const at::Tensor& inputs, const at::Tensor& labels) override {
+    const int64_t n = std::min<int64_t>(spec_.knn_bank, inputs.size(0));
+    const at::Device device = center_.device();
+    bank_x_ = inputs.narrow(0, 0, n).to(device);
+    bank_y_ = labels.narrow(0, 0, n).to(device);
   }
 
  private:
@@ -261,12 +273,34 @@ at::Tensor WeightedKnn(const at::Tensor& bank, const at::Tensor& bank_labels, co
   return votes.argmax(1);
 }
 
+at::Tensor LinearProbe::Predict(const at::Tensor& x) const {
+  return ((x - mean) / std).matmul(weight).add(bias).argmax(1);
+}
+
+LinearProbe FitLinearProbe(const at::Tensor& x, const at::Tensor& labels, int64_t classes, int64_t steps, double lr) {
+  torch::AutoGradMode grad(true);
+  LinearProbe probe;
+  probe.mean = x.mean(0);
+  probe.std = x.std(0).clamp_min(1e-6);
+  const at::Tensor z = ((x - probe.mean) / probe.std).detach();
+  at::Tensor w = torch::zeros({x.size(1), classes}, x.options()).requires_grad_(true);
+  at::Tensor b = torch::zeros({classes}, x.options()).requires_grad_(true);
+  torch::optim::Adam adam({w, b}, torch::optim::AdamOptions(lr));
+  for (int64_t s = 0; s < steps; ++s) {
+    adam.zero_grad();
+    // A little L2 on the weights keeps separable banks from driving them to infinity.
+    const at::Tensor loss = torch::cross_entropy_loss(z.matmul(w) + b, labels) + 1e-4 * w.pow(2).sum();
+    loss.backward();
+    adam.step();
+  }
+  probe.weight = w.detach();
+  probe.bias = b.detach();
+  return probe;
+}
+
 absl::StatusOr<std::unique_ptr<LearningMode>> MakeDinoMode(const Job& job, const InputInfo& input, at::Device device,
                                                            const at::Tensor& bank_inputs,
                                                            const at::Tensor& bank_labels) {
-  if (!bank_inputs.defined() || bank_inputs.size(0) == 0) {
-    return absl::InvalidArgumentError("dino: the k-NN evaluation needs a bank of labelled images");
-  }
   const models::InputShape shape{input.channels, input.height, input.width, job.dino.embed_dim};
   torch::manual_seed(DeriveSeed(job.seed, "model-init"));
   auto backbone = models::MakeModel(job.model, shape);
@@ -286,10 +320,9 @@ absl::StatusOr<std::unique_ptr<LearningMode>> MakeDinoMode(const Job& job, const
   }
   auto opt = optim::MakeOptimizer(job.optimizer, student->parameters());
   if (!opt.ok()) return absl::InvalidArgumentError(absl::StrCat("job key 'optimizer.name': ", opt.status().message()));
-  const int64_t n = std::min<int64_t>(job.dino.knn_bank, bank_inputs.size(0));
-  return std::unique_ptr<LearningMode>(std::make_unique<DinoMode>(job, input, student, teacher, *std::move(opt),
-                                                                  bank_inputs.narrow(0, 0, n).to(device),
-                                                                  bank_labels.narrow(0, 0, n).to(device)));
+  auto mode = std::make_unique<DinoMode>(job, input, student, teacher, *std::move(opt));
+  if (bank_inputs.defined() && bank_inputs.size(0) > 0) mode->SetEvaluationBank(bank_inputs, bank_labels);
+  return std::unique_ptr<LearningMode>(std::move(mode));
 }
 
 }  // namespace allround::modes

@@ -15,8 +15,15 @@
 //
 // Evaluation: weighted k-NN (k dino.knn_k, temperature dino.knn_temp) on the teacher backbone's
 // L2-normalized features, voting with a bank of labelled training images; with
-// dino.knn_features "pixels", on raw pixels (the baseline). Collapse monitors come with it:
-// the teacher's output entropy and the mean per-dimension std of the normalized features.
+// dino.knn_features "pixels", on raw pixels (the baseline). Beside it a linear probe
+// (dino.probe_steps > 0): logistic regression fitted on the same bank's frozen features, reported
+// as "linear_accuracy". Collapse monitors come with it: the teacher's output entropy and the mean
+// per-dimension std of the normalized features.
+//
+// Federated (see README): a round averages everything under "model/" (student, teacher with its
+// batch-norm statistics, and the center); each site starts the round's optimizer afresh, and its
+// teacher momentum and temperature follow the whole run's progress. Sites evaluate with their own
+// training share as the bank; the coordinator with dino.knn_bank images of the job's training set.
 // Checkpoints hold student, teacher, center and the optimizer ("model/student/...",
 // "model/teacher/...", "model/center", "optim/...").
 
@@ -53,7 +60,16 @@ void UpdateCenter(at::Tensor& center, const at::Tensor& batch_mean, double m);
 at::Tensor WeightedKnn(const at::Tensor& bank, const at::Tensor& bank_labels, const at::Tensor& queries, int64_t k,
                        double temp, int64_t classes);
 
-// bank_inputs / bank_labels: the labelled images the k-NN evaluation votes with.
+// A linear probe: multinomial logistic regression on fixed features, standardized by the fitting
+// set's mean and std, fitted by full-batch Adam from zero weights (deterministic).
+struct LinearProbe {
+  at::Tensor mean, std, weight, bias;
+  at::Tensor Predict(const at::Tensor& x) const;  // labels [N]
+};
+LinearProbe FitLinearProbe(const at::Tensor& x, const at::Tensor& labels, int64_t classes, int64_t steps, double lr);
+
+// bank_inputs / bank_labels: the labelled images the k-NN evaluation votes with and the probe fits
+// on (at most dino.knn_bank of them); may be empty, then Evaluate needs SetEvaluationBank first.
 absl::StatusOr<std::unique_ptr<LearningMode>> MakeDinoMode(const Job& job, const InputInfo& input, at::Device device,
                                                            const at::Tensor& bank_inputs,
                                                            const at::Tensor& bank_labels);

@@ -45,6 +45,9 @@ struct EvalSums {
   // Mode-specific figures that are means over the shard (e.g. DINO's collapse monitors); ranks
   // average them.
   std::map<std::string, double> monitors;
+  // Correct predictions on the shard of a mode's further evaluators (DINO's linear probe), by the
+  // metric they report as: ranks sum them, and the metric is correct / examples.
+  std::map<std::string, int64_t> extra_correct;
 };
 
 using comm::GradientSync;
@@ -79,6 +82,11 @@ class LearningMode {
   // the model parameters, w_ref taken from `reference` ("model/<name>" tensors, e.g. the round's
   // global model). mu = 0 turns it off. Fails, changing nothing, if a parameter is missing.
   virtual absl::Status SetProximalTerm(double mu, const NamedTensors& reference) = 0;
+
+  // Labelled examples that an evaluation by neighbours or by a fitted probe (DINO's k-NN and
+  // linear probe) votes with or fits on, e.g. a federated site's own training share. Modes that
+  // evaluate by their own predictions ignore them.
+  virtual void SetEvaluationBank(const at::Tensor& inputs, const at::Tensor& labels) {}
 };
 
 // The "model/" tensors of a State(): what a federated site receives and returns. They share
