@@ -6,10 +6,13 @@
 #include <torch/torch.h>
 
 #include <cstdlib>
+#include <map>
 
 #include "algorithms/models/network.h"
+#include "algorithms/modes/dino.h"
 #include "comm/reducer.h"
 #include "comm/registry.h"
+#include "worker/trainer.h"
 
 namespace allround {
 namespace {
@@ -205,6 +208,62 @@ TEST(Collectives, AverageBroadcastAllGather) {
   ASSERT_TRUE(g_comm->AllGather(torch::tensor({r, 10 * r}, torch::kInt), out)->Wait(std::chrono::seconds(60)).ok());
   for (int k = 0; k < n; ++k) EXPECT_EQ(out[2 * k + 1].item<int>(), 10 * k);
   ASSERT_TRUE(g_comm->Barrier()->Wait(std::chrono::seconds(60)).ok());
+}
+
+// DINO under N ranks: each rank steps on its own images and views, the Reducer averages the
+// student's gradients, and the teacher (an EMA of the student) and the center (an EMA of the
+// group's mean teacher output) stay bit-identical on every rank.
+TEST(DinoRanks, TeacherAndCenterStayIdenticalAcrossRanks) {
+  const int n = g_comm->size(), r = g_comm->rank();
+  Job job;
+  job.mode = "dino";
+  job.model.name = "simple_cnn";
+  job.dino.out_dim = 64;
+  job.dino.local_crops = 2;
+  job.optimizer.name = "adamw";
+  auto made = modes::MakeDinoMode(job, modes::InputInfo{}, at::Device(at::kCPU), at::Tensor(), at::Tensor());
+  ASSERT_TRUE(made.ok()) << made.status();
+  modes::LearningMode& mode = **made;
+  ASSERT_TRUE(comm::BroadcastFromRoot(*g_comm, mode.ModelState()).ok());
+  const auto snapshot = [&] {
+    std::map<std::string, at::Tensor> out;
+    for (const auto& [name, t] : mode.State()) out[name] = t.clone();
+    return out;
+  };
+  const auto initial = snapshot();
+  comm::Reducer reducer(mode.TrainableParameters(), g_comm, {4096, 1024});
+  torch::manual_seed(100 + r);  // each rank its own images
+  double loss = 0;
+  for (int s = 0; s < 4; ++s) {
+    modes::Batch batch;
+    batch.inputs = torch::rand({8, 1, 28, 28});
+    batch.seed = 1000 * (r + 1) + s;  // and its own views
+    batch.progress = s / 4.0;
+    ASSERT_TRUE(worker::SyncBuffers(*g_comm, mode).ok());  // as the trainer does before each step
+    auto step = mode.TrainStep(batch, 1e-3, &reducer);
+    ASSERT_TRUE(step.ok()) << step.status();
+    loss = step->loss;
+  }
+  // The ranks' losses differ (their batches do) ...
+  at::Tensor losses = torch::empty({n}, torch::kDouble);
+  ASSERT_TRUE(g_comm->AllGather(torch::tensor({loss}, torch::kDouble), losses)->Wait(std::chrono::seconds(60)).ok());
+  if (n > 1) EXPECT_NE(losses[0].item<double>(), losses[1].item<double>());
+  // ... and still every tensor of the model is the same bits everywhere (batch-norm statistics
+  // once the trainer syncs them, before evaluating), and the teacher moved.
+  ASSERT_TRUE(worker::SyncBuffers(*g_comm, mode).ok());
+  const auto after = snapshot();
+  int compared = 0;
+  for (const auto& [name, t] : after) {
+    if (name.rfind("model/", 0) != 0 || !t.is_floating_point()) continue;
+    at::Tensor all = torch::empty({n * t.numel()}, t.options());
+    ASSERT_TRUE(g_comm->AllGather(t.contiguous().view(-1), all)->Wait(std::chrono::seconds(60)).ok());
+    const at::Tensor per_rank = all.view({n, -1});
+    for (int k = 1; k < n; ++k) EXPECT_TRUE(torch::equal(per_rank[k], per_rank[0])) << name << " differs on rank " << k;
+    ++compared;
+  }
+  EXPECT_GT(compared, 20);
+  EXPECT_FALSE(torch::equal(after.at("model/center"), initial.at("model/center")));
+  EXPECT_FALSE(torch::equal(after.at("model/teacher/backbone.conv1.weight"), initial.at("model/teacher/backbone.conv1.weight")));
 }
 
 }  // namespace

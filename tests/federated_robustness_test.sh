@@ -12,6 +12,8 @@
 #                 round aggregates all 10.
 #   mpi_site      an mpirun group of 2 ranks is one site beside two single-process sites.
 #   fixmatch      the semi-supervised mode at 3 sites (each with the labels that fall in its share).
+#   dino          DINO at 3 sites: each round averages student, teacher and center; sites evaluate
+#                 by k-NN on their own share, the coordinator by k-NN and linear probe.
 # Usage: federated_robustness_test.sh SCENARIO COORDINATOR WORKER MAKE_CERTS
 set -u
 SCENARIO="$1" COORD="$2" WORKER="$3" MAKE_CERTS="$4"
@@ -234,6 +236,37 @@ fixmatch)
     '[[ $rc -eq 0 ]] && [[ $(grep -c "(3 sites" "$TMP/coord.out") -eq 2 ]]'
   check "the global model learned from the few labels" \
     '"$PY" -c "import json,sys; sys.exit(0 if json.load(open(sys.argv[1]))[\"test_accuracy\"] > 0.2 else 1)" "$TMP/run/summary.json"'
+  ;;
+dino)
+  # DINO at 3 sites, 2 rounds of 1 local epoch: a round averages everything under model/ (student,
+  # teacher and its batch-norm statistics, center); the optimizer starts afresh at each site.
+  EXTRA=(--mode dino --model.name simple_cnn --dino.local_crops 2 --dino.out_dim 256 --dino.knn_bank 1000
+         --dino.probe_steps 100 --optimizer.name adamw --optimizer.lr 5e-4 --train.batch_size 32
+         --federated.rounds 2 --federated.local_epochs 1 --federated.site_eval_fraction 0.1
+         --partition.sites 3 --partition.scheme iid --federated.min_sites 3 --federated.min_available 3
+         --checkpoint.enabled false)
+  mkdir -p "$TMP/models" "$TMP/updates"
+  "$COORD" "${JOB[@]}" "${EXTRA[@]}" --listen $ADDR --no-auth --insecure --run_dir "$TMP/run" \
+    --dump-models "$TMP/models" > "$TMP/coord.out" 2> "$TMP/coord.err" &
+  coord=$!
+  for s in 0 1 2; do site "s$s" $s --insecure --dump-updates "$TMP/updates"; done
+  wait_done $coord 300; rc=$?
+  cat "$TMP/coord.out"; [[ $rc -eq 0 ]] || cat "$TMP/coord.err" "$TMP"/site-*.err
+  check "DINO sites trained and every round aggregated all 3" \
+    '[[ $rc -eq 0 ]] && [[ $(grep -c "(3 sites" "$TMP/coord.out") -eq 2 ]]'
+  check "the coordinator evaluated by k-NN and linear probe, the sites by k-NN on their shares" \
+    'grep -q "linear_accuracy 0\.[0-9]" "$TMP/coord.out" && grep -q "federated_accuracy(v1) 0\.[0-9]" "$TMP/coord.out"'
+  check "each global model (student, teacher, center) is the example-weighted mean of the 3 updates" \
+    '"$PY" "$(dirname "$0")/weighted_mean_check.py" "$TMP" 2 3'
+  check "the update carries the teacher and the center" \
+    '"$PY" -c "
+import sys
+from safetensors.torch import load_file
+m = load_file(sys.argv[1])
+assert \"model/center\" in m and m[\"model/center\"].abs().sum() > 0, sorted(m)[:5]
+assert any(k.startswith(\"model/teacher/backbone.\") for k in m)
+assert any(k.startswith(\"model/student/head.\") for k in m)
+" "$TMP/models/version-2.safetensors"'
   ;;
 *) echo "unknown scenario $SCENARIO"; exit 2 ;;
 esac

@@ -9,8 +9,9 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "common/random.h"
 #include "algorithms/modes/semi_supervised.h"
+#include "comm/reducer.h"
+#include "common/random.h"
 #include "worker/data/augment.h"
 #include "worker/data/fashion_mnist.h"
 #include "worker/data/sampler.h"
@@ -176,6 +177,7 @@ absl::StatusOr<coordinator::RoundResult> Trainer::Execute(const coordinator::Rou
     if (batch.seed == 0) {
       batch.seed = DeriveSeed(job_.seed, "step", static_cast<uint64_t>(round.epoch), where);
     }
+    if (auto st = SyncBuffers(*comm_, *mode_); !st.ok()) return st;
     auto step = mode_->TrainStep(batch, schedule_.At(position_.global_step), sync_);
     if (!step.ok()) {
       return absl::Status(step.status().code(), absl::StrCat("epoch ", round.epoch + 1, " step ", s + 1, ": ",
@@ -217,7 +219,15 @@ void Trainer::MaybePrintProgress(const coordinator::RoundAssignment& round, int6
   std::fflush(stderr);
 }
 
+absl::Status SyncBuffers(comm::Communicator& comm, modes::LearningMode& mode) {
+  if (comm.size() == 1) return absl::OkStatus();
+  const std::vector<at::Tensor> buffers = mode.Buffers();
+  if (buffers.empty()) return absl::OkStatus();
+  return comm::BroadcastFromRoot(comm, buffers);
+}
+
 absl::StatusOr<coordinator::Metrics> Trainer::Evaluate() {
+  if (auto s = SyncBuffers(*comm_, *mode_); !s.ok()) return s;
   // Contiguous shards of the test set; shard sizes differ by at most one and cover it exactly.
   const int64_t n = data_.test_targets.size(0);
   const int64_t w = comm_->size(), r = comm_->rank();

@@ -49,6 +49,10 @@ struct TrainingPosition {
   int64_t step_in_epoch = 0;  // steps of that epoch already taken
 };
 
+// Broadcasts the mode's buffers (BatchNorm statistics) from rank 0 of `comm`; nothing in a group of
+// one or for a mode without buffers.
+absl::Status SyncBuffers(comm::Communicator& comm, modes::LearningMode& mode);
+
 class Trainer final : public coordinator::RoundExecutor {
  public:
   // Called after every step with the position reached. An error stops the round and is returned

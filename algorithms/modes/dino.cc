@@ -175,6 +175,11 @@ class DinoMode final : public LearningMode {
     for (const auto& [name, t] : ModelTensors()) out.push_back(t);
     return out;
   }
+  std::vector<at::Tensor> Buffers() override {
+    std::vector<at::Tensor> out = student_->buffers();
+    for (const auto& b : teacher_->buffers()) out.push_back(b);
+    return out;
+  }
   int64_t ParameterCount() override { return models::CountParameters(*student_); }
 
   NamedTensors State() override {

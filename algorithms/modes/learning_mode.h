@@ -68,6 +68,10 @@ class LearningMode {
   virtual std::vector<at::Tensor> TrainableParameters() = 0;
   // Parameters and buffers (BatchNorm statistics): everything that defines the model.
   virtual std::vector<at::Tensor> ModelState() = 0;
+  // The buffers each rank updates from its own batches (BatchNorm running statistics). A worker
+  // group broadcasts them from rank 0 before every step and before evaluating, as PyTorch DDP's
+  // broadcast_buffers does, so every rank evaluates and continues with the same ones.
+  virtual std::vector<at::Tensor> Buffers() = 0;
   virtual int64_t ParameterCount() = 0;
 
   // Every tensor needed to continue exactly: model parameters and buffers ("model/<name>") and

@@ -83,6 +83,7 @@ class ClassifierMode final : public LearningMode {
     for (const auto& b : model_->buffers()) out.push_back(b);
     return out;
   }
+  std::vector<at::Tensor> Buffers() override { return model_->buffers(); }
   int64_t ParameterCount() override { return models::CountParameters(*model_); }
 
   absl::Status SetProximalTerm(double mu, const NamedTensors& reference) override {
