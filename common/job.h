@@ -142,6 +142,14 @@ struct DinoSpec {
   double probe_lr = 0.05;
 };
 
+// The VAE mode (Kingma & Welling 2014): MLP encoder and decoder, Bernoulli likelihood on pixels.
+struct VaeSpec {
+  int64_t latent = 16;
+  int64_t hidden = 400;
+  double denoise_std = 0.0;          // > 0: a denoising autoencoder instead (Gaussian noise of this std
+                                     // on the input pixels, clean target, no KL)
+};
+
 struct PartitionSpec {
   std::string scheme = "iid";        // iid | dirichlet | labels
   int64_t sites = 1;
@@ -156,7 +164,7 @@ struct Job {
   std::string name = "simple_cnn";
   uint64_t seed = 1;
   int64_t threads = 0;               // intra-op threads (0: LibTorch's default)
-  std::string mode = "supervised";   // supervised | fixmatch | pseudolabel | dino
+  std::string mode = "supervised";   // supervised | fixmatch | pseudolabel | dino | vae
   std::string device = "cpu";        // cpu | cuda (one GPU per rank; NCCL between ranks)
   std::string loss = "cross_entropy";  // cross_entropy | l1 | mse | hinge
   ModelSpec model;
@@ -171,6 +179,7 @@ struct Job {
   StrategyJobSpec strategy;
   SemiSpec semi;
   DinoSpec dino;
+  VaeSpec vae;
   std::string run_dir = "runs/{name}";  // {name} is replaced by the job's name
 };
 

@@ -175,14 +175,24 @@ absl::Status Serve(const Job& job, const Flags& flags) {
     if (auto s = (*mode)->LoadState(closed.model); !s.ok()) return s;
     auto sums = (*mode)->Evaluate(data->test_inputs, data->test_targets, job.train.eval_batch_size);
     if (!sums.ok()) return sums.status();
-    const auto report = metrics::Report(metrics::ToConfusion(sums->confusion));
     const RoundRecord& r = closed.record;
-    last = {{"round", version}, {"test_accuracy", report.accuracy}, {"macro_f1", report.macro_f1},
-            {"test_loss", sums->loss_sum / std::max<int64_t>(1, sums->examples)},
+    last = {{"round", version}, {"test_loss", sums->loss_sum / std::max<int64_t>(1, sums->examples)},
             {"sites", r.contributors}, {"examples", r.examples}, {"closed_by_deadline", r.closed_by_deadline},
             {"aggregate_s", r.aggregate_s},
             {"time", std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count()}};
     std::string extra;
+    if (sums->confusion.defined()) {  // a mode that classifies
+      const auto report = metrics::Report(metrics::ToConfusion(sums->confusion));
+      last["test_accuracy"] = report.accuracy;
+      last["macro_f1"] = report.macro_f1;
+      extra += absl::StrFormat(" test_accuracy %.4f macro_f1 %.4f", report.accuracy, report.macro_f1);
+    } else {
+      extra += absl::StrFormat(" test_loss %.4f", last["test_loss"].get<double>());
+    }
+    for (const auto& [key, value] : sums->monitors) {
+      last[key] = value;
+      extra += absl::StrFormat(" %s %.4f", key, value);
+    }
     for (const auto& [key, correct] : sums->extra_correct) {
       last[key] = static_cast<double>(correct) / static_cast<double>(std::max<int64_t>(1, sums->examples));
       extra += absl::StrFormat(" %s %.4f", key, last[key].get<double>());
@@ -193,15 +203,20 @@ absl::Status Serve(const Job& job, const Flags& flags) {
     const auto m = r.site_metrics;
     if (m.count("eval_examples") && m.at("eval_examples") > 0) {
       const double n = m.at("eval_examples");
-      last["federated_accuracy"] = m.count("eval_correct") ? m.at("eval_correct") / n : 0.0;
       last["federated_loss"] = m.count("eval_loss_sum") ? m.at("eval_loss_sum") / n : 0.0;
       last["federated_examples"] = n;
-      federated = absl::StrFormat(" federated_accuracy(v%lld) %.4f", static_cast<long long>(version - 1),
-                                  last["federated_accuracy"].get<double>());
+      if (m.count("eval_correct")) {  // the sites' mode classifies
+        last["federated_accuracy"] = m.at("eval_correct") / n;
+        federated = absl::StrFormat(" federated_accuracy(v%lld) %.4f", static_cast<long long>(version - 1),
+                                    last["federated_accuracy"].get<double>());
+      } else {
+        federated = absl::StrFormat(" federated_loss(v%lld) %.4f", static_cast<long long>(version - 1),
+                                    last["federated_loss"].get<double>());
+      }
     }
-    std::printf("round %lld/%lld: test_accuracy %.4f macro_f1 %.4f%s%s (%zu sites, %lld examples%s)\n",
-                static_cast<long long>(version), static_cast<long long>(job.federated.rounds), report.accuracy,
-                report.macro_f1, extra.c_str(), federated.c_str(), r.contributors.size(), static_cast<long long>(r.examples),
+    std::printf("round %lld/%lld:%s%s (%zu sites, %lld examples%s)\n",
+                static_cast<long long>(version), static_cast<long long>(job.federated.rounds), extra.c_str(),
+                federated.c_str(), r.contributors.size(), static_cast<long long>(r.examples),
                 r.closed_by_deadline ? ", closed at the deadline" : "");
     std::fflush(stdout);
     if (auto s = dir->AppendMetrics(last.dump()); !s.ok()) return s;

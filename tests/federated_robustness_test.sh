@@ -12,6 +12,8 @@
 #                 round aggregates all 10.
 #   mpi_site      an mpirun group of 2 ranks is one site beside two single-process sites.
 #   fixmatch      the semi-supervised mode at 3 sites (each with the labels that fall in its share).
+#   vae           the VAE at 3 sites: rounds average the network; the coordinator reports the test
+#                 ELBO, the sites their own splits' negative ELBO (federated_loss).
 #   dino          DINO at 3 sites: each round averages student, teacher and center; sites evaluate
 #                 by k-NN on their own share, the coordinator by k-NN and linear probe.
 # Usage: federated_robustness_test.sh SCENARIO COORDINATOR WORKER MAKE_CERTS
@@ -45,6 +47,17 @@ site() {
   shift 2
   "$WORKER" "${JOB[@]}" "${EXTRA[@]}" --coordinator $ADDR --site "$name" --site-index "$index" "$@" \
     > /dev/null 2>> "$TMP/site-$name.err" &
+}
+# three_sites: a coordinator dumping each global model and 3 sites dumping their updates, with the
+# job flags in EXTRA; waits for the coordinator, whose exit status is then in $rc.
+three_sites() {
+  mkdir -p "$TMP/models" "$TMP/updates"
+  "$COORD" "${JOB[@]}" "${EXTRA[@]}" --listen $ADDR --no-auth --insecure --run_dir "$TMP/run" \
+    --dump-models "$TMP/models" > "$TMP/coord.out" 2> "$TMP/coord.err" &
+  local coord=$! s
+  for s in 0 1 2; do site "s$s" $s --insecure --dump-updates "$TMP/updates"; done
+  wait_done $coord 300; rc=$?
+  cat "$TMP/coord.out"; [[ $rc -eq 0 ]] || cat "$TMP/coord.err" "$TMP"/site-*.err
 }
 
 case "$SCENARIO" in
@@ -245,13 +258,7 @@ dino)
          --federated.rounds 2 --federated.local_epochs 1 --federated.site_eval_fraction 0.1
          --partition.sites 3 --partition.scheme iid --federated.min_sites 3 --federated.min_available 3
          --checkpoint.enabled false)
-  mkdir -p "$TMP/models" "$TMP/updates"
-  "$COORD" "${JOB[@]}" "${EXTRA[@]}" --listen $ADDR --no-auth --insecure --run_dir "$TMP/run" \
-    --dump-models "$TMP/models" > "$TMP/coord.out" 2> "$TMP/coord.err" &
-  coord=$!
-  for s in 0 1 2; do site "s$s" $s --insecure --dump-updates "$TMP/updates"; done
-  wait_done $coord 300; rc=$?
-  cat "$TMP/coord.out"; [[ $rc -eq 0 ]] || cat "$TMP/coord.err" "$TMP"/site-*.err
+  three_sites
   check "DINO sites trained and every round aggregated all 3" \
     '[[ $rc -eq 0 ]] && [[ $(grep -c "(3 sites" "$TMP/coord.out") -eq 2 ]]'
   check "the coordinator evaluated by k-NN and linear probe, the sites by k-NN on their shares" \
@@ -267,6 +274,25 @@ assert \"model/center\" in m and m[\"model/center\"].abs().sum() > 0, sorted(m)[
 assert any(k.startswith(\"model/teacher/backbone.\") for k in m)
 assert any(k.startswith(\"model/student/head.\") for k in m)
 " "$TMP/models/version-2.safetensors"'
+  ;;
+vae)
+  EXTRA=(--mode vae --vae.hidden 64 --optimizer.name adam --optimizer.lr 1e-3 --train.batch_size 64
+         --federated.rounds 2 --federated.local_epochs 1 --federated.site_eval_fraction 0.1
+         --partition.sites 3 --partition.scheme iid --federated.min_sites 3 --federated.min_available 3
+         --checkpoint.enabled false)
+  three_sites
+  check "VAE sites trained and every round aggregated all 3" \
+    '[[ $rc -eq 0 ]] && [[ $(grep -c "(3 sites" "$TMP/coord.out") -eq 2 ]]'
+  check "the coordinator reported the test ELBO and the sites their negative ELBO" \
+    'grep -q "elbo -[0-9]" "$TMP/coord.out" && grep -q "federated_loss(v1) [0-9]" "$TMP/coord.out"'
+  check "the test ELBO improved from round 1 to round 2" \
+    '"$PY" -c "
+import json, sys
+r = [json.loads(l) for l in open(sys.argv[1])]
+assert r[1][\"elbo\"] > r[0][\"elbo\"], (r[0][\"elbo\"], r[1][\"elbo\"])
+" "$TMP/run/metrics.jsonl"'
+  check "each global model is the example-weighted mean of the 3 updates" \
+    '"$PY" "$(dirname "$0")/weighted_mean_check.py" "$TMP" 2 3'
   ;;
 *) echo "unknown scenario $SCENARIO"; exit 2 ;;
 esac

@@ -269,7 +269,9 @@ class Site {
       auto sums = mode->Evaluate(data_.test_x, data_.test_y, sh_->job.train.eval_batch_size);
       if (!sums.ok()) return sums.status();
       (*metrics)["eval_examples"] = static_cast<double>(sums->examples);
-      (*metrics)["eval_correct"] = static_cast<double>(sums->confusion.diagonal().sum().item<int64_t>());
+      if (sums->confusion.defined()) {
+        (*metrics)["eval_correct"] = static_cast<double>(sums->confusion.diagonal().sum().item<int64_t>());
+      }
       (*metrics)["eval_loss_sum"] = sums->loss_sum;
     }
     if (sh_->group != nullptr) {

@@ -37,6 +37,17 @@ namespace {
 using json = nlohmann::json;
 
 // Writes one JSONL record per round and prints a line per round (rank 0 only).
+// An evaluation's figures for the progress line: the loss, then accuracy and macro-F1 for the modes
+// that classify, then each mode-specific figure (k-NN's linear probe, collapse monitors, ELBO).
+std::string EvalLine(const coordinator::Metrics& eval) {
+  std::string line;
+  for (const auto& [k, v] : eval) {
+    if (k == "macro_precision" || k == "macro_recall") continue;
+    absl::StrAppendFormat(&line, " %s %.4f", k, v);
+  }
+  return line;
+}
+
 class RoundReporter final : public coordinator::RoundObserver {
  public:
   using AfterRound = std::function<absl::Status(const coordinator::RoundAssignment&, const coordinator::Metrics&)>;
@@ -60,9 +71,7 @@ class RoundReporter final : public coordinator::RoundObserver {
       if (auto s = after_round_(round, eval); !s.ok()) return s;
     }
     if (dir_ == nullptr) return absl::OkStatus();  // not rank 0
-    const std::string tested =
-        eval.empty() ? "" : absl::StrFormat(" test_loss %.4f test_accuracy %.4f macro_f1 %.4f", rec["test_loss"].get<double>(),
-                                            rec["test_accuracy"].get<double>(), rec["macro_f1"].get<double>());
+    const std::string tested = EvalLine(eval);
     std::printf("epoch %lld/%lld train_loss %.4f%s (%.1fs, %.0f samples/s)\n", static_cast<long long>(round.epoch + 1),
                 static_cast<long long>(job_.train.epochs), result.mean_loss, tested.c_str(), result.seconds,
                 rec["samples_per_s"].get<double>());
@@ -226,6 +235,9 @@ absl::Status Run(const Job& job, const std::string& summary_path, const std::str
                          [&](const coordinator::RoundAssignment& round, const coordinator::Metrics& eval) {
                            rounds_done = round.round + 1;
                            if (!eval.empty()) last_eval = eval;
+                           if (!eval.empty() && dir) {  // a generative mode's sample grids
+                             if (auto s = (*mode)->WriteImages(dir->path(), round.epoch + 1); !s.ok()) return s;
+                           }
                            if (checkpointer && checkpointer->DueAfterRound(rounds_done) &&
                                checkpointer->last_saved_step() != trainer.global_step()) {
                              return save(trainer.position());
@@ -251,8 +263,7 @@ absl::Status Run(const Job& job, const std::string& summary_path, const std::str
   if (!summary_path.empty()) {
     if (auto s = storage::WriteFileAtomically(summary_path, summary.dump(2) + "\n"); !s.ok()) return s;
   }
-  std::printf("final test_accuracy %.4f macro_f1 %.4f after %lld epochs (%.0f samples/s)\n",
-              summary["test_accuracy"].get<double>(), summary["macro_f1"].get<double>(),
+  std::printf("final%s after %lld epochs (%.0f samples/s)\n", EvalLine(out->final_eval).c_str(),
               static_cast<long long>(out->rounds), summary["samples_per_s"].get<double>());
   return absl::OkStatus();
 }

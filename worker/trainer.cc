@@ -237,23 +237,25 @@ absl::StatusOr<coordinator::Metrics> Trainer::Evaluate() {
                               job_.train.eval_batch_size);
   if (!sums.ok()) return sums.status();
   at::Tensor scalars = at::tensor({sums->loss_sum, static_cast<double>(sums->examples)}, at::kDouble).to(comm_->device());
-  sums->confusion = sums->confusion.to(comm_->device());
-  if (auto s = comm_->AllReduce(sums->confusion, comm::ReduceOp::kSum)->Wait(comm_->timeout()); !s.ok()) return s;
   if (auto s = comm_->AllReduce(scalars, comm::ReduceOp::kSum)->Wait(comm_->timeout()); !s.ok()) return s;
-  last_report_ = metrics::Report(metrics::ToConfusion(sums->confusion));
   const double examples = scalars[1].item<double>();
-  coordinator::Metrics out{
-      {"test_accuracy", last_report_.accuracy},
-      {"test_loss", examples > 0 ? scalars[0].item<double>() / examples : 0.0},
-      {"macro_precision", last_report_.macro_precision},
-      {"macro_recall", last_report_.macro_recall},
-      {"macro_f1", last_report_.macro_f1},
-  };
-  // Monitors: means over each rank's shard, averaged over ranks (every rank reports the same keys).
+  coordinator::Metrics out{{"test_loss", examples > 0 ? scalars[0].item<double>() / examples : 0.0}};
+  // Classification figures for the modes that classify (a generative mode leaves confusion empty).
+  if (sums->confusion.defined()) {
+    sums->confusion = sums->confusion.to(comm_->device());
+    if (auto s = comm_->AllReduce(sums->confusion, comm::ReduceOp::kSum)->Wait(comm_->timeout()); !s.ok()) return s;
+    last_report_ = metrics::Report(metrics::ToConfusion(sums->confusion));
+    out.emplace_back("test_accuracy", last_report_.accuracy);
+    out.emplace_back("macro_precision", last_report_.macro_precision);
+    out.emplace_back("macro_recall", last_report_.macro_recall);
+    out.emplace_back("macro_f1", last_report_.macro_f1);
+  }
+  // Monitors: means over each rank's shard, weighted by the shards' sizes (every rank reports the
+  // same keys), so the figure is the whole test set's whatever the number of ranks.
   for (const auto& [key, value] : sums->monitors) {
-    at::Tensor v = at::tensor({value}, at::kDouble).to(comm_->device());
-    if (auto s = comm_->AllReduce(v, comm::ReduceOp::kAverage)->Wait(comm_->timeout()); !s.ok()) return s;
-    out.emplace_back(key, v.item<double>());
+    at::Tensor v = at::tensor({value * static_cast<double>(sums->examples)}, at::kDouble).to(comm_->device());
+    if (auto s = comm_->AllReduce(v, comm::ReduceOp::kSum)->Wait(comm_->timeout()); !s.ok()) return s;
+    out.emplace_back(key, examples > 0 ? v.item<double>() / examples : 0.0);
   }
   // Further evaluators' accuracies (DINO's linear probe): correct counts summed over ranks.
   for (const auto& [key, correct] : sums->extra_correct) {

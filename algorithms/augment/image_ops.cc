@@ -39,6 +39,17 @@ at::Tensor Warp(const at::Tensor& x, const std::vector<double>& theta, int64_t o
 
 }  // namespace
 
+at::Tensor ImageGrid(const at::Tensor& images, int64_t cols) {
+  const int64_t n = images.size(0), h = images.size(2), w = images.size(3);
+  const int64_t rows = (n + cols - 1) / cols;
+  at::Tensor grid = at::zeros({rows * (h + 2) + 2, cols * (w + 2) + 2}, images.options().dtype(at::kFloat));
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t top = 2 + (i / cols) * (h + 2), left = 2 + (i % cols) * (w + 2);
+    grid.narrow(0, top, h).narrow(1, left, w).copy_(images[i][0]);
+  }
+  return grid;
+}
+
 at::Tensor Denormalize(const at::Tensor& x, double mean, double std) { return x * std + mean; }
 at::Tensor Normalize(const at::Tensor& x, double mean, double std) { return (x - mean) / std; }
 

@@ -20,6 +20,10 @@
 namespace allround::augment {
 
 // x * std + mean, and back.
+// Tiles images [N, 1, H, W] (values in [0, 1]) `cols` to a row, 2 black pixels between and around
+// them: float [R*(H+2)+2, cols*(W+2)+2] for R = ceil(N / cols) rows.
+at::Tensor ImageGrid(const at::Tensor& images, int64_t cols);
+
 at::Tensor Denormalize(const at::Tensor& x, double mean, double std);
 at::Tensor Normalize(const at::Tensor& x, double mean, double std);
 

@@ -8,6 +8,7 @@
 #include "absl/strings/str_cat.h"
 #include "algorithms/augment/image_ops.h"
 #include "algorithms/metrics.h"
+#include "algorithms/modes/classifier.h"
 #include "algorithms/models/network.h"
 #include "algorithms/optim/optimizer.h"
 #include "common/random.h"
@@ -214,18 +215,13 @@ class DinoMode final : public LearningMode {
   }
 
   std::vector<std::pair<std::string, at::Tensor>> StudentParameters() const {
-    std::vector<std::pair<std::string, at::Tensor>> out;
-    for (const auto& p : student_->named_parameters()) out.emplace_back("student/" + p.key(), p.value());
-    return out;
+    return NamedParameters(*student_, "student/");
   }
 
   // Everything that defines the model: "model/student/...", "model/teacher/...", "model/center".
   NamedTensors ModelTensors() const {
-    NamedTensors out;
-    for (const auto& [prefix, net] : {std::pair{"student/", student_}, std::pair{"teacher/", teacher_}}) {
-      for (const auto& p : net->named_parameters()) out.emplace_back("model/" + (prefix + p.key()), p.value().detach());
-      for (const auto& b : net->named_buffers()) out.emplace_back("model/" + (prefix + b.key()), b.value().detach());
-    }
+    NamedTensors out = ModuleTensors(*student_, "model/student/");
+    for (auto& entry : ModuleTensors(*teacher_, "model/teacher/")) out.push_back(std::move(entry));
     out.emplace_back("model/center", center_);
     return out;
   }

@@ -91,6 +91,26 @@ class LearningMode {
   // linear probe) votes with or fits on, e.g. a federated site's own training share. Modes that
   // evaluate by their own predictions ignore them.
   virtual void SetEvaluationBank(const at::Tensor& inputs, const at::Tensor& labels) {}
+
+  // Generative modes write PNG grids of the last evaluation (reconstructions, samples) into `dir`
+  // as <what>-epoch<N>.png; rank 0 calls it after each evaluation. Others write nothing.
+  virtual absl::Status WriteImages(const std::string& dir, int64_t epoch) { return absl::OkStatus(); }
+};
+
+// FedProx's term for a mode's parameters: (mu / 2) sum ||w - w_ref||^2, w_ref taken by name from
+// a reference ("model/<prefix><param name>" tensors).
+class ProximalTerm {
+ public:
+  // mu <= 0 turns it off. Fails, changing nothing, if a parameter is missing or of another shape.
+  absl::Status Set(double mu, const LearningMode::NamedTensors& reference,
+                   const std::vector<std::pair<std::string, at::Tensor>>& named_params);
+  bool active() const { return mu_ > 0; }
+  // The term for the current parameters (in Set's order); zero when off.
+  at::Tensor Penalty(const std::vector<at::Tensor>& params) const;
+
+ private:
+  double mu_ = 0;
+  std::vector<at::Tensor> reference_;
 };
 
 // The "model/" tensors of a State(): what a federated site receives and returns. They share

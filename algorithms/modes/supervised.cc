@@ -47,12 +47,7 @@ class ClassifierMode final : public LearningMode {
     } catch (const c10::Error& e) {
       return absl::InvalidArgumentError(absl::StrCat("forward failed: ", e.what_without_backtrace()));
     }
-    if (mu_ > 0) {
-      torch::Tensor prox = torch::zeros({}, loss.options());
-      const auto params = model_->parameters();
-      for (size_t i = 0; i < params.size(); ++i) prox = prox + (params[i] - reference_[i]).pow(2).sum();
-      loss = loss + 0.5 * mu_ * prox;
-    }
+    if (proximal_.active()) loss = loss + proximal_.Penalty(model_->parameters());
     auto value = optim::BackwardAndStep(loss, sync, *optimizer_, lr);
     if (!value.ok()) return value.status();
     return StepResult{*value, batch.inputs.size(0) + (batch.unlabeled.defined() ? batch.unlabeled.size(0) : 0)};
@@ -87,49 +82,22 @@ class ClassifierMode final : public LearningMode {
   int64_t ParameterCount() override { return models::CountParameters(*model_); }
 
   absl::Status SetProximalTerm(double mu, const NamedTensors& reference) override {
-    if (mu <= 0) {
-      mu_ = 0;
-      reference_.clear();
-      return absl::OkStatus();
-    }
-    std::map<std::string, at::Tensor> by_name(reference.begin(), reference.end());
-    std::vector<at::Tensor> ref;
-    for (const auto& p : model_->named_parameters()) {
-      auto it = by_name.find("model/" + p.key());
-      if (it == by_name.end() || it->second.sizes() != p.value().sizes()) {
-        return absl::InvalidArgumentError(absl::StrCat("proximal reference lacks a tensor like model/", p.key()));
-      }
-      ref.push_back(it->second.detach().to(p.value().device(), p.value().scalar_type()).clone());
-    }
-    mu_ = mu;
-    reference_ = std::move(ref);
-    return absl::OkStatus();
+    return proximal_.Set(mu, reference, NamedParameters(*model_));
   }
 
   NamedTensors State() override {
-    NamedTensors out;
-    for (const auto& p : model_->named_parameters()) out.emplace_back("model/" + p.key(), p.value().detach());
-    for (const auto& b : model_->named_buffers()) out.emplace_back("model/" + b.key(), b.value().detach());
-    for (auto& entry : optim::OptimizerState(*optimizer_, NamedParameters())) out.push_back(std::move(entry));
+    NamedTensors out = ModuleTensors(*model_, "model/");
+    for (auto& entry : optim::OptimizerState(*optimizer_, NamedParameters(*model_))) out.push_back(std::move(entry));
     return out;
   }
 
   absl::Status LoadState(const NamedTensors& state) override {
     std::map<std::string, at::Tensor> by_name(state.begin(), state.end());
-    NamedTensors targets;
-    for (const auto& p : model_->named_parameters()) targets.emplace_back("model/" + p.key(), p.value());
-    for (const auto& b : model_->named_buffers()) targets.emplace_back("model/" + b.key(), b.value());
-    if (auto s = CopyCheckedInto(targets, by_name); !s.ok()) return s;
-    return optim::LoadOptimizerState(*optimizer_, NamedParameters(), by_name);
+    if (auto s = CopyCheckedInto(ModuleTensors(*model_, "model/"), by_name); !s.ok()) return s;
+    return optim::LoadOptimizerState(*optimizer_, NamedParameters(*model_), by_name);
   }
 
  private:
-  std::vector<std::pair<std::string, at::Tensor>> NamedParameters() const {
-    std::vector<std::pair<std::string, at::Tensor>> out;
-    for (const auto& p : model_->named_parameters()) out.emplace_back(p.key(), p.value());
-    return out;
-  }
-
   absl::Status CheckBatch(const Batch& b) const {
     if (b.inputs.dim() != 4 || b.inputs.size(1) != input_.channels || b.inputs.size(2) != input_.height ||
         b.inputs.size(3) != input_.width) {
@@ -149,8 +117,7 @@ class ClassifierMode final : public LearningMode {
   losses::LossFn loss_;
   InputInfo input_;
   BatchLossFn batch_loss_;
-  double mu_ = 0;                      // FedProx
-  std::vector<at::Tensor> reference_;  // per parameter, in registration order
+  ProximalTerm proximal_;  // FedProx
 };
 
 }  // namespace

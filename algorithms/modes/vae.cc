@@ -1,0 +1,204 @@
+#include "algorithms/modes/vae.h"
+
+#include <torch/torch.h>
+
+#include <map>
+
+#include "absl/strings/str_cat.h"
+#include "algorithms/augment/image_ops.h"
+#include "algorithms/modes/classifier.h"
+#include "algorithms/optim/optimizer.h"
+#include "common/png.h"
+#include "common/random.h"
+
+namespace allround::modes {
+namespace {
+
+namespace nn = torch::nn;
+constexpr double kMean = 0.2860, kStd = 0.3530;  // Fashion-MNIST's standardization, undone to pixels
+
+class VaeNet : public nn::Module {
+ public:
+  VaeNet(int64_t pixels, int64_t hidden, int64_t latent)
+      : enc_(register_module("encoder", nn::Linear(pixels, hidden))),
+        mu_(register_module("encoder_mu", nn::Linear(hidden, latent))),
+        logvar_(register_module("encoder_logvar", nn::Linear(hidden, latent))),
+        dec1_(register_module("decoder1", nn::Linear(latent, hidden))),
+        dec2_(register_module("decoder2", nn::Linear(hidden, pixels))) {}
+
+  std::pair<torch::Tensor, torch::Tensor> Encode(const torch::Tensor& pixels) {
+    const torch::Tensor h = torch::relu(enc_->forward(pixels.flatten(1)));
+    return {mu_->forward(h), logvar_->forward(h)};
+  }
+  torch::Tensor Decode(const torch::Tensor& z) { return dec2_->forward(torch::relu(dec1_->forward(z))); }
+
+ private:
+  nn::Linear enc_, mu_, logvar_, dec1_, dec2_;
+};
+
+// Standard normal draws from a seed, made on the CPU so every device draws the same.
+torch::Tensor Normal(at::IntArrayRef sizes, uint64_t seed, const torch::TensorOptions& like) {
+  auto gen = at::detail::createCPUGenerator(seed);
+  return at::randn(sizes, gen, torch::TensorOptions().dtype(like.dtype())).to(like.device());
+}
+
+class VaeMode final : public LearningMode {
+ public:
+  VaeMode(const Job& job, const InputInfo& input, std::shared_ptr<VaeNet> net,
+          std::unique_ptr<torch::optim::Optimizer> opt)
+      : spec_(job.vae), seed_(job.seed), input_(input), net_(std::move(net)), optimizer_(std::move(opt)) {}
+
+  absl::StatusOr<StepResult> TrainStep(const Batch& batch, double lr, GradientSync* sync) override {
+    if (auto s = CheckInputs(batch.inputs); !s.ok()) return s;
+    net_->train();
+    optimizer_->zero_grad();
+    const torch::Tensor x = Pixels(batch.inputs);
+    const Pass pass = Forward(x, batch.seed, /*sample=*/true);
+    torch::Tensor loss = (pass.terms.recon + pass.terms.kl).mean();
+    if (proximal_.active()) loss = loss + proximal_.Penalty(net_->parameters());
+    auto value = optim::BackwardAndStep(loss, sync, *optimizer_, lr);
+    if (!value.ok()) return value.status();
+    return StepResult{*value, batch.inputs.size(0)};
+  }
+
+  absl::StatusOr<EvalSums> Evaluate(const at::Tensor& inputs, const at::Tensor& targets, int64_t batch_size) override {
+    if (auto s = CheckInputs(inputs); !s.ok()) return s;
+    torch::NoGradGuard no_grad;
+    net_->eval();
+    EvalSums sums;  // no confusion: this mode does not classify
+    double recon = 0, kl = 0, mse = 0;
+    const int64_t n = inputs.size(0);
+    for (int64_t start = 0; start < n; start += batch_size) {
+      const int64_t len = std::min(batch_size, n - start);
+      const torch::Tensor x = Pixels(inputs.narrow(0, start, len));
+      // One posterior sample per image from a seed of the evaluation's own (the same every time).
+      const Pass pass = Forward(x, DeriveSeed(seed_, "vae-eval", static_cast<uint64_t>(start)), /*sample=*/true);
+      recon += pass.terms.recon.sum().item<double>();
+      kl += pass.terms.kl.sum().item<double>();
+      const torch::Tensor mean_recon = torch::sigmoid(net_->Decode(pass.mu));
+      mse += (mean_recon - x.flatten(1)).pow(2).mean(1).sum().item<double>();
+      if (start == 0) {
+        preview_ = x.narrow(0, 0, std::min<int64_t>(len, 16)).cpu();
+        preview_recon_ = mean_recon.narrow(0, 0, preview_.size(0)).view_as(preview_).cpu();
+      }
+    }
+    sums.examples = n;
+    sums.loss_sum = recon + kl;
+    const double d = static_cast<double>(std::max<int64_t>(1, n));
+    sums.monitors["elbo"] = -(recon + kl) / d;
+    sums.monitors["recon_bce"] = recon / d;
+    sums.monitors["kl"] = kl / d;
+    sums.monitors["recon_mse"] = mse / d;
+    return sums;
+  }
+
+  absl::Status WriteImages(const std::string& dir, int64_t epoch) override {
+    if (!preview_.defined()) return absl::OkStatus();
+    // Originals in the top row, their reconstructions under them.
+    const torch::Tensor pairs = torch::cat({preview_, preview_recon_}, 0);
+    if (auto s = WriteGrid(absl::StrCat(dir, "/reconstructions-epoch", epoch, ".png"), pairs, preview_.size(0));
+        !s.ok()) {
+      return s;
+    }
+    if (spec_.denoise_std > 0) return absl::OkStatus();
+    torch::NoGradGuard no_grad;
+    const auto options = net_->parameters()[0].options();
+    const torch::Tensor z = Normal({64, spec_.latent}, DeriveSeed(seed_, "vae-samples"), options);
+    const torch::Tensor samples =
+        torch::sigmoid(net_->Decode(z)).view({64, input_.channels, input_.height, input_.width}).cpu();
+    return WriteGrid(absl::StrCat(dir, "/samples-epoch", epoch, ".png"), samples, 8);
+  }
+
+  std::vector<at::Tensor> TrainableParameters() override { return net_->parameters(); }
+  std::vector<at::Tensor> ModelState() override {
+    std::vector<at::Tensor> out;
+    for (const auto& [name, t] : ModuleTensors(*net_, "model/")) out.push_back(t);
+    return out;
+  }
+  std::vector<at::Tensor> Buffers() override { return net_->buffers(); }
+  int64_t ParameterCount() override { return models::CountParameters(*net_); }
+
+  NamedTensors State() override {
+    NamedTensors out = ModuleTensors(*net_, "model/");
+    for (auto& entry : optim::OptimizerState(*optimizer_, NamedParameters(*net_))) out.push_back(std::move(entry));
+    return out;
+  }
+  absl::Status LoadState(const NamedTensors& state) override {
+    std::map<std::string, at::Tensor> by_name(state.begin(), state.end());
+    if (auto s = CopyCheckedInto(ModuleTensors(*net_, "model/"), by_name); !s.ok()) return s;
+    return optim::LoadOptimizerState(*optimizer_, NamedParameters(*net_), by_name);
+  }
+  absl::Status SetProximalTerm(double mu, const NamedTensors& reference) override {
+    return proximal_.Set(mu, reference, NamedParameters(*net_));
+  }
+
+ private:
+  struct Pass {
+    VaeTerms terms;
+    torch::Tensor mu;
+  };
+
+  // The forward pass on pixels x in [0, 1]. The VAE samples z from the posterior; the denoising
+  // autoencoder corrupts its input instead and decodes the posterior mean.
+  Pass Forward(const torch::Tensor& x, uint64_t seed, bool sample) {
+    const torch::Tensor target = x.flatten(1);
+    if (spec_.denoise_std > 0) {
+      const torch::Tensor noisy = (x + spec_.denoise_std * Normal(x.sizes(), seed, x.options())).clamp(0, 1);
+      auto [mu, logvar] = net_->Encode(noisy);
+      const torch::Tensor logits = net_->Decode(mu);
+      return {{torch::binary_cross_entropy_with_logits(logits, target, {}, {}, at::Reduction::None).sum(1),
+               torch::zeros({x.size(0)}, x.options())},
+              mu};
+    }
+    auto [mu, logvar] = net_->Encode(x);
+    const torch::Tensor z =
+        sample ? mu + torch::exp(0.5 * logvar) * Normal(mu.sizes(), seed, mu.options()) : mu;
+    return {NegativeElboTerms(net_->Decode(z), target, mu, logvar), mu};
+  }
+
+  torch::Tensor Pixels(const torch::Tensor& inputs) const { return (inputs * kStd + kMean).clamp(0, 1); }
+
+  absl::Status CheckInputs(const at::Tensor& x) const {
+    if (x.dim() != 4 || x.size(1) != input_.channels || x.size(2) != input_.height || x.size(3) != input_.width) {
+      return absl::InvalidArgumentError(absl::StrCat("batch inputs of shape ", c10::str(x.sizes()), ", expected [B, ",
+                                                     input_.channels, ", ", input_.height, ", ", input_.width, "]"));
+    }
+    return absl::OkStatus();
+  }
+
+  static absl::Status WriteGrid(const std::string& path, const torch::Tensor& images, int64_t cols) {
+    const torch::Tensor grid = augment::ImageGrid(images, cols);
+    const torch::Tensor bytes = grid.mul(255).round().clamp(0, 255).to(torch::kUInt8).contiguous();
+    std::vector<uint8_t> pixels(bytes.data_ptr<uint8_t>(), bytes.data_ptr<uint8_t>() + bytes.numel());
+    return WriteGrayPng(path, grid.size(1), grid.size(0), pixels);
+  }
+
+  VaeSpec spec_;
+  uint64_t seed_;
+  InputInfo input_;
+  std::shared_ptr<VaeNet> net_;
+  std::unique_ptr<torch::optim::Optimizer> optimizer_;
+  ProximalTerm proximal_;
+  torch::Tensor preview_, preview_recon_;  // the last evaluation's first images and reconstructions
+};
+
+}  // namespace
+
+VaeTerms NegativeElboTerms(const at::Tensor& logits, const at::Tensor& target, const at::Tensor& mu,
+                           const at::Tensor& logvar) {
+  VaeTerms t;
+  t.recon = at::binary_cross_entropy_with_logits(logits, target, {}, {}, at::Reduction::None).sum(1);
+  t.kl = 0.5 * (mu.pow(2) + logvar.exp() - 1 - logvar).sum(1);
+  return t;
+}
+
+absl::StatusOr<std::unique_ptr<LearningMode>> MakeVaeMode(const Job& job, const InputInfo& input, at::Device device) {
+  torch::manual_seed(DeriveSeed(job.seed, "model-init"));
+  auto net = std::make_shared<VaeNet>(input.channels * input.height * input.width, job.vae.hidden, job.vae.latent);
+  net->to(device);
+  auto opt = optim::MakeOptimizer(job.optimizer, net->parameters());
+  if (!opt.ok()) return absl::InvalidArgumentError(absl::StrCat("job key 'optimizer.name': ", opt.status().message()));
+  return std::unique_ptr<LearningMode>(std::make_unique<VaeMode>(job, input, net, *std::move(opt)));
+}
+
+}  // namespace allround::modes

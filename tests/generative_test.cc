@@ -1,0 +1,173 @@
+// The generative modes' parts: PNG encoding (checked by decoding its stored blocks and checksums),
+// the image grid, the VAE's negative-ELBO terms against hand-computed values, and the VAE mode's
+// training, deterministic evaluation, denoising variant and sample grids.
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "algorithms/augment/image_ops.h"
+#include "algorithms/modes/vae.h"
+#include "common/png.h"
+
+namespace allround {
+namespace {
+
+uint32_t BigEndian(const std::string& s, size_t at) {
+  return (uint32_t{static_cast<unsigned char>(s[at])} << 24) | (uint32_t{static_cast<unsigned char>(s[at + 1])} << 16) |
+         (uint32_t{static_cast<unsigned char>(s[at + 2])} << 8) | uint32_t{static_cast<unsigned char>(s[at + 3])};
+}
+
+TEST(Png, ChecksumsMatchKnownValues) {
+  EXPECT_EQ(Crc32("IEND"), 0xAE426082u);        // every PNG's last four bytes
+  EXPECT_EQ(Crc32("123456789"), 0xCBF43926u);   // the CRC-32 check value
+  EXPECT_EQ(Adler32("Wikipedia"), 0x11E60398u);  // RFC 1950's example
+}
+
+TEST(Png, EncodesRowsInStoredBlocksWithValidChunks) {
+  // 300 x 250 = 75,250 bytes of scanlines: more than one stored block.
+  const int64_t w = 300, h = 250;
+  std::vector<uint8_t> pixels(w * h);
+  for (int64_t i = 0; i < w * h; ++i) pixels[i] = static_cast<uint8_t>((i * 7) % 251);
+  auto png = EncodeGrayPng(w, h, pixels);
+  ASSERT_TRUE(png.ok());
+  ASSERT_EQ(png->substr(0, 8), std::string("\x89PNG\r\n\x1a\n", 8));
+  std::string idat;
+  size_t at = 8;
+  std::vector<std::string> types;
+  while (at < png->size()) {
+    const uint32_t len = BigEndian(*png, at);
+    const std::string typed = png->substr(at + 4, 4 + len);
+    EXPECT_EQ(BigEndian(*png, at + 8 + len), Crc32(typed)) << typed.substr(0, 4);
+    types.push_back(typed.substr(0, 4));
+    if (types.back() == "IHDR") {
+      EXPECT_EQ(BigEndian(typed, 4), w);
+      EXPECT_EQ(BigEndian(typed, 8), h);
+    }
+    if (types.back() == "IDAT") idat += typed.substr(4);
+    at += 12 + len;
+  }
+  EXPECT_THAT(types, testing::ElementsAre("IHDR", "IDAT", "IEND"));
+  // Inflate the stored blocks by hand: header, then (final bit, LEN, NLEN, bytes)*, Adler-32.
+  ASSERT_EQ((static_cast<unsigned char>(idat[0]) * 256 + static_cast<unsigned char>(idat[1])) % 31, 0);
+  std::string raw;
+  size_t p = 2;
+  int blocks = 0;
+  for (bool last = false; !last; ++blocks) {
+    last = idat[p] & 1;
+    const uint32_t len = static_cast<unsigned char>(idat[p + 1]) | (static_cast<unsigned char>(idat[p + 2]) << 8);
+    const uint32_t nlen = static_cast<unsigned char>(idat[p + 3]) | (static_cast<unsigned char>(idat[p + 4]) << 8);
+    ASSERT_EQ(len ^ 0xFFFF, nlen);
+    raw += idat.substr(p + 5, len);
+    p += 5 + len;
+  }
+  EXPECT_EQ(blocks, 2);
+  EXPECT_EQ(BigEndian(idat, p), Adler32(raw));
+  ASSERT_EQ(raw.size(), static_cast<size_t>((w + 1) * h));
+  for (int64_t y = 0; y < h; ++y) {
+    ASSERT_EQ(raw[y * (w + 1)], '\0');  // filter type 0
+    for (int64_t x = 0; x < w; x += 37) {
+      ASSERT_EQ(static_cast<uint8_t>(raw[y * (w + 1) + 1 + x]), pixels[y * w + x]);
+    }
+  }
+  EXPECT_FALSE(EncodeGrayPng(3, 3, std::vector<uint8_t>(8)).ok());
+}
+
+TEST(ImageGrid, TilesWithBorders) {
+  const at::Tensor images = torch::stack({torch::full({1, 2, 3}, 0.25), torch::full({1, 2, 3}, 0.5),
+                                          torch::full({1, 2, 3}, 1.0)});
+  const at::Tensor grid = augment::ImageGrid(images, 2);
+  // 2 rows of (2 + 2) plus 2; 2 columns of (3 + 2) plus 2.
+  EXPECT_EQ(grid.sizes().vec(), (std::vector<int64_t>{10, 12}));
+  EXPECT_EQ(grid[2][2].item<float>(), 0.25f);
+  EXPECT_EQ(grid[3][9].item<float>(), 0.5f);
+  EXPECT_EQ(grid[6][4].item<float>(), 1.0f);
+  EXPECT_EQ(grid[6][7].item<float>(), 0.0f);  // no fourth image
+  EXPECT_EQ(grid[4][2].item<float>(), 0.0f);  // border
+}
+
+TEST(Vae, NegativeElboTermsMatchHandValues) {
+  // Logits 0: every pixel costs ln 2 whatever its target. mu 0, logvar 0 (the prior): KL 0; mu 1,
+  // logvar 0: KL 1/2 per dimension; mu 0, logvar ln 2: (2 - 1 - ln 2) / 2 per dimension.
+  const at::Tensor logits = torch::zeros({3, 4}, torch::kDouble);
+  const at::Tensor target = torch::tensor({0.0, 1.0, 0.5, 0.2}, torch::kDouble).repeat({3, 1});
+  const at::Tensor mu = torch::tensor({{0.0, 0.0}, {1.0, 1.0}, {0.0, 0.0}}, torch::kDouble);
+  const at::Tensor logvar = torch::tensor({{0.0, 0.0}, {0.0, 0.0}, {std::log(2.0), std::log(2.0)}}, torch::kDouble);
+  const auto t = modes::NegativeElboTerms(logits, target, mu, logvar);
+  for (int i = 0; i < 3; ++i) EXPECT_NEAR(t.recon[i].item<double>(), 4 * std::log(2.0), 1e-12);
+  EXPECT_NEAR(t.kl[0].item<double>(), 0.0, 1e-12);
+  EXPECT_NEAR(t.kl[1].item<double>(), 1.0, 1e-12);
+  EXPECT_NEAR(t.kl[2].item<double>(), 2 * (2 - 1 - std::log(2.0)) / 2, 1e-12);
+  // A confident right logit costs almost nothing: BCE(logit 20, target 1) = ln(1 + e^-20).
+  const auto sure = modes::NegativeElboTerms(torch::full({1, 1}, 20.0, torch::kDouble),
+                                             torch::ones({1, 1}, torch::kDouble), torch::zeros({1, 1}, torch::kDouble),
+                                             torch::zeros({1, 1}, torch::kDouble));
+  EXPECT_NEAR(sure.recon[0].item<double>(), std::log1p(std::exp(-20.0)), 1e-15);
+}
+
+Job VaeJob() {
+  Job job;
+  job.mode = "vae";
+  job.optimizer.name = "adam";
+  job.optimizer.lr = 1e-3;
+  job.vae.latent = 4;
+  job.vae.hidden = 32;
+  return job;
+}
+
+TEST(Vae, TrainsEvaluatesDeterministicallyAndWritesGrids) {
+  auto mode = modes::MakeVaeMode(VaeJob(), modes::InputInfo{}, at::Device(at::kCPU));
+  ASSERT_TRUE(mode.ok()) << mode.status();
+  torch::manual_seed(4);
+  const at::Tensor x = (torch::rand({32, 1, 28, 28}) - 0.286) / 0.353;
+  const at::Tensor y = torch::zeros({32}, torch::kLong);
+  auto before = (*mode)->Evaluate(x, y, 16);
+  ASSERT_TRUE(before.ok()) << before.status();
+  EXPECT_FALSE(before->confusion.defined());  // it does not classify
+  auto again = (*mode)->Evaluate(x, y, 16);
+  EXPECT_EQ(before->loss_sum, again->loss_sum);
+  EXPECT_NEAR(before->monitors.at("elbo"), -before->loss_sum / 32, 1e-9);
+  // At initialisation the reconstruction is near ln 2 per pixel.
+  EXPECT_NEAR(before->monitors.at("recon_bce") / 784, std::log(2.0), 0.1);
+  for (int s = 0; s < 30; ++s) {
+    modes::Batch b{x, y};
+    b.seed = 100 + s;
+    ASSERT_TRUE((*mode)->TrainStep(b, 1e-3, nullptr).ok());
+  }
+  auto after = (*mode)->Evaluate(x, y, 16);
+  EXPECT_LT(after->loss_sum, before->loss_sum);
+  const std::string dir = testing::TempDir() + "/vae_grids";
+  std::filesystem::create_directories(dir);
+  ASSERT_TRUE((*mode)->WriteImages(dir, 3).ok());
+  EXPECT_TRUE(std::filesystem::exists(dir + "/reconstructions-epoch3.png"));
+  EXPECT_TRUE(std::filesystem::exists(dir + "/samples-epoch3.png"));
+  // A wrong shape is refused, the model untouched.
+  modes::Batch bad{torch::zeros({2, 1, 14, 14}), torch::zeros({2}, torch::kLong)};
+  EXPECT_FALSE((*mode)->TrainStep(bad, 1e-3, nullptr).ok());
+  EXPECT_EQ((*mode)->Evaluate(x, y, 16)->loss_sum, after->loss_sum);
+}
+
+TEST(Vae, DenoisingVariantHasNoKlAndNoSamples) {
+  Job job = VaeJob();
+  job.vae.denoise_std = 0.3;
+  auto mode = modes::MakeVaeMode(job, modes::InputInfo{}, at::Device(at::kCPU));
+  ASSERT_TRUE(mode.ok());
+  const at::Tensor x = torch::zeros({8, 1, 28, 28});
+  auto sums = (*mode)->Evaluate(x, torch::zeros({8}, torch::kLong), 8);
+  ASSERT_TRUE(sums.ok());
+  EXPECT_EQ(sums->monitors.at("kl"), 0.0);
+  EXPECT_NEAR(sums->loss_sum / 8, sums->monitors.at("recon_bce"), 1e-9);
+  const std::string dir = testing::TempDir() + "/dae_grids";
+  std::filesystem::create_directories(dir);
+  ASSERT_TRUE((*mode)->WriteImages(dir, 1).ok());
+  EXPECT_TRUE(std::filesystem::exists(dir + "/reconstructions-epoch1.png"));
+  EXPECT_FALSE(std::filesystem::exists(dir + "/samples-epoch1.png"));
+}
+
+}  // namespace
+}  // namespace allround
