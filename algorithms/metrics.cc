@@ -57,4 +57,33 @@ Confusion ToConfusion(const at::Tensor& confusion) {
   return out;
 }
 
+namespace {
+
+// mean [D] and unbiased covariance [D, D] of rows, in double.
+std::pair<at::Tensor, at::Tensor> MeanAndCovariance(const at::Tensor& x) {
+  const at::Tensor d = x.to(at::kDouble);
+  const at::Tensor mu = d.mean(0);
+  const at::Tensor centred = d - mu;
+  return {mu, centred.t().matmul(centred) / static_cast<double>(std::max<int64_t>(1, d.size(0) - 1))};
+}
+
+// The symmetric PSD square root of a symmetric matrix.
+at::Tensor SqrtPsd(const at::Tensor& m) {
+  auto [values, vectors] = at::linalg_eigh((m + m.t()) / 2);
+  return vectors.matmul(at::diag(values.clamp_min(0).sqrt())).matmul(vectors.t());
+}
+
+}  // namespace
+
+double FrechetDistance(const at::Tensor& a, const at::Tensor& b) {
+  auto [mu_a, cov_a] = MeanAndCovariance(a);
+  auto [mu_b, cov_b] = MeanAndCovariance(b);
+  const at::Tensor root_a = SqrtPsd(cov_a);
+  const at::Tensor inner = root_a.matmul(cov_b).matmul(root_a);
+  const at::Tensor inner_values = at::linalg_eigvalsh((inner + inner.t()) / 2);
+  const double cross = inner_values.clamp_min(0).sqrt().sum().item<double>();
+  const double mean_term = (mu_a - mu_b).pow(2).sum().item<double>();
+  return std::max(0.0, mean_term + cov_a.trace().item<double>() + cov_b.trace().item<double>() - 2 * cross);
+}
+
 }  // namespace allround::metrics

@@ -33,6 +33,12 @@ void AccumulateConfusion(at::Tensor& confusion, const at::Tensor& predictions, c
 // int64 [C, C] tensor <-> nested vectors.
 Confusion ToConfusion(const at::Tensor& confusion);
 
+// The Frechet distance between Gaussians fitted to two feature sets [N, D] and [M, D] (Heusel et
+// al. 2017, FID's formula on whatever features are given): ||mu_a - mu_b||^2 + tr(S_a) + tr(S_b)
+// - 2 tr((S_a^1/2 S_b S_a^1/2)^1/2), with unbiased covariances, in double precision. Matrix
+// square roots come from symmetric eigendecompositions (negative round-off eigenvalues clipped).
+double FrechetDistance(const at::Tensor& a, const at::Tensor& b);
+
 }  // namespace allround::metrics
 
 #endif  // ALLROUND_ALGORITHMS_METRICS_H_

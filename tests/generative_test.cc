@@ -12,6 +12,7 @@
 #include <sstream>
 
 #include "algorithms/augment/image_ops.h"
+#include "algorithms/metrics.h"
 #include "algorithms/modes/vae.h"
 #include "common/png.h"
 
@@ -89,6 +90,23 @@ TEST(ImageGrid, TilesWithBorders) {
   EXPECT_EQ(grid[6][4].item<float>(), 1.0f);
   EXPECT_EQ(grid[6][7].item<float>(), 0.0f);  // no fourth image
   EXPECT_EQ(grid[4][2].item<float>(), 0.0f);  // border
+}
+
+TEST(FrechetDistance, ZeroForASetWithItselfAndGrowsWithAShift) {
+  torch::manual_seed(8);
+  const at::Tensor a = torch::randn({500, 6}, torch::kDouble).matmul(torch::randn({6, 6}, torch::kDouble));
+  EXPECT_NEAR(metrics::FrechetDistance(a, a), 0.0, 1e-8);
+  // A shift moves only the means: FD = ||shift||^2, exactly.
+  const at::Tensor shift = torch::full({6}, 0.5, torch::kDouble);
+  EXPECT_NEAR(metrics::FrechetDistance(a, a + shift), 6 * 0.25, 1e-8);
+  EXPECT_LT(metrics::FrechetDistance(a, a + shift), metrics::FrechetDistance(a, a + 2 * shift));
+  // Scaling by k makes S_b = k^2 S_a (commuting): FD = (1 - k)^2 (||mu_a||^2 + tr S_a).
+  const at::Tensor c = torch::randn({400, 3}, torch::kDouble) + 1;
+  const double tr = (c - c.mean(0)).pow(2).sum().item<double>() / 399, mu2 = c.mean(0).pow(2).sum().item<double>();
+  EXPECT_NEAR(metrics::FrechetDistance(c, 3 * c), 4 * (mu2 + tr), 1e-8 * (mu2 + tr));
+  // A singular covariance (a constant dimension) is fine.
+  const at::Tensor flat = torch::cat({c.narrow(1, 0, 2), torch::zeros({400, 1}, torch::kDouble)}, 1);
+  EXPECT_NEAR(metrics::FrechetDistance(flat, flat + torch::tensor({0.0, 0.0, 2.0}, torch::kDouble)), 4.0, 1e-8);
 }
 
 TEST(Vae, NegativeElboTermsMatchHandValues) {

@@ -20,6 +20,9 @@ class Network : public torch::nn::Module {
  public:
   // x: float [B, C, H, W]; returns logits [B, num_classes].
   virtual torch::Tensor forward(torch::Tensor x) = 0;
+  // The penultimate representation the last linear layer reads (e.g. SimpleCNN's 84 activations):
+  // what a Frechet distance or a probe compares.
+  virtual torch::Tensor features(torch::Tensor x) = 0;
 };
 
 struct InputShape {

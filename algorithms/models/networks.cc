@@ -25,10 +25,11 @@ class Mlp final : public Network {
     }
     out_ = register_module("out", nn::Linear(width, in.num_classes));
   }
-  torch::Tensor forward(torch::Tensor x) override {
+  torch::Tensor forward(torch::Tensor x) override { return out_->forward(features(x)); }
+  torch::Tensor features(torch::Tensor x) override {
     x = x.flatten(1);
     for (const auto& layer : *layers_) x = torch::relu(layer->as<nn::Linear>()->forward(x));
-    return out_->forward(x);
+    return x;
   }
 
  private:
@@ -47,12 +48,12 @@ class SimpleCnn final : public Network {
     fc2_ = register_module("fc2", nn::Linear(120, 84));
     fc3_ = register_module("fc3", nn::Linear(84, in.num_classes));
   }
-  torch::Tensor forward(torch::Tensor x) override {
+  torch::Tensor forward(torch::Tensor x) override { return fc3_->forward(features(x)); }
+  torch::Tensor features(torch::Tensor x) override {
     x = ReluMaxPool2x2(conv1_->forward(x));
     x = ReluMaxPool2x2(conv2_->forward(x));
     x = torch::relu(fc1_->forward(x.flatten(1)));
-    x = torch::relu(fc2_->forward(x));
-    return fc3_->forward(x);
+    return torch::relu(fc2_->forward(x));
   }
 
  private:
@@ -70,11 +71,11 @@ class FedAvgCnn final : public Network {
     fc1_ = register_module("fc1", nn::Linear(64 * (in.height / 4) * (in.width / 4), 512));
     fc2_ = register_module("fc2", nn::Linear(512, in.num_classes));
   }
-  torch::Tensor forward(torch::Tensor x) override {
+  torch::Tensor forward(torch::Tensor x) override { return fc2_->forward(features(x)); }
+  torch::Tensor features(torch::Tensor x) override {
     x = ReluMaxPool2x2(conv1_->forward(x));
     x = ReluMaxPool2x2(conv2_->forward(x));
-    x = torch::relu(fc1_->forward(x.flatten(1)));
-    return fc2_->forward(x);
+    return torch::relu(fc1_->forward(x.flatten(1)));
   }
 
  private:
@@ -120,10 +121,11 @@ class ResNet final : public Network {
     block3_ = register_module("block3", BasicBlock(2 * w, 4 * w, 2));
     fc_ = register_module("fc", nn::Linear(4 * w, in.num_classes));
   }
-  torch::Tensor forward(torch::Tensor x) override {
+  torch::Tensor forward(torch::Tensor x) override { return fc_->forward(features(x)); }
+  torch::Tensor features(torch::Tensor x) override {
     x = torch::relu(stem_bn_->forward(stem_->forward(x)));
     x = block3_->forward(block2_->forward(block1_->forward(x)));
-    return fc_->forward(x.mean({2, 3}));
+    return x.mean({2, 3});
   }
 
  private:
@@ -146,13 +148,14 @@ class Vit final : public Network {
     encoder_ = register_module("encoder", std::make_shared<TransformerEncoder>(s.dim, s.depth, s.heads, s.mlp_dim));
     fc_ = register_module("fc", nn::Linear(s.dim, in.num_classes));
   }
-  torch::Tensor forward(torch::Tensor x) override {
+  torch::Tensor forward(torch::Tensor x) override { return fc_->forward(features(x)); }
+  torch::Tensor features(torch::Tensor x) override {
     TORCH_CHECK(x.size(2) / embed_->options.kernel_size()->at(0) == side_h_ &&
                     x.size(3) / embed_->options.kernel_size()->at(1) == side_w_,
                 "vit: images of ", x.size(2), "x", x.size(3), " do not match the model's patch grid");
     torch::Tensor tokens = embed_->forward(x).flatten(2).transpose(1, 2);  // [B, N, D]
     tokens = torch::cat({cls_.expand({x.size(0), 1, cls_.size(2)}), tokens}, 1) + pos_;
-    return fc_->forward(encoder_->forward(tokens).select(1, 0));
+    return encoder_->forward(tokens).select(1, 0);
   }
 
  private:
