@@ -150,6 +150,16 @@ struct VaeSpec {
                                      // on the input pixels, clean target, no KL)
 };
 
+// The GAN mode: DCGAN for 28x28 images.
+struct GanSpec {
+  int64_t noise_dim = 100;
+  int64_t width = 64;                // discriminator channels w, 2w; generator 2w, w
+  int64_t eval_samples = 10000;      // generated images the Frechet distance compares
+  int64_t classifier_epochs = 2;     // the evaluation classifier's training on the labelled bank
+  bool batch_norm = true;            // in both networks (DCGAN's); off, a step under N ranks equals
+                                     // one process's step on the N batches together
+};
+
 struct PartitionSpec {
   std::string scheme = "iid";        // iid | dirichlet | labels
   int64_t sites = 1;
@@ -164,7 +174,7 @@ struct Job {
   std::string name = "simple_cnn";
   uint64_t seed = 1;
   int64_t threads = 0;               // intra-op threads (0: LibTorch's default)
-  std::string mode = "supervised";   // supervised | fixmatch | pseudolabel | dino | vae
+  std::string mode = "supervised";   // supervised | fixmatch | pseudolabel | dino | vae | gan
   std::string device = "cpu";        // cpu | cuda (one GPU per rank; NCCL between ranks)
   std::string loss = "cross_entropy";  // cross_entropy | l1 | mse | hinge
   ModelSpec model;
@@ -180,6 +190,7 @@ struct Job {
   SemiSpec semi;
   DinoSpec dino;
   VaeSpec vae;
+  GanSpec gan;
   std::string run_dir = "runs/{name}";  // {name} is replaced by the job's name
 };
 

@@ -10,6 +10,7 @@
 
 #include "algorithms/models/network.h"
 #include "algorithms/modes/dino.h"
+#include "algorithms/modes/gan.h"
 #include "comm/reducer.h"
 #include "comm/registry.h"
 #include "worker/trainer.h"
@@ -264,6 +265,44 @@ TEST(DinoRanks, TeacherAndCenterStayIdenticalAcrossRanks) {
   EXPECT_GT(compared, 20);
   EXPECT_FALSE(torch::equal(after.at("model/center"), initial.at("model/center")));
   EXPECT_FALSE(torch::equal(after.at("model/teacher/backbone.conv1.weight"), initial.at("model/teacher/backbone.conv1.weight")));
+}
+
+// The GAN's step (D then G: two backward passes, both reduced) under N ranks, each on its share of
+// the images and noise, ends with the parameters of one process stepping on all of them. Without
+// batch norm (gan.batch_norm false), which would normalize each rank's batch on its own.
+TEST(GanRanks, TwoBackwardStepEqualsOneProcess) {
+  const int n = g_comm->size(), r = g_comm->rank();
+  Job job;
+  job.mode = "gan";
+  job.gan.batch_norm = false;
+  job.gan.width = 8;
+  job.gan.noise_dim = 16;
+  job.optimizer.name = "sgd";
+  job.optimizer.momentum = 0.9;
+  auto dist = modes::MakeGanMode(job, modes::InputInfo{}, at::Device(at::kCPU), at::Tensor(), at::Tensor());
+  auto ref = modes::MakeGanMode(job, modes::InputInfo{}, at::Device(at::kCPU), at::Tensor(), at::Tensor());
+  ASSERT_TRUE(dist.ok() && ref.ok());
+  std::map<std::string, at::Tensor> start;
+  for (const auto& [name, t] : (*ref)->State()) start[name] = t.clone();
+  comm::Reducer reducer((*dist)->TrainableParameters(), g_comm, {2048, 1024});
+  const int64_t b = 4;
+  torch::manual_seed(77);  // the same images and noise on every rank
+  for (int s = 0; s < 4; ++s) {
+    const at::Tensor x = torch::randn({n * b, 1, 28, 28}), z = torch::randn({n * b, 16});
+    modes::Batch mine{x.narrow(0, r * b, b), torch::zeros({b}, torch::kLong)};
+    mine.noise = z.narrow(0, r * b, b);
+    ASSERT_TRUE((*dist)->TrainStep(mine, 0.02, &reducer).ok());
+    modes::Batch all{x, torch::zeros({n * b}, torch::kLong)};
+    all.noise = z;
+    ASSERT_TRUE((*ref)->TrainStep(all, 0.02, nullptr).ok());
+  }
+  const double diff = MaxAbsDiff((*dist)->ModelState(), (*ref)->ModelState());
+  EXPECT_LE(diff, 1e-5) << "rank " << r << " of " << n;
+  std::map<std::string, at::Tensor> end;
+  for (const auto& [name, t] : (*ref)->State()) end[name] = t;
+  for (const char* name : {"model/generator.up2.weight", "model/discriminator.conv1.weight"}) {
+    EXPECT_GT((end.at(name) - start.at(name)).abs().max().item<double>(), 1e-4) << name << " did not train";
+  }
 }
 
 }  // namespace

@@ -14,6 +14,8 @@
 #   fixmatch      the semi-supervised mode at 3 sites (each with the labels that fall in its share).
 #   vae           the VAE at 3 sites: rounds average the network; the coordinator reports the test
 #                 ELBO, the sites their own splits' negative ELBO (federated_loss).
+#   gan           the GAN at 3 sites: rounds average both networks; the coordinator reports the
+#                 Frechet distance of the global generator's images.
 #   dino          DINO at 3 sites: each round averages student, teacher and center; sites evaluate
 #                 by k-NN on their own share, the coordinator by k-NN and linear probe.
 # Usage: federated_robustness_test.sh SCENARIO COORDINATOR WORKER MAKE_CERTS
@@ -292,6 +294,20 @@ r = [json.loads(l) for l in open(sys.argv[1])]
 assert r[1][\"elbo\"] > r[0][\"elbo\"], (r[0][\"elbo\"], r[1][\"elbo\"])
 " "$TMP/run/metrics.jsonl"'
   check "each global model is the example-weighted mean of the 3 updates" \
+    '"$PY" "$(dirname "$0")/weighted_mean_check.py" "$TMP" 2 3'
+  ;;
+gan)
+  EXTRA=(--mode gan --gan.width 16 --gan.eval_samples 500 --gan.classifier_epochs 1 --optimizer.name adam
+         --optimizer.lr 2e-4 --optimizer.beta1 0.5 --train.batch_size 64
+         --federated.rounds 2 --federated.local_epochs 1 --federated.site_eval_fraction 0.1
+         --partition.sites 3 --partition.scheme iid --federated.min_sites 3 --federated.min_available 3
+         --checkpoint.enabled false)
+  three_sites
+  check "GAN sites trained and every round aggregated all 3" \
+    '[[ $rc -eq 0 ]] && [[ $(grep -c "(3 sites" "$TMP/coord.out") -eq 2 ]]'
+  check "the coordinator reported the Frechet distance and the smallest class share" \
+    'grep -q "fd [0-9]" "$TMP/coord.out" && grep -q "min_class_frac 0\.[0-9]" "$TMP/coord.out"'
+  check "each global model (generator and discriminator) is the example-weighted mean of the 3 updates" \
     '"$PY" "$(dirname "$0")/weighted_mean_check.py" "$TMP" 2 3'
   ;;
 *) echo "unknown scenario $SCENARIO"; exit 2 ;;

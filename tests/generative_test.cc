@@ -9,10 +9,12 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <sstream>
 
 #include "algorithms/augment/image_ops.h"
 #include "algorithms/metrics.h"
+#include "algorithms/modes/gan.h"
 #include "algorithms/modes/vae.h"
 #include "common/png.h"
 
@@ -185,6 +187,57 @@ TEST(Vae, DenoisingVariantHasNoKlAndNoSamples) {
   ASSERT_TRUE((*mode)->WriteImages(dir, 1).ok());
   EXPECT_TRUE(std::filesystem::exists(dir + "/reconstructions-epoch1.png"));
   EXPECT_FALSE(std::filesystem::exists(dir + "/samples-epoch1.png"));
+}
+
+TEST(Gan, StepsBothNetworksEvaluatesByFrechetDistanceAndWritesSamples) {
+  Job job;
+  job.mode = "gan";
+  job.gan.width = 8;
+  job.gan.noise_dim = 16;
+  job.gan.eval_samples = 64;
+  job.gan.classifier_epochs = 1;
+  job.optimizer.name = "adam";
+  job.optimizer.lr = 2e-4;
+  job.optimizer.beta1 = 0.5;
+  auto mode = modes::MakeGanMode(job, modes::InputInfo{}, at::Device(at::kCPU), at::Tensor(), at::Tensor());
+  ASSERT_TRUE(mode.ok()) << mode.status();
+  torch::manual_seed(6);
+  const at::Tensor x = torch::randn({256, 1, 28, 28}), y = torch::arange(256, torch::kLong).remainder(10);
+  auto none = (*mode)->Evaluate(x.narrow(0, 0, 32), y.narrow(0, 0, 32), 32);
+  EXPECT_EQ(none.status().code(), absl::StatusCode::kFailedPrecondition);
+  (*mode)->SetEvaluationBank(x, y);
+  auto first = (*mode)->Evaluate(x.narrow(0, 0, 64), y.narrow(0, 0, 64), 32);
+  ASSERT_TRUE(first.ok()) << first.status();
+  EXPECT_FALSE(first->confusion.defined());
+  EXPECT_GT(first->monitors.at("fd"), 0.0);
+  EXPECT_NEAR(first->loss_sum, first->monitors.at("fd") * 64, 1e-9);
+  EXPECT_GE(first->monitors.at("min_class_frac"), 0.0);
+  EXPECT_LE(first->monitors.at("min_class_frac"), 0.1);  // the smallest of 10 shares
+  EXPECT_EQ(first->extra_correct.count("classifier_accuracy"), 1u);
+  EXPECT_EQ((*mode)->Evaluate(x.narrow(0, 0, 64), y.narrow(0, 0, 64), 32)->monitors.at("fd"),
+            first->monitors.at("fd"));  // fixed evaluation noise
+  std::map<std::string, at::Tensor> before;
+  for (const auto& [name, t] : (*mode)->State()) before[name] = t.clone();
+  modes::Batch batch{x.narrow(0, 0, 16), y.narrow(0, 0, 16)};
+  batch.seed = 9;
+  ASSERT_TRUE((*mode)->TrainStep(batch, 2e-4, nullptr).ok());
+  std::map<std::string, at::Tensor> after;
+  for (const auto& [name, t] : (*mode)->State()) after[name] = t;
+  EXPECT_FALSE(torch::equal(after.at("model/generator.fc.weight"), before.at("model/generator.fc.weight")));
+  EXPECT_FALSE(torch::equal(after.at("model/discriminator.fc.weight"), before.at("model/discriminator.fc.weight")));
+  // Both optimizers' state is in the checkpoint.
+  EXPECT_EQ(after.count("optim/generator.fc.weight/exp_avg"), 1u);
+  EXPECT_EQ(after.count("optim/discriminator.fc.weight/exp_avg"), 1u);
+  // Bad input is refused.
+  modes::Batch wrong{torch::zeros({2, 1, 14, 14}), torch::zeros({2}, torch::kLong)};
+  EXPECT_FALSE((*mode)->TrainStep(wrong, 2e-4, nullptr).ok());
+  modes::Batch bad_noise{x.narrow(0, 0, 4), y.narrow(0, 0, 4)};
+  bad_noise.noise = torch::zeros({4, 3});
+  EXPECT_FALSE((*mode)->TrainStep(bad_noise, 2e-4, nullptr).ok());
+  const std::string dir = testing::TempDir() + "/gan_grids";
+  std::filesystem::create_directories(dir);
+  ASSERT_TRUE((*mode)->WriteImages(dir, 2).ok());
+  EXPECT_TRUE(std::filesystem::exists(dir + "/samples-epoch2.png"));
 }
 
 }  // namespace

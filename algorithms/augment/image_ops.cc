@@ -6,6 +6,8 @@
 #include <cmath>
 #include <vector>
 
+#include "common/png.h"
+
 namespace allround::augment {
 namespace {
 
@@ -48,6 +50,13 @@ at::Tensor ImageGrid(const at::Tensor& images, int64_t cols) {
     grid.narrow(0, top, h).narrow(1, left, w).copy_(images[i][0]);
   }
   return grid;
+}
+
+absl::Status WriteImageGridPng(const std::string& path, const at::Tensor& images, int64_t cols) {
+  const at::Tensor grid = ImageGrid(images.detach().cpu(), cols);
+  const at::Tensor bytes = grid.mul(255).round().clamp(0, 255).to(at::kByte).contiguous();
+  std::vector<uint8_t> pixels(bytes.data_ptr<uint8_t>(), bytes.data_ptr<uint8_t>() + bytes.numel());
+  return WriteGrayPng(path, grid.size(1), grid.size(0), pixels);
 }
 
 at::Tensor Denormalize(const at::Tensor& x, double mean, double std) { return x * std + mean; }

@@ -30,6 +30,7 @@ struct Batch {
   uint64_t seed = 0;     // for the step's own random choices (augmented views): from the job seed,
                          // epoch, step and rank, so a resumed run draws the same
   double progress = 0;   // the fraction of the run's steps done before this one (schedules)
+  at::Tensor noise;      // generative modes' latent draws [B, ...]; undefined: drawn from `seed`
 };
 
 struct StepResult {

@@ -8,7 +8,6 @@
 #include "algorithms/augment/image_ops.h"
 #include "algorithms/modes/classifier.h"
 #include "algorithms/optim/optimizer.h"
-#include "common/png.h"
 #include "common/random.h"
 
 namespace allround::modes {
@@ -96,7 +95,8 @@ class VaeMode final : public LearningMode {
     if (!preview_.defined()) return absl::OkStatus();
     // Originals in the top row, their reconstructions under them.
     const torch::Tensor pairs = torch::cat({preview_, preview_recon_}, 0);
-    if (auto s = WriteGrid(absl::StrCat(dir, "/reconstructions-epoch", epoch, ".png"), pairs, preview_.size(0));
+    if (auto s = augment::WriteImageGridPng(absl::StrCat(dir, "/reconstructions-epoch", epoch, ".png"), pairs,
+                                            preview_.size(0));
         !s.ok()) {
       return s;
     }
@@ -106,7 +106,7 @@ class VaeMode final : public LearningMode {
     const torch::Tensor z = Normal({64, spec_.latent}, DeriveSeed(seed_, "vae-samples"), options);
     const torch::Tensor samples =
         torch::sigmoid(net_->Decode(z)).view({64, input_.channels, input_.height, input_.width}).cpu();
-    return WriteGrid(absl::StrCat(dir, "/samples-epoch", epoch, ".png"), samples, 8);
+    return augment::WriteImageGridPng(absl::StrCat(dir, "/samples-epoch", epoch, ".png"), samples, 8);
   }
 
   std::vector<at::Tensor> TrainableParameters() override { return net_->parameters(); }
@@ -164,13 +164,6 @@ class VaeMode final : public LearningMode {
                                                      input_.channels, ", ", input_.height, ", ", input_.width, "]"));
     }
     return absl::OkStatus();
-  }
-
-  static absl::Status WriteGrid(const std::string& path, const torch::Tensor& images, int64_t cols) {
-    const torch::Tensor grid = augment::ImageGrid(images, cols);
-    const torch::Tensor bytes = grid.mul(255).round().clamp(0, 255).to(torch::kUInt8).contiguous();
-    std::vector<uint8_t> pixels(bytes.data_ptr<uint8_t>(), bytes.data_ptr<uint8_t>() + bytes.numel());
-    return WriteGrayPng(path, grid.size(1), grid.size(0), pixels);
   }
 
   VaeSpec spec_;

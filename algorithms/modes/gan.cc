@@ -1,0 +1,282 @@
+#include "algorithms/modes/gan.h"
+
+#include <torch/torch.h>
+
+#include <map>
+
+#include "absl/strings/str_cat.h"
+#include "algorithms/augment/image_ops.h"
+#include "algorithms/metrics.h"
+#include "algorithms/models/network.h"
+#include "algorithms/modes/classifier.h"
+#include "algorithms/optim/optimizer.h"
+#include "common/random.h"
+
+namespace allround::modes {
+namespace {
+
+namespace nn = torch::nn;
+namespace F = torch::nn::functional;
+constexpr double kMean = 0.2860, kStd = 0.3530;  // Fashion-MNIST's standardization
+
+class Generator : public nn::Module {
+ public:
+  Generator(int64_t noise, int64_t w, bool bn)
+      : w_(w),
+        fc_(register_module("fc", nn::Linear(noise, 2 * w * 7 * 7))),
+        up1_(register_module("up1", nn::ConvTranspose2d(nn::ConvTranspose2dOptions(2 * w, w, 4).stride(2).padding(1)))),
+        up2_(register_module("up2", nn::ConvTranspose2d(nn::ConvTranspose2dOptions(w, 1, 4).stride(2).padding(1)))) {
+    if (bn) {
+      bn0_ = register_module("bn0", nn::BatchNorm1d(2 * w * 7 * 7));
+      bn1_ = register_module("bn1", nn::BatchNorm2d(w));
+    }
+  }
+  // z [B, noise] -> images [B, 1, 28, 28] in [-1, 1].
+  torch::Tensor forward(const torch::Tensor& z) {
+    torch::Tensor x = fc_->forward(z);
+    if (bn0_) x = bn0_->forward(x);
+    x = up1_->forward(torch::relu(x).view({z.size(0), 2 * w_, 7, 7}));
+    if (bn1_) x = bn1_->forward(x);
+    return torch::tanh(up2_->forward(torch::relu(x)));
+  }
+
+ private:
+  int64_t w_;
+  nn::Linear fc_;
+  nn::ConvTranspose2d up1_, up2_;
+  nn::BatchNorm1d bn0_{nullptr};
+  nn::BatchNorm2d bn1_{nullptr};
+};
+
+class Discriminator : public nn::Module {
+ public:
+  Discriminator(int64_t w, bool bn)
+      : conv1_(register_module("conv1", nn::Conv2d(nn::Conv2dOptions(1, w, 4).stride(2).padding(1)))),
+        conv2_(register_module("conv2", nn::Conv2d(nn::Conv2dOptions(w, 2 * w, 4).stride(2).padding(1)))),
+        fc_(register_module("fc", nn::Linear(2 * w * 7 * 7, 1))) {
+    if (bn) bn2_ = register_module("bn2", nn::BatchNorm2d(2 * w));
+  }
+  // images [B, 1, 28, 28] in [-1, 1] -> logits [B].
+  torch::Tensor forward(const torch::Tensor& x) {
+    const auto leaky = F::LeakyReLUFuncOptions().negative_slope(0.2);
+    torch::Tensor h = F::leaky_relu(conv1_->forward(x), leaky);
+    h = conv2_->forward(h);
+    if (bn2_) h = bn2_->forward(h);
+    h = F::leaky_relu(h, leaky);
+    return fc_->forward(h.flatten(1)).view(-1);
+  }
+
+ private:
+  nn::Conv2d conv1_, conv2_;
+  nn::Linear fc_;
+  nn::BatchNorm2d bn2_{nullptr};
+};
+
+// Both networks under one module, so named tensors read "generator..." and "discriminator...".
+class GanNets : public nn::Module {
+ public:
+  GanNets(int64_t noise, int64_t w, bool bn)
+      : g(register_module("generator", std::make_shared<Generator>(noise, w, bn))),
+        d(register_module("discriminator", std::make_shared<Discriminator>(w, bn))) {}
+  std::shared_ptr<Generator> g;
+  std::shared_ptr<Discriminator> d;
+};
+
+torch::Tensor Normal(at::IntArrayRef sizes, uint64_t seed, const torch::TensorOptions& like) {
+  auto gen = at::detail::createCPUGenerator(seed);
+  return at::randn(sizes, gen, torch::TensorOptions().dtype(like.dtype())).to(like.device());
+}
+
+// Standardized inputs <-> the generator's [-1, 1].
+torch::Tensor ToTanhRange(const torch::Tensor& x) { return ((x * kStd + kMean).clamp(0, 1)) * 2 - 1; }
+torch::Tensor FromTanhRange(const torch::Tensor& g) { return ((g + 1) / 2 - kMean) / kStd; }
+
+class GanMode final : public LearningMode {
+ public:
+  GanMode(const Job& job, const InputInfo& input, std::shared_ptr<GanNets> nets,
+          std::unique_ptr<torch::optim::Optimizer> opt_g, std::unique_ptr<torch::optim::Optimizer> opt_d)
+      : spec_(job.gan),
+        seed_(job.seed),
+        input_(input),
+        nets_(std::move(nets)),
+        opt_g_(std::move(opt_g)),
+        opt_d_(std::move(opt_d)) {}
+
+  absl::StatusOr<StepResult> TrainStep(const Batch& batch, double lr, GradientSync* sync) override {
+    if (auto s = CheckInputs(batch.inputs); !s.ok()) return s;
+    nets_->train();
+    const int64_t b = batch.inputs.size(0);
+    const torch::Tensor real = ToTanhRange(batch.inputs);
+    if (batch.noise.defined() && batch.noise.sizes() != at::IntArrayRef({b, spec_.noise_dim})) {
+      return absl::InvalidArgumentError(absl::StrCat("batch noise of shape ", c10::str(batch.noise.sizes()), ", expected [",
+                                                     b, ", ", spec_.noise_dim, "]"));
+    }
+    const torch::Tensor z =
+        batch.noise.defined() ? batch.noise.to(real.options()) : Normal({b, spec_.noise_dim}, batch.seed, real.options());
+    const torch::Tensor ones = torch::ones({b}, real.options()), zeros = torch::zeros({b}, real.options());
+    // D: real images are 1, generated ones 0 (no gradient reaches G).
+    opt_d_->zero_grad();
+    opt_g_->zero_grad();
+    const torch::Tensor fake = nets_->g->forward(z);
+    torch::Tensor d_loss = F::binary_cross_entropy_with_logits(nets_->d->forward(real), ones) +
+                           F::binary_cross_entropy_with_logits(nets_->d->forward(fake.detach()), zeros);
+    if (proximal_.active()) d_loss = d_loss + proximal_.Penalty(nets_->parameters());
+    auto d_value = optim::BackwardAndStep(d_loss, sync, *opt_d_, lr);
+    if (!d_value.ok()) return d_value.status();
+    // G: the non-saturating loss, -log D(G(z)), through the updated D.
+    opt_d_->zero_grad();
+    opt_g_->zero_grad();
+    torch::Tensor g_loss = F::binary_cross_entropy_with_logits(nets_->d->forward(fake), ones);
+    if (proximal_.active()) g_loss = g_loss + proximal_.Penalty(nets_->parameters());
+    auto g_value = optim::BackwardAndStep(g_loss, sync, *opt_g_, lr);
+    if (!g_value.ok()) return g_value.status();
+    return StepResult{*d_value + *g_value, b};
+  }
+
+  absl::StatusOr<EvalSums> Evaluate(const at::Tensor& inputs, const at::Tensor& targets, int64_t batch_size) override {
+    if (auto s = CheckInputs(inputs); !s.ok()) return s;
+    if (!classifier_) return absl::FailedPreconditionError("gan: evaluation needs labelled images to train its classifier");
+    torch::NoGradGuard no_grad;
+    nets_->eval();
+    classifier_->eval();
+    EvalSums sums;
+    if (inputs.size(0) < 2) return sums;
+    std::vector<torch::Tensor> real, fake, fake_classes;
+    int64_t correct = 0;
+    for (int64_t s = 0; s < inputs.size(0); s += batch_size) {
+      const torch::Tensor x = inputs.narrow(0, s, std::min(batch_size, inputs.size(0) - s));
+      const torch::Tensor f = classifier_->features(x);
+      real.push_back(f);
+      correct += classifier_->forward(x).argmax(1).eq(targets.narrow(0, s, x.size(0))).sum().item<int64_t>();
+    }
+    const auto options = inputs.options();
+    for (int64_t s = 0; s < spec_.eval_samples; s += batch_size) {
+      const int64_t n = std::min(batch_size, spec_.eval_samples - s);
+      const torch::Tensor z = Normal({n, spec_.noise_dim}, DeriveSeed(seed_, "gan-eval", static_cast<uint64_t>(s)), options);
+      const torch::Tensor images = FromTanhRange(nets_->g->forward(z));
+      const torch::Tensor f = classifier_->features(images);
+      fake.push_back(f);
+      fake_classes.push_back(classifier_->forward(images).argmax(1));
+    }
+    const double fd = metrics::FrechetDistance(torch::cat(real), torch::cat(fake));
+    const torch::Tensor histogram = torch::cat(fake_classes).bincount({}, input_.num_classes).to(torch::kDouble);
+    sums.examples = inputs.size(0);
+    sums.loss_sum = fd * static_cast<double>(sums.examples);
+    sums.monitors["fd"] = fd;
+    sums.monitors["min_class_frac"] = (histogram.min() / histogram.sum()).item<double>();
+    sums.extra_correct["classifier_accuracy"] = correct;
+    return sums;
+  }
+
+  absl::Status WriteImages(const std::string& dir, int64_t epoch) override {
+    torch::NoGradGuard no_grad;
+    nets_->eval();
+    const auto options = nets_->parameters()[0].options();
+    const torch::Tensor z = Normal({100, spec_.noise_dim}, DeriveSeed(seed_, "gan-grid"), options);
+    const torch::Tensor images = ((nets_->g->forward(z) + 1) / 2).clamp(0, 1);
+    return augment::WriteImageGridPng(absl::StrCat(dir, "/samples-epoch", epoch, ".png"), images, 10);
+  }
+
+  // The evaluation classifier: SimpleCNN trained on these labelled images (seeded, so every rank
+  // and every resumed run trains the same one). Retrained only when the images change.
+  void SetEvaluationBank(const at::Tensor& inputs, const at::Tensor& labels) override {
+    if (classifier_ && inputs.data_ptr() == bank_ptr_ && inputs.size(0) == bank_rows_) return;
+    bank_ptr_ = inputs.data_ptr();
+    bank_rows_ = inputs.size(0);
+    classifier_ = TrainClassifier(inputs, labels);
+  }
+
+  std::vector<at::Tensor> TrainableParameters() override { return nets_->parameters(); }
+  std::vector<at::Tensor> ModelState() override {
+    std::vector<at::Tensor> out;
+    for (const auto& [name, t] : ModuleTensors(*nets_, "model/")) out.push_back(t);
+    return out;
+  }
+  std::vector<at::Tensor> Buffers() override { return nets_->buffers(); }
+  int64_t ParameterCount() override { return models::CountParameters(*nets_); }
+
+  NamedTensors State() override {
+    NamedTensors out = ModuleTensors(*nets_, "model/");
+    for (auto& e : optim::OptimizerState(*opt_g_, NamedParameters(*nets_->g, "generator."))) out.push_back(std::move(e));
+    for (auto& e : optim::OptimizerState(*opt_d_, NamedParameters(*nets_->d, "discriminator."))) {
+      out.push_back(std::move(e));
+    }
+    return out;
+  }
+  absl::Status LoadState(const NamedTensors& state) override {
+    std::map<std::string, at::Tensor> by_name(state.begin(), state.end());
+    if (auto s = CopyCheckedInto(ModuleTensors(*nets_, "model/"), by_name); !s.ok()) return s;
+    if (auto s = optim::LoadOptimizerState(*opt_g_, NamedParameters(*nets_->g, "generator."), by_name); !s.ok()) {
+      return s;
+    }
+    return optim::LoadOptimizerState(*opt_d_, NamedParameters(*nets_->d, "discriminator."), by_name);
+  }
+  absl::Status SetProximalTerm(double mu, const NamedTensors& reference) override {
+    return proximal_.Set(mu, reference, NamedParameters(*nets_));
+  }
+
+ private:
+  std::shared_ptr<models::Network> TrainClassifier(const at::Tensor& inputs, const at::Tensor& labels) const {
+    torch::manual_seed(DeriveSeed(seed_, "gan-classifier"));
+    ModelSpec spec;
+    spec.name = "simple_cnn";
+    auto made = models::MakeModel(spec, {input_.channels, input_.height, input_.width, input_.num_classes});
+    std::shared_ptr<models::Network> net = *made;
+    net->to(inputs.device());
+    torch::optim::SGD sgd(net->parameters(), torch::optim::SGDOptions(0.05).momentum(0.9));
+    auto gen = at::detail::createCPUGenerator(DeriveSeed(seed_, "gan-classifier-order"));
+    net->train();
+    const int64_t n = inputs.size(0), batch = 64;
+    for (int64_t e = 0; e < spec_.classifier_epochs; ++e) {
+      const torch::Tensor order = at::randperm(n, gen, torch::TensorOptions().dtype(torch::kLong)).to(inputs.device());
+      for (int64_t s = 0; s + batch <= n; s += batch) {
+        const torch::Tensor idx = order.narrow(0, s, batch);
+        sgd.zero_grad();
+        torch::nn::functional::cross_entropy(net->forward(inputs.index_select(0, idx)), labels.index_select(0, idx))
+            .backward();
+        sgd.step();
+      }
+    }
+    net->eval();
+    return net;
+  }
+
+  absl::Status CheckInputs(const at::Tensor& x) const {
+    if (x.dim() != 4 || x.size(1) != 1 || x.size(2) != 28 || x.size(3) != 28) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("batch inputs of shape ", c10::str(x.sizes()), ", expected [B, 1, 28, 28] (DCGAN for 28x28)"));
+    }
+    return absl::OkStatus();
+  }
+
+  GanSpec spec_;
+  uint64_t seed_;
+  InputInfo input_;
+  std::shared_ptr<GanNets> nets_;
+  std::unique_ptr<torch::optim::Optimizer> opt_g_, opt_d_;
+  ProximalTerm proximal_;
+  std::shared_ptr<models::Network> classifier_;
+  const void* bank_ptr_ = nullptr;
+  int64_t bank_rows_ = 0;
+};
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<LearningMode>> MakeGanMode(const Job& job, const InputInfo& input, at::Device device,
+                                                          const at::Tensor& bank_inputs, const at::Tensor& bank_labels) {
+  if (input.channels != 1 || input.height != 28 || input.width != 28) {
+    return absl::InvalidArgumentError("gan: the DCGAN here is for 1 x 28 x 28 images");
+  }
+  torch::manual_seed(DeriveSeed(job.seed, "model-init"));
+  auto nets = std::make_shared<GanNets>(job.gan.noise_dim, job.gan.width, job.gan.batch_norm);
+  nets->to(device);
+  auto opt_g = optim::MakeOptimizer(job.optimizer, nets->g->parameters());
+  if (!opt_g.ok()) return absl::InvalidArgumentError(absl::StrCat("job key 'optimizer.name': ", opt_g.status().message()));
+  auto opt_d = optim::MakeOptimizer(job.optimizer, nets->d->parameters());
+  if (!opt_d.ok()) return opt_d.status();
+  auto mode = std::make_unique<GanMode>(job, input, nets, *std::move(opt_g), *std::move(opt_d));
+  if (bank_inputs.defined() && bank_inputs.size(0) > 0) mode->SetEvaluationBank(bank_inputs.to(device), bank_labels.to(device));
+  return std::unique_ptr<LearningMode>(std::move(mode));
+}
+
+}  // namespace allround::modes

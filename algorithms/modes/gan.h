@@ -1,0 +1,38 @@
+#ifndef ALLROUND_ALGORITHMS_MODES_GAN_H_
+#define ALLROUND_ALGORITHMS_MODES_GAN_H_
+
+// The GAN mode: DCGAN (Radford et al. 2016) for 28x28 images. The generator maps gan.noise_dim
+// standard-normal numbers through a linear layer to 2w x 7 x 7, then two stride-2 transposed
+// convolutions (batch norm and ReLU between, tanh at the end); the discriminator has two stride-2
+// convolutions with LeakyReLU 0.2 (batch norm on the second) and a linear layer to one logit
+// (w = gan.width). Two optimizers of the job's kind (Adam lr 2e-4, beta1 0.5 in the shipped job).
+// Each step updates D on a real batch and a generated one (real 1, fake 0), then G with the
+// non-saturating loss -log D(G(z)): two backward passes, each reduced by the Reducer under mpirun.
+// The noise comes from the step's seed (or Batch::noise). gan.batch_norm false drops batch norm, so
+// a step under N ranks equals one process's step on their batches together (tested).
+//
+// Evaluation: the Frechet distance between the penultimate features of a Fashion-MNIST classifier
+// (SimpleCNN, trained by the mode itself, seeded, for gan.classifier_epochs on the labelled bank it
+// is given: the job's training set) of the test images and of gan.eval_samples generated ones
+// (fixed noise), reported as "fd" and as test_loss; "min_class_frac", the smallest share of any
+// class among the generated images under that classifier (mode collapse shows as a class near 0);
+// and "classifier_accuracy" on the test images. WriteImages writes samples-epoch<N>.png (10 x 10).
+// Checkpoints hold "model/generator...", "model/discriminator..." and both optimizers' state; the
+// evaluation classifier is retrained identically when needed.
+
+#include <ATen/core/Tensor.h>
+
+#include <memory>
+
+#include "absl/status/statusor.h"
+#include "algorithms/modes/learning_mode.h"
+#include "algorithms/modes/supervised.h"
+
+namespace allround::modes {
+
+absl::StatusOr<std::unique_ptr<LearningMode>> MakeGanMode(const Job& job, const InputInfo& input, at::Device device,
+                                                          const at::Tensor& bank_inputs, const at::Tensor& bank_labels);
+
+}  // namespace allround::modes
+
+#endif  // ALLROUND_ALGORITHMS_MODES_GAN_H_
