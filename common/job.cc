@@ -145,7 +145,7 @@ const std::vector<Key>& Keys() {
       StringKey("device", "where to train: cpu, or cuda (one GPU per rank, NCCL between them)",
                 [](Job& j) -> auto& { return j.device; }, {"cpu", "cuda"}),
       StringKey("mode", "learning mode", [](Job& j) -> auto& { return j.mode; },
-                {"supervised", "fixmatch", "pseudolabel", "dino", "vae", "gan"}),
+                {"supervised", "fixmatch", "pseudolabel", "dino", "vae", "gan", "mlm"}),
       StringKey("loss", "loss function", [](Job& j) -> auto& { return j.loss; },
                 {"cross_entropy", "l1", "mse", "hinge"}),
       StringKey("model.name", "model architecture", [](Job& j) -> auto& { return j.model.name; },
@@ -164,7 +164,8 @@ const std::vector<Key>& Keys() {
                       [](Job& j) -> auto& { return j.model.mlp_dim; }, 1, 1 << 20),
       StringKey("model.init", "initial weights from a safetensors file (fine-tuning)",
                 [](Job& j) -> auto& { return j.model.init; }),
-      StringKey("data.name", "dataset", [](Job& j) -> auto& { return j.data.name; }, {"fashion_mnist"}),
+      StringKey("data.name", "dataset: fashion_mnist, or text (plain-text files under data.dir, e.g. "
+                "/usr/share/games/fortunes)", [](Job& j) -> auto& { return j.data.name; }, {"fashion_mnist", "text"}),
       StringKey("data.dir", "directory with the IDX files (.gz or plain)",
                 [](Job& j) -> auto& { return j.data.dir; }),
       StringKey("data.augment", "training augmentation", [](Job& j) -> auto& { return j.data.augment; },
@@ -229,6 +230,17 @@ const std::vector<Key>& Keys() {
               [](Job& j) -> auto& { return j.gan.batch_norm; }),
       IntKey<int64_t>("gan.classifier_epochs", "gan: epochs of the evaluation classifier",
                       [](Job& j) -> auto& { return j.gan.classifier_epochs; }, 1, 1000),
+      IntKey<int64_t>("text.vocab_size", "text: BPE vocabulary size", [](Job& j) -> auto& { return j.text.vocab_size; },
+                      260, 1 << 20),
+      IntKey<int64_t>("text.seq_len", "text: tokens per sequence", [](Job& j) -> auto& { return j.text.seq_len; }, 4,
+                      4096),
+      DoubleKey("text.test_fraction", "text: documents held out", [](Job& j) -> auto& { return j.text.test_fraction; },
+                0.0, 0.9),
+      IntKey<int64_t>("mlm.layers", "mlm: transformer layers", [](Job& j) -> auto& { return j.mlm.layers; }, 1, 64),
+      IntKey<int64_t>("mlm.hidden", "mlm: hidden size", [](Job& j) -> auto& { return j.mlm.hidden; }, 2, 8192),
+      IntKey<int64_t>("mlm.heads", "mlm: attention heads", [](Job& j) -> auto& { return j.mlm.heads; }, 1, 128),
+      DoubleKey("mlm.mask_prob", "mlm: share of tokens selected for prediction",
+                [](Job& j) -> auto& { return j.mlm.mask_prob; }, 0.01, 0.9),
       IntKey<int64_t>("semi.mu", "unlabelled images per labelled one in a step",
                       [](Job& j) -> auto& { return j.semi.mu; }, 1, 1024),
       DoubleKey("semi.tau", "confidence a pseudo-label needs", [](Job& j) -> auto& { return j.semi.tau; }, 0.0, 1.0),
@@ -416,6 +428,17 @@ absl::Status SetJobKey(Job& job, const std::string& key, const std::string& valu
 absl::Status ValidateJob(const Job& job) {
   if (job.model.name == "mlp" && job.model.hidden.empty()) {
     return absl::InvalidArgumentError("job key 'model.hidden': an mlp needs at least one layer");
+  }
+  if (job.mode == "mlm" && job.mlm.hidden % job.mlm.heads != 0) {
+    return absl::InvalidArgumentError(absl::StrCat("job key 'mlm.hidden': ", job.mlm.hidden,
+                                                   " is not a multiple of mlm.heads (", job.mlm.heads, ")"));
+  }
+  if (job.data.name == "text" && job.data.augment != "none") {
+    return absl::InvalidArgumentError("job key 'data.augment': text takes no image augmentation (give none)");
+  }
+  if ((job.mode == "mlm") != (job.data.name == "text")) {
+    return absl::InvalidArgumentError("job keys 'mode' and 'data.name': the mlm mode trains on text, and text "
+                                      "data needs the mlm mode");
   }
   if (job.model.name == "vit" && job.model.dim % job.model.heads != 0) {
     return absl::InvalidArgumentError(absl::StrCat("job key 'model.dim': ", job.model.dim,

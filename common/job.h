@@ -160,6 +160,19 @@ struct GanSpec {
                                      // one process's step on the N batches together
 };
 
+// Text corpora (data.name text) and the masked-LM mode.
+struct TextSpec {
+  int64_t vocab_size = 8000;         // the BPE tokenizer's, trained on the training documents
+  int64_t seq_len = 64;              // tokens per sequence ([CLS] first; padded, longer documents split)
+  double test_fraction = 0.1;        // documents held out (seeded)
+};
+struct MlmSpec {
+  int64_t layers = 2;
+  int64_t hidden = 128;
+  int64_t heads = 2;
+  double mask_prob = 0.15;           // tokens selected; of them 80% [MASK], 10% random, 10% unchanged
+};
+
 struct PartitionSpec {
   std::string scheme = "iid";        // iid | dirichlet | labels
   int64_t sites = 1;
@@ -174,7 +187,7 @@ struct Job {
   std::string name = "simple_cnn";
   uint64_t seed = 1;
   int64_t threads = 0;               // intra-op threads (0: LibTorch's default)
-  std::string mode = "supervised";   // supervised | fixmatch | pseudolabel | dino | vae | gan
+  std::string mode = "supervised";   // supervised | fixmatch | pseudolabel | dino | vae | gan | mlm
   std::string device = "cpu";        // cpu | cuda (one GPU per rank; NCCL between ranks)
   std::string loss = "cross_entropy";  // cross_entropy | l1 | mse | hinge
   ModelSpec model;
@@ -191,6 +204,8 @@ struct Job {
   DinoSpec dino;
   VaeSpec vae;
   GanSpec gan;
+  TextSpec text;
+  MlmSpec mlm;
   std::string run_dir = "runs/{name}";  // {name} is replaced by the job's name
 };
 

@@ -16,6 +16,8 @@
 #                 ELBO, the sites their own splits' negative ELBO (federated_loss).
 #   gan           the GAN at 3 sites: rounds average both networks; the coordinator reports the
 #                 Frechet distance of the global generator's images.
+#   mlm           masked-LM on the fortunes at 3 sites: rounds average encoder and head; every
+#                 process trains the same tokenizer from the same corpus, fixed for the run.
 #   dino          DINO at 3 sites: each round averages student, teacher and center; sites evaluate
 #                 by k-NN on their own share, the coordinator by k-NN and linear probe.
 # Usage: federated_robustness_test.sh SCENARIO COORDINATOR WORKER MAKE_CERTS
@@ -308,6 +310,23 @@ gan)
   check "the coordinator reported the Frechet distance and the smallest class share" \
     'grep -q "fd [0-9]" "$TMP/coord.out" && grep -q "min_class_frac 0\.[0-9]" "$TMP/coord.out"'
   check "each global model (generator and discriminator) is the example-weighted mean of the 3 updates" \
+    '"$PY" "$(dirname "$0")/weighted_mean_check.py" "$TMP" 2 3'
+  ;;
+mlm)
+  [[ -d /usr/share/games/fortunes ]] || { echo "no fortunes: skipped"; exit 77; }
+  EXTRA=(--mode mlm --data.name text --data.dir /usr/share/games/fortunes --data.augment none
+         --text.vocab_size 600 --text.seq_len 32 --mlm.hidden 32 --data.train_limit 900 --data.test_limit 200
+         --optimizer.name adamw --optimizer.lr 2e-3 --train.batch_size 32
+         --federated.rounds 2 --federated.local_epochs 1 --federated.site_eval_fraction 0.1
+         --partition.sites 3 --partition.scheme iid --federated.min_sites 3 --federated.min_available 3
+         --checkpoint.enabled false)
+  three_sites
+  check "MLM sites trained and every round aggregated all 3" \
+    '[[ $rc -eq 0 ]] && [[ $(grep -c "(3 sites" "$TMP/coord.out") -eq 2 ]]'
+  check "the coordinator reported held-out MLM and unigram figures, the sites their own" \
+    'grep -q "mlm_accuracy 0\.[0-9]" "$TMP/coord.out" && grep -q "unigram_ppl [0-9]" "$TMP/coord.out" &&
+     grep -q "federated_loss(v1) [0-9]" "$TMP/coord.out"'
+  check "each global model is the example-weighted mean of the 3 updates" \
     '"$PY" "$(dirname "$0")/weighted_mean_check.py" "$TMP" 2 3'
   ;;
 *) echo "unknown scenario $SCENARIO"; exit 2 ;;

@@ -15,6 +15,7 @@
 #include "algorithms/augment/image_ops.h"
 #include "algorithms/metrics.h"
 #include "algorithms/modes/gan.h"
+#include "algorithms/modes/mlm.h"
 #include "algorithms/modes/vae.h"
 #include "common/png.h"
 
@@ -238,6 +239,68 @@ TEST(Gan, StepsBothNetworksEvaluatesByFrechetDistanceAndWritesSamples) {
   std::filesystem::create_directories(dir);
   ASSERT_TRUE((*mode)->WriteImages(dir, 2).ok());
   EXPECT_TRUE(std::filesystem::exists(dir + "/samples-epoch2.png"));
+}
+
+TEST(Mlm, MaskingSelectsFifteenPercentSplitEightyTenTen) {
+  // 200 rows of 64 ids, the last 8 of each padding and the first [CLS]: never selected.
+  const int64_t vocab = 1000;
+  at::Tensor ids = torch::randint(modes::kFirstRealToken, vocab, {200, 64}, torch::kLong);
+  ids.narrow(1, 56, 8).fill_(modes::kTokenPad);
+  ids.select(1, 0).fill_(modes::kTokenCls);
+  const auto m = modes::MaskTokens(ids, vocab, 0.15, 42);
+  const at::Tensor picked = m.labels.ne(-100);
+  EXPECT_FALSE(picked.narrow(1, 56, 8).any().item<bool>());
+  EXPECT_FALSE(picked.select(1, 0).any().item<bool>());
+  EXPECT_TRUE(torch::equal(m.labels.masked_select(picked), ids.masked_select(picked)));
+  const double real = 200.0 * 55, n = picked.sum().item<double>();
+  EXPECT_NEAR(n / real, 0.15, 0.01);  // 11,000 real tokens: sd ~0.0034
+  const at::Tensor masked = m.inputs.eq(modes::kTokenMask) & picked;
+  const at::Tensor same = m.inputs.eq(ids) & picked;
+  EXPECT_NEAR(masked.sum().item<double>() / n, 0.8, 0.03);
+  // Unchanged: the 10% kept plus the random draws that hit the same id (1 in 996).
+  EXPECT_NEAR(same.sum().item<double>() / n, 0.1, 0.02);
+  EXPECT_NEAR((n - masked.sum().item<double>() - same.sum().item<double>()) / n, 0.1, 0.02);
+  EXPECT_TRUE(torch::equal(m.inputs.masked_select(~picked), ids.masked_select(~picked)));  // the rest untouched
+  EXPECT_TRUE(torch::equal(modes::MaskTokens(ids, vocab, 0.15, 42).inputs, m.inputs));     // seeded
+  // A batch too small to draw any still gets one token to predict.
+  const auto one = modes::MaskTokens(torch::tensor({{2, 7, 9}}, torch::kLong), vocab, 0.01, 1);
+  EXPECT_EQ(one.labels.ne(-100).sum().item<int64_t>(), 1);
+}
+
+TEST(Mlm, LossAtInitialisationIsNearLogVocabularyAndFalls) {
+  Job job;
+  job.mode = "mlm";
+  job.data.name = "text";
+  job.mlm.hidden = 32;
+  job.optimizer.name = "adamw";
+  job.optimizer.lr = 3e-3;
+  const int64_t vocab = 500, t = 16;
+  torch::manual_seed(3);
+  // A corpus with structure: each row counts up from a random start.
+  const at::Tensor rows = (torch::randint(0, 400, {64, 1}, torch::kLong) + torch::arange(t)).remainder(490) + 4;
+  auto mode = modes::MakeMlmMode(job, modes::InputInfo{1, t, 1, vocab}, at::Device(at::kCPU), rows);
+  ASSERT_TRUE(mode.ok()) << mode.status();
+  const at::Tensor none = torch::zeros({64}, torch::kLong);
+  auto first = (*mode)->Evaluate(rows, none, 32);
+  ASSERT_TRUE(first.ok()) << first.status();
+  const double loss0 = first->loss_sum / first->examples;
+  EXPECT_NEAR(loss0, std::log(static_cast<double>(vocab)), 0.3);
+  EXPECT_GT(first->monitors.count("unigram_loss"), 0u);
+  EXPECT_GE(first->extra_correct.at("mlm_accuracy"), 0);
+  for (int s = 0; s < 40; ++s) {
+    modes::Batch b{rows, none};
+    b.seed = 500 + s;
+    ASSERT_TRUE((*mode)->TrainStep(b, 3e-3, nullptr).ok());
+  }
+  auto later = (*mode)->Evaluate(rows, none, 32);
+  EXPECT_LT(later->loss_sum / later->examples, loss0 - 0.5);
+  // Rows of the wrong length, dtype or ids are refused.
+  modes::Batch bad{torch::zeros({2, t + 1}, torch::kLong), torch::zeros({2}, torch::kLong)};
+  EXPECT_FALSE((*mode)->TrainStep(bad, 1e-3, nullptr).ok());
+  bad.inputs = torch::full({2, t}, vocab, torch::kLong);
+  EXPECT_FALSE((*mode)->TrainStep(bad, 1e-3, nullptr).ok());
+  bad.inputs = torch::zeros({2, t});
+  EXPECT_FALSE((*mode)->TrainStep(bad, 1e-3, nullptr).ok());
 }
 
 }  // namespace

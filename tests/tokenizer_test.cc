@@ -1,10 +1,14 @@
 // The byte-level BPE tokenizer: chunking, training, exact round trips, serialization.
 
 #include "worker/data/bpe_tokenizer.h"
+#include "worker/data/text_corpus.h"
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <ATen/ATen.h>
+
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 
@@ -72,6 +76,27 @@ TEST(BpeTokenizer, TrainsOnTheFortunesCorpusWhenInstalled) {
   EXPECT_EQ(tok->vocab_size(), 2000);
   EXPECT_EQ(tok->Decode(tok->Encode(text)), text);
   EXPECT_LT(tok->Encode(text).size() * 2, text.size());  // under half as many tokens as bytes
+}
+
+TEST(TextCorpus, SplitsFortunesIntoDocumentsAndEncodesRows) {
+  const std::string dir = testing::TempDir() + "/corpus";
+  std::filesystem::create_directories(dir);
+  std::ofstream(dir + "/a") << "First fortune,\ntwo lines.\n%\nSecond.\n%\n";
+  std::ofstream(dir + "/a.dat") << "\x01\x02 binary index";
+  std::ofstream(dir + "/b") << "A paragraph.\n\nAnother paragraph here.\n";
+  auto docs = ReadCorpus(dir);
+  ASSERT_TRUE(docs.ok()) << docs.status();
+  EXPECT_THAT(*docs, testing::ElementsAre("First fortune,\ntwo lines.\n", "Second.\n", "A paragraph.\n",
+                                          "Another paragraph here.\n"));
+  EXPECT_FALSE(ReadCorpus(dir + "/missing").ok());
+  auto tok = BpeTokenizer::Train("two lines", BpeTokenizer::kBaseVocab);
+  const at::Tensor rows = EncodeDocuments(*tok, {"abcdefg", "xy"}, 4);
+  // [CLS] + 3 tokens per row: "abc", "def", "g" + padding, "xy" + padding.
+  ASSERT_EQ(rows.sizes().vec(), (std::vector<int64_t>{4, 4}));
+  EXPECT_EQ(rows[0][0].item<int64_t>(), BpeTokenizer::kCls);
+  EXPECT_EQ(tok->Decode({static_cast<int32_t>(rows[2][1].item<int64_t>())}), "g");
+  EXPECT_EQ(rows[2][2].item<int64_t>(), BpeTokenizer::kPad);
+  EXPECT_EQ(rows[3][3].item<int64_t>(), BpeTokenizer::kPad);
 }
 
 }  // namespace

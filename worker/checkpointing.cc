@@ -108,6 +108,7 @@ bool Checkpointer::DueAfterRound(int64_t rounds_done) const {
 absl::StatusOr<std::string> Checkpointer::Save(modes::LearningMode& mode, const TrainingPosition& position,
                                                int64_t round, const coordinator::Metrics& metrics) {
   storage::NamedTensors tensors = mode.State();
+  for (const auto& c : constants_) tensors.push_back(c);
   tensors.emplace_back(kPosition, at::tensor({position.global_step, position.epoch, position.step_in_epoch, round},
                                              at::kLong));
   {

@@ -49,6 +49,8 @@ class Checkpointer {
   int64_t last_saved_step() const { return last_saved_step_; }
   // The run resumed from a checkpoint at this step: it is saved already.
   void MarkSaved(int64_t global_step) { last_saved_step_ = global_step; }
+  // Tensors saved with every checkpoint beside the mode's state (e.g. "data/tokenizer").
+  void AddConstant(std::string name, at::Tensor t) { constants_.emplace_back(std::move(name), std::move(t)); }
 
  private:
   Checkpointer(const Job& job, std::unique_ptr<storage::CheckpointStore> store);
@@ -56,6 +58,7 @@ class Checkpointer {
   std::string job_hash_;
   std::unique_ptr<storage::CheckpointStore> store_;
   int64_t last_saved_step_ = -1;
+  storage::NamedTensors constants_;
 };
 
 }  // namespace allround::worker

@@ -176,6 +176,9 @@ absl::Status Run(const Job& job, const std::string& summary_path, const std::str
     if (!opened.ok()) return opened.status();
     dir = *std::move(opened);
     if (auto s = dir->WriteFile("job.yaml", JobToYaml(job)); !s.ok()) return s;
+    if (!data->tokenizer.empty()) {
+      if (auto s = dir->WriteFile("tokenizer.bpe", data->tokenizer); !s.ok()) return s;
+    }
   }
 
   const int64_t train_n = data->train_targets.size(0), test_n = data->test_targets.size(0);
@@ -193,6 +196,23 @@ absl::Status Run(const Job& job, const std::string& summary_path, const std::str
   int64_t first_round = 0;
   auto restored = ReadCheckpointForResume(job, resume);
   if (!restored.ok()) return restored.status();
+  // Text: the tokenizer travels with the run (its directory and every checkpoint), and a resumed run
+  // must have retrained the same one from the same corpus.
+  const at::Tensor tokenizer =
+      data->tokenizer.empty()
+          ? at::Tensor()
+          : at::tensor(at::ArrayRef<uint8_t>(reinterpret_cast<const uint8_t*>(data->tokenizer.data()),
+                                             data->tokenizer.size()),
+                       at::kByte);
+  if (*restored && tokenizer.defined()) {
+    for (const auto& [name, t] : (*restored)->mode_state) {
+      if (name == "data/tokenizer" && !(t.sizes() == tokenizer.sizes() && t.equal(tokenizer))) {
+        return absl::FailedPreconditionError(absl::StrCat("resuming from ", (*restored)->id,
+                                                          ": the tokenizer trained from data.dir differs from the "
+                                                          "checkpoint's (did the corpus change?)"));
+      }
+    }
+  }
   if (*restored) {
     if (auto s = ApplyRestored(**restored, **mode, trainer); !s.ok()) return s;
     first_round = (*restored)->round;
@@ -209,6 +229,7 @@ absl::Status Run(const Job& job, const std::string& summary_path, const std::str
     if (!opened.ok()) return opened.status();
     checkpointer = *std::move(opened);
     if (*restored) checkpointer->MarkSaved((*restored)->position.global_step);
+    if (tokenizer.defined()) checkpointer->AddConstant("data/tokenizer", tokenizer);
   }
   int64_t rounds_done = first_round;
   coordinator::Metrics last_eval;

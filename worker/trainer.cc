@@ -15,6 +15,7 @@
 #include "worker/data/augment.h"
 #include "worker/data/fashion_mnist.h"
 #include "worker/data/sampler.h"
+#include "worker/data/text_corpus.h"
 
 namespace allround::worker {
 namespace {
@@ -75,7 +76,37 @@ int64_t TotalSteps(const Job& job, int64_t steps_per_epoch) {
 
 }  // namespace
 
+namespace {
+
+// A text corpus: documents split into training and held-out ones (seeded), a BPE tokenizer trained
+// on the training documents, rows of token ids; targets are unused (zeros).
+absl::StatusOr<TrainingData> LoadTextData(const Job& job) {
+  auto docs = data::ReadCorpus(job.data.dir);
+  if (!docs.ok()) return absl::Status(docs.status().code(), absl::StrCat("job key 'data.dir': ", docs.status().message()));
+  Rng rng(DeriveSeed(job.seed, "text-split"));
+  rng.Shuffle(*docs);
+  const auto held = static_cast<size_t>(static_cast<double>(docs->size()) * job.text.test_fraction);
+  const std::vector<std::string> test(docs->begin(), docs->begin() + static_cast<std::ptrdiff_t>(held));
+  const std::vector<std::string> train(docs->begin() + static_cast<std::ptrdiff_t>(held), docs->end());
+  std::string corpus;
+  for (const auto& d : train) corpus += d;
+  auto tokenizer = data::BpeTokenizer::Train(corpus, static_cast<int32_t>(job.text.vocab_size));
+  if (!tokenizer.ok()) return tokenizer.status();
+  TrainingData d;
+  d.train_inputs = Limit(data::EncodeDocuments(*tokenizer, train, job.text.seq_len), job.data.train_limit);
+  d.test_inputs = Limit(data::EncodeDocuments(*tokenizer, test, job.text.seq_len), job.data.test_limit);
+  d.train_targets = at::zeros({d.train_inputs.size(0)}, at::kLong);
+  d.test_targets = at::zeros({d.test_inputs.size(0)}, at::kLong);
+  // Rows of seq_len ids; num_classes is the vocabulary the model predicts over.
+  d.info = {1, job.text.seq_len, 1, tokenizer->vocab_size()};
+  d.tokenizer = tokenizer->Serialize();
+  return d;
+}
+
+}  // namespace
+
 absl::StatusOr<TrainingData> LoadTrainingData(const Job& job) {
+  if (job.data.name == "text") return LoadTextData(job);
   if (job.data.name != "fashion_mnist") {
     return absl::InvalidArgumentError(absl::StrCat("job key 'data.name': unknown dataset '", job.data.name, "'"));
   }

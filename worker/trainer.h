@@ -11,6 +11,7 @@
 
 #include <functional>
 #include <memory>
+#include <string>
 
 #include "absl/status/statusor.h"
 #include "algorithms/metrics.h"
@@ -32,6 +33,8 @@ struct TrainingData {
   // epochs run over (mu x batch per step; its labels are never given to the mode), and each
   // step also draws a batch of labelled images, seeded by (seed, epoch, step, rank).
   at::Tensor labeled_inputs, labeled_targets;
+  // Text (data.name text): the tokenizer the rows were encoded with, serialized (BpeTokenizer).
+  std::string tokenizer;
 };
 
 // The indices (sorted) of `per_class` labelled examples of each class, chosen by a seeded shuffle

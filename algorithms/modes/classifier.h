@@ -8,6 +8,7 @@
 #include <torch/torch.h>
 
 #include <functional>
+#include <map>
 #include <memory>
 #include <string>
 #include <utility>
@@ -18,6 +19,7 @@
 #include "algorithms/models/network.h"
 #include "algorithms/modes/learning_mode.h"
 #include "algorithms/modes/supervised.h"
+#include "algorithms/optim/optimizer.h"
 
 namespace allround::modes {
 
@@ -42,6 +44,53 @@ inline std::vector<std::pair<std::string, at::Tensor>> NamedParameters(const tor
   for (const auto& p : module.named_parameters()) out.emplace_back(prefix + p.key(), p.value());
   return out;
 }
+
+// A mode with one network and one optimizer (the VAE, the masked LM): the state, parameters and
+// FedProx term of that pair, so each such mode writes only its steps and evaluation.
+class SingleNetworkMode : public LearningMode {
+ public:
+  SingleNetworkMode(std::shared_ptr<torch::nn::Module> net, std::unique_ptr<torch::optim::Optimizer> opt)
+      : net_(std::move(net)), optimizer_(std::move(opt)) {}
+
+  std::vector<at::Tensor> TrainableParameters() override { return net_->parameters(); }
+  std::vector<at::Tensor> ModelState() override {
+    std::vector<at::Tensor> out;
+    for (const auto& [name, t] : ModuleTensors(*net_, "model/")) out.push_back(t);
+    return out;
+  }
+  std::vector<at::Tensor> Buffers() override { return net_->buffers(); }
+  int64_t ParameterCount() override {
+    int64_t n = 0;
+    for (const auto& p : net_->parameters()) n += p.requires_grad() ? p.numel() : 0;
+    return n;
+  }
+  NamedTensors State() override {
+    NamedTensors out = ModuleTensors(*net_, "model/");
+    for (auto& entry : optim::OptimizerState(*optimizer_, NamedParameters(*net_))) out.push_back(std::move(entry));
+    return out;
+  }
+  absl::Status LoadState(const NamedTensors& state) override {
+    std::map<std::string, at::Tensor> by_name(state.begin(), state.end());
+    if (auto s = CopyCheckedInto(ModuleTensors(*net_, "model/"), by_name); !s.ok()) return s;
+    return optim::LoadOptimizerState(*optimizer_, NamedParameters(*net_), by_name);
+  }
+  absl::Status SetProximalTerm(double mu, const NamedTensors& reference) override {
+    return proximal_.Set(mu, reference, NamedParameters(*net_));
+  }
+
+ protected:
+  // loss + the FedProx term, backward (reduced by `sync`), optimizer step: the loss's value.
+  absl::StatusOr<double> Step(torch::Tensor loss, GradientSync* sync, double lr) {
+    if (proximal_.active()) loss = loss + proximal_.Penalty(net_->parameters());
+    return optim::BackwardAndStep(loss, sync, *optimizer_, lr);
+  }
+  void ZeroGrad() { optimizer_->zero_grad(); }
+
+ private:
+  std::shared_ptr<torch::nn::Module> net_;
+  std::unique_ptr<torch::optim::Optimizer> optimizer_;
+  ProximalTerm proximal_;
+};
 
 absl::StatusOr<std::unique_ptr<LearningMode>> MakeClassifierMode(const Job& job, const InputInfo& input,
                                                                  at::Device device, BatchLossFn batch_loss);

@@ -7,6 +7,7 @@
 #include "algorithms/modes/classifier.h"
 #include "algorithms/modes/dino.h"
 #include "algorithms/modes/gan.h"
+#include "algorithms/modes/mlm.h"
 #include "algorithms/modes/vae.h"
 #include "common/random.h"
 
@@ -72,6 +73,7 @@ absl::StatusOr<std::unique_ptr<LearningMode>> MakeLearningMode(const Job& job, c
   if (job.mode == "dino") return MakeDinoMode(job, input, device, bank_inputs, bank_labels);
   if (job.mode == "vae") return MakeVaeMode(job, input, device);
   if (job.mode == "gan") return MakeGanMode(job, input, device, bank_inputs, bank_labels);
+  if (job.mode == "mlm") return MakeMlmMode(job, input, device, bank_inputs);
   if (IsSemiSupervised(job.mode)) return MakeSemiSupervisedMode(job, input, device);
   return absl::InvalidArgumentError(absl::StrCat("job key 'mode': unknown learning mode '", job.mode, "'"));
 }

@@ -21,12 +21,12 @@ namespace {
 
 // A classifier: one network, one optimizer, evaluated by its predictions. The batch loss is the
 // job's loss on the labels, or a semi-supervised mode's (BatchLossFn).
-class ClassifierMode final : public LearningMode {
+class ClassifierMode final : public SingleNetworkMode {
  public:
   ClassifierMode(std::shared_ptr<models::Network> model, std::unique_ptr<torch::optim::Optimizer> opt,
                  losses::LossFn loss, const InputInfo& input, BatchLossFn batch_loss)
-      : model_(std::move(model)),
-        optimizer_(std::move(opt)),
+      : SingleNetworkMode(model, std::move(opt)),
+        model_(std::move(model)),
         loss_(loss),
         input_(input),
         batch_loss_(std::move(batch_loss)) {}
@@ -34,7 +34,7 @@ class ClassifierMode final : public LearningMode {
   absl::StatusOr<StepResult> TrainStep(const Batch& batch, double lr, GradientSync* sync) override {
     if (auto s = CheckBatch(batch); !s.ok()) return s;
     model_->train();
-    optimizer_->zero_grad();
+    ZeroGrad();
     torch::Tensor loss;
     try {
       if (batch_loss_) {
@@ -47,8 +47,7 @@ class ClassifierMode final : public LearningMode {
     } catch (const c10::Error& e) {
       return absl::InvalidArgumentError(absl::StrCat("forward failed: ", e.what_without_backtrace()));
     }
-    if (proximal_.active()) loss = loss + proximal_.Penalty(model_->parameters());
-    auto value = optim::BackwardAndStep(loss, sync, *optimizer_, lr);
+    auto value = Step(loss, sync, lr);
     if (!value.ok()) return value.status();
     return StepResult{*value, batch.inputs.size(0) + (batch.unlabeled.defined() ? batch.unlabeled.size(0) : 0)};
   }
@@ -72,31 +71,6 @@ class ClassifierMode final : public LearningMode {
     return sums;
   }
 
-  std::vector<at::Tensor> TrainableParameters() override { return model_->parameters(); }
-  std::vector<at::Tensor> ModelState() override {
-    std::vector<at::Tensor> out = model_->parameters();
-    for (const auto& b : model_->buffers()) out.push_back(b);
-    return out;
-  }
-  std::vector<at::Tensor> Buffers() override { return model_->buffers(); }
-  int64_t ParameterCount() override { return models::CountParameters(*model_); }
-
-  absl::Status SetProximalTerm(double mu, const NamedTensors& reference) override {
-    return proximal_.Set(mu, reference, NamedParameters(*model_));
-  }
-
-  NamedTensors State() override {
-    NamedTensors out = ModuleTensors(*model_, "model/");
-    for (auto& entry : optim::OptimizerState(*optimizer_, NamedParameters(*model_))) out.push_back(std::move(entry));
-    return out;
-  }
-
-  absl::Status LoadState(const NamedTensors& state) override {
-    std::map<std::string, at::Tensor> by_name(state.begin(), state.end());
-    if (auto s = CopyCheckedInto(ModuleTensors(*model_, "model/"), by_name); !s.ok()) return s;
-    return optim::LoadOptimizerState(*optimizer_, NamedParameters(*model_), by_name);
-  }
-
  private:
   absl::Status CheckBatch(const Batch& b) const {
     if (b.inputs.dim() != 4 || b.inputs.size(1) != input_.channels || b.inputs.size(2) != input_.height ||
@@ -113,11 +87,9 @@ class ClassifierMode final : public LearningMode {
   }
 
   std::shared_ptr<models::Network> model_;
-  std::unique_ptr<torch::optim::Optimizer> optimizer_;
   losses::LossFn loss_;
   InputInfo input_;
   BatchLossFn batch_loss_;
-  ProximalTerm proximal_;  // FedProx
 };
 
 }  // namespace

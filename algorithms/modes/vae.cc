@@ -41,21 +41,19 @@ torch::Tensor Normal(at::IntArrayRef sizes, uint64_t seed, const torch::TensorOp
   return at::randn(sizes, gen, torch::TensorOptions().dtype(like.dtype())).to(like.device());
 }
 
-class VaeMode final : public LearningMode {
+class VaeMode final : public SingleNetworkMode {
  public:
   VaeMode(const Job& job, const InputInfo& input, std::shared_ptr<VaeNet> net,
           std::unique_ptr<torch::optim::Optimizer> opt)
-      : spec_(job.vae), seed_(job.seed), input_(input), net_(std::move(net)), optimizer_(std::move(opt)) {}
+      : SingleNetworkMode(net, std::move(opt)), spec_(job.vae), seed_(job.seed), input_(input), net_(std::move(net)) {}
 
   absl::StatusOr<StepResult> TrainStep(const Batch& batch, double lr, GradientSync* sync) override {
     if (auto s = CheckInputs(batch.inputs); !s.ok()) return s;
     net_->train();
-    optimizer_->zero_grad();
+    ZeroGrad();
     const torch::Tensor x = Pixels(batch.inputs);
     const Pass pass = Forward(x, batch.seed, /*sample=*/true);
-    torch::Tensor loss = (pass.terms.recon + pass.terms.kl).mean();
-    if (proximal_.active()) loss = loss + proximal_.Penalty(net_->parameters());
-    auto value = optim::BackwardAndStep(loss, sync, *optimizer_, lr);
+    auto value = Step((pass.terms.recon + pass.terms.kl).mean(), sync, lr);
     if (!value.ok()) return value.status();
     return StepResult{*value, batch.inputs.size(0)};
   }
@@ -109,29 +107,6 @@ class VaeMode final : public LearningMode {
     return augment::WriteImageGridPng(absl::StrCat(dir, "/samples-epoch", epoch, ".png"), samples, 8);
   }
 
-  std::vector<at::Tensor> TrainableParameters() override { return net_->parameters(); }
-  std::vector<at::Tensor> ModelState() override {
-    std::vector<at::Tensor> out;
-    for (const auto& [name, t] : ModuleTensors(*net_, "model/")) out.push_back(t);
-    return out;
-  }
-  std::vector<at::Tensor> Buffers() override { return net_->buffers(); }
-  int64_t ParameterCount() override { return models::CountParameters(*net_); }
-
-  NamedTensors State() override {
-    NamedTensors out = ModuleTensors(*net_, "model/");
-    for (auto& entry : optim::OptimizerState(*optimizer_, NamedParameters(*net_))) out.push_back(std::move(entry));
-    return out;
-  }
-  absl::Status LoadState(const NamedTensors& state) override {
-    std::map<std::string, at::Tensor> by_name(state.begin(), state.end());
-    if (auto s = CopyCheckedInto(ModuleTensors(*net_, "model/"), by_name); !s.ok()) return s;
-    return optim::LoadOptimizerState(*optimizer_, NamedParameters(*net_), by_name);
-  }
-  absl::Status SetProximalTerm(double mu, const NamedTensors& reference) override {
-    return proximal_.Set(mu, reference, NamedParameters(*net_));
-  }
-
  private:
   struct Pass {
     VaeTerms terms;
@@ -170,8 +145,6 @@ class VaeMode final : public LearningMode {
   uint64_t seed_;
   InputInfo input_;
   std::shared_ptr<VaeNet> net_;
-  std::unique_ptr<torch::optim::Optimizer> optimizer_;
-  ProximalTerm proximal_;
   torch::Tensor preview_, preview_recon_;  // the last evaluation's first images and reconstructions
 };
 
