@@ -184,9 +184,12 @@ absl::Status Run(const Job& job, const std::string& summary_path, const std::str
   const int64_t train_n = data->train_targets.size(0), test_n = data->test_targets.size(0);
   Trainer trainer(job, *std::move(data), mode->get(), &comm, reducer.get());
   if (leader) {
+    // The vae, gan and mlm modes build their own networks; the others take model.name.
+    const bool own_networks = job.mode == "vae" || job.mode == "gan" || job.mode == "mlm";
+    const std::string model = own_networks ? job.mode : job.mode + " " + job.model.name;
     std::fprintf(stderr, "allround-worker: job '%s': %s, %lld parameters, %lld train / %lld test examples, "
                  "%lld epochs of %lld steps, %d rank(s) over %s, %d threads each, run dir %s\n",
-                 job.name.c_str(), job.model.name.c_str(), static_cast<long long>((*mode)->ParameterCount()),
+                 job.name.c_str(), model.c_str(), static_cast<long long>((*mode)->ParameterCount()),
                  static_cast<long long>(train_n), static_cast<long long>(test_n),
                  static_cast<long long>(job.train.epochs), static_cast<long long>(trainer.steps_per_epoch()),
                  comm.size(), comm.backend().c_str(), torch::get_num_threads(), dir->path().c_str());
