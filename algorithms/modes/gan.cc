@@ -3,6 +3,7 @@
 #include <torch/torch.h>
 
 #include <map>
+#include <mutex>
 
 #include "absl/strings/str_cat.h"
 #include "algorithms/augment/image_ops.h"
@@ -217,11 +218,17 @@ class GanMode final : public LearningMode {
 
  private:
   std::shared_ptr<models::Network> TrainClassifier(const at::Tensor& inputs, const at::Tensor& labels) const {
-    torch::manual_seed(DeriveSeed(seed_, "gan-classifier"));
     ModelSpec spec;
     spec.name = "simple_cnn";
-    auto made = models::MakeModel(spec, {input_.channels, input_.height, input_.width, input_.num_classes});
-    std::shared_ptr<models::Network> net = *made;
+    std::shared_ptr<models::Network> net;
+    {
+      // Initial weights come from the global generator: one seeding thread at a time (sites hosted
+      // on a thread pool train their classifiers concurrently).
+      static std::mutex init;
+      std::lock_guard<std::mutex> lock(init);
+      torch::manual_seed(DeriveSeed(seed_, "gan-classifier"));
+      net = *models::MakeModel(spec, {input_.channels, input_.height, input_.width, input_.num_classes});
+    }
     net->to(inputs.device());
     torch::optim::SGD sgd(net->parameters(), torch::optim::SGDOptions(0.05).momentum(0.9));
     auto gen = at::detail::createCPUGenerator(DeriveSeed(seed_, "gan-classifier-order"));
