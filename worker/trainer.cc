@@ -18,6 +18,10 @@
 #include "worker/data/text_corpus.h"
 
 namespace allround::worker {
+
+// The image modes undo the standardization the data is given with.
+static_assert(modes::kImageMean == data::kFashionMnistMean && modes::kImageStd == data::kFashionMnistStd);
+
 namespace {
 
 double Now() {

@@ -17,7 +17,6 @@ namespace allround::modes {
 namespace {
 
 constexpr double kPi = 3.14159265358979323846;
-constexpr double kMean = 0.2860, kStd = 0.3530;  // Fashion-MNIST: the views work on pixels
 
 // The DINO head: Linear-GELU-Linear-GELU-Linear to the bottleneck, L2 normalization, then a
 // weight-normalized linear layer without bias whose row norms are fixed at 1 (DINO's
@@ -90,11 +89,11 @@ class DinoMode final : public LearningMode {
     }
     const int64_t b = batch.inputs.size(0);
     Rng rng(batch.seed);
-    std::vector<at::Tensor> globals = {augment::GlobalView(batch.inputs, rng, 0, kMean, kStd),
-                                       augment::GlobalView(batch.inputs, rng, 1, kMean, kStd)};
+    std::vector<at::Tensor> globals = {augment::GlobalView(batch.inputs, rng, 0, kImageMean, kImageStd),
+                                       augment::GlobalView(batch.inputs, rng, 1, kImageMean, kImageStd)};
     std::vector<at::Tensor> views = globals;
     for (int64_t l = 0; l < spec_.local_crops; ++l) {
-      views.push_back(augment::LocalView(batch.inputs, rng, kMean, kStd, spec_.local_size));
+      views.push_back(augment::LocalView(batch.inputs, rng, kImageMean, kImageStd, spec_.local_size));
     }
     student_->train();
     teacher_->train();

@@ -18,7 +18,6 @@ namespace {
 
 namespace nn = torch::nn;
 namespace F = torch::nn::functional;
-constexpr double kMean = 0.2860, kStd = 0.3530;  // Fashion-MNIST's standardization
 
 class Generator : public nn::Module {
  public:
@@ -83,14 +82,11 @@ class GanNets : public nn::Module {
   std::shared_ptr<Discriminator> d;
 };
 
-torch::Tensor Normal(at::IntArrayRef sizes, uint64_t seed, const torch::TensorOptions& like) {
-  auto gen = at::detail::createCPUGenerator(seed);
-  return at::randn(sizes, gen, torch::TensorOptions().dtype(like.dtype())).to(like.device());
-}
-
 // Standardized inputs <-> the generator's [-1, 1].
-torch::Tensor ToTanhRange(const torch::Tensor& x) { return ((x * kStd + kMean).clamp(0, 1)) * 2 - 1; }
-torch::Tensor FromTanhRange(const torch::Tensor& g) { return ((g + 1) / 2 - kMean) / kStd; }
+torch::Tensor ToTanhRange(const torch::Tensor& x) {
+  return augment::Denormalize(x, kImageMean, kImageStd).clamp(0, 1) * 2 - 1;
+}
+torch::Tensor FromTanhRange(const torch::Tensor& g) { return augment::Normalize((g + 1) / 2, kImageMean, kImageStd); }
 
 class GanMode final : public LearningMode {
  public:
@@ -112,8 +108,8 @@ class GanMode final : public LearningMode {
       return absl::InvalidArgumentError(absl::StrCat("batch noise of shape ", c10::str(batch.noise.sizes()), ", expected [",
                                                      b, ", ", spec_.noise_dim, "]"));
     }
-    const torch::Tensor z =
-        batch.noise.defined() ? batch.noise.to(real.options()) : Normal({b, spec_.noise_dim}, batch.seed, real.options());
+    const torch::Tensor z = batch.noise.defined() ? batch.noise.to(real.options())
+                                                  : SeededNormal({b, spec_.noise_dim}, batch.seed, real.options());
     const torch::Tensor ones = torch::ones({b}, real.options()), zeros = torch::zeros({b}, real.options());
     // D: real images are 1, generated ones 0 (no gradient reaches G).
     opt_d_->zero_grad();
@@ -153,7 +149,8 @@ class GanMode final : public LearningMode {
     const auto options = inputs.options();
     for (int64_t s = 0; s < spec_.eval_samples; s += batch_size) {
       const int64_t n = std::min(batch_size, spec_.eval_samples - s);
-      const torch::Tensor z = Normal({n, spec_.noise_dim}, DeriveSeed(seed_, "gan-eval", static_cast<uint64_t>(s)), options);
+      const torch::Tensor z =
+          SeededNormal({n, spec_.noise_dim}, DeriveSeed(seed_, "gan-eval", static_cast<uint64_t>(s)), options);
       const torch::Tensor images = FromTanhRange(nets_->g->forward(z));
       const torch::Tensor f = classifier_->features(images);
       fake.push_back(f);
@@ -173,7 +170,7 @@ class GanMode final : public LearningMode {
     torch::NoGradGuard no_grad;
     nets_->eval();
     const auto options = nets_->parameters()[0].options();
-    const torch::Tensor z = Normal({100, spec_.noise_dim}, DeriveSeed(seed_, "gan-grid"), options);
+    const torch::Tensor z = SeededNormal({100, spec_.noise_dim}, DeriveSeed(seed_, "gan-grid"), options);
     const torch::Tensor images = ((nets_->g->forward(z) + 1) / 2).clamp(0, 1);
     return augment::WriteImageGridPng(absl::StrCat(dir, "/samples-epoch", epoch, ".png"), images, 10);
   }

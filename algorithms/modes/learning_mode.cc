@@ -1,10 +1,16 @@
 #include "algorithms/modes/learning_mode.h"
 
 #include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
 
 #include "absl/strings/str_cat.h"
 
 namespace allround::modes {
+
+at::Tensor SeededNormal(at::IntArrayRef sizes, uint64_t seed, const at::TensorOptions& like) {
+  auto gen = at::detail::createCPUGenerator(seed);
+  return at::randn(sizes, gen, at::TensorOptions().dtype(like.dtype())).to(like.device());
+}
 
 absl::Status CopyCheckedInto(const LearningMode::NamedTensors& targets,
                              const std::map<std::string, at::Tensor>& by_name) {

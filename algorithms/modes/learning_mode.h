@@ -114,6 +114,14 @@ class ProximalTerm {
   std::vector<at::Tensor> reference_;
 };
 
+// Fashion-MNIST's standardization (the inputs' mean and std, worker/data/fashion_mnist.h): the
+// image modes undo it where they work on pixels (augmented views, likelihoods, generated images).
+constexpr double kImageMean = 0.2860, kImageStd = 0.3530;
+
+// Standard normal draws of `sizes` from `seed`, made on the CPU so every device draws the same,
+// with like's dtype and on its device (generative modes' noise).
+at::Tensor SeededNormal(at::IntArrayRef sizes, uint64_t seed, const at::TensorOptions& like);
+
 // The "model/" tensors of a State(): what a federated site receives and returns. They share
 // storage with the mode's model; clone them to keep a snapshot.
 inline LearningMode::NamedTensors ModelTensors(const LearningMode::NamedTensors& state) {

@@ -12,12 +12,6 @@
 #include "common/random.h"
 
 namespace allround::modes {
-namespace {
-
-// Fashion-MNIST's standardization: the views work on pixel values.
-constexpr double kMean = 0.2860, kStd = 0.3530;
-
-}  // namespace
 
 FixMatchLoss ComputeFixMatchLoss(const at::Tensor& labeled, const at::Tensor& targets, const at::Tensor& weak,
                                  const at::Tensor& strong, double tau, double lambda_u) {
@@ -55,9 +49,9 @@ absl::StatusOr<std::unique_ptr<LearningMode>> MakeSemiSupervisedMode(const Job& 
     }
     Rng rng(batch.seed);
     const int64_t b = batch.inputs.size(0), u = batch.unlabeled.size(0);
-    std::vector<at::Tensor> views = {augment::WeakView(batch.inputs, rng, kMean, kStd),
-                                     augment::WeakView(batch.unlabeled, rng, kMean, kStd)};
-    if (fixmatch) views.push_back(augment::StrongView(batch.unlabeled, rng, kMean, kStd));
+    std::vector<at::Tensor> views = {augment::WeakView(batch.inputs, rng, kImageMean, kImageStd),
+                                     augment::WeakView(batch.unlabeled, rng, kImageMean, kImageStd)};
+    if (fixmatch) views.push_back(augment::StrongView(batch.unlabeled, rng, kImageMean, kImageStd));
     const at::Tensor logits = model.forward(at::cat(views, 0));
     const at::Tensor weak = logits.narrow(0, b, u);
     const at::Tensor strong = fixmatch ? logits.narrow(0, b + u, u) : weak;

@@ -14,7 +14,6 @@ namespace allround::modes {
 namespace {
 
 namespace nn = torch::nn;
-constexpr double kMean = 0.2860, kStd = 0.3530;  // Fashion-MNIST's standardization, undone to pixels
 
 class VaeNet : public nn::Module {
  public:
@@ -34,12 +33,6 @@ class VaeNet : public nn::Module {
  private:
   nn::Linear enc_, mu_, logvar_, dec1_, dec2_;
 };
-
-// Standard normal draws from a seed, made on the CPU so every device draws the same.
-torch::Tensor Normal(at::IntArrayRef sizes, uint64_t seed, const torch::TensorOptions& like) {
-  auto gen = at::detail::createCPUGenerator(seed);
-  return at::randn(sizes, gen, torch::TensorOptions().dtype(like.dtype())).to(like.device());
-}
 
 class VaeMode final : public SingleNetworkMode {
  public:
@@ -101,7 +94,7 @@ class VaeMode final : public SingleNetworkMode {
     if (spec_.denoise_std > 0) return absl::OkStatus();
     torch::NoGradGuard no_grad;
     const auto options = net_->parameters()[0].options();
-    const torch::Tensor z = Normal({64, spec_.latent}, DeriveSeed(seed_, "vae-samples"), options);
+    const torch::Tensor z = SeededNormal({64, spec_.latent}, DeriveSeed(seed_, "vae-samples"), options);
     const torch::Tensor samples =
         torch::sigmoid(net_->Decode(z)).view({64, input_.channels, input_.height, input_.width}).cpu();
     return augment::WriteImageGridPng(absl::StrCat(dir, "/samples-epoch", epoch, ".png"), samples, 8);
@@ -118,7 +111,7 @@ class VaeMode final : public SingleNetworkMode {
   Pass Forward(const torch::Tensor& x, uint64_t seed, bool sample) {
     const torch::Tensor target = x.flatten(1);
     if (spec_.denoise_std > 0) {
-      const torch::Tensor noisy = (x + spec_.denoise_std * Normal(x.sizes(), seed, x.options())).clamp(0, 1);
+      const torch::Tensor noisy = (x + spec_.denoise_std * SeededNormal(x.sizes(), seed, x.options())).clamp(0, 1);
       auto [mu, logvar] = net_->Encode(noisy);
       const torch::Tensor logits = net_->Decode(mu);
       return {{torch::binary_cross_entropy_with_logits(logits, target, {}, {}, at::Reduction::None).sum(1),
@@ -127,11 +120,13 @@ class VaeMode final : public SingleNetworkMode {
     }
     auto [mu, logvar] = net_->Encode(x);
     const torch::Tensor z =
-        sample ? mu + torch::exp(0.5 * logvar) * Normal(mu.sizes(), seed, mu.options()) : mu;
+        sample ? mu + torch::exp(0.5 * logvar) * SeededNormal(mu.sizes(), seed, mu.options()) : mu;
     return {NegativeElboTerms(net_->Decode(z), target, mu, logvar), mu};
   }
 
-  torch::Tensor Pixels(const torch::Tensor& inputs) const { return (inputs * kStd + kMean).clamp(0, 1); }
+  static torch::Tensor Pixels(const torch::Tensor& inputs) {
+    return augment::Denormalize(inputs, kImageMean, kImageStd).clamp(0, 1);
+  }
 
   absl::Status CheckInputs(const at::Tensor& x) const {
     if (x.dim() != 4 || x.size(1) != input_.channels || x.size(2) != input_.height || x.size(3) != input_.width) {
