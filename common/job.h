@@ -21,6 +21,7 @@ struct ModelSpec {
   std::string name = "simple_cnn";   // mlp | simple_cnn | fedavg_cnn | resnet | vit
   std::vector<int64_t> hidden = {200, 200};  // mlp only
   int64_t width = 16;                // resnet only: channels of the first stage
+  int64_t fc = 512;                  // fedavg_cnn: units of the fully connected hidden layer
   int64_t patch = 7;                 // vit: side of the square patches (must divide the image)
   int64_t dim = 64;                  // vit: token width
   int64_t depth = 4;                 // vit: transformer blocks
@@ -156,6 +157,9 @@ struct GanSpec {
   int64_t width = 64;                // discriminator channels w, 2w; generator 2w, w
   int64_t eval_samples = 10000;      // generated images the Frechet distance compares
   int64_t classifier_epochs = 2;     // the evaluation classifier's training on the labelled bank
+  int64_t classifier_features = 128; // its penultimate width: the features the distance compares
+  double ema = 0.999;                // evaluate (and sample) an exponential moving average of the
+                                     // generator's weights with this decay per step; 0: the generator
   bool batch_norm = true;            // in both networks (DCGAN's); off, a step under N ranks equals
                                      // one process's step on the N batches together
 };

@@ -91,6 +91,15 @@ int64_t Count(const std::string& name) {
 TEST(Models, ParameterCounts) {
   EXPECT_EQ(Count("simple_cnn"), 44426);     // NIID-Bench SimpleCNN
   EXPECT_EQ(Count("fedavg_cnn"), 1663370);   // McMahan et al. 2017, Table/Sec. 3
+  {
+    ModelSpec narrow;  // the GAN's evaluation classifier: a 128-unit hidden layer
+    narrow.name = "fedavg_cnn";
+    narrow.fc = 128;
+    auto m = models::MakeModel(narrow, {});
+    ASSERT_TRUE(m.ok()) << m.status();
+    EXPECT_EQ(models::CountParameters(**m), 832 + 51264 + 3136 * 128 + 128 + 128 * 10 + 10);
+    EXPECT_EQ((*m)->features(torch::zeros({2, 1, 28, 28})).sizes(), at::IntArrayRef({2, 128}));
+  }
   EXPECT_EQ(Count("mlp"), 784 * 200 + 200 + 200 * 200 + 200 + 200 * 10 + 10);
   // ResNet width 16: stem 144+32; block1 2*2304+2*32; block2 4608+9216+2*64+512+64;
   // block3 18432+36864+2*128+2048+128; fc 640+10.

@@ -215,6 +215,7 @@ TEST(Gan, StepsBothNetworksEvaluatesByFrechetDistanceAndWritesSamples) {
   EXPECT_GE(first->monitors.at("min_class_frac"), 0.0);
   EXPECT_LE(first->monitors.at("min_class_frac"), 0.1);  // the smallest of 10 shares
   EXPECT_EQ(first->extra_correct.count("classifier_accuracy"), 1u);
+  EXPECT_GT(first->monitors.at("fd_raw"), 0.0);  // the trained generator's own distance, beside the average's
   EXPECT_EQ((*mode)->Evaluate(x.narrow(0, 0, 64), y.narrow(0, 0, 64), 32)->monitors.at("fd"),
             first->monitors.at("fd"));  // fixed evaluation noise
   std::map<std::string, at::Tensor> before;
@@ -226,6 +227,22 @@ TEST(Gan, StepsBothNetworksEvaluatesByFrechetDistanceAndWritesSamples) {
   for (const auto& [name, t] : (*mode)->State()) after[name] = t;
   EXPECT_FALSE(torch::equal(after.at("model/generator.fc.weight"), before.at("model/generator.fc.weight")));
   EXPECT_FALSE(torch::equal(after.at("model/discriminator.fc.weight"), before.at("model/discriminator.fc.weight")));
+  // The evaluated generator is the weights' moving average: decay * old + (1 - decay) * new, for
+  // every parameter; it is in the checkpoint, but not trained (no optimizer state, not counted).
+  for (const auto& [name, t] : after) {
+    if (name.rfind("model/generator_ema.", 0) != 0 || name.find("running") != std::string::npos ||
+        name.find("num_batches") != std::string::npos) {
+      continue;
+    }
+    const std::string trained = "model/generator." + name.substr(std::string("model/generator_ema.").size());
+    EXPECT_TRUE(torch::equal(before.at(name), before.at(trained))) << name;  // starts as a copy
+    EXPECT_TRUE(torch::allclose(t, job.gan.ema * before.at(name) + (1 - job.gan.ema) * after.at(trained), 1e-6, 1e-7))
+        << name;
+  }
+  EXPECT_EQ(after.count("model/generator_ema.fc.weight"), 1u);
+  EXPECT_EQ(after.count("optim/generator_ema.fc.weight/exp_avg"), 0u);
+  EXPECT_EQ((*mode)->TrainableParameters().size(), 18u);  // G: fc, bn0, up1, bn1, up2; D: conv1, conv2, bn2, fc
+  EXPECT_GT(after.at("model/generator_ema.fc.weight").ne(after.at("model/generator.fc.weight")).sum().item<int64_t>(), 0);
   // Both optimizers' state is in the checkpoint.
   EXPECT_EQ(after.count("optim/generator.fc.weight/exp_avg"), 1u);
   EXPECT_EQ(after.count("optim/discriminator.fc.weight/exp_avg"), 1u);

@@ -62,14 +62,14 @@ class SimpleCnn final : public Network {
 };
 
 // McMahan et al. 2017 CNN: two 5x5 convolutions (32, 64 channels, same padding) each followed by
-// 2x2 max-pooling, a 512-unit fully connected layer, and the output layer.
+// 2x2 max-pooling, a fully connected layer (512 units in the paper), and the output layer.
 class FedAvgCnn final : public Network {
  public:
-  explicit FedAvgCnn(const InputShape& in) {
+  FedAvgCnn(const InputShape& in, int64_t fc) {
     conv1_ = register_module("conv1", nn::Conv2d(nn::Conv2dOptions(in.channels, 32, 5).padding(2)));
     conv2_ = register_module("conv2", nn::Conv2d(nn::Conv2dOptions(32, 64, 5).padding(2)));
-    fc1_ = register_module("fc1", nn::Linear(64 * (in.height / 4) * (in.width / 4), 512));
-    fc2_ = register_module("fc2", nn::Linear(512, in.num_classes));
+    fc1_ = register_module("fc1", nn::Linear(64 * (in.height / 4) * (in.width / 4), fc));
+    fc2_ = register_module("fc2", nn::Linear(fc, in.num_classes));
   }
   torch::Tensor forward(torch::Tensor x) override { return fc2_->forward(features(x)); }
   torch::Tensor features(torch::Tensor x) override {
@@ -178,7 +178,7 @@ absl::StatusOr<std::shared_ptr<Network>> MakeModel(const ModelSpec& spec, const 
     }
     return std::shared_ptr<Network>(std::make_shared<SimpleCnn>(input));
   }
-  if (spec.name == "fedavg_cnn") return std::shared_ptr<Network>(std::make_shared<FedAvgCnn>(input));
+  if (spec.name == "fedavg_cnn") return std::shared_ptr<Network>(std::make_shared<FedAvgCnn>(input, spec.fc));
   if (spec.name == "resnet") return std::shared_ptr<Network>(std::make_shared<ResNet>(input, spec.width));
   if (spec.name == "vit") {
     if (spec.patch <= 0 || input.height % spec.patch != 0 || input.width % spec.patch != 0) {

@@ -72,15 +72,47 @@ class Discriminator : public nn::Module {
   nn::BatchNorm2d bn2_{nullptr};
 };
 
-// Both networks under one module, so named tensors read "generator..." and "discriminator...".
+// Both networks under one module, so named tensors read "generator...", "discriminator..." and,
+// with gan.ema, "generator_ema..." (a copy of the generator that follows its weights as an
+// exponential moving average; it is never trained, so its parameters need no gradient).
 class GanNets : public nn::Module {
  public:
-  GanNets(int64_t noise, int64_t w, bool bn)
+  GanNets(int64_t noise, int64_t w, bool bn, bool ema)
       : g(register_module("generator", std::make_shared<Generator>(noise, w, bn))),
-        d(register_module("discriminator", std::make_shared<Discriminator>(w, bn))) {}
+        d(register_module("discriminator", std::make_shared<Discriminator>(w, bn))) {
+    if (!ema) return;
+    g_ema = register_module("generator_ema", std::make_shared<Generator>(noise, w, bn));
+    torch::NoGradGuard no_grad;
+    const auto from = g->parameters();
+    const auto to = g_ema->parameters();
+    for (size_t i = 0; i < to.size(); ++i) to[i].copy_(from[i]).requires_grad_(false);
+  }
+  // The trained parameters (both networks, not the average), by name and in the same order.
+  std::vector<std::pair<std::string, at::Tensor>> Trained() const {
+    std::vector<std::pair<std::string, at::Tensor>> out;
+    for (const auto& p : named_parameters()) {
+      if (p.value().requires_grad()) out.emplace_back(p.key(), p.value());
+    }
+    return out;
+  }
+  std::vector<at::Tensor> TrainedTensors() const {
+    std::vector<at::Tensor> out;
+    for (auto& [name, t] : Trained()) out.push_back(t);
+    return out;
+  }
   std::shared_ptr<Generator> g;
   std::shared_ptr<Discriminator> d;
+  std::shared_ptr<Generator> g_ema;
 };
+
+// fn(layer) for each batch-norm layer of a module.
+template <typename Fn>
+void ForEachBatchNorm(nn::Module& module, Fn fn) {
+  for (const auto& m : module.modules(false)) {
+    if (auto* bn = m->as<nn::BatchNorm1dImpl>()) fn(*bn);
+    if (auto* bn = m->as<nn::BatchNorm2dImpl>()) fn(*bn);
+  }
+}
 
 // Standardized inputs <-> the generator's [-1, 1].
 torch::Tensor ToTanhRange(const torch::Tensor& x) {
@@ -117,16 +149,23 @@ class GanMode final : public LearningMode {
     const torch::Tensor fake = nets_->g->forward(z);
     torch::Tensor d_loss = F::binary_cross_entropy_with_logits(nets_->d->forward(real), ones) +
                            F::binary_cross_entropy_with_logits(nets_->d->forward(fake.detach()), zeros);
-    if (proximal_.active()) d_loss = d_loss + proximal_.Penalty(nets_->parameters());
+    if (proximal_.active()) d_loss = d_loss + proximal_.Penalty(nets_->TrainedTensors());
     auto d_value = optim::BackwardAndStep(d_loss, sync, *opt_d_, lr);
     if (!d_value.ok()) return d_value.status();
     // G: the non-saturating loss, -log D(G(z)), through the updated D.
     opt_d_->zero_grad();
     opt_g_->zero_grad();
     torch::Tensor g_loss = F::binary_cross_entropy_with_logits(nets_->d->forward(fake), ones);
-    if (proximal_.active()) g_loss = g_loss + proximal_.Penalty(nets_->parameters());
+    if (proximal_.active()) g_loss = g_loss + proximal_.Penalty(nets_->TrainedTensors());
     auto g_value = optim::BackwardAndStep(g_loss, sync, *opt_g_, lr);
     if (!g_value.ok()) return g_value.status();
+    if (nets_->g_ema) {
+      // After the reduced steps every rank holds the same generator, so the averages agree too.
+      torch::NoGradGuard no_grad;
+      const auto from = nets_->g->parameters();
+      const auto to = nets_->g_ema->parameters();
+      for (size_t i = 0; i < to.size(); ++i) to[i].mul_(spec_.ema).add_(from[i], 1 - spec_.ema);
+    }
     return StepResult{*d_value + *g_value, b};
   }
 
@@ -138,7 +177,7 @@ class GanMode final : public LearningMode {
     classifier_->eval();
     EvalSums sums;
     if (inputs.size(0) < 2) return sums;
-    std::vector<torch::Tensor> real, fake, fake_classes;
+    std::vector<torch::Tensor> real, fake_classes;
     int64_t correct = 0;
     for (int64_t s = 0; s < inputs.size(0); s += batch_size) {
       const torch::Tensor x = inputs.narrow(0, s, std::min(batch_size, inputs.size(0) - s));
@@ -146,17 +185,23 @@ class GanMode final : public LearningMode {
       real.push_back(f);
       correct += classifier_->forward(x).argmax(1).eq(targets.narrow(0, s, x.size(0))).sum().item<int64_t>();
     }
-    const auto options = inputs.options();
-    for (int64_t s = 0; s < spec_.eval_samples; s += batch_size) {
-      const int64_t n = std::min(batch_size, spec_.eval_samples - s);
-      const torch::Tensor z =
-          SeededNormal({n, spec_.noise_dim}, DeriveSeed(seed_, "gan-eval", static_cast<uint64_t>(s)), options);
-      const torch::Tensor images = FromTanhRange(nets_->g->forward(z));
-      const torch::Tensor f = classifier_->features(images);
-      fake.push_back(f);
-      fake_classes.push_back(classifier_->forward(images).argmax(1));
-    }
-    const double fd = metrics::FrechetDistance(torch::cat(real), torch::cat(fake));
+    const torch::Tensor real_features = torch::cat(real);
+    // The distance of one generator's gan.eval_samples images (fixed noise) from the test images.
+    const auto distance = [&](Generator& generator, bool keep_classes) {
+      std::vector<torch::Tensor> fake;
+      for (int64_t s = 0; s < spec_.eval_samples; s += batch_size) {
+        const int64_t n = std::min(batch_size, spec_.eval_samples - s);
+        const torch::Tensor z = SeededNormal({n, spec_.noise_dim},
+                                             DeriveSeed(seed_, "gan-eval", static_cast<uint64_t>(s)), inputs.options());
+        const torch::Tensor images = FromTanhRange(generator.forward(z));
+        const torch::Tensor f = classifier_->features(images);
+        fake.push_back(f);
+        if (keep_classes) fake_classes.push_back(classifier_->forward(images).argmax(1));
+      }
+      return metrics::FrechetDistance(real_features, torch::cat(fake));
+    };
+    const double fd = distance(EvaluationGenerator(), true);
+    if (nets_->g_ema) sums.monitors["fd_raw"] = distance(*nets_->g, false);
     const torch::Tensor histogram = torch::cat(fake_classes).bincount({}, input_.num_classes).to(torch::kDouble);
     sums.examples = inputs.size(0);
     sums.loss_sum = fd * static_cast<double>(sums.examples);
@@ -171,11 +216,11 @@ class GanMode final : public LearningMode {
     nets_->eval();
     const auto options = nets_->parameters()[0].options();
     const torch::Tensor z = SeededNormal({100, spec_.noise_dim}, DeriveSeed(seed_, "gan-grid"), options);
-    const torch::Tensor images = ((nets_->g->forward(z) + 1) / 2).clamp(0, 1);
+    const torch::Tensor images = ((EvaluationGenerator().forward(z) + 1) / 2).clamp(0, 1);
     return augment::WriteImageGridPng(absl::StrCat(dir, "/samples-epoch", epoch, ".png"), images, 10);
   }
 
-  // The evaluation classifier: SimpleCNN trained on these labelled images (seeded, so every rank
+  // The evaluation classifier: a CNN trained on these labelled images (seeded, so every rank
   // and every resumed run trains the same one). Retrained only when the images change.
   void SetEvaluationBank(const at::Tensor& inputs, const at::Tensor& labels) override {
     if (classifier_ && inputs.data_ptr() == bank_ptr_ && inputs.size(0) == bank_rows_) return;
@@ -184,7 +229,7 @@ class GanMode final : public LearningMode {
     classifier_ = TrainClassifier(inputs, labels);
   }
 
-  std::vector<at::Tensor> TrainableParameters() override { return nets_->parameters(); }
+  std::vector<at::Tensor> TrainableParameters() override { return nets_->TrainedTensors(); }
   std::vector<at::Tensor> ModelState() override {
     std::vector<at::Tensor> out;
     for (const auto& [name, t] : ModuleTensors(*nets_, "model/")) out.push_back(t);
@@ -210,13 +255,40 @@ class GanMode final : public LearningMode {
     return optim::LoadOptimizerState(*opt_d_, NamedParameters(*nets_->d, "discriminator."), by_name);
   }
   absl::Status SetProximalTerm(double mu, const NamedTensors& reference) override {
-    return proximal_.Set(mu, reference, NamedParameters(*nets_));
+    return proximal_.Set(mu, reference, nets_->Trained());
   }
 
  private:
+  // The generator that evaluations and sample grids use, in eval mode: the average when there is
+  // one. Its batch-norm statistics are recomputed for its own weights first (the training batches'
+  // were the trained generator's), as a cumulative average over fixed noise, as SWA does.
+  Generator& EvaluationGenerator() {
+    if (!nets_->g_ema) {
+      nets_->g->eval();
+      return *nets_->g;
+    }
+    torch::NoGradGuard no_grad;
+    Generator& g = *nets_->g_ema;
+    ForEachBatchNorm(g, [](auto& bn) {
+      bn.reset_running_stats();
+      bn.options.momentum(c10::nullopt);  // a cumulative average over the batches below
+    });
+    g.train();
+    const auto options = nets_->g->parameters()[0].options();
+    for (int64_t i = 0; spec_.batch_norm && i < kRecalibrationBatches; ++i) {
+      g.forward(SeededNormal({kRecalibrationBatch, spec_.noise_dim},
+                             DeriveSeed(seed_, "gan-ema-batch-norm", static_cast<uint64_t>(i)), options));
+    }
+    ForEachBatchNorm(g, [](auto& bn) { bn.options.momentum(0.1); });
+    g.eval();
+    return g;
+  }
+  static constexpr int64_t kRecalibrationBatches = 20, kRecalibrationBatch = 500;
+
   std::shared_ptr<models::Network> TrainClassifier(const at::Tensor& inputs, const at::Tensor& labels) const {
     ModelSpec spec;
-    spec.name = "simple_cnn";
+    spec.name = "fedavg_cnn";
+    spec.fc = spec_.classifier_features;
     std::shared_ptr<models::Network> net;
     {
       // Initial weights come from the global generator: one seeding thread at a time (sites hosted
@@ -227,7 +299,7 @@ class GanMode final : public LearningMode {
       net = *models::MakeModel(spec, {input_.channels, input_.height, input_.width, input_.num_classes});
     }
     net->to(inputs.device());
-    torch::optim::SGD sgd(net->parameters(), torch::optim::SGDOptions(0.05).momentum(0.9));
+    torch::optim::SGD sgd(net->parameters(), torch::optim::SGDOptions(0.02).momentum(0.9));
     auto gen = at::detail::createCPUGenerator(DeriveSeed(seed_, "gan-classifier-order"));
     net->train();
     const int64_t n = inputs.size(0), batch = 64;
@@ -272,7 +344,7 @@ absl::StatusOr<std::unique_ptr<LearningMode>> MakeGanMode(const Job& job, const 
     return absl::InvalidArgumentError("gan: the DCGAN here is for 1 x 28 x 28 images");
   }
   torch::manual_seed(DeriveSeed(job.seed, "model-init"));
-  auto nets = std::make_shared<GanNets>(job.gan.noise_dim, job.gan.width, job.gan.batch_norm);
+  auto nets = std::make_shared<GanNets>(job.gan.noise_dim, job.gan.width, job.gan.batch_norm, job.gan.ema > 0);
   nets->to(device);
   auto opt_g = optim::MakeOptimizer(job.optimizer, nets->g->parameters());
   if (!opt_g.ok()) return absl::InvalidArgumentError(absl::StrCat("job key 'optimizer.name': ", opt_g.status().message()));
