@@ -111,6 +111,12 @@ absl::StatusOr<bool> AnyRankStopping(comm::Communicator& comm) {
   return flag.item<int>() != 0;
 }
 
+// What trains: the vae, gan and mlm modes build their own networks; the others take model.name.
+std::string NetworkName(const Job& job) {
+  const bool own_networks = job.mode == "vae" || job.mode == "gan" || job.mode == "mlm";
+  return own_networks ? job.mode : job.model.name;
+}
+
 json Summary(const Job& job, const coordinator::RunOutcome& out, const Trainer& trainer, int64_t parameters) {
   json s;
   for (const auto& [k, v] : out.final_eval) s[k] = v;
@@ -125,7 +131,7 @@ json Summary(const Job& job, const coordinator::RunOutcome& out, const Trainer& 
   s["per_class_recall"] = r.recall;
   s["per_class_f1"] = r.f1;
   s["confusion_matrix"] = r.confusion;
-  s["model"] = job.model.name;
+  s["model"] = NetworkName(job);
   s["parameters"] = parameters;
   s["job"] = job.name;
   s["seed"] = job.seed;
@@ -184,9 +190,8 @@ absl::Status Run(const Job& job, const std::string& summary_path, const std::str
   const int64_t train_n = data->train_targets.size(0), test_n = data->test_targets.size(0);
   Trainer trainer(job, *std::move(data), mode->get(), &comm, reducer.get());
   if (leader) {
-    // The vae, gan and mlm modes build their own networks; the others take model.name.
-    const bool own_networks = job.mode == "vae" || job.mode == "gan" || job.mode == "mlm";
-    const std::string model = own_networks ? job.mode : job.mode + " " + job.model.name;
+    const std::string network = NetworkName(job);
+    const std::string model = network == job.mode ? network : job.mode + " " + network;
     std::fprintf(stderr, "allround-worker: job '%s': %s, %lld parameters, %lld train / %lld test examples, "
                  "%lld epochs of %lld steps, %d rank(s) over %s, %d threads each, run dir %s\n",
                  job.name.c_str(), model.c_str(), static_cast<long long>((*mode)->ParameterCount()),
