@@ -197,6 +197,7 @@ TEST(Gan, StepsBothNetworksEvaluatesByFrechetDistanceAndWritesSamples) {
   job.gan.noise_dim = 16;
   job.gan.eval_samples = 64;
   job.gan.classifier_epochs = 1;
+  job.gan.ema = 0.999;
   job.optimizer.name = "adam";
   job.optimizer.lr = 2e-4;
   job.optimizer.beta1 = 0.5;

@@ -15,15 +15,16 @@
 // (the FedAvg CNN with a gan.classifier_features-unit hidden layer, 128 by default, trained by the
 // mode itself, seeded, SGD lr 0.02 momentum 0.9, for gan.classifier_epochs on the labelled bank it
 // is given: the job's training set) of the test images and of gan.eval_samples generated ones
-// (fixed noise), reported as "fd" and as test_loss. The generator evaluated (and drawn in the
-// grids) is an exponential moving average of the trained one's weights, decay gan.ema per step
-// (Yazici et al. 2019), with batch-norm statistics recomputed for those weights over fixed noise;
-// "fd_raw" is the trained generator's own distance. gan.ema 0 evaluates the generator itself.
+// (fixed noise), reported as "fd" and as test_loss. With gan.ema > 0 the generator evaluated (and
+// drawn in the grids) is an exponential moving average of the trained one's weights, that decay
+// per step (Yazici et al. 2019), with batch-norm statistics recomputed for those weights over
+// fixed noise, and "fd_raw" is the trained generator's own distance; gan.ema 0 (the default)
+// evaluates the generator itself.
 // Then "min_class_frac", the smallest share of any class among the generated images under that
 // classifier (mode collapse shows as a class near 0), and "classifier_accuracy" on the test images.
 // WriteImages writes samples-epoch<N>.png (10 x 10). Checkpoints hold "model/generator...",
-// "model/discriminator...", "model/generator_ema..." and both optimizers' state (a federated round
-// averages all three networks); the evaluation classifier is retrained identically when needed.
+// "model/discriminator...", with gan.ema "model/generator_ema...", and both optimizers' state (a
+// federated round averages all of these networks); the evaluation classifier is retrained identically when needed.
 
 #include <ATen/core/Tensor.h>
 
