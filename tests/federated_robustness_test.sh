@@ -53,8 +53,12 @@ site() {
     > /dev/null 2>> "$TMP/site-$name.err" &
 }
 # three_sites: a coordinator dumping each global model and 3 sites dumping their updates, with the
-# job flags in EXTRA; waits for the coordinator, whose exit status is then in $rc.
+# job flags in EXTRA: 2 rounds of 1 local epoch at 3 IID sites, each evaluating a tenth of its share,
+# no checkpoints; waits for the coordinator, whose exit status is then in $rc.
 three_sites() {
+  EXTRA=(--federated.rounds 2 --federated.local_epochs 1 --federated.site_eval_fraction 0.1
+         --partition.sites 3 --partition.scheme iid --federated.min_sites 3 --federated.min_available 3
+         --checkpoint.enabled false "${EXTRA[@]}")
   mkdir -p "$TMP/models" "$TMP/updates"
   "$COORD" "${JOB[@]}" "${EXTRA[@]}" --listen $ADDR --no-auth --insecure --run_dir "$TMP/run" \
     --dump-models "$TMP/models" > "$TMP/coord.out" 2> "$TMP/coord.err" &
@@ -258,10 +262,7 @@ dino)
   # DINO at 3 sites, 2 rounds of 1 local epoch: a round averages everything under model/ (student,
   # teacher and its batch-norm statistics, center); the optimizer starts afresh at each site.
   EXTRA=(--mode dino --model.name simple_cnn --dino.local_crops 2 --dino.out_dim 256 --dino.knn_bank 1000
-         --dino.probe_steps 100 --optimizer.name adamw --optimizer.lr 5e-4 --train.batch_size 32
-         --federated.rounds 2 --federated.local_epochs 1 --federated.site_eval_fraction 0.1
-         --partition.sites 3 --partition.scheme iid --federated.min_sites 3 --federated.min_available 3
-         --checkpoint.enabled false)
+         --dino.probe_steps 100 --optimizer.name adamw --optimizer.lr 5e-4 --train.batch_size 32)
   three_sites
   check "DINO sites trained and every round aggregated all 3" \
     '[[ $rc -eq 0 ]] && [[ $(grep -c "(3 sites" "$TMP/coord.out") -eq 2 ]]'
@@ -280,10 +281,7 @@ assert any(k.startswith(\"model/student/head.\") for k in m)
 " "$TMP/models/version-2.safetensors"'
   ;;
 vae)
-  EXTRA=(--mode vae --vae.hidden 64 --optimizer.name adam --optimizer.lr 1e-3 --train.batch_size 64
-         --federated.rounds 2 --federated.local_epochs 1 --federated.site_eval_fraction 0.1
-         --partition.sites 3 --partition.scheme iid --federated.min_sites 3 --federated.min_available 3
-         --checkpoint.enabled false)
+  EXTRA=(--mode vae --vae.hidden 64 --optimizer.name adam --optimizer.lr 1e-3 --train.batch_size 64)
   three_sites
   check "VAE sites trained and every round aggregated all 3" \
     '[[ $rc -eq 0 ]] && [[ $(grep -c "(3 sites" "$TMP/coord.out") -eq 2 ]]'
@@ -300,10 +298,7 @@ assert r[1][\"elbo\"] > r[0][\"elbo\"], (r[0][\"elbo\"], r[1][\"elbo\"])
   ;;
 gan)
   EXTRA=(--mode gan --gan.width 16 --gan.eval_samples 500 --gan.classifier_epochs 1 --optimizer.name adam
-         --optimizer.lr 2e-4 --optimizer.beta1 0.5 --train.batch_size 64
-         --federated.rounds 2 --federated.local_epochs 1 --federated.site_eval_fraction 0.1
-         --partition.sites 3 --partition.scheme iid --federated.min_sites 3 --federated.min_available 3
-         --checkpoint.enabled false)
+         --optimizer.lr 2e-4 --optimizer.beta1 0.5 --train.batch_size 64)
   three_sites
   check "GAN sites trained and every round aggregated all 3" \
     '[[ $rc -eq 0 ]] && [[ $(grep -c "(3 sites" "$TMP/coord.out") -eq 2 ]]'
@@ -316,10 +311,7 @@ mlm)
   [[ -d /usr/share/games/fortunes ]] || { echo "no fortunes: skipped"; exit 77; }
   EXTRA=(--mode mlm --data.name text --data.dir /usr/share/games/fortunes --data.augment none
          --text.vocab_size 600 --text.seq_len 32 --mlm.hidden 32 --data.train_limit 900 --data.test_limit 200
-         --optimizer.name adamw --optimizer.lr 2e-3 --train.batch_size 32
-         --federated.rounds 2 --federated.local_epochs 1 --federated.site_eval_fraction 0.1
-         --partition.sites 3 --partition.scheme iid --federated.min_sites 3 --federated.min_available 3
-         --checkpoint.enabled false)
+         --optimizer.name adamw --optimizer.lr 2e-3 --train.batch_size 32)
   three_sites
   check "MLM sites trained and every round aggregated all 3" \
     '[[ $rc -eq 0 ]] && [[ $(grep -c "(3 sites" "$TMP/coord.out") -eq 2 ]]'

@@ -37,6 +37,14 @@ inline LearningMode::NamedTensors ModuleTensors(const torch::nn::Module& module,
   return out;
 }
 
+// The tensors of named entries, in order, without their names (a mode's ModelState).
+inline std::vector<at::Tensor> TensorsOf(const LearningMode::NamedTensors& named) {
+  std::vector<at::Tensor> out;
+  out.reserve(named.size());
+  for (const auto& [name, t] : named) out.push_back(t);
+  return out;
+}
+
 // A module's parameters by name (what optimizer state is keyed by).
 inline std::vector<std::pair<std::string, at::Tensor>> NamedParameters(const torch::nn::Module& module,
                                                                        const std::string& prefix = "") {
@@ -53,17 +61,9 @@ class SingleNetworkMode : public LearningMode {
       : net_(std::move(net)), optimizer_(std::move(opt)) {}
 
   std::vector<at::Tensor> TrainableParameters() override { return net_->parameters(); }
-  std::vector<at::Tensor> ModelState() override {
-    std::vector<at::Tensor> out;
-    for (const auto& [name, t] : ModuleTensors(*net_, "model/")) out.push_back(t);
-    return out;
-  }
+  std::vector<at::Tensor> ModelState() override { return TensorsOf(ModuleTensors(*net_, "model/")); }
   std::vector<at::Tensor> Buffers() override { return net_->buffers(); }
-  int64_t ParameterCount() override {
-    int64_t n = 0;
-    for (const auto& p : net_->parameters()) n += p.requires_grad() ? p.numel() : 0;
-    return n;
-  }
+  int64_t ParameterCount() override { return models::CountParameters(*net_); }
   NamedTensors State() override {
     NamedTensors out = ModuleTensors(*net_, "model/");
     for (auto& entry : optim::OptimizerState(*optimizer_, NamedParameters(*net_))) out.push_back(std::move(entry));

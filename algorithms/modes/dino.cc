@@ -170,11 +170,7 @@ class DinoMode final : public LearningMode {
   }
 
   std::vector<at::Tensor> TrainableParameters() override { return student_->parameters(); }
-  std::vector<at::Tensor> ModelState() override {
-    std::vector<at::Tensor> out;
-    for (const auto& [name, t] : ModelTensors()) out.push_back(t);
-    return out;
-  }
+  std::vector<at::Tensor> ModelState() override { return TensorsOf(ModelTensors()); }
   std::vector<at::Tensor> Buffers() override {
     std::vector<at::Tensor> out = student_->buffers();
     for (const auto& b : teacher_->buffers()) out.push_back(b);

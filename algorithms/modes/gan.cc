@@ -95,11 +95,7 @@ class GanNets : public nn::Module {
     }
     return out;
   }
-  std::vector<at::Tensor> TrainedTensors() const {
-    std::vector<at::Tensor> out;
-    for (auto& [name, t] : Trained()) out.push_back(t);
-    return out;
-  }
+  std::vector<at::Tensor> TrainedTensors() const { return TensorsOf(Trained()); }
   std::shared_ptr<Generator> g;
   std::shared_ptr<Discriminator> d;
   std::shared_ptr<Generator> g_ema;
@@ -230,11 +226,7 @@ class GanMode final : public LearningMode {
   }
 
   std::vector<at::Tensor> TrainableParameters() override { return nets_->TrainedTensors(); }
-  std::vector<at::Tensor> ModelState() override {
-    std::vector<at::Tensor> out;
-    for (const auto& [name, t] : ModuleTensors(*nets_, "model/")) out.push_back(t);
-    return out;
-  }
+  std::vector<at::Tensor> ModelState() override { return TensorsOf(ModuleTensors(*nets_, "model/")); }
   std::vector<at::Tensor> Buffers() override { return nets_->buffers(); }
   int64_t ParameterCount() override { return models::CountParameters(*nets_); }
 
