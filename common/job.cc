@@ -230,6 +230,8 @@ const std::vector<Key>& Keys() {
                       [](Job& j) -> auto& { return j.gan.eval_samples; }, 2, kBig),
       BoolKey("gan.batch_norm", "gan: batch norm in generator and discriminator",
               [](Job& j) -> auto& { return j.gan.batch_norm; }),
+      StringKey("gan.init", "gan: initial weights, DCGAN's N(0, 0.02) or LibTorch's defaults",
+                [](Job& j) -> auto& { return j.gan.init; }, {"dcgan", "torch"}),
       IntKey<int64_t>("gan.classifier_epochs", "gan: epochs of the evaluation classifier",
                       [](Job& j) -> auto& { return j.gan.classifier_epochs; }, 1, 1000),
       DoubleKey("gan.ema", "gan: decay of the generator's weight average that is evaluated (0: none)",

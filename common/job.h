@@ -164,6 +164,9 @@ struct GanSpec {
                                      // average did not beat it (Frechet distance 8.09 vs 7.54).
   bool batch_norm = true;            // in both networks (DCGAN's); off, a step under N ranks equals
                                      // one process's step on the N batches together
+  std::string init = "dcgan";        // initial weights: "dcgan" (Radford et al.: every convolution and
+                                     // linear weight N(0, 0.02), batch-norm scales N(1, 0.02), biases
+                                     // 0), or "torch" (LibTorch's defaults)
 };
 
 // Text corpora (data.name text) and the masked-LM mode.

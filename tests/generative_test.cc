@@ -259,6 +259,48 @@ TEST(Gan, StepsBothNetworksEvaluatesByFrechetDistanceAndWritesSamples) {
   EXPECT_TRUE(std::filesystem::exists(dir + "/samples-epoch2.png"));
 }
 
+TEST(Gan, StartsFromDcganInitializationUnlessAskedForLibTorchs) {
+  Job job;
+  job.mode = "gan";
+  job.optimizer.name = "adam";
+  auto dcgan = modes::MakeGanMode(job, modes::InputInfo{}, at::Device(at::kCPU), at::Tensor(), at::Tensor());
+  ASSERT_TRUE(dcgan.ok()) << dcgan.status();
+  int64_t weights = 0, scales = 0, biases = 0;
+  for (const auto& [name, t] : (*dcgan)->State()) {
+    if (name.rfind("model/", 0) != 0 || name.find("running") != std::string::npos ||
+        name.find("num_batches") != std::string::npos) {
+      continue;
+    }
+    const bool norm = name.find(".bn") != std::string::npos;
+    if (name.size() > 5 && name.compare(name.size() - 5, 5, ".bias") == 0) {
+      EXPECT_EQ(t.abs().max().item<float>(), 0.0f) << name;
+      ++biases;
+    } else if (norm) {  // batch-norm scales: N(1, 0.02)
+      EXPECT_NEAR(t.mean().item<double>(), 1.0, 0.01) << name;
+      EXPECT_NEAR(t.std().item<double>(), 0.02, 0.005) << name;
+      ++scales;
+    } else {  // convolution, transposed convolution and linear weights: N(0, 0.02)
+      EXPECT_NEAR(t.mean().item<double>(), 0.0, 0.002) << name;
+      EXPECT_NEAR(t.std().item<double>(), 0.02, 0.002) << name;
+      ++weights;
+    }
+  }
+  EXPECT_EQ(weights, 6);  // G: fc, up1, up2; D: conv1, conv2, fc
+  EXPECT_EQ(scales, 3);   // G: bn0, bn1; D: bn2
+  EXPECT_EQ(biases, 9);
+  // gan.init torch keeps LibTorch's defaults (uniform, biases not 0); a third value is refused.
+  job.gan.init = "torch";
+  auto torch_init = modes::MakeGanMode(job, modes::InputInfo{}, at::Device(at::kCPU), at::Tensor(), at::Tensor());
+  ASSERT_TRUE(torch_init.ok()) << torch_init.status();
+  const auto state = (*torch_init)->State();
+  const std::map<std::string, at::Tensor> by_name(state.begin(), state.end());
+  EXPECT_GT(by_name.at("model/generator.up1.bias").abs().max().item<float>(), 0.0f);
+  EXPECT_GT(by_name.at("model/discriminator.conv1.weight").std().item<double>(), 0.1);  // U(+-1/4): std 0.144
+  Job bad;
+  EXPECT_FALSE(SetJobKey(bad, "gan.init", "xavier").ok());
+  EXPECT_TRUE(SetJobKey(bad, "gan.init", "torch").ok());
+}
+
 TEST(Mlm, MaskingSelectsFifteenPercentSplitEightyTenTen) {
   // 200 rows of 64 ids, the last 8 of each padding and the first [CLS]: never selected.
   const int64_t vocab = 1000;
