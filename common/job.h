@@ -160,8 +160,9 @@ struct GanSpec {
   int64_t classifier_features = 128; // its penultimate width: the features the distance compares
   double ema = 0;                    // evaluate (and sample) an exponential moving average of the
                                      // generator's weights with this decay per step (e.g. 0.999);
-                                     // 0: the generator itself. In 10 epochs of the shipped job the
-                                     // average did not beat it (Frechet distance 8.09 vs 7.54).
+                                     // 0: the generator itself. In 10 epochs of the shipped job (from
+                                     // LibTorch's initial weights) the average did not beat it
+                                     // (Frechet distance 8.09 vs 7.54).
   bool batch_norm = true;            // in both networks (DCGAN's); off, a step under N ranks equals
                                      // one process's step on the N batches together
   std::string init = "dcgan";        // initial weights: "dcgan" (Radford et al.: every convolution and

@@ -6,7 +6,8 @@
 // convolutions (batch norm and ReLU between, tanh at the end); the discriminator has two stride-2
 // convolutions with LeakyReLU 0.2 (batch norm on the second) and a linear layer to one logit
 // (w = gan.width). Weights start as DCGAN's (N(0, 0.02), batch-norm scales N(1, 0.02), biases 0;
-// gan.init torch keeps LibTorch's defaults). Two optimizers of the job's kind (Adam lr 2e-4, beta1 0.5 in the shipped job).
+// gan.init torch keeps LibTorch's defaults). Two optimizers of the job's kind (Adam lr 2e-4,
+// beta1 0.5 in the shipped job).
 // Each step updates D on a real batch and a generated one (real 1, fake 0), then G with the
 // non-saturating loss -log D(G(z)): two backward passes, each reduced by the Reducer under mpirun.
 // The noise comes from the step's seed (or Batch::noise). gan.batch_norm false drops batch norm, so
