@@ -190,6 +190,11 @@ TEST(Vae, DenoisingVariantHasNoKlAndNoSamples) {
   EXPECT_FALSE(std::filesystem::exists(dir + "/samples-epoch1.png"));
 }
 
+// A batch-norm buffer (running mean, variance, batch count), not a trained parameter.
+bool IsBatchNormStatistic(const std::string& name) {
+  return name.find("running") != std::string::npos || name.find("num_batches") != std::string::npos;
+}
+
 TEST(Gan, StepsBothNetworksEvaluatesByFrechetDistanceAndWritesSamples) {
   Job job;
   job.mode = "gan";
@@ -231,10 +236,7 @@ TEST(Gan, StepsBothNetworksEvaluatesByFrechetDistanceAndWritesSamples) {
   // The evaluated generator is the weights' moving average: decay * old + (1 - decay) * new, for
   // every parameter; it is in the checkpoint, but not trained (no optimizer state, not counted).
   for (const auto& [name, t] : after) {
-    if (name.rfind("model/generator_ema.", 0) != 0 || name.find("running") != std::string::npos ||
-        name.find("num_batches") != std::string::npos) {
-      continue;
-    }
+    if (name.rfind("model/generator_ema.", 0) != 0 || IsBatchNormStatistic(name)) continue;
     const std::string trained = "model/generator." + name.substr(std::string("model/generator_ema.").size());
     EXPECT_TRUE(torch::equal(before.at(name), before.at(trained))) << name;  // starts as a copy
     EXPECT_TRUE(torch::allclose(t, job.gan.ema * before.at(name) + (1 - job.gan.ema) * after.at(trained), 1e-6, 1e-7))
@@ -267,10 +269,7 @@ TEST(Gan, StartsFromDcganInitializationUnlessAskedForLibTorchs) {
   ASSERT_TRUE(dcgan.ok()) << dcgan.status();
   int64_t weights = 0, scales = 0, biases = 0;
   for (const auto& [name, t] : (*dcgan)->State()) {
-    if (name.rfind("model/", 0) != 0 || name.find("running") != std::string::npos ||
-        name.find("num_batches") != std::string::npos) {
-      continue;
-    }
+    if (name.rfind("model/", 0) != 0 || IsBatchNormStatistic(name)) continue;
     const bool norm = name.find(".bn") != std::string::npos;
     if (name.size() > 5 && name.compare(name.size() - 5, 5, ".bias") == 0) {
       EXPECT_EQ(t.abs().max().item<float>(), 0.0f) << name;

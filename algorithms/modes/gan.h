@@ -26,7 +26,8 @@
 // classifier (mode collapse shows as a class near 0), and "classifier_accuracy" on the test images.
 // WriteImages writes samples-epoch<N>.png (10 x 10). Checkpoints hold "model/generator...",
 // "model/discriminator...", with gan.ema "model/generator_ema...", and both optimizers' state (a
-// federated round averages all of these networks); the evaluation classifier is retrained identically when needed.
+// federated round averages all of these networks); the evaluation classifier is retrained
+// identically when needed.
 
 #include <ATen/core/Tensor.h>
 
