@@ -17,6 +17,7 @@
 #include <cstdio>
 #include <thread>
 
+#include "algorithms/compute_threads.h"
 #include "algorithms/modes/supervised.h"
 #include "comm/proto/federated.grpc.pb.h"
 #include "comm/wire.h"
@@ -105,7 +106,7 @@ int main(int argc, char** argv) {
   app.add_option("--model", model_name);
   app.add_option("--threads", threads);
   CLI11_PARSE(app, argc, argv);
-  torch::set_num_threads(threads);
+  SetComputeThreads(threads);
 
   Job job;
   job.model.name = model_name;

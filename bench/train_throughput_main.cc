@@ -9,6 +9,7 @@
 #include <chrono>
 #include <cstdio>
 
+#include "algorithms/compute_threads.h"
 #include "algorithms/modes/supervised.h"
 #include "comm/communicator.h"
 #include "comm/reducer.h"
@@ -51,7 +52,7 @@ int main(int argc, char** argv) {
   // One epoch holds every step; under mpirun each rank trains on its own shard of it.
   job.data.train_limit = batch * (steps + warmup) * comm.size();
   job.data.test_limit = 1;
-  torch::set_num_threads(static_cast<int>(threads));
+  SetComputeThreads(static_cast<int>(threads));
   torch::set_num_interop_threads(1);
 
   auto data = worker::LoadTrainingData(job);

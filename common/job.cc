@@ -140,7 +140,7 @@ const std::vector<Key>& Keys() {
       StringKey("name", "the job's name, used in the run directory", [](Job& j) -> auto& { return j.name; }),
       IntKey<uint64_t>("seed", "the job seed; every other seed derives from it",
                        [](Job& j) -> auto& { return j.seed; }, 0, kBig),
-      IntKey<int64_t>("threads", "intra-op threads per process (0: LibTorch's default)",
+      IntKey<int64_t>("threads", "intra-op threads per process, LibTorch's and OpenBLAS's (0: their defaults)",
                       [](Job& j) -> auto& { return j.threads; }, 0, 1024),
       StringKey("device", "where to train: cpu, or cuda (one GPU per rank, NCCL between them)",
                 [](Job& j) -> auto& { return j.device; }, {"cpu", "cuda"}),

@@ -15,6 +15,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "algorithms/compute_threads.h"
 #include "algorithms/metrics.h"
 #include "algorithms/modes/semi_supervised.h"
 #include "common/cli.h"
@@ -43,7 +44,7 @@ struct Flags {
 };
 
 absl::Status Serve(const Job& job, const Flags& flags) {
-  if (job.threads > 0) torch::set_num_threads(static_cast<int>(job.threads));
+  SetComputeThreads(static_cast<int>(job.threads));
   // Transport: TLS with the server's certificate, or plain text only when asked for.
   std::shared_ptr<grpc::ServerCredentials> credentials;
   if (!flags.tls_cert.empty() || !flags.tls_key.empty()) {

@@ -1,8 +1,11 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include <dlfcn.h>
+
 #include <cmath>
 
+#include "algorithms/compute_threads.h"
 #include "algorithms/losses.h"
 #include "algorithms/metrics.h"
 #include "algorithms/models/kernels/relu_max_pool.h"
@@ -13,6 +16,22 @@
 
 namespace allround {
 namespace {
+
+TEST(ComputeThreads, SizesLibTorchsPoolAndOpenBlassAlike) {
+  const int before = at::get_num_threads();
+  EXPECT_FALSE(SetComputeThreads(0));  // the job's 0: LibTorch's defaults, untouched
+  EXPECT_EQ(at::get_num_threads(), before);
+  // Debian's LibTorch calls OpenBLAS; a CUDA LibTorch built with MKL has none, and then only
+  // LibTorch's pool is set.
+  using GetThreads = int (*)();
+  auto openblas_threads = reinterpret_cast<GetThreads>(dlsym(RTLD_DEFAULT, "openblas_get_num_threads"));
+  for (int n : {2, 1}) {
+    EXPECT_EQ(SetComputeThreads(n), openblas_threads != nullptr);
+    EXPECT_EQ(at::get_num_threads(), n);
+    if (openblas_threads != nullptr) EXPECT_EQ(openblas_threads(), n);
+  }
+  SetComputeThreads(before);
+}
 
 TEST(Metrics, ReportMatchesHandComputation) {
   const metrics::Confusion m = {{5, 1, 0}, {2, 3, 1}, {0, 2, 4}};

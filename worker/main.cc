@@ -17,6 +17,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "algorithms/compute_threads.h"
 #include "algorithms/modes/semi_supervised.h"
 #include "comm/communicator.h"
 #include "comm/reducer.h"
@@ -141,7 +142,7 @@ json Summary(const Job& job, const coordinator::RunOutcome& out, const Trainer& 
 absl::Status Run(const Job& job, const std::string& summary_path, const std::string& resume,
                  comm::Communicator& comm) {
   if (job.threads > 0) {
-    torch::set_num_threads(static_cast<int>(job.threads));
+    SetComputeThreads(static_cast<int>(job.threads));
     torch::set_num_interop_threads(1);
   }
   comm.set_timeout(std::chrono::milliseconds(static_cast<int64_t>(job.comm.timeout_s * 1000)));
@@ -364,7 +365,7 @@ int main(int argc, char** argv) {
   try {
     if (federated) {
       // A site (or, under mpirun, a worker group that is one site).
-      if (job->threads > 0) torch::set_num_threads(static_cast<int>(job->threads));
+      SetComputeThreads(static_cast<int>(job->threads));
       s = worker::RunSites(*job, site, &comm);
     } else {
       s = worker::Run(*job, summary_path, resume, comm);

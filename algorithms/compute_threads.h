@@ -1,0 +1,22 @@
+#ifndef ALLROUND_ALGORITHMS_COMPUTE_THREADS_H_
+#define ALLROUND_ALGORITHMS_COMPUTE_THREADS_H_
+
+// How many threads one training thread's tensor math may use. LibTorch's setting
+// (at::set_num_threads) sizes its own intra-op pool but not the BLAS library under it: Debian's
+// LibTorch calls OpenBLAS (pthreads build), whose pool is sized from the machine's cores and whose
+// idle workers spin in sched_yield. With two sites training side by side on 2 cores, or two mpirun
+// ranks, each GEMM then waited on pool threads fighting the other trainer for the same cores;
+// bench/fedavg_niid's rounds took 2.5 times as long (42 s against 17 s for 1 round of 4 epochs).
+// Sizing OpenBLAS's pool with LibTorch's also makes a run's floating-point sums depend on the job's
+// `threads` rather than on the machine's core count.
+
+namespace allround {
+
+// Sets LibTorch's intra-op threads and, where the process has OpenBLAS loaded, OpenBLAS's threads
+// to `threads`. Process-wide. Returns whether OpenBLAS was found and set. `threads` <= 0 (the job's
+// "LibTorch's default") changes nothing and returns false.
+bool SetComputeThreads(int threads);
+
+}  // namespace allround
+
+#endif  // ALLROUND_ALGORITHMS_COMPUTE_THREADS_H_
