@@ -4,6 +4,7 @@
 #include <torch/torch.h>
 
 #include <CLI/CLI.hpp>
+#include <algorithm>
 #include <chrono>
 #include <atomic>
 #include <csignal>
@@ -12,6 +13,7 @@
 #include <functional>
 #include <map>
 #include <optional>
+#include <thread>
 #include <cstdlib>
 #include <nlohmann/json.hpp>
 
@@ -364,8 +366,13 @@ int main(int argc, char** argv) {
   const bool federated = app.get_option("--coordinator")->count() > 0;
   try {
     if (federated) {
-      // A site (or, under mpirun, a worker group that is one site).
-      SetComputeThreads(static_cast<int>(job->threads));
+      // A site (or, under mpirun, a worker group that is one site). Sites training side by side
+      // share the cores: unless the job says how many threads, each slot gets its share.
+      int threads = static_cast<int>(job->threads);
+      if (threads == 0 && site.site_threads > 1) {
+        threads = std::max(1, static_cast<int>(std::thread::hardware_concurrency()) / site.site_threads);
+      }
+      SetComputeThreads(threads);
       s = worker::RunSites(*job, site, &comm);
     } else {
       s = worker::Run(*job, summary_path, resume, comm);
