@@ -4,9 +4,10 @@
 // How many threads one training thread's tensor math may use. LibTorch's setting
 // (at::set_num_threads) sizes its own intra-op pool but not the BLAS library under it: Debian's
 // LibTorch calls OpenBLAS (pthreads build), whose pool is sized from the machine's cores and whose
-// idle workers spin in sched_yield. With two sites training side by side on 2 cores, or two mpirun
-// ranks, each GEMM then waited on pool threads fighting the other trainer for the same cores;
-// bench/fedavg_niid's rounds took 2.5 times as long (42 s against 17 s for 1 round of 4 epochs).
+// idle workers spin in sched_yield. With two sites training side by side on 2 cores, each GEMM
+// then waited on pool threads fighting the other trainer for the same cores; bench/fedavg_niid's
+// rounds took 2.5 times as long (42 s against 17 s for 1 round of 4 epochs). mpirun ranks sharing
+// cores are in the same position (not measured).
 // Sizing OpenBLAS's pool with LibTorch's also makes a run's floating-point sums depend on the job's
 // `threads` rather than on the machine's core count.
 
