@@ -172,6 +172,9 @@ const std::vector<Key>& Keys() {
                 [](Job& j) -> auto& { return j.data.dir; }),
       StringKey("data.augment", "training augmentation", [](Job& j) -> auto& { return j.data.augment; },
                 {"none", "flip", "crop", "flip_crop"}),
+      StringKey("data.scale", "image pixels: standardize (mean 0, std 1 over the training set) or unit ([0, 1], "
+                "as torchvision's ToTensor gives them; supervised mode)", [](Job& j) -> auto& { return j.data.scale; },
+                {"standardize", "unit"}),
       IntKey<int64_t>("data.train_limit", "use the first N training examples (0: all)",
                       [](Job& j) -> auto& { return j.data.train_limit; }, 0, kBig),
       IntKey<int64_t>("data.labels_per_class",
@@ -452,6 +455,11 @@ absl::Status ValidateJob(const Job& job) {
   if (job.model.name == "vit" && job.model.dim % job.model.heads != 0) {
     return absl::InvalidArgumentError(absl::StrCat("job key 'model.dim': ", job.model.dim,
                                                    " is not a multiple of model.heads (", job.model.heads, ")"));
+  }
+  if (job.data.scale == "unit" && job.mode != "supervised") {
+    // The other image modes undo the standardization to build views and samples (modes::kImageMean).
+    return absl::InvalidArgumentError(absl::StrCat("job key 'data.scale': unit is for the supervised mode; mode '",
+                                                   job.mode, "' needs standardize"));
   }
   if (job.data.dir.empty()) return absl::InvalidArgumentError("job key 'data.dir': empty");
   if (job.optimizer.lr <= 0) return absl::InvalidArgumentError("job key 'optimizer.lr': must be > 0");

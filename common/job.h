@@ -34,6 +34,9 @@ struct DataSpec {
   std::string name = "fashion_mnist";
   std::string dir = "/usr/share/datasets/fashion-mnist";
   std::string augment = "none";      // none | flip | crop | flip_crop
+  std::string scale = "standardize"; // image pixels: standardize (Fashion-MNIST's mean and std) or
+                                     // unit ([0, 1], as torchvision's ToTensor gives); unit is for
+                                     // the supervised mode, whose inputs nothing else reads back
   int64_t train_limit = 0;           // use only the first N training examples (0: all)
   int64_t test_limit = 0;            // evaluate on only the first N test examples (0: all)
   int64_t labels_per_class = 0;      // keep the labels of only N training images per class

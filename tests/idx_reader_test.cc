@@ -6,6 +6,7 @@
 
 #include "tests/test_util.h"
 #include "worker/data/fashion_mnist.h"
+#include "worker/trainer.h"
 
 namespace allround::data {
 namespace {
@@ -118,6 +119,33 @@ TEST(IdxReader, MissingFileAndDirectory) {
   auto d = LoadFashionMnist(dir / "missing");
   EXPECT_EQ(d.status().code(), absl::StatusCode::kNotFound);
   EXPECT_THAT(std::string(d.status().message()), HasSubstr("missing' does not exist"));
+}
+
+// data.scale: standardize gives (x / 255 - mean) / std, unit gives x / 255 (what NIID-Bench's
+// torchvision ToTensor feeds its models), for training and test images alike.
+TEST(FashionMnist, TrainingDataIsStandardizedOrInUnitRange) {
+  ScratchDir dir;
+  testing::WritePlain(dir / "train-images-idx3-ubyte", IdxBytes({2, 2, 2}, {0, 255, 51, 102, 255, 0, 0, 0}));
+  testing::WritePlain(dir / "train-labels-idx1-ubyte", IdxBytes({2}, {3, 7}));
+  testing::WritePlain(dir / "t10k-images-idx3-ubyte", IdxBytes({1, 2, 2}, {255, 255, 0, 51}));
+  testing::WritePlain(dir / "t10k-labels-idx1-ubyte", IdxBytes({1}, {5}));
+  Job job;
+  job.data.dir = dir.path();
+  job.data.scale = "unit";
+  auto unit = worker::LoadTrainingData(job);
+  ASSERT_TRUE(unit.ok()) << unit.status();
+  EXPECT_EQ(unit->train_inputs.sizes().vec(), (std::vector<int64_t>{2, 1, 2, 2}));
+  const at::Tensor want_train = at::tensor({0.0f, 1.0f, 0.2f, 0.4f, 1.0f, 0.0f, 0.0f, 0.0f}).view({2, 1, 2, 2});
+  const at::Tensor want_test = at::tensor({1.0f, 1.0f, 0.0f, 0.2f}).view({1, 1, 2, 2});
+  EXPECT_TRUE(at::allclose(unit->train_inputs, want_train)) << unit->train_inputs;
+  EXPECT_TRUE(at::allclose(unit->test_inputs, want_test)) << unit->test_inputs;
+
+  job.data.scale = "standardize";
+  auto standard = worker::LoadTrainingData(job);
+  ASSERT_TRUE(standard.ok()) << standard.status();
+  EXPECT_TRUE(at::allclose(standard->train_inputs, (want_train - kFashionMnistMean) / kFashionMnistStd));
+  EXPECT_TRUE(at::allclose(standard->test_inputs, (want_test - kFashionMnistMean) / kFashionMnistStd));
+  EXPECT_EQ(standard->train_targets[1].item<int64_t>(), 7);
 }
 
 TEST(FashionMnist, ReadsTheInstalledDataset) {

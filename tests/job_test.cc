@@ -48,6 +48,7 @@ TEST(Job, RefusesBadValuesNamingTheKey) {
       {"optimizer: {nesterov: maybe}", "'optimizer.nesterov'"},
       {"model: {hidden: [10, x]}", "'model.hidden'"},
       {"seed: -1", "'seed'"},
+      {"data: {scale: minmax}", "'data.scale'"},
       {"[1, 2]", "must be a YAML map"},
       {"a: [", "not valid YAML"},
   };
@@ -56,6 +57,15 @@ TEST(Job, RefusesBadValuesNamingTheKey) {
     ASSERT_FALSE(job.ok()) << yaml;
     EXPECT_THAT(std::string(job.status().message()), HasSubstr(want)) << yaml;
   }
+}
+
+TEST(Job, UnitScaledPixelsAreForTheSupervisedModeOnly) {
+  Job job;
+  job.data.scale = "unit";
+  EXPECT_TRUE(ValidateJob(job).ok());
+  job.mode = "gan";  // samples and views are made by undoing the standardization
+  EXPECT_THAT(std::string(ValidateJob(job).message()),
+              AllOf(HasSubstr("'data.scale'"), HasSubstr("unit is for the supervised mode")));
 }
 
 TEST(Job, FlagsOverrideKeys) {

@@ -117,8 +117,10 @@ absl::StatusOr<TrainingData> LoadTrainingData(const Job& job) {
   auto raw = data::LoadFashionMnist(job.data.dir);
   if (!raw.ok()) return raw.status();
   TrainingData d;
-  const auto norm = [](const at::Tensor& images) {
-    return data::NormalizeImages(images, data::kFashionMnistMean, data::kFashionMnistStd);
+  const bool unit = job.data.scale == "unit";  // [0, 1] as they are, or standardized
+  const auto norm = [unit](const at::Tensor& images) {
+    return unit ? data::NormalizeImages(images, 0.0, 1.0)
+                : data::NormalizeImages(images, data::kFashionMnistMean, data::kFashionMnistStd);
   };
   d.train_inputs = norm(Limit(raw->train.images, job.data.train_limit));
   d.train_targets = Limit(raw->train.labels, job.data.train_limit);
@@ -169,7 +171,8 @@ absl::StatusOr<coordinator::RoundResult> Trainer::Execute(const coordinator::Rou
   const std::vector<int64_t> order = sampler.Indices(round.epoch);
   const at::Tensor index = at::from_blob(const_cast<int64_t*>(order.data()), {static_cast<int64_t>(order.size())},
                                          at::kLong).to(data_.train_inputs.device());
-  const double fill = -data::kFashionMnistMean / data::kFashionMnistStd;  // a black pixel
+  // A black pixel, in the inputs' scale.
+  const double fill = job_.data.scale == "unit" ? 0.0 : -data::kFashionMnistMean / data::kFashionMnistStd;
   // A resumed epoch skips the steps it already took; the order itself depends on the epoch only.
   const int64_t first = position_.epoch == round.epoch ? position_.step_in_epoch : 0;
   position_.epoch = round.epoch;
