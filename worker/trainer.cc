@@ -35,6 +35,16 @@ std::string Duration(double s) {
   return absl::StrFormat("%ds", t);
 }
 
+// How the job's images reach the models: (x / 255 - mean) / std. data.scale unit keeps them in
+// [0, 1], as torchvision's ToTensor gives them; standardize uses Fashion-MNIST's mean and std.
+struct PixelScale {
+  double mean, std;
+};
+PixelScale PixelScaleOf(const DataSpec& spec) {
+  if (spec.scale == "unit") return {0.0, 1.0};
+  return {data::kFashionMnistMean, data::kFashionMnistStd};
+}
+
 at::Tensor Limit(const at::Tensor& t, int64_t limit) {
   return limit > 0 && limit < t.size(0) ? t.narrow(0, 0, limit).contiguous() : t;
 }
@@ -117,11 +127,8 @@ absl::StatusOr<TrainingData> LoadTrainingData(const Job& job) {
   auto raw = data::LoadFashionMnist(job.data.dir);
   if (!raw.ok()) return raw.status();
   TrainingData d;
-  const bool unit = job.data.scale == "unit";  // [0, 1] as they are, or standardized
-  const auto norm = [unit](const at::Tensor& images) {
-    return unit ? data::NormalizeImages(images, 0.0, 1.0)
-                : data::NormalizeImages(images, data::kFashionMnistMean, data::kFashionMnistStd);
-  };
+  const PixelScale scale = PixelScaleOf(job.data);
+  const auto norm = [scale](const at::Tensor& images) { return data::NormalizeImages(images, scale.mean, scale.std); };
   d.train_inputs = norm(Limit(raw->train.images, job.data.train_limit));
   d.train_targets = Limit(raw->train.labels, job.data.train_limit);
   d.test_inputs = norm(Limit(raw->test.images, job.data.test_limit));
@@ -171,8 +178,8 @@ absl::StatusOr<coordinator::RoundResult> Trainer::Execute(const coordinator::Rou
   const std::vector<int64_t> order = sampler.Indices(round.epoch);
   const at::Tensor index = at::from_blob(const_cast<int64_t*>(order.data()), {static_cast<int64_t>(order.size())},
                                          at::kLong).to(data_.train_inputs.device());
-  // A black pixel, in the inputs' scale.
-  const double fill = job_.data.scale == "unit" ? 0.0 : -data::kFashionMnistMean / data::kFashionMnistStd;
+  const PixelScale scale = PixelScaleOf(job_.data);
+  const double fill = -scale.mean / scale.std;  // a black pixel, in the inputs' scale
   // A resumed epoch skips the steps it already took; the order itself depends on the epoch only.
   const int64_t first = position_.epoch == round.epoch ? position_.step_in_epoch : 0;
   position_.epoch = round.epoch;
