@@ -2,6 +2,7 @@
 
 #include <yaml-cpp/yaml.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cmath>
 #include <cstdlib>
@@ -130,6 +131,40 @@ Key IntListKey(std::string name, std::string help, Field field) {
     return absl::OkStatus();
   };
   k.get = [field](const Job& j) { return absl::StrJoin(field(const_cast<Job&>(j)), ","); };
+  return k;
+}
+
+// A list of lists of labels, written "0,7;1,6" (sites split by ';', a site's labels by ','), or in
+// YAML as [[0, 7], [1, 6]]. Labels are >= 0 and distinct within a site; an empty text is no list.
+template <typename Field>
+Key LabelSetsKey(std::string name, std::string help, Field field) {
+  Key k{name, help, nullptr, nullptr};
+  k.set = [name, field](Job& j, const std::string& v) -> absl::Status {
+    std::vector<std::vector<int64_t>> out;
+    if (!absl::StripAsciiWhitespace(v).empty()) {
+      for (absl::string_view group : absl::StrSplit(v, ';')) {
+        std::vector<int64_t> set;
+        for (absl::string_view part : absl::StrSplit(group, ',', absl::SkipWhitespace())) {
+          auto i = ParseInt(name, std::string(absl::StripAsciiWhitespace(part)));
+          if (!i.ok()) return i.status();
+          if (*i < 0) return BadValue(name, v, "labels are >= 0");
+          if (std::find(set.begin(), set.end(), *i) != set.end()) {
+            return BadValue(name, v, absl::StrCat("label ", *i, " twice in site ", out.size(), "'s set"));
+          }
+          set.push_back(*i);
+        }
+        if (set.empty()) return BadValue(name, v, absl::StrCat("site ", out.size(), " has no labels"));
+        out.push_back(std::move(set));
+      }
+    }
+    field(j) = std::move(out);
+    return absl::OkStatus();
+  };
+  k.get = [field](const Job& j) {
+    std::vector<std::string> groups;
+    for (const auto& set : field(const_cast<Job&>(j))) groups.push_back(absl::StrJoin(set, ","));
+    return absl::StrJoin(groups, ";");
+  };
   return k;
 }
 
@@ -296,6 +331,9 @@ const std::vector<Key>& Keys() {
       DoubleKey("partition.beta", "dirichlet concentration", [](Job& j) -> auto& { return j.partition.beta; }, 1e-6, 1e6),
       IntKey<int64_t>("partition.labels_per_site", "labels: classes per site (#C=k)",
                       [](Job& j) -> auto& { return j.partition.labels_per_site; }, 1, 1 << 20),
+      LabelSetsKey("partition.site_labels",
+                   "labels: each site's labels, given instead of drawn, e.g. 0,7;1,6 (empty: drawn)",
+                   [](Job& j) -> auto& { return j.partition.site_labels; }),
       IntKey<int64_t>("partition.min_per_site", "dirichlet: minimum examples per site",
                       [](Job& j) -> auto& { return j.partition.min_per_site; }, 0, kBig),
       StringKey("comm.backend", "collectives backend", [](Job& j) -> auto& { return j.comm.backend; },
@@ -386,12 +424,26 @@ absl::Status ApplyYamlNode(Job& job, const YAML::Node& node, const std::string& 
   if (key == nullptr) return UnknownKey(path, origin);
   std::string value;
   if (node.IsSequence()) {
+    // A list of scalars becomes "a,b"; a list of lists "a,b;c,d" (partition.site_labels).
     std::vector<std::string> items;
+    bool scalars = false, lists = false;
     for (const auto& item : node) {
-      if (!item.IsScalar()) return BadValue(path, "(nested list)", "a list of scalars");
-      items.push_back(item.Scalar());
+      if (item.IsScalar()) {
+        scalars = true;
+        items.push_back(item.Scalar());
+        continue;
+      }
+      if (!item.IsSequence()) return BadValue(path, "(a map in a list)", "a list of scalars or of lists");
+      lists = true;
+      std::vector<std::string> inner;
+      for (const auto& x : item) {
+        if (!x.IsScalar()) return BadValue(path, "(a list nested twice)", "a list of scalars or of lists");
+        inner.push_back(x.Scalar());
+      }
+      items.push_back(absl::StrJoin(inner, ","));
     }
-    value = absl::StrJoin(items, ",");
+    if (scalars && lists) return BadValue(path, "(scalars and lists mixed)", "a list of scalars or of lists");
+    value = absl::StrJoin(items, lists ? ";" : ",");
   } else if (node.IsScalar()) {
     value = node.Scalar();
   } else if (node.IsNull()) {
@@ -460,6 +512,23 @@ absl::Status ValidateJob(const Job& job) {
     // The other image modes undo the standardization to build views and samples (modes::kImageMean).
     return absl::InvalidArgumentError(absl::StrCat("job key 'data.scale': unit is for the supervised mode; mode '",
                                                    job.mode, "' needs standardize"));
+  }
+  if (const auto& given = job.partition.site_labels; !given.empty()) {
+    if (job.partition.scheme != "labels") {
+      return absl::InvalidArgumentError(absl::StrCat("job key 'partition.site_labels': for the labels scheme; "
+                                                     "partition.scheme is '", job.partition.scheme, "'"));
+    }
+    if (static_cast<int64_t>(given.size()) != job.partition.sites) {
+      return absl::InvalidArgumentError(absl::StrCat("job key 'partition.site_labels': ", given.size(),
+                                                     " label sets for partition.sites = ", job.partition.sites));
+    }
+    for (size_t i = 0; i < given.size(); ++i) {
+      if (static_cast<int64_t>(given[i].size()) != job.partition.labels_per_site) {
+        return absl::InvalidArgumentError(absl::StrCat("job key 'partition.site_labels': site ", i, " has ",
+                                                       given[i].size(), " labels, partition.labels_per_site is ",
+                                                       job.partition.labels_per_site));
+      }
+    }
   }
   if (job.data.dir.empty()) return absl::InvalidArgumentError("job key 'data.dir': empty");
   if (job.optimizer.lr <= 0) return absl::InvalidArgumentError("job key 'optimizer.lr': must be > 0");

@@ -191,6 +191,9 @@ struct PartitionSpec {
   int64_t sites = 1;
   double beta = 0.5;                 // dirichlet
   int64_t labels_per_site = 2;       // labels (#C=k)
+  // labels: each site's label set, given rather than drawn from the seed (empty: drawn). With it,
+  // a run can use the very partition of another system's run, e.g. NIID-Bench's draw for a seed.
+  std::vector<std::vector<int64_t>> site_labels = {};
   int64_t min_per_site = 10;         // dirichlet: resample until every site has this many
 };
 

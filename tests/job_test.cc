@@ -49,6 +49,11 @@ TEST(Job, RefusesBadValuesNamingTheKey) {
       {"model: {hidden: [10, x]}", "'model.hidden'"},
       {"seed: -1", "'seed'"},
       {"data: {scale: minmax}", "'data.scale'"},
+      {"partition: {site_labels: [[0, x]]}", "'partition.site_labels'"},
+      {"partition: {site_labels: [[0, 0]]}", "label 0 twice"},
+      {"partition: {site_labels: [[-1]]}", "'partition.site_labels'"},
+      {"partition: {site_labels: [[1], 2]}", "scalars and lists mixed"},
+      {"partition: {site_labels: [[[1]]]}", "a list nested twice"},
       {"[1, 2]", "must be a YAML map"},
       {"a: [", "not valid YAML"},
   };
@@ -66,6 +71,35 @@ TEST(Job, UnitScaledPixelsAreForTheSupervisedModeOnly) {
   job.mode = "gan";  // samples and views are made by undoing the standardization
   EXPECT_THAT(std::string(ValidateJob(job).message()),
               AllOf(HasSubstr("'data.scale'"), HasSubstr("unit is for the supervised mode")));
+}
+
+TEST(Job, SiteLabelSetsComeAsNestedListsOrFlagText) {
+  auto job = ParseJobYaml("partition: {scheme: labels, sites: 3, labels_per_site: 2,\n"
+                          "            site_labels: [[0, 7], [1, 6], [2, 4]]}\n", "t.yaml");
+  ASSERT_TRUE(job.ok()) << job.status();
+  const std::vector<std::vector<int64_t>> want = {{0, 7}, {1, 6}, {2, 4}};
+  EXPECT_EQ(job->partition.site_labels, want);
+  EXPECT_TRUE(ValidateJob(*job).ok());
+  Job flags = *job;
+  flags.partition.site_labels.clear();
+  ASSERT_TRUE(ApplyJobFlags(flags, {"--partition.site_labels", "0,7; 1,6 ;2,4"}).ok());
+  EXPECT_EQ(flags.partition.site_labels, want);
+  auto back = ParseJobYaml(JobToYaml(*job), "roundtrip");
+  ASSERT_TRUE(back.ok()) << back.status() << "\n" << JobToYaml(*job);
+  EXPECT_EQ(back->partition.site_labels, want);
+  EXPECT_TRUE(ParseJobYaml(JobToYaml(Job{}), "defaults")->partition.site_labels.empty());
+
+  // The sets must fit the rest of the partition keys.
+  Job bad = *job;
+  bad.partition.sites = 4;
+  EXPECT_THAT(std::string(ValidateJob(bad).message()),
+              AllOf(HasSubstr("'partition.site_labels'"), HasSubstr("3 label sets for partition.sites = 4")));
+  bad = *job;
+  bad.partition.labels_per_site = 3;
+  EXPECT_THAT(std::string(ValidateJob(bad).message()), HasSubstr("site 0 has 2 labels"));
+  bad = *job;
+  bad.partition.scheme = "dirichlet";
+  EXPECT_THAT(std::string(ValidateJob(bad).message()), HasSubstr("for the labels scheme"));
 }
 
 TEST(Job, FlagsOverrideKeys) {

@@ -122,6 +122,55 @@ TEST(Partition, LabelsGivesEachSiteExactlyKLabels) {
   for (int64_t i : (*one)[4]) EXPECT_EQ(y[i], 4);
 }
 
+TEST(Partition, GivenLabelSetsAreUsedAsGiven) {
+  const auto y = BalancedLabels(600);
+  // NIID-Bench's #C=2 draw for its partition seed 42: label 0 has three holders, 3 and 9 one.
+  const std::vector<std::vector<int64_t>> sets = {{0, 7}, {1, 6}, {2, 4}, {3, 4}, {4, 8},
+                                                  {5, 0}, {6, 2}, {7, 0}, {8, 5}, {9, 7}};
+  auto p = PartitionGivenLabels(y, 10, sets, 3);
+  ASSERT_TRUE(p.ok()) << p.status();
+  ExpectDisjoint(*p, 6000, /*require_cover=*/true);  // every label has a holder here
+  const auto counts = LabelCounts(*p, y, 10);
+  std::vector<int64_t> holders(10, 0);
+  for (const auto& set : sets) {
+    for (int64_t c : set) holders[c]++;
+  }
+  for (size_t s = 0; s < sets.size(); ++s) {
+    for (int64_t c = 0; c < 10; ++c) {
+      const bool held = std::find(sets[s].begin(), sets[s].end(), c) != sets[s].end();
+      if (held) {
+        EXPECT_NEAR(static_cast<double>(counts[s][c]), 600.0 / holders[c], 1.0) << "site " << s << " label " << c;
+      } else {
+        EXPECT_EQ(counts[s][c], 0) << "site " << s << " label " << c;
+      }
+    }
+  }
+  EXPECT_EQ(counts[3][3], 600);  // sole holder of label 3
+  auto again = PartitionGivenLabels(y, 10, sets, 3), other = PartitionGivenLabels(y, 10, sets, 4);
+  EXPECT_EQ(*again, *p);   // a function of (labels, sets, seed)
+  EXPECT_NE(*other, *p);   // the seed picks which examples of a label go to which holder
+
+  // Through the job's spec, as a worker builds it.
+  PartitionSpec spec{"labels", 10};
+  spec.site_labels = sets;
+  auto via_spec = MakePartition(y, 10, spec, 3);
+  ASSERT_TRUE(via_spec.ok()) << via_spec.status();
+  EXPECT_EQ(*via_spec, *p);
+  spec.sites = 9;
+  EXPECT_FALSE(MakePartition(y, 10, spec, 3).ok());
+}
+
+TEST(Partition, GivenLabelSetsRefuseLabelsTheDataLacks) {
+  const auto y = BalancedLabels(10);
+  auto out_of_range = PartitionGivenLabels(y, 10, {{0, 1}, {2, 10}}, 1);
+  ASSERT_FALSE(out_of_range.ok());
+  EXPECT_NE(std::string(out_of_range.status().message()).find("site 1 holds label 10"), std::string::npos)
+      << out_of_range.status();
+  EXPECT_FALSE(PartitionGivenLabels(y, 10, {{0, 0}}, 1).ok());      // twice in one set
+  EXPECT_FALSE(PartitionGivenLabels(y, 10, {{0}, {}}, 1).ok());     // a site with none
+  EXPECT_FALSE(PartitionGivenLabels(y, 10, {}, 1).ok());            // no sites
+}
+
 TEST(Sampler, ExactShardsAreDisjointAndCovering) {
   for (int64_t n : {1, 7, 100, 101}) {
     for (int w = 1; w <= 5; ++w) {

@@ -102,32 +102,21 @@ absl::StatusOr<Partition> PartitionDirichlet(const std::vector<int64_t>& labels,
                                                     " gave every site ", min_per_site, " examples"));
 }
 
-absl::StatusOr<Partition> PartitionLabels(const std::vector<int64_t>& labels, int64_t num_classes,
-                                          int64_t sites, int64_t labels_per_site, uint64_t seed) {
-  if (auto s = CheckLabels(labels, num_classes); !s.ok()) return s;
-  if (sites < 1 || labels_per_site < 1 || labels_per_site > num_classes) {
-    return absl::InvalidArgumentError(absl::StrCat("#C=", labels_per_site, " partition: needs 1 <= k <= ",
-                                                   num_classes, " and at least one site"));
-  }
-  Rng rng(DeriveSeed(seed, "partition-labels"));
-  // Which labels each site holds, and how many sites hold each label.
-  std::vector<std::vector<int64_t>> contains(sites);
+namespace {
+
+// Splits each label's examples evenly among the sites whose set holds it, in site order; a label
+// that no site holds goes unused. `rng` has drawn the sets already, or is fresh when they were given.
+Partition SplitAmongHolders(const std::vector<int64_t>& labels, int64_t num_classes,
+                            const std::vector<std::vector<int64_t>>& contains, Rng& rng) {
+  const int64_t sites = static_cast<int64_t>(contains.size());
   std::vector<int64_t> times(num_classes, 0);
-  for (int64_t i = 0; i < sites; ++i) {
-    contains[i].push_back(i % num_classes);
-    times[i % num_classes]++;
-    while (static_cast<int64_t>(contains[i].size()) < labels_per_site) {
-      const int64_t c = static_cast<int64_t>(rng.UniformInt(num_classes));
-      if (std::find(contains[i].begin(), contains[i].end(), c) == contains[i].end()) {
-        contains[i].push_back(c);
-        times[c]++;
-      }
-    }
+  for (const auto& set : contains) {
+    for (int64_t c : set) times[c]++;
   }
   Partition p(sites);
   auto by_class = IndicesByClass(labels, num_classes);
   for (int64_t k = 0; k < num_classes; ++k) {
-    if (times[k] == 0) continue;  // no site holds this label: its examples are unused
+    if (times[k] == 0) continue;
     rng.Shuffle(by_class[k]);
     auto parts = ArraySplit(by_class[k], times[k]);
     int64_t next = 0;
@@ -142,11 +131,63 @@ absl::StatusOr<Partition> PartitionLabels(const std::vector<int64_t>& labels, in
   return p;
 }
 
+}  // namespace
+
+absl::StatusOr<Partition> PartitionLabels(const std::vector<int64_t>& labels, int64_t num_classes,
+                                          int64_t sites, int64_t labels_per_site, uint64_t seed) {
+  if (auto s = CheckLabels(labels, num_classes); !s.ok()) return s;
+  if (sites < 1 || labels_per_site < 1 || labels_per_site > num_classes) {
+    return absl::InvalidArgumentError(absl::StrCat("#C=", labels_per_site, " partition: needs 1 <= k <= ",
+                                                   num_classes, " and at least one site"));
+  }
+  Rng rng(DeriveSeed(seed, "partition-labels"));
+  // Which labels each site holds: label i mod C, then distinct draws.
+  std::vector<std::vector<int64_t>> contains(sites);
+  for (int64_t i = 0; i < sites; ++i) {
+    contains[i].push_back(i % num_classes);
+    while (static_cast<int64_t>(contains[i].size()) < labels_per_site) {
+      const int64_t c = static_cast<int64_t>(rng.UniformInt(num_classes));
+      if (std::find(contains[i].begin(), contains[i].end(), c) == contains[i].end()) contains[i].push_back(c);
+    }
+  }
+  return SplitAmongHolders(labels, num_classes, contains, rng);
+}
+
+absl::StatusOr<Partition> PartitionGivenLabels(const std::vector<int64_t>& labels, int64_t num_classes,
+                                               const std::vector<std::vector<int64_t>>& site_labels,
+                                               uint64_t seed) {
+  if (auto s = CheckLabels(labels, num_classes); !s.ok()) return s;
+  if (site_labels.empty()) return absl::InvalidArgumentError("given label sets: no sites");
+  for (size_t i = 0; i < site_labels.size(); ++i) {
+    const auto& set = site_labels[i];
+    if (set.empty()) return absl::InvalidArgumentError(absl::StrCat("given label sets: site ", i, " has none"));
+    for (size_t a = 0; a < set.size(); ++a) {
+      if (set[a] < 0 || set[a] >= num_classes) {
+        return absl::InvalidArgumentError(absl::StrCat("given label sets: site ", i, " holds label ", set[a],
+                                                       "; the data has labels 0 to ", num_classes - 1));
+      }
+      if (std::find(set.begin(), set.begin() + a, set[a]) != set.begin() + a) {
+        return absl::InvalidArgumentError(absl::StrCat("given label sets: site ", i, " holds label ", set[a],
+                                                       " twice"));
+      }
+    }
+  }
+  Rng rng(DeriveSeed(seed, "partition-labels"));
+  return SplitAmongHolders(labels, num_classes, site_labels, rng);
+}
+
 absl::StatusOr<Partition> MakePartition(const std::vector<int64_t>& labels, int64_t num_classes,
                                         const PartitionSpec& spec, uint64_t seed) {
   if (spec.scheme == "iid") return PartitionIid(static_cast<int64_t>(labels.size()), spec.sites, seed);
   if (spec.scheme == "dirichlet") {
     return PartitionDirichlet(labels, num_classes, spec.sites, spec.beta, spec.min_per_site, seed);
+  }
+  if (spec.scheme == "labels" && !spec.site_labels.empty()) {
+    if (static_cast<int64_t>(spec.site_labels.size()) != spec.sites) {
+      return absl::InvalidArgumentError(absl::StrCat("job key 'partition.site_labels': ", spec.site_labels.size(),
+                                                     " label sets for ", spec.sites, " sites"));
+    }
+    return PartitionGivenLabels(labels, num_classes, spec.site_labels, seed);
   }
   if (spec.scheme == "labels") {
     return PartitionLabels(labels, num_classes, spec.sites, spec.labels_per_site, seed);

@@ -8,7 +8,8 @@
 //    already holding >= N/sites examples gets none of the next class), resampled until every
 //    site holds >= min_per_site examples;
 //  - #C=k: each site gets k distinct labels (site i always holds label i mod C), and each label's
-//    examples are split evenly among the sites holding it.
+//    examples are split evenly among the sites holding it. The label sets can also be given
+//    (job key partition.site_labels), so a run can use another run's draw.
 // Pure functions of (labels, spec, seed): the same arguments give the same partition.
 
 #include <cstdint>
@@ -27,6 +28,10 @@ absl::StatusOr<Partition> PartitionDirichlet(const std::vector<int64_t>& labels,
                                              uint64_t seed);
 absl::StatusOr<Partition> PartitionLabels(const std::vector<int64_t>& labels, int64_t num_classes,
                                           int64_t sites, int64_t labels_per_site, uint64_t seed);
+// The same split of each label's examples among its holders, with each site's label set given.
+absl::StatusOr<Partition> PartitionGivenLabels(const std::vector<int64_t>& labels, int64_t num_classes,
+                                               const std::vector<std::vector<int64_t>>& site_labels,
+                                               uint64_t seed);
 
 // Dispatches on spec.scheme.
 absl::StatusOr<Partition> MakePartition(const std::vector<int64_t>& labels, int64_t num_classes,
