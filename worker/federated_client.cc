@@ -528,6 +528,20 @@ absl::Status RunSites(const Job& job, const SiteOptions& options, comm::Communic
       site_data.push_back(*std::move(d));
     }
   }
+  if ((group == nullptr || group->rank() == 0) && job.data.name != "text") {
+    // What each hosted site holds, so a non-IID run's log says which labels went where.
+    for (size_t k = 0; k < site_data.size(); ++k) {
+      if (site_data[k].train_y.dim() != 1) continue;
+      const at::Tensor counts = at::bincount(site_data[k].train_y, {}, data->info.num_classes);
+      std::string held;
+      for (int64_t c = 0; c < counts.size(0); ++c) {
+        if (const int64_t n = counts[c].item<int64_t>(); n > 0) absl::StrAppend(&held, held.empty() ? "" : " ", c, ":", n);
+      }
+      std::fprintf(stderr, "site index %lld: %lld training examples, by label %s\n",
+                   static_cast<long long>((*indices)[k]), static_cast<long long>(site_data[k].train_y.size(0)),
+                   held.c_str());
+    }
+  }
   const modes::InputInfo info = data->info;
   sh.info = info;
   data = absl::InternalError("released");  // the sites hold what they need
