@@ -5,7 +5,9 @@
 // so the figure also carries their client-side cost: an upper bound for the coordinator alone.
 // Prints, per round, the wall time from the first task handed out to the new model, and the
 // median as s_per_round=X; aggregate_s=X is the strategy's share.
-//   coordinator_overhead_allround --sites 100 --model fedavg_cnn --rounds 5 [--threads 2]
+//   coordinator_overhead_allround --sites 100 --model fedavg_cnn --rounds 5 [--threads 2] [--timeout 600]
+// Every call has a deadline and the run a timeout: a site whose call fails says which call and
+// why, and the run exits 1 instead of waiting.
 
 #include <grpcpp/grpcpp.h>
 #include <torch/torch.h>
@@ -35,8 +37,19 @@ double Median(std::vector<double> v) {
   return v.empty() ? 0.0 : v[v.size() / 2];
 }
 
-// A site without training: returns the global model it fetched as its update.
-void EchoSite(const std::string& address, int index, std::atomic<bool>* failed) {
+// Every call has a deadline, so a call that never completes fails the run instead of hanging it.
+void SetDeadline(grpc::ClientContext* ctx, int seconds) {
+  ctx->set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(seconds));
+}
+
+// A site without training: returns the global model it fetched as its update. Stops when the
+// coordinator says STOP or *stop is set; a failed call sets *failed and says which and why.
+void EchoSite(const std::string& address, int index, const std::atomic<bool>* stop, std::atomic<bool>* failed) {
+  const auto fail = [&](const char* call, const grpc::Status& s) {
+    std::fprintf(stderr, "site %d: %s failed: code %d: %s\n", index, call, static_cast<int>(s.error_code()),
+                 s.error_message().c_str());
+    *failed = true;
+  };
   grpc::ChannelArguments args;
   args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
   args.SetMaxReceiveMessageSize(64 << 20);
@@ -44,27 +57,25 @@ void EchoSite(const std::string& address, int index, std::atomic<bool>* failed) 
   v1::JoinReply joined;
   {
     grpc::ClientContext ctx;
+    SetDeadline(&ctx, 60);
+    ctx.set_wait_for_ready(true);  // the server is up, but 100 channels connect at once
     v1::JoinRequest req;
     req.set_site_name("echo-" + std::to_string(index));
     req.set_examples(600);
     req.set_protocol_version(1);
-    if (!stub->Join(&ctx, req, &joined).ok()) {
-      *failed = true;
-      return;
-    }
+    if (auto s = stub->Join(&ctx, req, &joined); !s.ok()) return fail("Join", s);
   }
-  for (;;) {
+  while (!*stop) {
     v1::TaskReply task;
     grpc::ClientContext ctx;
+    SetDeadline(&ctx, 60);  // the long poll holds a WAIT for at most 10 s
     v1::TaskRequest req;
     req.set_site_id(joined.site_id());
-    if (!stub->GetTask(&ctx, req, &task).ok()) {
-      *failed = true;
-      return;
-    }
+    if (auto s = stub->GetTask(&ctx, req, &task); !s.ok()) return fail("GetTask", s);
     if (task.kind() == v1::TaskReply::STOP) return;
     if (task.kind() != v1::TaskReply::TRAIN) continue;
     grpc::ClientContext fetch_ctx;
+    SetDeadline(&fetch_ctx, 120);
     v1::FetchRequest fetch;
     fetch.set_site_id(joined.site_id());
     fetch.set_model_version(task.model_version());
@@ -72,10 +83,14 @@ void EchoSite(const std::string& address, int index, std::atomic<bool>* failed) 
     comm::TensorAssembler assembler(uint64_t{1} << 34);
     v1::TensorChunk chunk;
     while (reader->Read(&chunk)) (void)assembler.Add(chunk);
-    if (!reader->Finish().ok()) continue;  // the round moved on
+    if (auto s = reader->Finish(); !s.ok()) {
+      if (s.error_code() == grpc::StatusCode::NOT_FOUND) continue;  // the round moved on
+      return fail("FetchModel", s);
+    }
     auto model = assembler.Finish();
     if (!model.ok()) continue;
     grpc::ClientContext submit_ctx;
+    SetDeadline(&submit_ctx, 120);
     v1::SubmitReply reply;
     auto writer = stub->SubmitUpdate(&submit_ctx, &reply);
     bool first = true;
@@ -91,7 +106,9 @@ void EchoSite(const std::string& address, int index, std::atomic<bool>* failed) 
       if (!writer->Write(msg)) break;
     }
     writer->WritesDone();
-    (void)writer->Finish();
+    if (auto s = writer->Finish(); !s.ok() && s.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED) {
+      return fail("SubmitUpdate", s);
+    }
   }
 }
 
@@ -100,11 +117,13 @@ void EchoSite(const std::string& address, int index, std::atomic<bool>* failed) 
 int main(int argc, char** argv) {
   CLI::App app{"coordinator_overhead_allround: the coordinator's time per round without training"};
   int sites = 100, rounds = 5, threads = 2;
+  double timeout_s = 600;
   std::string model_name = "fedavg_cnn";
   app.add_option("--sites", sites);
   app.add_option("--rounds", rounds);
   app.add_option("--model", model_name);
   app.add_option("--threads", threads);
+  app.add_option("--timeout", timeout_s, "seconds before the run is given up as failed");
   CLI11_PARSE(app, argc, argv);
   SetComputeThreads(threads);
 
@@ -131,14 +150,21 @@ int main(int argc, char** argv) {
   auto server = builder.BuildAndStart();
   const std::string address = "127.0.0.1:" + std::to_string(port);
 
-  std::atomic<bool> failed{false};
+  std::atomic<bool> stop{false}, failed{false};
   std::vector<std::thread> clients;
-  for (int i = 0; i < sites; ++i) clients.emplace_back(EchoSite, address, i, &failed);
+  for (int i = 0; i < sites; ++i) clients.emplace_back(EchoSite, address, i, &stop, &failed);
+  const auto give_up = Clock::now() + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(timeout_s));
   // Round k runs from the moment round k-1 closed (the next round opens at once) to its own close.
   std::vector<double> per_round, aggregate;
   int64_t seen = 0;
   Clock::time_point open;
   while (!manager.finished() && !failed) {
+    if (Clock::now() > give_up) {
+      std::fprintf(stderr, "rounds not done after %.0f s (round %lld open)\n", timeout_s,
+                   static_cast<long long>(seen));
+      failed = true;
+      break;
+    }
     manager.Tick(Clock::now());
     const int64_t v = manager.model_version();
     if (v > seen) {
@@ -150,6 +176,7 @@ int main(int argc, char** argv) {
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(1));
   }
+  stop = true;  // sites still polling (after a failure) stop at their next call
   for (auto& t : clients) t.join();
   server->Shutdown();
   if (failed) {
