@@ -22,7 +22,6 @@
 #include "algorithms/compute_threads.h"
 #include "algorithms/modes/supervised.h"
 #include "comm/proto/federated.grpc.pb.h"
-#include "comm/wire.h"
 #include "coordinator/round_manager.h"
 #include "coordinator/service.h"
 
@@ -42,7 +41,7 @@ void SetDeadline(grpc::ClientContext* ctx, int seconds) {
   ctx->set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(seconds));
 }
 
-// A site without training: returns the global model it fetched as its update. Stops when the
+// A site without training: returns the global model it fetched as its update, chunk for chunk. Stops when the
 // coordinator says STOP or *stop is set; a failed call sets *failed and says which and why.
 void EchoSite(const std::string& address, int index, const std::atomic<bool>* stop, std::atomic<bool>* failed) {
   const auto fail = [&](const char* call, const grpc::Status& s) {
@@ -80,35 +79,30 @@ void EchoSite(const std::string& address, int index, const std::atomic<bool>* st
     fetch.set_site_id(joined.site_id());
     fetch.set_model_version(task.model_version());
     auto reader = stub->FetchModel(&fetch_ctx, fetch);
-    comm::TensorAssembler assembler(uint64_t{1} << 34);
-    v1::TensorChunk chunk;
-    while (reader->Read(&chunk)) (void)assembler.Add(chunk);
+    // The chunks come back as they came: the coordinator decodes and checks them as it does any
+    // update, and the site spends no time decoding and re-encoding what is not coordinator work.
+    std::vector<v1::TensorChunk> chunks;
+    for (v1::TensorChunk chunk; reader->Read(&chunk);) chunks.push_back(std::move(chunk));
     if (auto s = reader->Finish(); !s.ok()) {
       if (s.error_code() == grpc::StatusCode::NOT_FOUND) continue;  // the round moved on
       return fail("FetchModel", s);
     }
-    auto model = assembler.Finish();
-    if (!model.ok()) continue;
     grpc::ClientContext submit_ctx;
     SetDeadline(&submit_ctx, 120);
     v1::SubmitReply reply;
     auto writer = stub->SubmitUpdate(&submit_ctx, &reply);
-    bool first = true;
-    for (auto& c : comm::EncodeTensors(*model)) {
+    for (size_t k = 0; k < chunks.size(); ++k) {
       v1::UpdateChunk msg;
-      if (first) {
+      if (k == 0) {
         msg.set_site_id(joined.site_id());
         msg.set_round(task.round());
         msg.set_examples(600);
-        first = false;
       }
-      *msg.mutable_chunk() = std::move(c);
+      *msg.mutable_chunk() = std::move(chunks[k]);
       if (!writer->Write(msg)) break;
     }
     writer->WritesDone();
-    if (auto s = writer->Finish(); !s.ok() && s.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED) {
-      return fail("SubmitUpdate", s);
-    }
+    if (auto s = writer->Finish(); !s.ok()) return fail("SubmitUpdate", s);  // an echo is never refused
   }
 }
 
