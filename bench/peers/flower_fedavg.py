@@ -1,9 +1,14 @@
-"""The Flower side of bench/federated_overhead: FedAvg on Fashion-MNIST with Flower's simulation
-engine (run_simulation, Ray backend: the way Flower documents many clients on one machine), the
-same model, IID shards, local training (SGD lr 0.01 momentum 0.9 weight decay 1e-5, 1 epoch,
-batch B) and centralized evaluation each round as the allround run. Prints the seconds between
-the evaluations after round 1 and after the last round divided by (rounds - 1) as s_per_round=X,
-and the final accuracy=X."""
+"""The Flower side of bench/federated_overhead and bench/fedavg_niid: FedAvg (or FedProx) on
+Fashion-MNIST with Flower's simulation engine (run_simulation, Ray backend: the way Flower documents
+many clients on one machine), the same model, local training (SGD lr 0.01 momentum 0.9 weight decay
+1e-5, E epochs, batch B) and centralized evaluation each round as the allround run.
+Partitions: `shards` (federated_overhead: IID shards of a permutation seeded 1, standardized pixels)
+or NIID-Bench's as Flower's baseline (adap/flower baselines/niid_bench) draws them, with numpy
+default_rng(--partition-seed, 42 there): `iid`, `dirichlet` (--beta) and `labels`
+(--labels-per-site), with pixels in [0, 1] as its ToTensor gives them (--scale).
+Prints each round's accuracy as round_accuracy=R:X, the seconds between the evaluations after
+round 1 and after the last round divided by (rounds - 1) as s_per_round=X, and the final
+accuracy=X."""
 import argparse, os, sys, time, json, warnings
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -18,6 +23,14 @@ p.add_argument("--batch", type=int, default=64)
 p.add_argument("--per-site", type=int, default=0, help="examples per site (0: an equal share of all)")
 p.add_argument("--model", default="simple_cnn")
 p.add_argument("--cpus", type=int, default=2, help="clients trained at once (one CPU each)")
+p.add_argument("--epochs", type=int, default=1, help="local epochs")
+p.add_argument("--mu", type=float, default=0.0, help="FedProx proximal term (0: FedAvg)")
+p.add_argument("--partition", default="shards", choices=["shards", "iid", "dirichlet", "labels"])
+p.add_argument("--beta", type=float, default=0.5)
+p.add_argument("--labels-per-site", type=int, default=2)
+p.add_argument("--partition-seed", type=int, default=42)
+p.add_argument("--scale", default=None, choices=["unit", "standardize"],
+               help="pixels (default: standardize for shards, unit for NIID-Bench's partitions)")
 p.add_argument("--data", default="/usr/share/datasets/fashion-mnist")
 p.add_argument("--times", default="/tmp/flower_times.json")
 a = p.parse_args()
@@ -37,17 +50,66 @@ MODELS = {"simple_cnn": SimpleCNN, "fedavg_cnn": FedAvgCNN}
 _cache = {}
 
 
+def niid_bench_partition(y):
+    """Each site's example indices as NIID-Bench's partitions in Flower's baseline
+    (dataset_preparation.py there) draw them; `y` the training labels (numpy)."""
+    prng = np.random.default_rng(a.partition_seed)
+    n, classes = a.sites, int(y.max()) + 1
+    if a.partition == "iid":
+        return [torch.from_numpy(s) for s in np.array_split(prng.choice(len(y), len(y), replace=False), n)]
+    if a.partition == "dirichlet":
+        smallest = 0
+        while smallest < 10:
+            sites = [[] for _ in range(n)]
+            for k in range(classes):
+                idx_k = np.where(y == k)[0]
+                prng.shuffle(idx_k)
+                p = prng.dirichlet(np.repeat(a.beta, n))
+                p = np.array([q * (len(s) < len(y) / n) for q, s in zip(p, sites)])
+                cuts = (np.cumsum(p / p.sum()) * len(idx_k)).astype(int)[:-1]
+                sites = [s + part.tolist() for s, part in zip(sites, np.split(idx_k, cuts))]
+                smallest = min(len(s) for s in sites)
+        return [torch.tensor(s, dtype=torch.long) for s in sites]
+    holders, sets = [0] * classes, []
+    for i in range(n):
+        labels = [i % classes]
+        holders[i % classes] += 1
+        while len(labels) < a.labels_per_site:
+            k = prng.choice(classes, 1)[0]
+            if k not in labels:
+                labels.append(k)
+                holders[k] += 1
+        sets.append(labels)
+    sites = [[] for _ in range(n)]
+    for k in range(classes):
+        idx_k = np.where(y == k)[0]
+        prng.shuffle(idx_k)
+        parts = iter(np.array_split(idx_k, holders[k]))
+        for i in range(n):
+            if k in sets[i]:
+                sites[i] += next(parts).tolist()
+    _cache["sets"] = sets
+    return [torch.tensor(s, dtype=torch.long) for s in sites]
+
+
 def data():
-    """Fashion-MNIST, normalized as allround does; loaded once per process (per Ray actor)."""
+    """Fashion-MNIST, loaded and partitioned once per process (per Ray actor)."""
     if "x" not in _cache:
-        norm = lambda t: t.float().div(255).sub(0.2860).div(0.3530).unsqueeze(1).contiguous()
+        scale = a.scale or ("standardize" if a.partition == "shards" else "unit")
+        if scale == "unit":
+            norm = lambda t: t.float().div(255).unsqueeze(1).contiguous()
+        else:
+            norm = lambda t: t.float().div(255).sub(0.2860).div(0.3530).unsqueeze(1).contiguous()
         _cache["x"] = norm(idx(f"{a.data}/train-images-idx3-ubyte.gz"))
         _cache["y"] = idx(f"{a.data}/train-labels-idx1-ubyte.gz").long()
         _cache["tx"] = norm(idx(f"{a.data}/t10k-images-idx3-ubyte.gz"))
         _cache["ty"] = idx(f"{a.data}/t10k-labels-idx1-ubyte.gz").long()
-        order = torch.randperm(len(_cache["y"]), generator=torch.Generator().manual_seed(1))
-        per = a.per_site or len(order) // a.sites
-        _cache["shards"] = [order[i * per:(i + 1) * per] for i in range(a.sites)]
+        if a.partition == "shards":
+            order = torch.randperm(len(_cache["y"]), generator=torch.Generator().manual_seed(1))
+            per = a.per_site or len(order) // a.sites
+            _cache["shards"] = [order[i * per:(i + 1) * per] for i in range(a.sites)]
+        else:
+            _cache["shards"] = niid_bench_partition(_cache["y"].numpy())
     return _cache
 
 
@@ -71,12 +133,17 @@ class Client(NumPyClient):
         model = MODELS[a.model]()
         set_weights(model, parameters)
         opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-5)
-        order = torch.randperm(len(y))
-        for s in range(0, len(y), a.batch):
-            b = order[s:s + a.batch]
-            opt.zero_grad()
-            F.cross_entropy(model(x[b]), y[b]).backward()
-            opt.step()
+        start = [p.detach().clone() for p in model.parameters()]
+        for _ in range(a.epochs):
+            order = torch.randperm(len(y))
+            for s in range(0, len(y), a.batch):
+                b = order[s:s + a.batch]
+                opt.zero_grad()
+                loss = F.cross_entropy(model(x[b]), y[b])
+                if a.mu > 0:  # FedProx as Flower's baseline writes it: mu/2 * sum of squared norms
+                    loss = loss + a.mu / 2 * sum((p - g).norm() ** 2 for p, g in zip(model.parameters(), start))
+                loss.backward()
+                opt.step()
         return get_weights(model), len(y), {}
 
 
@@ -119,6 +186,11 @@ if __name__ == "__main__":
     with open(a.times) as f:
         t = json.load(f)
     after = {r: (ts, acc) for r, ts, acc in t}
-    per_round = (after[a.rounds][0] - after[1][0]) / (a.rounds - 1)
+    if "sets" in data():
+        print("label_sets=" + ";".join(",".join(str(k) for k in labels) for labels in _cache["sets"]))
+    for r in range(1, a.rounds + 1):
+        print(f"round_accuracy={r}:{after[r][1]:.4f}")
+    first = 1 if a.rounds > 1 else 0  # one round: from the evaluation of the initial model
+    per_round = (after[a.rounds][0] - after[first][0]) / (a.rounds - first)
     print(f"s_per_round={per_round:.3f}")
     print(f"accuracy={after[a.rounds][1]:.4f}")
