@@ -55,7 +55,7 @@ fi
 if ! "$VENV/bin/python3" -c 'import safetensors' 2>/dev/null; then
   $SUDO "$VENV/bin/pip" install -q safetensors || echo "setup: warning: safetensors not installed (no PyPI?)"
 fi
-# Benchmark peers only (bench/federated_overhead): Flower's simulation engine, in a venv of its own
+# Benchmark peers only (bench/federated_overhead, bench/fedavg_niid --peer flower): Flower's simulation engine, in a venv of its own
 # so that its numpy pin (Debian's torch 1.13 needs numpy < 2) does not touch the main one.
 if [[ ${1:-} == --bench ]]; then
   BENCH_VENV="${ALLROUND_BENCH_VENV:-/opt/allround-bench-venv}"
