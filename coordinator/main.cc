@@ -84,6 +84,8 @@ absl::Status Serve(const Job& job, const Flags& flags) {
   // that the coordinator holds.
   auto mode = modes::MakeLearningMode(job, data->info, at::Device(at::kCPU), data->train_inputs, data->train_targets);
   if (!mode.ok()) return mode.status();
+  // Weights trained elsewhere (model.init) are the first global model.
+  if (auto s = worker::LoadInitialWeights(job, **mode); !s.ok()) return s;
   // A snapshot: the mode's own model is overwritten by every evaluation below.
   NamedTensors initial = modes::ModelTensors((*mode)->State());
   for (auto& [name, t] : initial) t = t.clone();

@@ -10,6 +10,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "storage/safetensors.h"
 
 namespace allround::worker {
 namespace {
@@ -25,6 +26,19 @@ std::string JobHash(const Job& job) {
 
 std::string CheckpointDir(const Job& job) {
   return job.checkpoint.dir.empty() ? ResolvedRunDir(job) + "/checkpoints" : job.checkpoint.dir;
+}
+
+absl::Status LoadInitialWeights(const Job& job, modes::LearningMode& mode) {
+  if (job.model.init.empty()) return absl::OkStatus();
+  auto weights = storage::ReadSafetensors(job.model.init);
+  if (!weights.ok()) return weights.status();
+  for (auto& [name, t] : *weights) {
+    if (name.rfind("model/", 0) != 0) name = "model/" + name;
+  }
+  if (auto s = mode.LoadState(*weights); !s.ok()) {
+    return absl::Status(s.code(), absl::StrCat("job key 'model.init' (", job.model.init, "): ", s.message()));
+  }
+  return absl::OkStatus();
 }
 
 absl::StatusOr<std::optional<Restored>> ReadCheckpointForResume(const Job& job, const std::string& resume) {

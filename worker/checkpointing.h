@@ -20,6 +20,11 @@ namespace allround::worker {
 
 std::string CheckpointDir(const Job& job);
 
+// Weights trained elsewhere (job key model.init, a safetensors file, names with or without the
+// "model/" prefix) loaded into the mode; nothing to do when the key is empty. The worker's start
+// and the coordinator's initial global model both come from here.
+absl::Status LoadInitialWeights(const Job& job, modes::LearningMode& mode);
+
 // A checkpoint read back for resuming.
 struct Restored {
   std::string id;

@@ -29,7 +29,6 @@
 #include "common/job_cli.h"
 #include "coordinator/round_engine.h"
 #include "storage/run_directory.h"
-#include "storage/safetensors.h"
 #include "worker/checkpointing.h"
 #include "worker/federated_client.h"
 #include "worker/trainer.h"
@@ -159,16 +158,7 @@ absl::Status Run(const Job& job, const std::string& summary_path, const std::str
   if (!mode.ok()) return mode.status();
 
   // Weights trained elsewhere (model.init): every rank reads the same file.
-  if (!job.model.init.empty()) {
-    auto weights = storage::ReadSafetensors(job.model.init);
-    if (!weights.ok()) return weights.status();
-    for (auto& [name, t] : *weights) {
-      if (name.rfind("model/", 0) != 0) name = "model/" + name;
-    }
-    if (auto s = (*mode)->LoadState(*weights); !s.ok()) {
-      return absl::Status(s.code(), absl::StrCat("job key 'model.init' (", job.model.init, "): ", s.message()));
-    }
-  }
+  if (auto s = worker::LoadInitialWeights(job, **mode); !s.ok()) return s;
   // Every rank starts from rank 0's model; gradients are averaged by the Reducer.
   std::unique_ptr<comm::Reducer> reducer;
   if (comm.size() > 1) {
