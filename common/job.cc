@@ -326,7 +326,7 @@ const std::vector<Key>& Keys() {
       DoubleKey("train.progress_every_s", "seconds between progress lines",
                 [](Job& j) -> auto& { return j.train.progress_every_s; }, 0, 1e6),
       StringKey("partition.scheme", "how data is split among sites",
-                [](Job& j) -> auto& { return j.partition.scheme; }, {"iid", "dirichlet", "labels"}),
+                [](Job& j) -> auto& { return j.partition.scheme; }, {"iid", "dirichlet", "labels", "file"}),
       IntKey<int64_t>("partition.sites", "number of sites", [](Job& j) -> auto& { return j.partition.sites; }, 1, 1 << 20),
       DoubleKey("partition.beta", "dirichlet concentration", [](Job& j) -> auto& { return j.partition.beta; }, 1e-6, 1e6),
       IntKey<int64_t>("partition.labels_per_site", "labels: classes per site (#C=k)",
@@ -334,6 +334,8 @@ const std::vector<Key>& Keys() {
       LabelSetsKey("partition.site_labels",
                    "labels: each site's labels, given instead of drawn, e.g. 0,7;1,6 (empty: drawn)",
                    [](Job& j) -> auto& { return j.partition.site_labels; }),
+      StringKey("partition.file", "file: each site's training example indices, one line per site",
+                [](Job& j) -> auto& { return j.partition.file; }),
       IntKey<int64_t>("partition.min_per_site", "dirichlet: minimum examples per site",
                       [](Job& j) -> auto& { return j.partition.min_per_site; }, 0, kBig),
       StringKey("comm.backend", "collectives backend", [](Job& j) -> auto& { return j.comm.backend; },
@@ -512,6 +514,13 @@ absl::Status ValidateJob(const Job& job) {
     // The other image modes undo the standardization to build views and samples (modes::kImageMean).
     return absl::InvalidArgumentError(absl::StrCat("job key 'data.scale': unit is for the supervised mode; mode '",
                                                    job.mode, "' needs standardize"));
+  }
+  if ((job.partition.scheme == "file") != !job.partition.file.empty()) {
+    return absl::InvalidArgumentError(
+        job.partition.file.empty()
+            ? "job key 'partition.file': partition.scheme file needs the file of each site's example indices"
+            : absl::StrCat("job key 'partition.file': for the file scheme; partition.scheme is '",
+                           job.partition.scheme, "'"));
   }
   if (const auto& given = job.partition.site_labels; !given.empty()) {
     if (job.partition.scheme != "labels") {

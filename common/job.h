@@ -187,7 +187,7 @@ struct MlmSpec {
 };
 
 struct PartitionSpec {
-  std::string scheme = "iid";        // iid | dirichlet | labels
+  std::string scheme = "iid";        // iid | dirichlet | labels | file
   int64_t sites = 1;
   double beta = 0.5;                 // dirichlet
   int64_t labels_per_site = 2;       // labels (#C=k)
@@ -195,6 +195,9 @@ struct PartitionSpec {
   // a run can use the very partition of another system's run, e.g. NIID-Bench's draw for a seed.
   std::vector<std::vector<int64_t>> site_labels = {};
   int64_t min_per_site = 10;         // dirichlet: resample until every site has this many
+  // file: each site's example indices as another system drew them, one line per site (the very
+  // examples of, e.g., Flower's NIID-Bench run); read by the sites, not the coordinator.
+  std::string file;
 };
 
 // The defaults are the embedded default job: NIID-Bench's SimpleCNN on Fashion-MNIST, SGD with

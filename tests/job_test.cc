@@ -102,6 +102,20 @@ TEST(Job, SiteLabelSetsComeAsNestedListsOrFlagText) {
   EXPECT_THAT(std::string(ValidateJob(bad).message()), HasSubstr("for the labels scheme"));
 }
 
+// partition.file and partition.scheme file come together.
+TEST(Job, PartitionFileNeedsTheFileScheme) {
+  Job job;
+  ASSERT_TRUE(ApplyJobFlags(job, {"--partition.scheme", "file", "--partition.file", "/tmp/sites.txt"}).ok());
+  EXPECT_TRUE(ValidateJob(job).ok()) << ValidateJob(job);
+  Job bad = job;
+  bad.partition.file.clear();
+  EXPECT_THAT(std::string(ValidateJob(bad).message()), HasSubstr("needs the file of each site's example indices"));
+  bad = job;
+  bad.partition.scheme = "iid";
+  EXPECT_THAT(std::string(ValidateJob(bad).message()),
+              AllOf(HasSubstr("'partition.file'"), HasSubstr("for the file scheme")));
+}
+
 TEST(Job, FlagsOverrideKeys) {
   Job job;
   ASSERT_TRUE(ApplyJobFlags(job, {"--optimizer.lr=0.5", "--train.epochs", "4", "--model.hidden=8,4"}).ok());

@@ -1,6 +1,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <fstream>
 #include <numeric>
 #include <set>
 
@@ -169,6 +170,45 @@ TEST(Partition, GivenLabelSetsRefuseLabelsTheDataLacks) {
   EXPECT_FALSE(PartitionGivenLabels(y, 10, {{0, 0}}, 1).ok());      // twice in one set
   EXPECT_FALSE(PartitionGivenLabels(y, 10, {{0}, {}}, 1).ok());     // a site with none
   EXPECT_FALSE(PartitionGivenLabels(y, 10, {}, 1).ok());            // no sites
+}
+
+// Writes `text` to a fresh file under the test's temporary directory; its path.
+std::string WriteTemp(const std::string& name, const std::string& text) {
+  const std::string path = ::testing::TempDir() + "/" + name;
+  std::ofstream(path) << text;
+  return path;
+}
+
+TEST(Partition, ReadsEachSitesExamplesFromAFile) {
+  const std::string path = WriteTemp("partition.txt",
+                                     "# from elsewhere\n7, 3,1\n\n0 2\t9\n# a comment between sites\n8,5\n");
+  auto p = ReadPartitionFile(path, 10, 3);
+  ASSERT_TRUE(p.ok()) << p.status();
+  EXPECT_EQ(*p, (Partition{{1, 3, 7}, {0, 2, 9}, {5, 8}}));  // each site's indices ascending; 4 and 6 unused
+  PartitionSpec spec{"file", 3};
+  spec.file = path;
+  auto via_spec = MakePartition(BalancedLabels(1), 10, spec, 1);
+  ASSERT_TRUE(via_spec.ok()) << via_spec.status();
+  EXPECT_EQ(*via_spec, *p);  // the seed plays no part
+}
+
+TEST(Partition, PartitionFileRefusesWhatIsNotAPartition) {
+  const auto refused = [](const std::string& text, int64_t sites, const std::string& why) {
+    auto p = ReadPartitionFile(WriteTemp("bad.txt", text), 10, sites);
+    ASSERT_FALSE(p.ok()) << text;
+    EXPECT_NE(std::string(p.status().message()).find(why), std::string::npos) << p.status();
+  };
+  refused("0,1\n2,x\n", 2, "line 2: 'x' is not an example index");
+  refused("0,1\n2,10\n", 2, "line 2: example 10 outside the 10 training examples");
+  refused("0,-1\n", 1, "example -1 outside");
+  refused("0,1,1\n", 1, "line 1: example 1 appears twice");
+  refused("0,1\n# c\n2,1\n", 2, "line 3: example 1 is on line 1 too");
+  refused("0,1\n , \n", 2, "line 2: a site without examples");
+  refused("0,1\n2,3\n", 3, "2 sites (lines of indices) for partition.sites = 3");
+  refused("", 1, "");  // an empty file
+  auto missing = ReadPartitionFile(::testing::TempDir() + "/no-such-partition.txt", 10, 1);
+  ASSERT_FALSE(missing.ok());
+  EXPECT_NE(std::string(missing.status().message()).find("partition.file"), std::string::npos) << missing.status();
 }
 
 TEST(Sampler, ExactShardsAreDisjointAndCovering) {

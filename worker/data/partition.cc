@@ -3,8 +3,12 @@
 #include <algorithm>
 #include <cmath>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
 #include "common/random.h"
+#include "common/text_file.h"
 
 namespace allround::data {
 namespace {
@@ -176,8 +180,45 @@ absl::StatusOr<Partition> PartitionGivenLabels(const std::vector<int64_t>& label
   return SplitAmongHolders(labels, num_classes, site_labels, rng);
 }
 
+absl::StatusOr<Partition> ReadPartitionFile(const std::string& path, int64_t num_examples, int64_t sites) {
+  auto text = ReadTextFile(path, "job key 'partition.file'");
+  if (!text.ok()) return text.status();
+  const auto bad = [&](int64_t line, const auto&... why) {
+    return absl::InvalidArgumentError(absl::StrCat("job key 'partition.file' (", path, ") line ", line, ": ", why...));
+  };
+  Partition p;
+  std::vector<int64_t> owner(static_cast<size_t>(num_examples), -1);  // the line that holds each example
+  int64_t line = 0;
+  for (absl::string_view row : absl::StrSplit(*text, '\n')) {
+    ++line;
+    row = absl::StripAsciiWhitespace(row);
+    if (row.empty() || row[0] == '#') continue;
+    std::vector<int64_t> site;
+    for (absl::string_view field : absl::StrSplit(row, absl::ByAnyChar(", \t\r"), absl::SkipEmpty())) {
+      int64_t i = 0;
+      if (!absl::SimpleAtoi(field, &i)) return bad(line, "'", field, "' is not an example index");
+      if (i < 0 || i >= num_examples) {
+        return bad(line, "example ", i, " outside the ", num_examples, " training examples");
+      }
+      if (owner[i] == line) return bad(line, "example ", i, " appears twice");
+      if (owner[i] >= 0) return bad(line, "example ", i, " is on line ", owner[i], " too");
+      owner[i] = line;
+      site.push_back(i);
+    }
+    if (site.empty()) return bad(line, "a site without examples");
+    p.push_back(std::move(site));
+  }
+  if (static_cast<int64_t>(p.size()) != sites) {
+    return absl::InvalidArgumentError(absl::StrCat("job key 'partition.file' (", path, "): ", p.size(),
+                                                   " sites (lines of indices) for partition.sites = ", sites));
+  }
+  SortSites(p);
+  return p;
+}
+
 absl::StatusOr<Partition> MakePartition(const std::vector<int64_t>& labels, int64_t num_classes,
                                         const PartitionSpec& spec, uint64_t seed) {
+  if (spec.scheme == "file") return ReadPartitionFile(spec.file, static_cast<int64_t>(labels.size()), spec.sites);
   if (spec.scheme == "iid") return PartitionIid(static_cast<int64_t>(labels.size()), spec.sites, seed);
   if (spec.scheme == "dirichlet") {
     return PartitionDirichlet(labels, num_classes, spec.sites, spec.beta, spec.min_per_site, seed);

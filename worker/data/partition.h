@@ -10,9 +10,12 @@
 //  - #C=k: each site gets k distinct labels (site i always holds label i mod C), and each label's
 //    examples are split evenly among the sites holding it. The label sets can also be given
 //    (job key partition.site_labels), so a run can use another run's draw.
+//  - file: each site's example indices read from a file (job key partition.file), so a run can
+//    use the very examples of another system's run, not only its label sets.
 // Pure functions of (labels, spec, seed): the same arguments give the same partition.
 
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -32,6 +35,12 @@ absl::StatusOr<Partition> PartitionLabels(const std::vector<int64_t>& labels, in
 absl::StatusOr<Partition> PartitionGivenLabels(const std::vector<int64_t>& labels, int64_t num_classes,
                                                const std::vector<std::vector<int64_t>>& site_labels,
                                                uint64_t seed);
+
+// Reads a partition of `num_examples` training examples among `sites` sites from a text file: one
+// line per site (in site order), its example indices (0-based) separated by commas or white
+// space; lines that start with '#' are comments. A site without examples, an index outside
+// [0, num_examples) or one that appears twice (in one site or two) is an error naming the line.
+absl::StatusOr<Partition> ReadPartitionFile(const std::string& path, int64_t num_examples, int64_t sites);
 
 // Dispatches on spec.scheme.
 absl::StatusOr<Partition> MakePartition(const std::vector<int64_t>& labels, int64_t num_classes,
