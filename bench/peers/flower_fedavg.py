@@ -6,10 +6,13 @@ Partitions: `shards` (federated_overhead: IID shards of a permutation seeded 1, 
 or NIID-Bench's as Flower's baseline (adap/flower baselines/niid_bench) draws them, with numpy
 default_rng(--partition-seed, 42 there): `iid`, `dirichlet` (--beta) and `labels`
 (--labels-per-site), with pixels in [0, 1] as its ToTensor gives them (--scale).
-Prints each round's accuracy as round_accuracy=R:X, the seconds between the evaluations after
-round 1 and after the last round divided by (rounds - 1) as s_per_round=X, and the final
-accuracy=X."""
-import argparse, os, sys, time, json, warnings
+Prints each round's test accuracy and mean loss as round_accuracy=R:X and round_loss=R:X, the
+seconds between the evaluations after round 1 and after the last round divided by (rounds - 1) as
+s_per_round=X, and the final accuracy=X. --write-partition FILE and --write-init FILE write the
+sites' examples (allround's partition.file format) and the initial global model (safetensors, for
+model.init) and exit, so an allround run can start from the very same place (bench/fedavg_niid
+--start flower)."""
+import argparse, os, struct, sys, time, json, warnings
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 warnings.filterwarnings("ignore")
@@ -33,16 +36,14 @@ p.add_argument("--scale", default=None, choices=["unit", "standardize"],
                help="pixels (default: standardize for shards, unit for NIID-Bench's partitions)")
 p.add_argument("--data", default="/usr/share/datasets/fashion-mnist")
 p.add_argument("--times", default="/tmp/flower_times.json")
+p.add_argument("--write-partition", metavar="FILE",
+               help="write each site's example indices (allround's partition.file) and exit")
+p.add_argument("--write-init", metavar="FILE", help="write the initial global model (safetensors) and exit")
 a = p.parse_args()
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-from flwr.client import ClientApp, NumPyClient  # noqa: E402
-from flwr.common import Context, ndarrays_to_parameters  # noqa: E402
-from flwr.server import ServerApp, ServerAppComponents, ServerConfig  # noqa: E402
-from flwr.server.strategy import FedAvg  # noqa: E402
-from flwr.simulation import run_simulation  # noqa: E402
 
 from torch_models import idx, SimpleCNN, FedAvgCNN  # noqa: E402
 
@@ -113,6 +114,43 @@ def data():
     return _cache
 
 
+def initial_model():
+    torch.manual_seed(1)
+    return MODELS[a.model]()
+
+
+def write_safetensors(path, tensors):
+    """float32 tensors as a safetensors file (the format's header, then the data), without the package."""
+    header, blobs, offset = {}, [], 0
+    for name, t in tensors.items():
+        blob = t.detach().float().contiguous().numpy().tobytes()
+        header[name] = {"dtype": "F32", "shape": list(t.shape), "data_offsets": [offset, offset + len(blob)]}
+        blobs.append(blob)
+        offset += len(blob)
+    text = json.dumps(header).encode()
+    text += b" " * (-len(text) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(text)) + text + b"".join(blobs))
+
+
+if a.write_partition or a.write_init:
+    if a.write_partition:
+        with open(a.write_partition, "w") as f:
+            f.write(f"# {a.partition} partition of {a.sites} sites drawn as Flower's NIID-Bench baseline draws it "
+                    f"(numpy seed {a.partition_seed}); line i: site i's training example indices\n")
+            for shard in data()["shards"]:
+                f.write(",".join(str(i) for i in shard.tolist()) + "\n")
+    if a.write_init:
+        write_safetensors(a.write_init, initial_model().state_dict())
+    sys.exit(0)
+
+from flwr.client import ClientApp, NumPyClient  # noqa: E402
+from flwr.common import Context, ndarrays_to_parameters  # noqa: E402
+from flwr.server import ServerApp, ServerAppComponents, ServerConfig  # noqa: E402
+from flwr.server.strategy import FedAvg  # noqa: E402
+from flwr.simulation import run_simulation  # noqa: E402
+
+
 def get_weights(model):
     return [v.detach().cpu().numpy() for v in model.state_dict().values()]
 
@@ -159,22 +197,23 @@ def evaluate(server_round, parameters, config):
     d = data()
     model = MODELS[a.model]()
     set_weights(model, parameters)
-    correct = 0
+    correct, loss = 0, 0.0
     with torch.no_grad():
         for s in range(0, len(d["ty"]), 1000):
-            correct += (model(d["tx"][s:s + 1000]).argmax(1) == d["ty"][s:s + 1000]).sum().item()
-    acc = correct / len(d["ty"])
-    times.append((server_round, time.time(), acc))
+            logits, y = model(d["tx"][s:s + 1000]), d["ty"][s:s + 1000]
+            correct += (logits.argmax(1) == y).sum().item()
+            loss += F.cross_entropy(logits, y, reduction="sum").item()
+    acc, loss = correct / len(d["ty"]), loss / len(d["ty"])
+    times.append((server_round, time.time(), acc, loss))
     with open(a.times, "w") as f:
         json.dump(times, f)
-    return 0.0, {"accuracy": acc}
+    return loss, {"accuracy": acc}
 
 
 def server_fn(context: Context):
-    torch.manual_seed(1)
     strategy = FedAvg(fraction_fit=a.sample / a.sites, min_fit_clients=a.sample, min_available_clients=a.sites,
                       fraction_evaluate=0.0, min_evaluate_clients=0, evaluate_fn=evaluate,
-                      initial_parameters=ndarrays_to_parameters(get_weights(MODELS[a.model]())))
+                      initial_parameters=ndarrays_to_parameters(get_weights(initial_model())))
     return ServerAppComponents(strategy=strategy, config=ServerConfig(num_rounds=a.rounds))
 
 
@@ -185,11 +224,12 @@ if __name__ == "__main__":
                                    "init_args": {"num_cpus": a.cpus, "include_dashboard": False}})
     with open(a.times) as f:
         t = json.load(f)
-    after = {r: (ts, acc) for r, ts, acc in t}
+    after = {r: (ts, acc, loss) for r, ts, acc, loss in t}
     if "sets" in data():
         print("label_sets=" + ";".join(",".join(str(k) for k in labels) for labels in _cache["sets"]))
     for r in range(1, a.rounds + 1):
         print(f"round_accuracy={r}:{after[r][1]:.4f}")
+        print(f"round_loss={r}:{after[r][2]:.6f}")
     first = 1 if a.rounds > 1 else 0  # one round: from the evaluation of the initial model
     per_round = (after[a.rounds][0] - after[first][0]) / (a.rounds - first)
     print(f"s_per_round={per_round:.3f}")
