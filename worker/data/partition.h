@@ -12,7 +12,8 @@
 //    (job key partition.site_labels), so a run can use another run's draw.
 //  - file: each site's example indices read from a file (job key partition.file), so a run can
 //    use the very examples of another system's run, not only its label sets.
-// Pure functions of (labels, spec, seed): the same arguments give the same partition.
+// Pure functions of (labels, spec, seed), and for file of the file's text: the same arguments give
+// the same partition.
 
 #include <cstdint>
 #include <string>
