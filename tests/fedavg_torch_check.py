@@ -38,8 +38,8 @@ x = idx(f"{DATA}/train-images-idx3-ubyte.gz").float().div(255).unsqueeze(1)
 y = idx(f"{DATA}/train-labels-idx1-ubyte.gz").long()
 parts = [torch.tensor([int(i) for i in line.split(",")]) for line in open(f"{d}/partition.txt")
          if not line.startswith("#")]
-global_state = load_file(f"{d}/init.safetensors")
-worst_all, moved = 0.0, 0.0
+init = load_file(f"{d}/init.safetensors")
+global_state, worst_all = init, 0.0
 for r in range(1, rounds + 1):
     states, counts = [], []
     for part in parts:
@@ -56,7 +56,7 @@ for r in range(1, rounds + 1):
     global_state = {k: sum(s[k].double() * (c / total) for s, c in zip(states, counts)).float() for k in states[0]}
     ours = load_file(f"{d}/models/version-{r}.safetensors")
     worst = max((ours["model/" + k] - v).abs().max().item() for k, v in global_state.items())
-    moved = max((v - load_file(f"{d}/init.safetensors")[k]).abs().max().item() for k, v in global_state.items())
+    moved = max((v - init[k]).abs().max().item() for k, v in global_state.items())
     print(f"round {r}: sites hold {counts} examples; max |allround - PyTorch| = {worst:.2e} "
           f"(the model moved {moved:.2e} from its start)")
     worst_all = max(worst_all, worst)
