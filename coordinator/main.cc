@@ -179,8 +179,14 @@ absl::Status Serve(const Job& job, const Flags& flags) {
     auto sums = (*mode)->Evaluate(data->test_inputs, data->test_targets, job.train.eval_batch_size);
     if (!sums.ok()) return sums.status();
     const RoundRecord& r = closed.record;
+    std::vector<std::string> names;  // ids follow the join order; names are what a user knows
+    for (int64_t id : r.contributors) {
+      auto name = manager.SiteName(id);
+      names.push_back(name.ok() ? *name : "?");
+    }
     last = {{"round", version}, {"test_loss", sums->loss_sum / std::max<int64_t>(1, sums->examples)},
-            {"sites", r.contributors}, {"examples", r.examples}, {"closed_by_deadline", r.closed_by_deadline},
+            {"sites", r.contributors}, {"site_names", names}, {"examples", r.examples},
+            {"closed_by_deadline", r.closed_by_deadline},
             {"aggregate_s", r.aggregate_s},
             {"time", std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count()}};
     std::string extra;

@@ -38,6 +38,11 @@ absl::Status RoundManager::Heartbeat(int64_t site, Time now) {
 
 bool RoundManager::Alive(const Site& s, Time now) const { return now - s.last_seen <= options_.site_timeout; }
 
+std::vector<int64_t> RoundManager::InNameOrder(std::vector<int64_t> ids) const {
+  std::sort(ids.begin(), ids.end(), [&](int64_t a, int64_t b) { return sites_.at(a).name < sites_.at(b).name; });
+  return ids;
+}
+
 void RoundManager::MaybeStartRound(Time now) {
   if (current_ || rounds_done_ >= options_.rounds) return;
   std::vector<int64_t> alive;
@@ -48,8 +53,10 @@ void RoundManager::MaybeStartRound(Time now) {
   const int64_t want = std::min<int64_t>(
       static_cast<int64_t>(alive.size()),
       std::max<int64_t>(options_.min_sites, static_cast<int64_t>(std::ceil(options_.fraction * alive.size()))));
-  // Seeded by (job seed, round index): the same sites are sampled on a rerun.
+  // Seeded by (job seed, round index) and drawn from the sites in name order: the same sites are
+  // sampled on a rerun, whatever order they joined in (ids follow the join order).
   Rng rng(DeriveSeed(options_.seed, "site-sampling", static_cast<uint64_t>(next_round_index_)));
+  alive = InNameOrder(std::move(alive));
   rng.Shuffle(alive);
   alive.resize(want);
   std::sort(alive.begin(), alive.end());
@@ -73,7 +80,10 @@ void RoundManager::MaybeCloseRound(Time now) {
     return;
   }
   std::vector<aggregation::SiteUpdate> updates;
-  for (auto& [id, u] : current_->updates) {
+  std::vector<int64_t> contributors;
+  for (const auto& [id, u] : current_->updates) contributors.push_back(id);
+  for (int64_t id : InNameOrder(std::move(contributors))) {
+    aggregation::SiteUpdate& u = current_->updates.at(id);
     record.contributors.push_back(id);
     record.examples += u.examples;
     for (const auto& [k, v] : current_->metrics[id]) record.site_metrics[k] += v;

@@ -2,12 +2,14 @@
 #define ALLROUND_COORDINATOR_ROUND_MANAGER_H_
 
 // The federated coordinator's brain, in plain C++ (no gRPC): the site registry, per-round
-// sampling, deadlines, straggler handling, update validation and aggregation in site-id order.
+// sampling, deadlines, straggler handling, update validation and aggregation in site-name order.
 // The gRPC service is a thin adapter over it. Time is passed in by the caller, so tests drive it
 // with a fake clock.
 //
 // A round: when at least `min_available` sites are alive, `max(min_sites, ceil(fraction * alive))`
-// of them are sampled (seeded by the job seed and the round index) and given the round. It closes
+// of them are sampled (seeded by the job seed and the round index) and given the round. Sampling
+// and aggregation go by site name, not id: ids follow the order in which sites joined, which is
+// timing, so a rerun with the same seed samples and sums the same sites in the same order. It closes
 // when every participant has submitted, or at its deadline if at least `min_sites` have; a round
 // that reaches its deadline with fewer is abandoned and a new one is sampled. Updates are checked
 // (participant, round, first submission, before the deadline, shapes and dtypes, finite values)
@@ -54,7 +56,7 @@ struct Task {
 struct RoundRecord {
   int64_t round = 0;
   std::vector<int64_t> participants;
-  std::vector<int64_t> contributors;  // sites whose updates were aggregated, in id order
+  std::vector<int64_t> contributors;  // sites whose updates were aggregated, in aggregation (name) order
   int64_t examples = 0;
   bool closed_by_deadline = false;
   double aggregate_s = 0.0;  // the strategy's time
@@ -136,11 +138,12 @@ class RoundManager {
     int64_t index = 0;
     std::vector<int64_t> participants;
     Time deadline;
-    std::map<int64_t, aggregation::SiteUpdate> updates;  // by site id: aggregation order
+    std::map<int64_t, aggregation::SiteUpdate> updates;  // by site id; aggregated in name order
     std::map<int64_t, std::map<std::string, double>> metrics;
   };
 
   bool Alive(const Site& s, Time now) const;
+  std::vector<int64_t> InNameOrder(std::vector<int64_t> ids) const;
   void MaybeStartRound(Time now);
   void MaybeCloseRound(Time now);
   absl::Status Refuse(const std::string& reason, absl::Status status);

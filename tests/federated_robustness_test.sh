@@ -10,6 +10,8 @@
 #   many_sites    one worker process hosts 8 sites (--site-index 0-7 on 2 training threads) beside
 #                 a single-site process and a site with its own IDX files (--data DIR); every
 #                 round aggregates all 10.
+#   join_order    12 sites, 3 sampled a round, joining in two different orders (so with different
+#                 ids): both runs sample the same sites by name and end with the same model, bit for bit.
 #   mpi_site      an mpirun group of 2 ranks is one site beside two single-process sites.
 #   fixmatch      the semi-supervised mode at 3 sites (each with the labels that fall in its share).
 #   vae           the VAE at 3 sites: rounds average the network; the coordinator reports the test
@@ -136,8 +138,8 @@ site_killed)
 resume)
   EXTRA=(--federated.rounds 4 --partition.sites 3 --federated.min_sites 3 --federated.min_available 3
          --checkpoint.every_rounds 1 --federated.local_epochs 4)
-  # run_one NAME [KILL_AFTER_ROUND]: a whole federated run; sites started one by one so that site
-  # ids, and so the aggregation order, are the same in every run.
+  # run_one NAME [KILL_AFTER_ROUND]: a whole federated run; sites started one by one, so their
+  # ids are the same in every run too (the aggregate does not depend on them: see join_order).
   run_one() {
     local name=$1 kill_after=${2:-0} s i=0
     mkdir -p "$TMP/$name/models"
@@ -216,6 +218,48 @@ PY
   check "federated evaluation was reported" 'grep -q "federated_accuracy" "$TMP/coord.out"'
   check "each global model is the example-weighted mean of the 10 updates" \
     '"$PY" "$(dirname "$0")/weighted_mean_check.py" "$TMP" 2 10'
+  ;;
+
+join_order)
+  EXTRA=(--federated.rounds 3 --partition.sites 12 --federated.fraction 0.25 --federated.min_sites 3
+         --federated.min_available 12 --checkpoint.enabled false)
+  # run_order NAME FIRST SECOND: one process hosts the sites FIRST and joins them; once all six
+  # have joined, a second process hosts SECOND. So the ids 1-6 go to FIRST's sites.
+  run_order() {
+    local name=$1 first=$2 second=$3 i
+    mkdir -p "$TMP/$name/models"
+    "$COORD" "${JOB[@]}" "${EXTRA[@]}" --listen $ADDR --no-auth --insecure --run_dir "$TMP/$name/run" \
+      --dump-models "$TMP/$name/models" > "$TMP/$name/coord.out" 2> "$TMP/$name/coord.err" &
+    local coord=$!
+    "$WORKER" "${JOB[@]}" "${EXTRA[@]}" --coordinator $ADDR --insecure --site sim --site-index "$first" \
+      --site-threads 2 > /dev/null 2> "$TMP/$name/first.err" &
+    for ((i = 0; i < 600; i++)); do
+      [[ $(grep -c "joined as" "$TMP/$name/coord.err") -ge 6 ]] && break
+      sleep 0.1
+    done
+    "$WORKER" "${JOB[@]}" "${EXTRA[@]}" --coordinator $ADDR --insecure --site sim --site-index "$second" \
+      --site-threads 2 > /dev/null 2> "$TMP/$name/second.err" &
+    wait_done $coord 240 || return 1
+    wait
+  }
+  # Each round's sampled sites, by name, one line per round.
+  sampled() { "$PY" -c 'import json, sys
+for line in open(sys.argv[1]): print(" ".join(json.loads(line)["site_names"]))' "$TMP/$1/run/metrics.jsonl"; }
+  run_order forward 0-5 6-11; rc1=$?
+  run_order backward 6-11 0-5; rc2=$?
+  cat "$TMP/forward/coord.out"
+  echo "sampled, forward:"; sampled forward
+  echo "sampled, backward:"; sampled backward
+  check "both runs finished 3 rounds of 3 sites" \
+    '[[ $rc1 -eq 0 && $rc2 -eq 0 && $(grep -c "(3 sites" "$TMP/forward/coord.out") -eq 3 &&
+       $(grep -c "(3 sites" "$TMP/backward/coord.out") -eq 3 ]]'
+  id_of() { sed -n "s/.*site .$2. joined as \([0-9]*\) .*/\1/p" "$TMP/$1/coord.err"; }
+  check "the sites joined in the two orders (sim-0's id was 1-6, then 7-12)" \
+    '[[ $(id_of forward sim-0) -le 6 && $(id_of backward sim-0) -ge 7 ]]'
+  check "each round sampled the same sites by name" \
+    '[[ -n $(sampled forward) && "$(sampled forward)" == "$(sampled backward)" ]]'
+  check "the final models are equal, bit for bit" \
+    'cmp "$TMP/forward/models/version-3.safetensors" "$TMP/backward/models/version-3.safetensors"'
   ;;
 
 mpi_site)

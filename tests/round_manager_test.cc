@@ -8,7 +8,10 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <cmath>
+#include <cstring>
+#include <map>
 #include <thread>
 
 namespace allround::coordinator {
@@ -166,6 +169,63 @@ TEST_F(RoundManagerTest, SamplingIsSeededAndRespectsFractionAndMinimum) {
   bool differs = false;
   for (uint64_t s = 2; s < 6; ++s) differs = differs || sample(s) != sample(1);
   EXPECT_TRUE(differs);
+}
+
+// Ids follow the join order, which is timing (100 sites joining from a few threads join in a
+// different order each run). Sampling and the aggregate must not depend on it.
+TEST_F(RoundManagerTest, SamplingAndTheAggregateDoNotDependOnTheJoinOrder) {
+  struct Outcome {
+    std::vector<std::string> sampled;
+    float aggregate = 0;
+  };
+  // Three sites of 1e30, 1 and -1e30 with equal weights: summed in the order 1e30, 1, -1e30 the
+  // 1 is lost (0); in the order 1e30, -1e30, 1 it is not (1/3). So the aggregate shows the order.
+  const std::map<std::string, float> value = {{"a", 1e30f}, {"b", 1.0f}, {"c", -1e30f}};
+  const auto run = [&](const std::vector<std::string>& join_order) {
+    RoundManagerOptions o;
+    o.seed = 7;
+    o.rounds = 1;
+    o.fraction = 0.3;
+    o.min_available = 13;
+    auto m = Manager(o);
+    std::map<std::string, int64_t> id;
+    for (const auto& name : join_order) id[name] = *m->Join(name, 10, At(0));
+    Outcome out;
+    for (const auto& [name, site] : id) {
+      if (m->GetTask(site, At(1))->kind == Task::Kind::kTrain) out.sampled.push_back(name);
+    }
+    for (const auto& name : out.sampled) {
+      const float v = value.count(name) ? value.at(name) : 0.0f;
+      EXPECT_TRUE(m->SubmitUpdate(id[name], 0, 10, Weights(v, v), At(2)).ok());
+    }
+    if (m->model_version() == 1) out.aggregate = (*m->Model(1))[0].second[0].item<float>();
+    return out;
+  };
+  std::vector<std::string> names;
+  for (int i = 0; i < 10; ++i) names.push_back("s" + std::to_string(i));
+  names.insert(names.end(), {"a", "b", "c"});
+  const Outcome first = run(names);
+  EXPECT_EQ(first.sampled.size(), 4u);  // ceil(0.3 x 13)
+  for (int shuffle = 0; shuffle < 5; ++shuffle) {
+    std::vector<std::string> order = names;
+    std::rotate(order.begin(), order.begin() + 3 * shuffle + 1, order.end());
+    if (shuffle % 2) std::reverse(order.begin(), order.end());
+    const Outcome other = run(order);
+    EXPECT_EQ(other.sampled, first.sampled) << "join order " << shuffle;
+    EXPECT_EQ(std::memcmp(&other.aggregate, &first.aggregate, sizeof(float)), 0) << "join order " << shuffle;
+  }
+  // The sums themselves: joined a, c, b (ids a < c < b), they are still summed a, b, c, so the 1
+  // is lost (in id order it would give 1/3).
+  RoundManagerOptions o;
+  o.min_available = 3;
+  auto m = Manager(o);
+  const int64_t a = *m->Join("a", 10, At(0)), c = *m->Join("c", 10, At(0)), b = *m->Join("b", 10, At(0));
+  for (int64_t s : {a, b, c}) ASSERT_EQ(m->GetTask(s, At(1))->kind, Task::Kind::kTrain);
+  ASSERT_TRUE(m->SubmitUpdate(a, 0, 10, Weights(1e30f, 0), At(2)).ok());
+  ASSERT_TRUE(m->SubmitUpdate(b, 0, 10, Weights(1, 0), At(2)).ok());
+  ASSERT_TRUE(m->SubmitUpdate(c, 0, 10, Weights(-1e30f, 0), At(2)).ok());
+  EXPECT_EQ((*m->Model(1))[0].second[0].item<float>(), 0.0f);
+  EXPECT_THAT(m->history()[0].contributors, ElementsAre(a, b, c));
 }
 
 TEST_F(RoundManagerTest, SitesWithoutHeartbeatAreNotSampledAndAllRoundsEndInStop) {
