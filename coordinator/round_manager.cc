@@ -38,25 +38,19 @@ absl::Status RoundManager::Heartbeat(int64_t site, Time now) {
 
 bool RoundManager::Alive(const Site& s, Time now) const { return now - s.last_seen <= options_.site_timeout; }
 
-std::vector<int64_t> RoundManager::InNameOrder(std::vector<int64_t> ids) const {
-  std::sort(ids.begin(), ids.end(), [&](int64_t a, int64_t b) { return sites_.at(a).name < sites_.at(b).name; });
-  return ids;
-}
-
 void RoundManager::MaybeStartRound(Time now) {
   if (current_ || rounds_done_ >= options_.rounds) return;
-  std::vector<int64_t> alive;
-  for (const auto& [id, s] : sites_) {
-    if (Alive(s, now)) alive.push_back(id);
+  std::vector<int64_t> alive;  // in name order (site_by_name_'s): ids follow the join order
+  for (const auto& [name, id] : site_by_name_) {
+    if (Alive(sites_.at(id), now)) alive.push_back(id);
   }
   if (static_cast<int64_t>(alive.size()) < std::max(options_.min_available, options_.min_sites)) return;
   const int64_t want = std::min<int64_t>(
       static_cast<int64_t>(alive.size()),
       std::max<int64_t>(options_.min_sites, static_cast<int64_t>(std::ceil(options_.fraction * alive.size()))));
   // Seeded by (job seed, round index) and drawn from the sites in name order: the same sites are
-  // sampled on a rerun, whatever order they joined in (ids follow the join order).
+  // sampled on a rerun, whatever order they joined in.
   Rng rng(DeriveSeed(options_.seed, "site-sampling", static_cast<uint64_t>(next_round_index_)));
-  alive = InNameOrder(std::move(alive));
   rng.Shuffle(alive);
   alive.resize(want);
   std::sort(alive.begin(), alive.end());
@@ -80,10 +74,10 @@ void RoundManager::MaybeCloseRound(Time now) {
     return;
   }
   std::vector<aggregation::SiteUpdate> updates;
-  std::vector<int64_t> contributors;
-  for (const auto& [id, u] : current_->updates) contributors.push_back(id);
-  for (int64_t id : InNameOrder(std::move(contributors))) {
-    aggregation::SiteUpdate& u = current_->updates.at(id);
+  for (const auto& [name, id] : site_by_name_) {  // name order, whatever the join order
+    auto found = current_->updates.find(id);
+    if (found == current_->updates.end()) continue;
+    aggregation::SiteUpdate& u = found->second;
     record.contributors.push_back(id);
     record.examples += u.examples;
     for (const auto& [k, v] : current_->metrics[id]) record.site_metrics[k] += v;
@@ -306,8 +300,13 @@ absl::Status RoundManager::LoadState(const NamedTensors& state, Time now) {
   try {
     for (const auto& s : j["sites"]) {
       const int64_t id = s["id"];
-      sites[id] = Site{s["name"], s["examples"], now};
-      by_site_name[s["name"]] = id;
+      const std::string name = s["name"];
+      // One entry per id and per name: sampling walks the names and expects each id once.
+      if (sites.count(id) || by_site_name.count(name)) {
+        return absl::DataLossError(absl::StrCat("coordinator state: site id ", id, " or name '", name, "' twice"));
+      }
+      sites[id] = Site{name, s["examples"], now};
+      by_site_name[name] = id;
     }
     for (const auto& h : j["history"]) {
       RoundRecord r;

@@ -143,7 +143,6 @@ class RoundManager {
   };
 
   bool Alive(const Site& s, Time now) const;
-  std::vector<int64_t> InNameOrder(std::vector<int64_t> ids) const;
   void MaybeStartRound(Time now);
   void MaybeCloseRound(Time now);
   absl::Status Refuse(const std::string& reason, absl::Status status);
@@ -158,7 +157,7 @@ class RoundManager {
   int64_t rounds_done_ = 0;
   int64_t next_round_index_ = 0;  // counts abandoned rounds too, so each sample is fresh
   std::map<int64_t, Site> sites_;
-  std::map<std::string, int64_t> site_by_name_;
+  std::map<std::string, int64_t> site_by_name_;  // also the sampling and aggregation order
   std::optional<Round> current_;
   std::vector<RoundRecord> history_;
   std::map<std::string, int64_t> refusals_;

@@ -309,6 +309,21 @@ TEST_F(RoundManagerTest, StateRestoresModelRegistryCountersAndTheOpenRoundsIndex
   auto fresh = Manager(o);
   EXPECT_FALSE(fresh->LoadState({{"w", torch::zeros({3})}}, At(0)).ok());
   EXPECT_EQ(fresh->model_version(), 0);
+  // Nor does a registry that names a site twice (sampling walks the names: a site would be
+  // sampled twice).
+  NamedTensors twice = m->State();
+  for (auto& [name, t] : twice) {
+    if (name != "coordinator/registry") continue;
+    std::string text(static_cast<const char*>(t.data_ptr()), t.numel());
+    const std::string d = "\"name\":\"d\"";
+    ASSERT_NE(text.find(d), std::string::npos) << text;
+    text.replace(text.find(d), d.size(), "\"name\":\"c\"");
+    t = torch::from_blob(text.data(), {static_cast<int64_t>(text.size())}, torch::kUInt8).clone();
+  }
+  const absl::Status refused = fresh->LoadState(twice, At(0));
+  EXPECT_EQ(refused.code(), absl::StatusCode::kDataLoss);
+  EXPECT_THAT(std::string(refused.message()), HasSubstr("name 'c' twice"));
+  EXPECT_EQ(fresh->model_version(), 0);
 }
 
 TEST_F(RoundManagerTest, WaitForChangeWakesOnAJoinAndTimesOutOtherwise) {
