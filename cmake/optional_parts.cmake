@@ -35,7 +35,9 @@ if(ALLROUND_WITH_NCCL)
   find_package(CUDAToolkit QUIET)
   if(CUDAToolkit_FOUND)
     find_path(NCCL_INCLUDE_DIR nccl.h HINTS ${CUDAToolkit_INCLUDE_DIRS} $ENV{NCCL_HOME}/include)
-    find_library(NCCL_LIBRARY nccl HINTS ${CUDAToolkit_LIBRARY_DIR} $ENV{NCCL_HOME}/lib)
+    # PyPI's nvidia-nccl wheels hold only libnccl.so.2, with no libnccl.so link.
+    find_library(NCCL_LIBRARY NAMES nccl libnccl.so.2
+                 HINTS ${CUDAToolkit_LIBRARY_DIR} $ENV{NCCL_HOME}/lib)
   endif()
   if(CUDAToolkit_FOUND AND NCCL_INCLUDE_DIR AND NCCL_LIBRARY)
     set(ALLROUND_HAVE_NCCL ON)
