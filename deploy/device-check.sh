@@ -1,43 +1,110 @@
 #!/usr/bin/env bash
-# The GPU check, for a machine with an NVIDIA GPU, the CUDA toolkit with NCCL and PyTorch 2.x, but
-# no internet and no apt. In under 8 minutes it:
-#   1. configures against the CUDA LibTorch that PyTorch ships (parts whose dependencies are
-#      missing there are switched off by CMake options) and builds what it can;
+# The GPU check, for a machine with an NVIDIA GPU, a C++ compiler, CMake, the CUDA toolkit and
+# PyTorch 2.x (whose wheels bring LibTorch and NCCL), but no internet and no apt. In under 8
+# minutes it:
+#   1. configures against the CUDA LibTorch inside PyTorch and the NCCL of its nvidia-nccl wheel,
+#      with the other libraries from DEPS (parts whose dependencies are missing there, MPI for one,
+#      are switched off by CMake options), and builds what the checks below run;
 #   2. runs the NCCL backend tests (nccl_test) on the GPU;
 #   3. runs a data-parallel smoke run: allround-worker --device cuda, SimpleCNN, one epoch;
 #   4. compares GPU training throughput with PyTorch eager on the same model, batch and data;
-# and prints every figure. Usage: bash deploy/device-check.sh [BUILD_DIR]
+# and prints every figure.
+#
+# Before: on a Debian 12 machine with deploy/setup.sh done, `bash deploy/device-deps.sh` (and,
+# for real data, `cp -r /usr/share/datasets/fashion-mnist build-device/`); then copy the checkout
+# with build-device/ over.
+#
+# Usage: bash deploy/device-check.sh [BUILD_DIR]     (default: build-gpu)
+#   DEPS=FILE   the libraries allround builds against (abseil, gRPC, protobuf, RocksDB, yaml-cpp,
+#               GoogleTest, ...), packed by `bash deploy/device-deps.sh` on a Debian 12 machine
+#               with deploy/setup.sh done; default build-device/deps.tar.xz. Unpacked into
+#               BUILD_DIR; nothing is written outside it. Without it, the machine's own are used.
+#   DATA=DIR    Fashion-MNIST's four IDX files; default /usr/share/datasets/fashion-mnist, else
+#               build-device/fashion-mnist, else a synthetic set made here.
+#   LIBTORCH=DIR  a CUDA LibTorch's CMake prefix, instead of the one inside python3's torch.
+#   LOGS=DIR    where the whole configure and build logs go (default BUILD_DIR).
+#   PREBUILT=DIR  nccl_test, allround-worker and train_throughput_allround built elsewhere against
+#               the same LibTorch (default build-device/prebuilt): each one the build here could
+#               not make is taken from there, and the output says so, so that a failed build
+#               still leaves the GPU checks run. They are made by this script itself on a
+#               machine without a GPU, with LIBTORCH at the same PyTorch wheel's
+#               torch/share/cmake (its nvidia-* wheels unzipped beside torch/, so it links).
 set -uo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BUILD="${1:-$ROOT/build-gpu}"
+DEPS="${DEPS:-$ROOT/build-device/deps.tar.xz}"
+PREBUILT="${PREBUILT:-$ROOT/build-device/prebuilt}"
+LOGS="${LOGS:-$BUILD}"
 PY=$(command -v python3)
 START=$(date +%s)
 step() { echo; echo "== $* ($(( $(date +%s) - START ))s)"; }
+mkdir -p "$BUILD" "$LOGS"
 
 step "machine"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 | head -2
 "$PY" -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda, "gpus", torch.cuda.device_count())'
-PREFIX=$("$PY" -c 'import torch; print(torch.utils.cmake_prefix_path)')
+command -v nvcc >/dev/null || export PATH="/usr/local/cuda/bin:$PATH"
+echo "$(c++ --version 2>&1 | head -1); $(cmake --version | head -1); $(nvcc --version 2>&1 | tail -1); $(nproc) cores"
+PREFIX="${LIBTORCH:-$("$PY" -c 'import torch; print(torch.utils.cmake_prefix_path)')}"
+# NCCL: the CUDA toolkit's if it has one, else the nvidia-nccl wheel that PyTorch depends on.
+if [[ -z ${NCCL_HOME:-} ]]; then
+  NCCL_HOME=$("$PY" -c 'import nvidia.nccl as n; print(list(n.__path__)[0])' 2>/dev/null) && export NCCL_HOME
+fi
+echo "LibTorch: $PREFIX; NCCL_HOME: ${NCCL_HOME:-none}"
 
-step "configure (CUDA LibTorch at $PREFIX)"
-# Whatever is missing here switches itself off; the tests and benches need GoogleTest and CLI11.
+if [[ -f $DEPS ]]; then
+  step "dependencies from $DEPS"
+  rm -rf "$BUILD/deps" && mkdir -p "$BUILD/deps" && tar -C "$BUILD/deps" -xJf "$DEPS" &&
+    PREFIX="$PREFIX;$BUILD/deps/usr" && echo "unpacked into $BUILD/deps ($(du -sh "$BUILD/deps" | cut -f1))"
+fi
+
+step "configure"
+# RPATH rather than RUNPATH: the unpacked libraries' own dependencies are found next to them, with
+# no LD_LIBRARY_PATH for the whole machine.
 cmake -S "$ROOT" -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH="$PREFIX" \
-  -DALLROUND_USE_PCH=OFF 2>&1 | grep -E "allround|Error|error|Could NOT" | head -20
+  -DCMAKE_EXE_LINKER_FLAGS=-Wl,--disable-new-dtags -DALLROUND_USE_PCH=ON >"$LOGS/configure.log" 2>&1
+CONFIGURED=$?
+grep -E "allround|CMake Error|Could NOT" "$LOGS/configure.log" | head -20
+if ((CONFIGURED != 0)); then echo "configure failed:"; grep -A8 "CMake Error" "$LOGS/configure.log" | head -40; fi
+
 step "build"
-cmake --build "$BUILD" -j"$(nproc)" --target nccl_test allround-worker train_throughput_allround 2>&1 |
-  grep -E "error|Error|Built target" | head -30
+if ((CONFIGURED == 0)); then
+  cmake --build "$BUILD" -j"$(nproc)" --target nccl_test allround-worker train_throughput_allround \
+    >"$LOGS/build.log" 2>&1 && echo "built nccl_test, allround-worker, train_throughput_allround" ||
+    { echo "build failed; the first errors:"; grep -m 12 -A4 "error" "$LOGS/build.log"; }
+fi
+
+# pick NAME PATH: the binary built here, else the prebuilt one (its libraries are found through
+# LD_LIBRARY_PATH: the unpacked dependencies, LibTorch's and NCCL's folders).
+pick() {
+  if [[ -x $2 ]]; then echo "$2"
+  elif [[ -x $PREBUILT/$1 ]]; then
+    echo "$1: not built here; using $PREBUILT/$1, built elsewhere" >&2
+    echo "$PREBUILT/$1"
+  fi
+}
+NCCL_TEST=$(pick nccl_test "$BUILD/tests/nccl_test")
+WORKER=$(pick allround-worker "$BUILD/worker/allround-worker")
+THROUGHPUT=$(pick train_throughput_allround "$BUILD/bench/train_throughput_allround")
+RUN=()  # our binaries only: python3 keeps the machine's own libraries
+if [[ $NCCL_TEST$WORKER$THROUGHPUT == *"$PREBUILT"* ]]; then
+  TORCH_LIB=$("$PY" -c 'import os, torch; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')
+  CUDA_LIBS="$TORCH_LIB/../../nvidia/cu13/lib:$TORCH_LIB/../../nvidia/cuda_runtime/lib:/usr/local/cuda/lib64"
+  RUN=(env "LD_LIBRARY_PATH=$BUILD/deps/usr/lib/x86_64-linux-gnu:$TORCH_LIB:${NCCL_HOME:-.}/lib:$CUDA_LIBS${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}")
+fi
 
 step "NCCL backend tests"
-if [[ -x $BUILD/tests/nccl_test ]]; then
-  timeout 120 "$BUILD/tests/nccl_test" 2>&1 | tail -12
+if [[ -n $NCCL_TEST ]]; then
+  timeout 120 "${RUN[@]}" "$NCCL_TEST" 2>&1 | tail -12
 else
-  echo "nccl_test not built (see the configure output above)"
+  echo "nccl_test not built (see above)"
 fi
 
 step "data-parallel smoke run on the GPU (1 epoch, SimpleCNN)"
-DATA=/usr/share/datasets/fashion-mnist
-if [[ ! -d $DATA ]]; then
-  # No dataset package here: make a small synthetic IDX set so the run still exercises the path.
+DATA="${DATA:-/usr/share/datasets/fashion-mnist}"
+[[ -d $DATA ]] || DATA="$ROOT/build-device/fashion-mnist"
+if [[ ! -f $DATA/train-images-idx3-ubyte.gz ]]; then
+  # No dataset here: make a small synthetic IDX set so the run still exercises the path.
   DATA="$BUILD/synthetic-data"; mkdir -p "$DATA"
   "$PY" - "$DATA" <<'PY'
 import gzip, struct, sys, torch
@@ -53,8 +120,9 @@ for split, n in (("train", 12000), ("t10k", 2000)):
 PY
   echo "(synthetic data in $DATA)"
 fi
-if [[ -x $BUILD/worker/allround-worker ]]; then
-  timeout 300 "$BUILD/worker/allround-worker" --device cuda --data.dir "$DATA" --train.epochs 1 \
+echo "data: $DATA"
+if [[ -n $WORKER ]]; then
+  timeout 300 "${RUN[@]}" "$WORKER" --device cuda --data.dir "$DATA" --train.epochs 1 \
     --train.progress_every_s 5 --run_dir "$BUILD/smoke" --summary-json "$BUILD/smoke.json" 2>&1 | tail -6
   [[ -f $BUILD/smoke.json ]] && "$PY" -c "import json; s=json.load(open('$BUILD/smoke.json')); print('smoke: test_accuracy', s['test_accuracy'], 'samples/s', round(s['samples_per_s']))"
 else
@@ -62,15 +130,16 @@ else
 fi
 
 step "GPU throughput: allround vs PyTorch eager (SimpleCNN and FedAvg CNN, batch 64, 3 runs each)"
-if [[ -x $BUILD/bench/train_throughput_allround ]]; then
+if [[ -n $THROUGHPUT ]]; then
   for model in simple_cnn fedavg_cnn; do
     ours=() peer=()
     for i in 1 2 3; do
-      ours+=("$("$BUILD/bench/train_throughput_allround" --device cuda --model "$model" --data "$DATA" --steps 300 |
+      ours+=("$("${RUN[@]}" "$THROUGHPUT" --device cuda --model "$model" --data "$DATA" --steps 300 |
                 sed -n 's/^samples_per_s=\([0-9.]*\).*/\1/p')")
       peer+=("$("$PY" "$ROOT/bench/peers/torch_train.py" --device cuda --model "$model" --data "$DATA" --steps 300 |
                 sed -n 's/^samples_per_s=\([0-9.]*\).*/\1/p')")
     done
+    echo "$model runs: allround ${ours[*]}; pytorch ${peer[*]}"
     "$PY" -c "import statistics as s; a=[float(v) for v in '${ours[*]}'.split()]; b=[float(v) for v in '${peer[*]}'.split()]; print(f'$model: allround {s.median(a):.0f} samples/s, pytorch {s.median(b):.0f} samples/s, ratio={s.median(a)/s.median(b):.3f}')"
   done
 else
