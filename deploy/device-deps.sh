@@ -9,7 +9,7 @@
 # What goes in: the headers, CMake package files and link-time .so names of the -dev packages
 # below; the shared libraries they resolve to and every library those need in turn (by ldd),
 # except the C and C++ runtimes that every Linux machine has; protoc and grpc_cpp_plugin. Static
-# archives are left out where a shared library exists (GoogleTest ships only static ones).
+# archives are left out, except GoogleTest's (it has no shared ones) and those a CMake file names.
 # LibTorch, CUDA, NCCL and Open MPI are not packed: the GPU machine's PyTorch brings the first
 # three, and a machine without MPI builds without the MPI backend.
 set -euo pipefail
