@@ -9,6 +9,8 @@ PACKAGES=(
   build-essential cmake ninja-build pkg-config git ca-certificates
   # the crash and resume tests find and signal processes with pgrep and pkill
   procps
+  # deploy/device-deps.sh packs its archive with tar -J (the device_deps test runs it)
+  xz-utils
   # LibTorch (CPU) and a fast BLAS: Debian's reference BLAS makes matrix products ~25x slower
   libtorch-dev libopenblas0-pthread
   # collectives
