@@ -118,10 +118,20 @@ site_killed)
   "$COORD" "${JOB[@]}" "${EXTRA[@]}" --listen $ADDR --no-auth --insecure --run_dir "$TMP/run" \
     > "$TMP/coord.out" 2> "$TMP/coord.err" &
   coord=$!
-  site a 0 --insecure; site b 1 --insecure; site c 2 --insecure
+  site a 0 --insecure; site b 1 --insecure
+  # Site c must die before it submits round 1, however fast its training and however late this
+  # script gets to run: it dumps each update before submitting it, through a temporary file named
+  # after its pid, and that name for round 1 is a FIFO with no reader, made before the worker
+  # starts (exec keeps the pid). So c blocks there, after training, and round 1 never gets its
+  # update (before this, a loaded machine now and then let c submit before the kill).
+  mkdir -p "$TMP/c-updates"
+  bash -c 'mkfifo "$1/round-1-site-c.safetensors.tmp.$$" && shift && exec "$@"' _ "$TMP/c-updates" \
+    "$WORKER" "${JOB[@]}" "${EXTRA[@]}" --coordinator $ADDR --site c --site-index 2 --insecure \
+    --dump-updates "$TMP/c-updates" > /dev/null 2>> "$TMP/site-c.err" &
   victim=$!
   wait_for "$TMP/site-c.err" "round 1: training" 60 && kill -9 $victim
   echo "site c killed in round 1"
+  check "site c never submitted in round 1" '! grep -q "round 1 update" "$TMP/site-c.err"'
   wait_for "$TMP/coord.out" "^round 2/3" 60
   check "round 1 closed at its deadline with the two live sites" \
     'grep "^round 2/3" "$TMP/coord.out" | grep -q "(2 sites, .*closed at the deadline)"'
