@@ -11,7 +11,7 @@ start_job() {
     --train.epochs 1000 --threads 1 --train.progress_every_s 0.2 --comm.timeout_s "$2" \
     --checkpoint.enabled false --run_dir "$TMP/run" > "$TMP/out" 2>&1 &
   MPIRUN_PID=$!
-  for _ in $(seq 1 300); do grep -q "samples/s" "$TMP/out" && return 0; sleep 0.1; done
+  for _ in $(seq 1 1200); do grep -q "samples/s" "$TMP/out" && return 0; sleep 0.1; done
   echo "FAIL: training never started"; cat "$TMP/out"; exit 1
 }
 

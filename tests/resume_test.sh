@@ -24,7 +24,7 @@ ARGS+=("$@")
 
 "${LAUNCH[@]}" "$WORKER" "${ARGS[@]}" --run_dir "$TMP/killed" > /dev/null 2> "$TMP/killed.err" &
 pid=$!
-for _ in $(seq 1 600); do
+for _ in $(seq 1 3600); do  # up to 3 minutes on a loaded machine
   [[ $(grep -c "checkpoint .* saved" "$TMP/killed.err") -ge 3 ]] && break
   sleep 0.05
 done

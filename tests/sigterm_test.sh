@@ -13,7 +13,10 @@ passed=0 failed=0
 for sig in TERM INT; do
   "$WORKER" "${ARGS[@]}" --run_dir "$TMP/$sig" > /dev/null 2> "$TMP/$sig.err" &
   pid=$!
-  for _ in $(seq 1 400); do grep -q "epoch 2/4 step" "$TMP/$sig.err" && break; sleep 0.02; done
+  # Signal it once epoch 2 trains; however slow a loaded machine makes epoch 1 (no fixed cap that
+  # could send the signal in epoch 1 instead).
+  for _ in $(seq 1 6000); do grep -q "epoch 2/4 step" "$TMP/$sig.err" && break; sleep 0.02; done
+  grep -q "epoch 2/4 step" "$TMP/$sig.err" || { echo "FAIL SIG$sig: epoch 2 never started"; tail -5 "$TMP/$sig.err"; exit 1; }
   kill -$sig $pid
   wait $pid; rc=$?
   line=$(grep "stopped by signal" "$TMP/$sig.err")
