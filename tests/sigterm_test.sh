@@ -13,8 +13,8 @@ passed=0 failed=0
 for sig in TERM INT; do
   "$WORKER" "${ARGS[@]}" --run_dir "$TMP/$sig" > /dev/null 2> "$TMP/$sig.err" &
   pid=$!
-  # Signal it once epoch 2 trains; however slow a loaded machine makes epoch 1 (no fixed cap that
-  # could send the signal in epoch 1 instead).
+  # Signal it once epoch 2 trains. The wait is up to 2 minutes: a cap of a few seconds, which a
+  # loaded machine's epoch 1 can outlast, would send the signal in epoch 1 instead.
   for _ in $(seq 1 6000); do grep -q "epoch 2/4 step" "$TMP/$sig.err" && break; sleep 0.02; done
   grep -q "epoch 2/4 step" "$TMP/$sig.err" || { echo "FAIL SIG$sig: epoch 2 never started"; tail -5 "$TMP/$sig.err"; exit 1; }
   kill -$sig $pid
