@@ -48,10 +48,12 @@ wait_done() {
   wait "$1"
 }
 # site NAME INDEX ARGS...: a site process in the background; its stderr in $TMP/site-NAME.err.
+# A command in the array LAUNCH, when set, runs the worker (it must exec it, so $! stays its pid).
+LAUNCH=()
 site() {
   local name=$1 index=$2
   shift 2
-  "$WORKER" "${JOB[@]}" "${EXTRA[@]}" --coordinator $ADDR --site "$name" --site-index "$index" "$@" \
+  "${LAUNCH[@]}" "$WORKER" "${JOB[@]}" "${EXTRA[@]}" --coordinator $ADDR --site "$name" --site-index "$index" "$@" \
     > /dev/null 2>> "$TMP/site-$name.err" &
 }
 # three_sites: a coordinator dumping each global model and 3 sites dumping their updates, with the
@@ -125,10 +127,10 @@ site_killed)
   # starts (exec keeps the pid). So c blocks there, after training, and round 1 never gets its
   # update (before this, a loaded machine now and then let c submit before the kill).
   mkdir -p "$TMP/c-updates"
-  bash -c 'mkfifo "$1/round-1-site-c.safetensors.tmp.$$" && shift && exec "$@"' _ "$TMP/c-updates" \
-    "$WORKER" "${JOB[@]}" "${EXTRA[@]}" --coordinator $ADDR --site c --site-index 2 --insecure \
-    --dump-updates "$TMP/c-updates" > /dev/null 2>> "$TMP/site-c.err" &
+  LAUNCH=(bash -c 'mkfifo "$1/round-1-site-c.safetensors.tmp.$$" && shift && exec "$@"' _ "$TMP/c-updates")
+  site c 2 --insecure --dump-updates "$TMP/c-updates"
   victim=$!
+  LAUNCH=()
   wait_for "$TMP/site-c.err" "round 1: training" 60 && kill -9 $victim
   echo "site c killed in round 1"
   check "site c never submitted in round 1" '! grep -q "round 1 update" "$TMP/site-c.err"'
