@@ -6,6 +6,7 @@ Partitions: `shards` (federated_overhead: IID shards of a permutation seeded 1, 
 or NIID-Bench's as Flower's baseline (adap/flower baselines/niid_bench) draws them, with numpy
 default_rng(--partition-seed, 42 there): `iid`, `dirichlet` (--beta) and `labels`
 (--labels-per-site), with pixels in [0, 1] as its ToTensor gives them (--scale).
+--seed S seeds each site's batch order from (S, round, site).
 Prints each round's test accuracy and mean loss as round_accuracy=R:X and round_loss=R:X, the
 seconds between the evaluations after round 1 and after the last round divided by (rounds - 1) as
 s_per_round=X, and the final accuracy=X. --write-partition FILE and --write-init FILE write the
@@ -32,6 +33,10 @@ p.add_argument("--partition", default="shards", choices=["shards", "iid", "diric
 p.add_argument("--beta", type=float, default=0.5)
 p.add_argument("--labels-per-site", type=int, default=2)
 p.add_argument("--partition-seed", type=int, default=42)
+p.add_argument("--seed", type=int, default=None,
+               help="seed each site's batch order from (S, round, site) so a run can be repeated and its spread "
+                    "over batch orders measured (default: torch's global generator in each Ray actor, as "
+                    "Flower's baseline shuffles, which depends on which actor trained which site before)")
 p.add_argument("--scale", default=None, choices=["unit", "standardize"],
                help="pixels (default: standardize for shards, unit for NIID-Bench's partitions)")
 p.add_argument("--data", default="/usr/share/datasets/fashion-mnist")
@@ -172,8 +177,11 @@ class Client(NumPyClient):
         set_weights(model, parameters)
         opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-5)
         start = [p.detach().clone() for p in model.parameters()]
+        gen = None
+        if a.seed is not None:
+            gen = torch.Generator().manual_seed((a.seed * 1_000_003 + int(config["round"])) * 1_000_003 + self.pid)
         for _ in range(a.epochs):
-            order = torch.randperm(len(y))
+            order = torch.randperm(len(y), generator=gen)
             for s in range(0, len(y), a.batch):
                 b = order[s:s + a.batch]
                 opt.zero_grad()
@@ -213,6 +221,7 @@ def evaluate(server_round, parameters, config):
 def server_fn(context: Context):
     strategy = FedAvg(fraction_fit=a.sample / a.sites, min_fit_clients=a.sample, min_available_clients=a.sites,
                       fraction_evaluate=0.0, min_evaluate_clients=0, evaluate_fn=evaluate,
+                      on_fit_config_fn=lambda server_round: {"round": server_round},
                       initial_parameters=ndarrays_to_parameters(get_weights(initial_model())))
     return ServerAppComponents(strategy=strategy, config=ServerConfig(num_rounds=a.rounds))
 
