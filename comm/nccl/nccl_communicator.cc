@@ -5,6 +5,7 @@
 #include <nccl.h>
 
 #include <cstring>
+#include <optional>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
@@ -34,6 +35,24 @@ absl::StatusOr<ncclDataType_t> NcclType(at::ScalarType t) {
     case at::kChar: return ncclInt8;
     default: return absl::InvalidArgumentError(absl::StrCat("NCCL backend: unsupported dtype ", c10::toString(t)));
   }
+}
+
+// A non-blocking communicator may answer a call with ncclInProgress: the call is still being
+// carried out (initialization, or a collective whose connections are set up lazily, at its first
+// use). Until the communicator's state leaves ncclInProgress, no other NCCL call may be made and
+// nothing may be queued on its stream, so this polls it until `deadline`, then aborts the
+// communicator. Returns the final state (ncclSuccess or an error), or nullopt on timeout.
+std::optional<ncclResult_t> AwaitProgress(ncclComm_t comm, ncclResult_t started, Clock::time_point deadline) {
+  ncclResult_t state = started;
+  while (state == ncclInProgress) {
+    if (Clock::now() > deadline) {
+      ncclCommAbort(comm);
+      return std::nullopt;
+    }
+    std::this_thread::sleep_for(std::chrono::microseconds(100));
+    if (ncclResult_t r = ncclCommGetAsyncError(comm, &state); r != ncclSuccess) state = r;
+  }
+  return state;
 }
 
 ncclRedOp_t NcclOp(ReduceOp op) {
@@ -69,6 +88,7 @@ class NcclWork final : public Work {
 
   absl::Status Wait(std::chrono::milliseconds timeout) override {
     if (!early_.ok()) return early_;
+    cudaSetDevice(shared_->device);  // the default stream made to wait below is this device's
     const auto deadline = Clock::now() + timeout;
     for (;;) {
       const cudaError_t q = cudaEventQuery(done_);
@@ -148,18 +168,30 @@ class NcclCommunicator final : public Communicator {
     if (!type.ok()) return Failed(what, type.status());
     cudaSetDevice(shared_->device);
     cudaEvent_t ready = nullptr, done = nullptr;
-    cudaEventCreateWithFlags(&ready, cudaEventDisableTiming);
-    cudaEventCreateWithFlags(&done, cudaEventDisableTiming);
-    // After everything already queued on the default stream (where LibTorch computes).
-    cudaEventRecord(ready, cudaStreamLegacy);
-    cudaStreamWaitEvent(shared_->stream, ready, 0);
-    cudaEventDestroy(ready);
-    const ncclResult_t r = call(*type);
-    if (r != ncclSuccess && r != ncclInProgress) {
-      cudaEventDestroy(done);
-      return Failed(what, NcclError(r, what));
+    if (cudaError_t e = cudaEventCreateWithFlags(&ready, cudaEventDisableTiming); e != cudaSuccess) {
+      return Failed(what, CudaError(e, what));
     }
-    cudaEventRecord(done, shared_->stream);
+    // After everything already queued on the default stream (where LibTorch computes).
+    cudaError_t e = cudaEventRecord(ready, cudaStreamLegacy);
+    if (e == cudaSuccess) e = cudaStreamWaitEvent(shared_->stream, ready, 0);
+    cudaEventDestroy(ready);
+    if (e == cudaSuccess) e = cudaEventCreateWithFlags(&done, cudaEventDisableTiming);
+    if (e != cudaSuccess) return Failed(what, CudaError(e, what));
+    // The call may still be queuing the collective when it returns ncclInProgress: the completion
+    // event goes on the stream only once it has.
+    const auto state = AwaitProgress(shared_->comm, call(*type), Clock::now() + timeout());
+    if (!state.has_value()) shared_->aborted = true;
+    if (!state.has_value() || *state != ncclSuccess) {
+      cudaEventDestroy(done);
+      return Failed(what, state.has_value() ? NcclError(*state, what)
+                                            : absl::DeadlineExceededError(absl::StrCat(
+                                                  what, " was not queued within ", timeout().count(),
+                                                  " ms: a peer rank died or stopped calling collectives")));
+    }
+    if (e = cudaEventRecord(done, shared_->stream); e != cudaSuccess) {
+      cudaEventDestroy(done);
+      return Failed(what, CudaError(e, what));
+    }
     return std::make_unique<NcclWork>(shared_, done, std::move(keep), what, absl::OkStatus());
   }
 
@@ -201,24 +233,20 @@ absl::StatusOr<std::unique_ptr<Communicator>> MakeNcclCommunicator(int rank, int
   ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
   config.blocking = 0;
   ncclResult_t r = ncclCommInitRankConfig(&shared->comm, world_size, id, rank, &config);
-  const auto deadline = Clock::now() + timeout;
-  while (r == ncclInProgress || r == ncclSuccess) {
-    ncclResult_t state = ncclSuccess;
-    ncclCommGetAsyncError(shared->comm, &state);
-    if (state == ncclSuccess) break;
-    if (state != ncclInProgress) {
-      r = state;
-      break;
-    }
-    if (Clock::now() > deadline) {
+  if (r == ncclSuccess) ncclCommGetAsyncError(shared->comm, &r);  // may still be in progress
+  const auto state = AwaitProgress(shared->comm, r, Clock::now() + timeout);
+  if (!state.has_value()) {
+    shared->aborted = true;
+    return absl::DeadlineExceededError(absl::StrCat("NCCL init of rank ", rank, " of ", world_size,
+                                                    " did not finish within ", timeout.count(), " ms"));
+  }
+  if (*state != ncclSuccess) {
+    if (shared->comm != nullptr) {
       ncclCommAbort(shared->comm);
       shared->aborted = true;
-      return absl::DeadlineExceededError(absl::StrCat("NCCL init of rank ", rank, " of ", world_size,
-                                                      " did not finish within ", timeout.count(), " ms"));
     }
-    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    return NcclError(*state, "ncclCommInitRankConfig");
   }
-  if (r != ncclSuccess && r != ncclInProgress) return NcclError(r, "ncclCommInitRankConfig");
   return std::unique_ptr<Communicator>(std::make_unique<NcclCommunicator>(std::move(shared), rank, world_size));
 }
 
