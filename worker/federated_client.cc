@@ -101,9 +101,12 @@ struct Shared {
 // Control messages from a group's rank 0 to the others: [kind, round, epochs, mu].
 enum GroupKind { kGroupWait = 0, kGroupTrain = 1, kGroupStop = 2 };
 
+// Through the group's device: the NCCL backend takes only CUDA tensors.
 absl::Status BroadcastControl(comm::Communicator& group, at::Tensor& control) {
-  auto work = group.Broadcast(control, 0);
-  return work->Wait(group.timeout());
+  at::Tensor staged = control.to(group.device());
+  if (auto s = group.Broadcast(staged, 0)->Wait(group.timeout()); !s.ok()) return s;
+  if (!staged.is_same(control)) control.copy_(staged);
+  return absl::OkStatus();
 }
 
 class Site {
