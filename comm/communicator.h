@@ -51,9 +51,10 @@ class Communicator {
   virtual std::unique_ptr<Work> AllGather(const at::Tensor& input, at::Tensor& output) = 0;
   virtual std::unique_ptr<Work> Barrier() = 0;
 
-  // The default timeout for a blocking wait (the job's collective timeout).
+  // The default timeout for a blocking wait (the job's collective timeout). A wrapping
+  // communicator passes set_timeout on to the one it wraps.
   std::chrono::milliseconds timeout() const { return timeout_; }
-  void set_timeout(std::chrono::milliseconds t) { timeout_ = t; }
+  virtual void set_timeout(std::chrono::milliseconds t) { timeout_ = t; }
 
  private:
   std::chrono::milliseconds timeout_{std::chrono::minutes(5)};

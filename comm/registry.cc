@@ -7,6 +7,7 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "comm/checked_communicator.h"
 #include "comm/rendezvous.h"
 
 #if defined(ALLROUND_HAVE_MPI)
@@ -99,6 +100,7 @@ class NcclContext final : public CommContext {
     auto comm = MakeNcclCommunicator(rank, world, local % devices, id, timeout);
     if (!comm.ok()) return comm.status();
     ctx->nccl_ = *std::move(comm);
+    if (CommDebugEnabled() && world > 1) ctx->nccl_ = MakeCheckedCommunicator(std::move(ctx->nccl_));
     return std::unique_ptr<CommContext>(std::move(ctx));
   }
   ~NcclContext() override {

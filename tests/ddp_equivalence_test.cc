@@ -11,6 +11,7 @@
 #include "algorithms/models/network.h"
 #include "algorithms/modes/dino.h"
 #include "algorithms/modes/gan.h"
+#include "comm/checked_communicator.h"
 #include "comm/reducer.h"
 #include "comm/registry.h"
 #include "worker/trainer.h"
@@ -192,6 +193,42 @@ TEST(CommDebug, MismatchedCollectivesAreNamed) {
   at::Tensor ok = torch::ones({5});
   ASSERT_TRUE(g_comm->AllReduce(ok, comm::ReduceOp::kSum)->Wait(std::chrono::seconds(60)).ok());
   EXPECT_EQ(ok[0].item<float>(), g_comm->size());  // the communicator still works afterwards
+}
+
+// The same check as a wrapper, for backends without their own (the registry puts NCCL in it):
+// here over the MPI backend, and in the entries without ALLROUND_COMM_DEBUG the wrapper alone can
+// catch the mismatch.
+TEST(CommDebug, CheckedCommunicatorNamesMismatchesOverAnyBackend) {
+  const int n = g_comm->size(), r = g_comm->rank();
+  const auto before = g_comm->timeout();
+  auto checked = comm::MakeCheckedCommunicator(g_comm);
+  checked->set_timeout(std::chrono::seconds(60));
+  EXPECT_EQ(g_comm->timeout(), std::chrono::seconds(60));  // passed on to the wrapped one
+  // Different collectives: rank 1 broadcasts while the others allreduce.
+  at::Tensor t = torch::ones({10});
+  absl::Status s = (r == 1 ? checked->Broadcast(t, 0) : checked->AllReduce(t, comm::ReduceOp::kSum))->Wait(
+      std::chrono::seconds(60));
+  EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(std::string(s.message()),
+              ::testing::AllOf(::testing::HasSubstr("rank 0: allreduce of 10 elements (Float)"),
+                               ::testing::HasSubstr("rank 1: broadcast of 10 elements (Float)")));
+  EXPECT_TRUE(t.equal(torch::ones({10})));  // nothing was reduced
+  // The same collective with different sizes and dtypes.
+  at::Tensor u = r == 0 ? torch::ones({7}, torch::kDouble) : torch::ones({9});
+  s = checked->AllReduce(u, comm::ReduceOp::kSum)->Wait(std::chrono::seconds(60));
+  EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(std::string(s.message()),
+              ::testing::AllOf(::testing::HasSubstr("rank 0: allreduce of 7 elements (Double)"),
+                               ::testing::HasSubstr("rank 1: allreduce of 9 elements (Float)")));
+  // Matching calls still go through, with the right results.
+  at::Tensor ok = torch::full({5}, static_cast<float>(r + 1));
+  ASSERT_TRUE(checked->AllReduce(ok, comm::ReduceOp::kSum)->Wait(std::chrono::seconds(60)).ok());
+  EXPECT_EQ(ok[4].item<float>(), n * (n + 1) / 2.0f);
+  at::Tensor out = torch::empty({n}, torch::kLong);
+  ASSERT_TRUE(checked->AllGather(torch::tensor({int64_t{r}}), out)->Wait(std::chrono::seconds(60)).ok());
+  EXPECT_TRUE(out.equal(torch::arange(n, torch::kLong)));
+  ASSERT_TRUE(checked->Barrier()->Wait(std::chrono::seconds(60)).ok());
+  g_comm->set_timeout(before);
 }
 
 TEST(Collectives, AverageBroadcastAllGather) {

@@ -16,6 +16,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "comm/checked_communicator.h"
 
 namespace allround::comm {
 namespace {
@@ -97,7 +98,7 @@ class MpiWork final : public Work {
 class MpiCommunicator final : public Communicator {
  public:
   MpiCommunicator(MPI_Comm comm, int rank, int size) : comm_(comm), rank_(rank), size_(size) {
-    debug_ = std::getenv("ALLROUND_COMM_DEBUG") != nullptr && std::string(std::getenv("ALLROUND_COMM_DEBUG")) == "1";
+    debug_ = CommDebugEnabled();
     thread_ = std::thread([this] { Loop(); });
   }
 
@@ -139,7 +140,7 @@ class MpiCommunicator final : public Communicator {
       auto type = MpiType(t.scalar_type());
       if (!type.ok()) return type.status();
       if (auto s = CheckLayout(t, "allreduce"); !s.ok()) return s;
-      if (auto s = DebugCheck(1, t); !s.ok()) return s;
+      if (auto s = DebugCheck(CollectiveOp::kAllReduce, t); !s.ok()) return s;
       const int rc = MPI_Allreduce(MPI_IN_PLACE, t.data_ptr(), static_cast<int>(t.numel()), *type, MpiOp(op), comm_);
       if (rc != MPI_SUCCESS) return MpiError(rc, "MPI_Allreduce");
       if (op == ReduceOp::kAverage) {
@@ -159,7 +160,7 @@ class MpiCommunicator final : public Communicator {
       auto type = MpiType(t.scalar_type());
       if (!type.ok()) return type.status();
       if (auto s = CheckLayout(t, "broadcast"); !s.ok()) return s;
-      if (auto s = DebugCheck(2, t); !s.ok()) return s;
+      if (auto s = DebugCheck(CollectiveOp::kBroadcast, t); !s.ok()) return s;
       const int rc = MPI_Bcast(t.data_ptr(), static_cast<int>(t.numel()), *type, root, comm_);
       return rc == MPI_SUCCESS ? absl::OkStatus() : MpiError(rc, "MPI_Bcast");
     });
@@ -175,7 +176,7 @@ class MpiCommunicator final : public Communicator {
         return absl::InvalidArgumentError(absl::StrCat("allgather: output needs ", in.numel() * size_,
                                                        " contiguous elements of the input's dtype"));
       }
-      if (auto s = DebugCheck(3, in); !s.ok()) return s;
+      if (auto s = DebugCheck(CollectiveOp::kAllGather, in); !s.ok()) return s;
       const int rc = MPI_Allgather(in.data_ptr(), static_cast<int>(in.numel()), *type, out.data_ptr(),
                                    static_cast<int>(in.numel()), *type, comm_);
       return rc == MPI_SUCCESS ? absl::OkStatus() : MpiError(rc, "MPI_Allgather");
@@ -184,7 +185,7 @@ class MpiCommunicator final : public Communicator {
 
   std::unique_ptr<Work> Barrier() override {
     return Enqueue("barrier", at::Tensor(), [this]() -> absl::Status {
-      if (auto s = DebugCheck(4, at::Tensor()); !s.ok()) return s;
+      if (auto s = DebugCheck(CollectiveOp::kBarrier, at::Tensor()); !s.ok()) return s;
       const int rc = MPI_Barrier(comm_);
       return rc == MPI_SUCCESS ? absl::OkStatus() : MpiError(rc, "MPI_Barrier");
     });
@@ -234,27 +235,17 @@ class MpiCommunicator final : public Communicator {
   }
 
   // With ALLROUND_COMM_DEBUG=1: every rank shares (op, dtype, numel); any disagreement fails on
-  // every rank with the same message naming who called what.
-  absl::Status DebugCheck(int64_t op, const at::Tensor& t) {
+  // every rank with the same message naming who called what. The check of
+  // comm/checked_communicator.h, made here on the communication thread so the issuing thread
+  // never waits for it.
+  absl::Status DebugCheck(CollectiveOp op, const at::Tensor& t) {
     if (!debug_) return absl::OkStatus();
-    int64_t mine[3] = {op, t.defined() ? static_cast<int64_t>(t.scalar_type()) : -1, t.defined() ? t.numel() : 0};
-    std::vector<int64_t> all(3 * size_);
-    const int rc = MPI_Allgather(mine, 3, MPI_INT64_T, all.data(), 3, MPI_INT64_T, comm_);
+    std::vector<int64_t> mine = CollectiveSignature(op, t);
+    std::vector<int64_t> all(mine.size() * size_);
+    const int n = static_cast<int>(mine.size());
+    const int rc = MPI_Allgather(mine.data(), n, MPI_INT64_T, all.data(), n, MPI_INT64_T, comm_);
     if (rc != MPI_SUCCESS) return MpiError(rc, "debug check");
-    static const char* kNames[] = {"?", "allreduce", "broadcast", "allgather", "barrier"};
-    bool same = true;
-    for (int r = 1; r < size_; ++r) {
-      for (int i = 0; i < 3; ++i) same = same && all[3 * r + i] == all[i];
-    }
-    if (same) return absl::OkStatus();
-    std::vector<std::string> calls;
-    for (int r = 0; r < size_; ++r) {
-      const int64_t o = all[3 * r];
-      calls.push_back(absl::StrCat("rank ", r, ": ", kNames[o >= 0 && o <= 4 ? o : 0], " of ", all[3 * r + 2],
-                                   " elements"));
-    }
-    return absl::FailedPreconditionError(
-        absl::StrCat("ranks called mismatched collectives: ", absl::StrJoin(calls, "; ")));
+    return CompareSignatures(all, size_);
   }
 
   void Loop() {
