@@ -106,5 +106,8 @@ check "--resume auto refuses the corrupt checkpoint with one clear error" \
 "$WORKER" "${ARGS[@]}" --train.epochs 4 --resume simple_cnn/0000000002 > /dev/null 2> "$TMP/prev.err"; rc=$?
 check "--resume with the previous id resumes from it" \
   '[[ $rc -eq 0 ]] && grep -q "resumed from checkpoint simple_cnn/0000000002 (round 2" "$TMP/prev.err"'
+"$CKPT" lsit "$DB" > /dev/null 2> "$TMP/sub.err"; rc=$?
+check "a mistyped subcommand is named, with the known ones" \
+  '[[ $rc -eq 2 ]] && grep -q "unknown subcommand .lsit. (one of: ls, show, verify, export, import, prune, diff)" "$TMP/sub.err"'
 echo "$passed passed, $failed failed"
 [[ $failed -eq 0 ]]
