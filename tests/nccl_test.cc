@@ -5,6 +5,7 @@
 #include <torch/torch.h>
 
 #include "algorithms/models/network.h"
+#include "comm/checked_communicator.h"
 #include "comm/nccl/nccl_communicator.h"
 #include "comm/reducer.h"
 
@@ -41,6 +42,23 @@ TEST_F(Nccl, CollectivesOnCudaTensors) {
   at::Tensor cpu = torch::ones({4});
   EXPECT_EQ(comm_->AllReduce(cpu, ReduceOp::kSum)->Wait(std::chrono::seconds(30)).code(),
             absl::StatusCode::kInvalidArgument);  // CPU tensors are refused, with a reason
+}
+
+// ALLROUND_COMM_DEBUG's wrapper over NCCL: its signature exchange runs on the GPU (an allgather
+// of int64, read back to the host) and matching calls go through to the backend unchanged.
+TEST_F(Nccl, CheckedWrapperPassesMatchingCallsThrough) {
+  auto checked = MakeCheckedCommunicator(comm_.get());
+  checked->set_timeout(std::chrono::seconds(30));
+  EXPECT_EQ(checked->device(), comm_->device());
+  const auto cuda = torch::TensorOptions().device(torch::kCUDA);
+  at::Tensor t = torch::arange(100, cuda.dtype(torch::kDouble));
+  const at::Tensor want = t.clone();
+  ASSERT_TRUE(checked->AllReduce(t, ReduceOp::kSum)->Wait(std::chrono::seconds(30)).ok());
+  EXPECT_TRUE(t.equal(want));
+  at::Tensor out = torch::empty({100}, cuda.dtype(torch::kDouble));
+  ASSERT_TRUE(checked->AllGather(t, out)->Wait(std::chrono::seconds(30)).ok());
+  EXPECT_TRUE(out.equal(want));
+  ASSERT_TRUE(checked->Barrier()->Wait(std::chrono::seconds(30)).ok());
 }
 
 TEST_F(Nccl, ReducerOnGpuLeavesAGroupOfOnesGradientsUnchanged) {
