@@ -73,7 +73,9 @@ absl::Status TensorAssembler::Add(const allround::v1::TensorChunk& c) {
   if (filled_ + c.data().size() > expected_) {
     return absl::InvalidArgumentError(absl::StrCat("tensor ", name_, ": more than its ", expected_, " bytes"));
   }
-  std::memcpy(static_cast<char*>(current_.data_ptr()) + filled_, c.data().data(), c.data().size());
+  if (!c.data().empty()) {  // an empty tensor has no storage: no pointer to copy to
+    std::memcpy(static_cast<char*>(current_.data_ptr()) + filled_, c.data().data(), c.data().size());
+  }
   filled_ += c.data().size();
   return absl::OkStatus();
 }

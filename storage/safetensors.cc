@@ -82,7 +82,7 @@ absl::StatusOr<NamedTensors> ReadSafetensors(const std::string& path) {
       if (off.size() != 2 || off[1] < off[0] || off[1] > data_size || off[1] - off[0] != n) {
         return Bad(path, absl::StrCat("tensor ", name, ": data_offsets do not fit its shape or the file"));
       }
-      std::memcpy(t.data_ptr(), data + off[0], n);
+      if (n > 0) std::memcpy(t.data_ptr(), data + off[0], n);  // an empty tensor has no storage
       found.push_back({off[0], {name, t}});
     } catch (const nlohmann::json::exception& ex) {
       return Bad(path, absl::StrCat("tensor ", name, ": ", ex.what()));

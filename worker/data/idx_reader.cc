@@ -92,7 +92,7 @@ absl::StatusOr<at::Tensor> ReadIdxUint8(const std::string& path, int expected_di
     return FileError(path, absl::StrCat("has ", have - count, " bytes after the data the header describes"));
   }
   at::Tensor t = at::empty(dims, at::kByte);
-  std::memcpy(t.data_ptr<uint8_t>(), bytes.data() + header, count);
+  if (count > 0) std::memcpy(t.data_ptr<uint8_t>(), bytes.data() + header, count);  // no storage when empty
   return t;
 }
 
