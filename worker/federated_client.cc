@@ -98,7 +98,7 @@ struct Shared {
   bool many = false;
 };
 
-// Control messages from a group's rank 0 to the others: [kind, round, epochs, mu].
+// Control messages from a group's rank 0 to the others: [kind, round, epochs, mu, model version].
 enum GroupKind { kGroupWait = 0, kGroupTrain = 1, kGroupStop = 2 };
 
 // Through the group's device: the NCCL backend takes only CUDA tensors.
