@@ -13,15 +13,6 @@ namespace {
 
 constexpr int kSignatureLength = 3;
 
-class FailedWorkImpl final : public Work {
- public:
-  explicit FailedWorkImpl(absl::Status status) : status_(std::move(status)) {}
-  absl::Status Wait(std::chrono::milliseconds) override { return status_; }
-
- private:
-  absl::Status status_;
-};
-
 class CheckedCommunicator final : public Communicator {
  public:
   CheckedCommunicator(Communicator* inner, std::unique_ptr<Communicator> owned)
@@ -39,19 +30,19 @@ class CheckedCommunicator final : public Communicator {
   }
 
   std::unique_ptr<Work> AllReduce(at::Tensor& t, ReduceOp op) override {
-    if (auto s = Check(CollectiveOp::kAllReduce, t); !s.ok()) return FailedWork(std::move(s));
+    if (auto s = Check(CollectiveOp::kAllReduce, t); !s.ok()) return CompletedWork(std::move(s));
     return inner_->AllReduce(t, op);
   }
   std::unique_ptr<Work> Broadcast(at::Tensor& t, int root) override {
-    if (auto s = Check(CollectiveOp::kBroadcast, t); !s.ok()) return FailedWork(std::move(s));
+    if (auto s = Check(CollectiveOp::kBroadcast, t); !s.ok()) return CompletedWork(std::move(s));
     return inner_->Broadcast(t, root);
   }
   std::unique_ptr<Work> AllGather(const at::Tensor& in, at::Tensor& out) override {
-    if (auto s = Check(CollectiveOp::kAllGather, in); !s.ok()) return FailedWork(std::move(s));
+    if (auto s = Check(CollectiveOp::kAllGather, in); !s.ok()) return CompletedWork(std::move(s));
     return inner_->AllGather(in, out);
   }
   std::unique_ptr<Work> Barrier() override {
-    if (auto s = Check(CollectiveOp::kBarrier, at::Tensor()); !s.ok()) return FailedWork(std::move(s));
+    if (auto s = Check(CollectiveOp::kBarrier, at::Tensor()); !s.ok()) return CompletedWork(std::move(s));
     return inner_->Barrier();
   }
 
@@ -106,8 +97,6 @@ absl::Status CompareSignatures(const std::vector<int64_t>& all, int size) {
   }
   return absl::FailedPreconditionError(absl::StrCat("ranks called mismatched collectives: ", absl::StrJoin(calls, "; ")));
 }
-
-std::unique_ptr<Work> FailedWork(absl::Status status) { return std::make_unique<FailedWorkImpl>(std::move(status)); }
 
 std::unique_ptr<Communicator> MakeCheckedCommunicator(Communicator* inner) {
   return std::make_unique<CheckedCommunicator>(inner, nullptr);

@@ -35,9 +35,6 @@ std::vector<int64_t> CollectiveSignature(CollectiveOp op, const at::Tensor& t);
 // FailedPrecondition "ranks called mismatched collectives: rank 0: allreduce of 10 elements; ...".
 absl::Status CompareSignatures(const std::vector<int64_t>& all, int size);
 
-// A Work that has already failed with `status`.
-std::unique_ptr<Work> FailedWork(absl::Status status);
-
 // Wraps `inner` (not owned; it must outlive the result) in the check. set_timeout on the result
 // sets the inner communicator's too.
 std::unique_ptr<Communicator> MakeCheckedCommunicator(Communicator* inner);

@@ -60,6 +60,9 @@ class Communicator {
   std::chrono::milliseconds timeout_{std::chrono::minutes(5)};
 };
 
+// A Work that is already complete, with `status` (OK or the reason a collective was refused).
+std::unique_ptr<Work> CompletedWork(absl::Status status);
+
 // A worker group of one process: every collective is complete at once (the sum over one rank is
 // the tensor itself). Lets single-process code run the same sharded evaluation and training path.
 std::unique_ptr<Communicator> MakeLocalCommunicator();

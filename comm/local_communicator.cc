@@ -5,9 +5,13 @@
 namespace allround::comm {
 namespace {
 
-class DoneWork final : public Work {
+class CompletedWorkImpl final : public Work {
  public:
-  absl::Status Wait(std::chrono::milliseconds) override { return absl::OkStatus(); }
+  explicit CompletedWorkImpl(absl::Status status) : status_(std::move(status)) {}
+  absl::Status Wait(std::chrono::milliseconds) override { return status_; }
+
+ private:
+  absl::Status status_;
 };
 
 class LocalCommunicator final : public Communicator {
@@ -17,17 +21,21 @@ class LocalCommunicator final : public Communicator {
   std::string backend() const override { return "local"; }
 
   std::unique_ptr<Work> AllReduce(at::Tensor&, ReduceOp) override {
-    return std::make_unique<DoneWork>();
+    return CompletedWork(absl::OkStatus());
   }
-  std::unique_ptr<Work> Broadcast(at::Tensor&, int) override { return std::make_unique<DoneWork>(); }
+  std::unique_ptr<Work> Broadcast(at::Tensor&, int) override { return CompletedWork(absl::OkStatus()); }
   std::unique_ptr<Work> AllGather(const at::Tensor& input, at::Tensor& output) override {
     output.view(input.sizes()).copy_(input);
-    return std::make_unique<DoneWork>();
+    return CompletedWork(absl::OkStatus());
   }
-  std::unique_ptr<Work> Barrier() override { return std::make_unique<DoneWork>(); }
+  std::unique_ptr<Work> Barrier() override { return CompletedWork(absl::OkStatus()); }
 };
 
 }  // namespace
+
+std::unique_ptr<Work> CompletedWork(absl::Status status) {
+  return std::make_unique<CompletedWorkImpl>(std::move(status));
+}
 
 std::unique_ptr<Communicator> MakeLocalCommunicator() { return std::make_unique<LocalCommunicator>(); }
 

@@ -79,15 +79,13 @@ struct Shared {
 
 class NcclWork final : public Work {
  public:
-  NcclWork(std::shared_ptr<Shared> shared, cudaEvent_t done, std::vector<at::Tensor> keep, std::string what,
-           absl::Status early)
-      : shared_(std::move(shared)), done_(done), keep_(std::move(keep)), what_(std::move(what)), early_(early) {}
+  NcclWork(std::shared_ptr<Shared> shared, cudaEvent_t done, std::vector<at::Tensor> keep, std::string what)
+      : shared_(std::move(shared)), done_(done), keep_(std::move(keep)), what_(std::move(what)) {}
   ~NcclWork() override {
     if (done_ != nullptr) cudaEventDestroy(done_);
   }
 
   absl::Status Wait(std::chrono::milliseconds timeout) override {
-    if (!early_.ok()) return early_;
     cudaSetDevice(shared_->device);  // the default stream made to wait below is this device's
     const auto deadline = Clock::now() + timeout;
     for (;;) {
@@ -115,7 +113,6 @@ class NcclWork final : public Work {
   cudaEvent_t done_;
   std::vector<at::Tensor> keep_;  // alive until the collective is done
   std::string what_;
-  absl::Status early_;
 };
 
 class NcclCommunicator final : public Communicator {
@@ -140,7 +137,7 @@ class NcclCommunicator final : public Communicator {
   }
   std::unique_ptr<Work> AllGather(const at::Tensor& in, at::Tensor& out) override {
     if (out.numel() != in.numel() * size_) {
-      return Failed("allgather", absl::InvalidArgumentError("allgather: output needs size() x input elements"));
+      return CompletedWork(absl::InvalidArgumentError("allgather: output needs size() x input elements"));
     }
     return Launch("allgather", {in, out}, in, [&](ncclDataType_t type) {
       return ncclAllGather(in.data_ptr(), out.data_ptr(), in.numel(), type, shared_->comm, shared_->stream);
@@ -152,47 +149,43 @@ class NcclCommunicator final : public Communicator {
   }
 
  private:
-  std::unique_ptr<Work> Failed(const std::string& what, absl::Status s) {
-    return std::make_unique<NcclWork>(shared_, nullptr, std::vector<at::Tensor>{}, what, std::move(s));
-  }
-
   template <typename Call>
   std::unique_ptr<Work> Launch(const char* name, std::vector<at::Tensor> keep, const at::Tensor& t, Call call) {
     const std::string what = absl::StrCat(name, " #", seq_++, " on rank ", rank_, " of ", size_, " (",
                                           c10::toString(t.scalar_type()), " x ", t.numel(), ")");
-    if (shared_->aborted) return Failed(what, absl::FailedPreconditionError(what + ": communicator was aborted"));
+    if (shared_->aborted) return CompletedWork(absl::FailedPreconditionError(what + ": communicator was aborted"));
     if (!t.is_cuda() || !t.is_contiguous()) {
-      return Failed(what, absl::InvalidArgumentError(what + ": the NCCL backend takes contiguous CUDA tensors"));
+      return CompletedWork(absl::InvalidArgumentError(what + ": the NCCL backend takes contiguous CUDA tensors"));
     }
     auto type = NcclType(t.scalar_type());
-    if (!type.ok()) return Failed(what, type.status());
+    if (!type.ok()) return CompletedWork(type.status());
     cudaSetDevice(shared_->device);
     cudaEvent_t ready = nullptr, done = nullptr;
     if (cudaError_t e = cudaEventCreateWithFlags(&ready, cudaEventDisableTiming); e != cudaSuccess) {
-      return Failed(what, CudaError(e, what));
+      return CompletedWork(CudaError(e, what));
     }
     // After everything already queued on the default stream (where LibTorch computes).
     cudaError_t e = cudaEventRecord(ready, cudaStreamLegacy);
     if (e == cudaSuccess) e = cudaStreamWaitEvent(shared_->stream, ready, 0);
     cudaEventDestroy(ready);
     if (e == cudaSuccess) e = cudaEventCreateWithFlags(&done, cudaEventDisableTiming);
-    if (e != cudaSuccess) return Failed(what, CudaError(e, what));
+    if (e != cudaSuccess) return CompletedWork(CudaError(e, what));
     // The call may still be queuing the collective when it returns ncclInProgress: the completion
     // event goes on the stream only once it has.
     const auto state = AwaitProgress(shared_->comm, call(*type), Clock::now() + timeout());
     if (!state.has_value()) shared_->aborted = true;
     if (!state.has_value() || *state != ncclSuccess) {
       cudaEventDestroy(done);
-      return Failed(what, state.has_value() ? NcclError(*state, what)
+      return CompletedWork(state.has_value() ? NcclError(*state, what)
                                             : absl::DeadlineExceededError(absl::StrCat(
                                                   what, " was not queued within ", timeout().count(),
                                                   " ms: a peer rank died or stopped calling collectives")));
     }
     if (e = cudaEventRecord(done, shared_->stream); e != cudaSuccess) {
       cudaEventDestroy(done);
-      return Failed(what, CudaError(e, what));
+      return CompletedWork(CudaError(e, what));
     }
-    return std::make_unique<NcclWork>(shared_, done, std::move(keep), what, absl::OkStatus());
+    return std::make_unique<NcclWork>(shared_, done, std::move(keep), what);
   }
 
   std::shared_ptr<Shared> shared_;
