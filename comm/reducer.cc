@@ -3,6 +3,7 @@
 #include <torch/torch.h>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 
 namespace allround::comm {
 
@@ -52,9 +53,12 @@ Reducer::~Reducer() {
 }
 
 void Reducer::OnGradient(int param, const at::Tensor& grad) {
-  if (!armed_ || ready_[param]) return;
+  if (!armed_) return;
+  if (ready_[param]) {  // a second backward since BeforeBackward: its gradient would miss the average
+    if (second_gradient_ < 0) second_gradient_ = param;
+    return;
+  }
   Bucket& b = buckets_[bucket_of_[param]];
-  if (b.work) return;  // already launched (a gradient arriving after AfterBackward's fill)
   at::Tensor slot = b.flat.narrow(0, b.offsets[slot_of_[param]], params_[param].numel()).view(params_[param].sizes());
   const at::Tensor& acc = params_[param].grad();
   if (acc.defined()) {
@@ -103,6 +107,14 @@ absl::Status Reducer::AfterBackward() {
     absl::Status s = bucket.work->Wait(comm_->timeout());
     if (!s.ok() && status.ok()) status = s;
   }
+  if (status.ok() && second_gradient_ >= 0) {
+    // Every bucket was still reduced, so the ranks stay in step; .grad keeps the local sum.
+    const at::Tensor& p = params_[second_gradient_];
+    status = absl::FailedPreconditionError(absl::StrCat(
+        "parameter ", second_gradient_, " (shape [", absl::StrJoin(p.sizes(), ", "),
+        "]) got a gradient from a second backward after BeforeBackward; its bucket's average would miss "
+        "it. Call BeforeBackward and AfterBackward around each backward, or sum the losses into one"));
+  }
   if (status.ok()) {
     for (Bucket& bucket : buckets_) {
       for (size_t k = 0; k < bucket.params.size(); ++k) {
@@ -127,6 +139,7 @@ void Reducer::ResetForNextBackward() {
   }
   std::fill(ready_.begin(), ready_.end(), false);
   next_launch_ = 0;
+  second_gradient_ = -1;
 }
 
 absl::Status BroadcastFromRoot(Communicator& comm, const std::vector<at::Tensor>& tensors) {

@@ -10,7 +10,9 @@
 // got no gradient contributes zeros, so no rank waits for it), waits for every bucket, and writes
 // the averages into each parameter's .grad.
 //
-// Call BeforeBackward() before each backward and AfterBackward() after it.
+// Call BeforeBackward() before each backward and AfterBackward() after it. A second backward in
+// between that reaches a parameter again is an error (AfterBackward says which parameter), not a
+// gradient silently left out of the average, as in PyTorch DDP.
 // Gradient accumulation: set_sync(false) for the first K-1 micro-batches (no communication);
 // on the K-th, the hooks bucket the accumulated sum (.grad so far plus the new gradient).
 // Several Reducers may coexist over disjoint parameter sets (a GAN's discriminator and
@@ -76,6 +78,7 @@ class Reducer final : public GradientSync {
   std::vector<bool> ready_;          // param's gradient is in its bucket this backward
   std::vector<unsigned> hook_ids_;
   int next_launch_ = 0;
+  int second_gradient_ = -1;         // a parameter whose gradient came twice in one armed backward
   bool sync_ = true;
   bool armed_ = false;
 };

@@ -179,6 +179,31 @@ TEST(DdpEquivalence, ParameterUnusedOnSomeRanksDoesNotHang) {
   EXPECT_TRUE(extra->weight.grad().allclose(want, 1e-5, 1e-6)) << "rank " << r;
 }
 
+// Two backwards between BeforeBackward and AfterBackward: the second one's gradients would miss
+// buckets already averaged, so AfterBackward refuses, naming a parameter, and leaves .grad alone;
+// the ranks stay in step and the next proper step is averaged as usual.
+TEST(DdpEquivalence, SecondBackwardBeforeAfterBackwardIsAnError) {
+  const int n = g_comm->size(), r = g_comm->rank();
+  torch::manual_seed(5);
+  torch::nn::Linear a(6, 3);
+  comm::Reducer reducer(a->parameters(), g_comm, {64, 64});
+  const at::Tensor x = torch::full({2, 6}, static_cast<float>(r + 1));
+  reducer.BeforeBackward();
+  a->forward(x).sum().backward();
+  a->forward(x).pow(2).sum().backward();
+  const at::Tensor local = a->weight.grad().clone();
+  absl::Status s = reducer.AfterBackward();
+  EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(std::string(s.message()), ::testing::HasSubstr("second backward"));
+  EXPECT_TRUE(a->weight.grad().equal(local)) << "rank " << r;
+  for (auto& p : a->parameters()) p.mutable_grad().zero_();
+  reducer.BeforeBackward();
+  a->forward(x).sum().backward();
+  ASSERT_TRUE(reducer.AfterBackward().ok());
+  // d/dW of sum(W x + c) over 2 rows of (r + 1): 2 (r + 1) per entry; the mean over ranks is n + 1.
+  EXPECT_TRUE(a->weight.grad().allclose(torch::full({3, 6}, static_cast<float>(n + 1)))) << "rank " << r;
+}
+
 // With ALLROUND_COMM_DEBUG=1 (a separate ctest entry), ranks that call the same collective with
 // different sizes get an error naming each rank's call instead of a hang or a wrong sum.
 TEST(CommDebug, MismatchedCollectivesAreNamed) {
