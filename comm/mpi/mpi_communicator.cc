@@ -264,6 +264,7 @@ class MpiCommunicator final : public Communicator {
       } catch (const c10::Error& e) {
         s = absl::InternalError(e.what_without_backtrace());
       }
+      op.run = nullptr;  // drops the op's tensors first: once Wait returns, this thread holds none
       op.completion->Finish(s);
     }
   }
