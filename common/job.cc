@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <charconv>
 #include <cmath>
 #include <cstdlib>
 #include <fstream>
@@ -77,10 +78,10 @@ Key DoubleKey(std::string name, std::string help, Field field, double lo, double
     return absl::OkStatus();
   };
   k.get = [field](const Job& j) {
-    std::ostringstream os;
-    os.precision(17);
-    os << field(const_cast<Job&>(j));
-    return os.str();
+    // The shortest text that reads back as the same double: 0.1, not 0.10000000000000001.
+    char text[32];
+    const auto end = std::to_chars(text, text + sizeof(text), field(const_cast<Job&>(j))).ptr;
+    return std::string(text, end);
   };
   return k;
 }

@@ -141,6 +141,24 @@ TEST(Job, YamlRoundTripKeepsEveryKey) {
   EXPECT_EQ(back->model.hidden, job.model.hidden);
 }
 
+// Doubles are written in the shortest form that reads back bit for bit: 0.1 stays "0.1" (in
+// job.yaml and --help), and 0.1 + 0.2 keeps its last digit.
+TEST(Job, DoublesAreWrittenShortestAndExact) {
+  Job job;
+  job.optimizer.lr = 0.1 + 0.2;
+  job.partition.beta = 1e-5;
+  const std::string yaml = JobToYaml(job);
+  EXPECT_THAT(yaml, HasSubstr("lr: 0.30000000000000004\n"));
+  EXPECT_THAT(yaml, HasSubstr("student_temp: 0.1\n"));
+  auto back = ParseJobYaml(yaml, "roundtrip");
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_EQ(back->optimizer.lr, 0.1 + 0.2);
+  EXPECT_EQ(back->partition.beta, 1e-5);
+  for (const auto& [key, help] : JobKeys()) {
+    if (key == "dino.student_temp") EXPECT_THAT(help, HasSubstr("[0.1]"));
+  }
+}
+
 TEST(Job, MissingFileIsNotFound) {
   auto job = LoadJobFile("/nonexistent/job.yaml");
   EXPECT_EQ(job.status().code(), absl::StatusCode::kNotFound);
