@@ -6,8 +6,6 @@
 #include <CLI/CLI.hpp>
 #include <algorithm>
 #include <chrono>
-#include <atomic>
-#include <csignal>
 #include <cstdio>
 #include <ctime>
 #include <functional>
@@ -27,6 +25,7 @@
 #include "common/job.h"
 #include "common/cli.h"
 #include "common/job_cli.h"
+#include "common/stop_signal.h"
 #include "coordinator/round_engine.h"
 #include "storage/run_directory.h"
 #include "worker/checkpointing.h"
@@ -88,27 +87,10 @@ class RoundReporter final : public coordinator::RoundObserver {
   AfterRound after_round_;
 };
 
-// SIGTERM / SIGINT ask for a clean stop: finish the step, checkpoint, exit 0. The flag is the one
-// piece of process-wide state, as a signal handler can reach nothing else.
-std::atomic<bool>& StopRequested() {
-  static std::atomic<bool> flag{false};
-  return flag;
-}
-
-void OnStopSignal(int) { StopRequested().store(true); }
-
-void InstallStopHandlers() {
-  struct sigaction sa = {};
-  sa.sa_handler = OnStopSignal;
-  sigemptyset(&sa.sa_mask);
-  sigaction(SIGTERM, &sa, nullptr);
-  sigaction(SIGINT, &sa, nullptr);
-}
-
 // Whether any rank was asked to stop: every rank must stop after the same step.
 absl::StatusOr<bool> AnyRankStopping(comm::Communicator& comm) {
-  if (comm.size() == 1) return StopRequested().load();
-  at::Tensor flag = at::tensor({StopRequested().load() ? 1 : 0}, at::kInt).to(comm.device());
+  if (comm.size() == 1) return StopRequested();
+  at::Tensor flag = at::tensor({StopRequested() ? 1 : 0}, at::kInt).to(comm.device());
   if (auto s = comm.AllReduce(flag, comm::ReduceOp::kMax)->Wait(comm.timeout()); !s.ok()) return s;
   return flag.item<int>() != 0;
 }
@@ -243,7 +225,7 @@ absl::Status Run(const Job& job, const std::string& summary_path, const std::str
     return absl::OkStatus();
   };
 
-  InstallStopHandlers();
+  InstallStopHandlers();  // SIGTERM / SIGINT: finish the step, checkpoint, exit 0
   trainer.set_step_hook([&](const TrainingPosition& pos) -> absl::Status {
     auto stopping = AnyRankStopping(comm);
     if (!stopping.ok()) return stopping.status();
