@@ -20,6 +20,7 @@
 #include "algorithms/modes/semi_supervised.h"
 #include "common/cli.h"
 #include "common/job_cli.h"
+#include "common/stop_signal.h"
 #include "common/text_file.h"
 #include "coordinator/round_manager.h"
 #include "coordinator/service.h"
@@ -134,22 +135,27 @@ absl::Status Serve(const Job& job, const Flags& flags) {
                    static_cast<long long>(manager.rounds_done()));
     }
   }
-  const auto checkpoint = [&](const ClosedRound& closed, const nlohmann::json& metrics) -> absl::Status {
-    const int64_t version = closed.version;
-    if (!store || !job.checkpoint.enabled || job.checkpoint.every_rounds <= 0) return absl::OkStatus();
-    if (version % job.checkpoint.every_rounds != 0 && version != job.federated.rounds) return absl::OkStatus();
+  int64_t last_saved = manager.rounds_done();  // a resumed state is in the store already
+  const auto save = [&](int64_t version, const NamedTensors& state, const nlohmann::json& metrics) -> absl::Status {
     storage::CheckpointInfo info;
     info.round = version;
     info.mode = "federated-coordinator";
     for (const auto& [k, v] : metrics.items()) {
       if (v.is_number()) info.metrics[k] = v.get<double>();
     }
-    auto id = store->Save(run_id, info, closed.state);
+    auto id = store->Save(run_id, info, state);
     if (!id.ok()) return id.status();
+    last_saved = version;
     std::fprintf(stderr, "allround-coordinator: checkpoint %s saved (round %lld)\n", id->c_str(),
                  static_cast<long long>(version));
     auto pruned = store->Prune(run_id, {job.checkpoint.keep_last, job.checkpoint.keep_every});
     return pruned.status();
+  };
+  const auto checkpoint = [&](const ClosedRound& closed, const nlohmann::json& metrics) -> absl::Status {
+    const int64_t version = closed.version;
+    if (!store || !job.checkpoint.enabled || job.checkpoint.every_rounds <= 0) return absl::OkStatus();
+    if (version % job.checkpoint.every_rounds != 0 && version != job.federated.rounds) return absl::OkStatus();
+    return save(version, closed.state, metrics);
   };
   CoordinatorService service(&manager, service_options);
 
@@ -237,10 +243,32 @@ absl::Status Serve(const Job& job, const Flags& flags) {
     }
     return absl::OkStatus();
   };
-  while (!manager.finished()) {
+  InstallStopHandlers();
+  while (!manager.finished() && !StopRequested()) {
     manager.Tick(std::chrono::steady_clock::now());
     if (auto s = drain(); !s.ok()) return s;
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  if (!manager.finished()) {
+    // SIGTERM or SIGINT: no more calls, so no round closes behind our back; evaluate the rounds
+    // closed so far and checkpoint the last one, whatever checkpoint.every_rounds says. The
+    // open round is lost: after --resume auto it opens again with the same sample, and the
+    // sites, which retry an unreachable coordinator for --give-up-s, train it again.
+    service.StopServing();
+    server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
+    if (auto s = drain(); !s.ok()) return s;
+    const int64_t done = manager.rounds_done();
+    std::string saved = "checkpoints are off: nothing saved";
+    if (store && job.checkpoint.enabled) {
+      if (done > last_saved) {
+        if (auto s = save(done, manager.State(), last); !s.ok()) return s;
+      }
+      saved = done > 0 ? absl::StrCat("its state is checkpointed; --resume auto continues from round ", done + 1)
+                       : "no round had closed: nothing to save";
+    }
+    std::fprintf(stderr, "allround-coordinator: stopped by signal after %lld of %lld rounds; %s\n",
+                 static_cast<long long>(done), static_cast<long long>(job.federated.rounds), saved.c_str());
+    return absl::OkStatus();
   }
   if (auto s = drain(); !s.ok()) return s;
   // Let polling sites hear STOP before the server goes away.

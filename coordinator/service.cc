@@ -65,6 +65,7 @@ grpc::Status CoordinatorService::GetTask(grpc::ServerContext* ctx, const allroun
   const Time until = Now() + options_.long_poll;
   absl::StatusOr<Task> task;
   for (;;) {
+    if (stopping_) return grpc::Status(grpc::StatusCode::UNAVAILABLE, "the coordinator is stopping; retry");
     const uint64_t seen = manager_->change_count();
     task = manager_->GetTask(req->site_id(), Now());
     if (!task.ok() || task->kind != Task::Kind::kWait || Now() >= until || ctx->IsCancelled()) break;

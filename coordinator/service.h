@@ -7,6 +7,7 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include <atomic>
 #include <chrono>
 #include <map>
 #include <memory>
@@ -41,6 +42,11 @@ class CoordinatorService final : public allround::v1::Coordinator::Service {
   grpc::Status Heartbeat(grpc::ServerContext*, const allround::v1::HeartbeatRequest*,
                          allround::v1::HeartbeatReply*) override;
 
+  // Before the server shuts down for a restart: every poll, held or new, is answered UNAVAILABLE
+  // within half a second (not cancelled by the shutdown), so the sites keep retrying until the
+  // restarted coordinator answers.
+  void StopServing() { stopping_ = true; }
+
  private:
   // Every call after Join names its site and carries the site's token, checked against the
   // tokens file by the site's registered name (so a restarted coordinator still knows it).
@@ -51,6 +57,7 @@ class CoordinatorService final : public allround::v1::Coordinator::Service {
 
   RoundManager* manager_;
   const ServiceOptions options_;
+  std::atomic<bool> stopping_{false};
   std::mutex cache_mu_;
   int64_t cached_version_ = -1;
   std::shared_ptr<const std::vector<allround::v1::TensorChunk>> cached_chunks_;

@@ -7,6 +7,8 @@
 #   resume        the coordinator SIGKILLed just after its round-2 checkpoint (round 3 may or may
 #                 not have closed and been saved by then) and restarted with --resume auto:
 #                 the sites carry on, and the final model equals an uninterrupted run's, bit for bit.
+#                 Then the same with SIGTERM (a systemd stop) after round 2 and no periodic
+#                 checkpoints: the coordinator checkpoints the rounds closed so far and exits 0.
 #   many_sites    one worker process hosts 8 sites (--site-index 0-7 on 2 training threads) beside
 #                 a single-site process and a site with its own IDX files (--data DIR); every
 #                 round aggregates all 10.
@@ -150,12 +152,14 @@ site_killed)
 resume)
   EXTRA=(--federated.rounds 4 --partition.sites 3 --federated.min_sites 3 --federated.min_available 3
          --checkpoint.every_rounds 1 --federated.local_epochs 4)
-  # run_one NAME [KILL_AFTER_ROUND]: a whole federated run; sites started one by one, so their
+  # run_one NAME [KILL_AFTER_ROUND [SIGNAL]]: a whole federated run; sites started one by one, so their
   # ids are the same in every run too (the aggregate does not depend on them: see join_order).
+  # With SIGNAL TERM, the run has no periodic checkpoints: only the stop saves one.
   run_one() {
-    local name=$1 kill_after=${2:-0} s i=0
+    local name=$1 kill_after=${2:-0} sig=${3:-KILL} s i=0 more=()
+    [[ $sig == TERM ]] && more=(--checkpoint.every_rounds 100)
     mkdir -p "$TMP/$name/models"
-    "$COORD" "${JOB[@]}" "${EXTRA[@]}" --listen $ADDR --no-auth --insecure --run_dir "$TMP/$name/run" \
+    "$COORD" "${JOB[@]}" "${EXTRA[@]}" "${more[@]}" --listen $ADDR --no-auth --insecure --run_dir "$TMP/$name/run" \
       --dump-models "$TMP/$name/models" --resume auto > "$TMP/$name/coord.out" 2> "$TMP/$name/coord.err" &
     local coord=$!
     for s in a b c; do
@@ -164,11 +168,17 @@ resume)
       wait_for "$TMP/$name/coord.err" "site .$s. joined" 60 || return 1
       i=$((i + 1))
     done
-    if [[ $kill_after -gt 0 ]]; then
+    if [[ $kill_after -gt 0 && $sig == KILL ]]; then
       wait_for "$TMP/$name/coord.err" "checkpoint .* saved (round $kill_after)" 120 || return 1
       kill -9 $coord; wait $coord 2>/dev/null
       echo "coordinator killed after round $kill_after"
-      "$COORD" "${JOB[@]}" "${EXTRA[@]}" --listen $ADDR --no-auth --insecure --run_dir "$TMP/$name/run" \
+    elif [[ $kill_after -gt 0 ]]; then
+      wait_for "$TMP/$name/coord.out" "^round $kill_after/4" 120 || return 1
+      kill -TERM $coord; wait_done $coord 30; stop_rc=$?
+      echo "coordinator sent SIGTERM after round $kill_after: exit status $stop_rc"
+    fi
+    if [[ $kill_after -gt 0 ]]; then
+      "$COORD" "${JOB[@]}" "${EXTRA[@]}" "${more[@]}" --listen $ADDR --no-auth --insecure --run_dir "$TMP/$name/run" \
         --dump-models "$TMP/$name/models" --resume auto >> "$TMP/$name/coord.out" 2> "$TMP/$name/coord2.err" &
       coord=$!
     fi
@@ -187,6 +197,22 @@ resume)
     '[[ $(grep -l "coordinator says stop" "$TMP"/killed/site-*.err | wc -l) -eq 3 ]]'
   check "the final model equals the uninterrupted run's, bit for bit" \
     'cmp "$TMP/whole/models/version-4.safetensors" "$TMP/killed/models/version-4.safetensors"'
+  mkdir -p "$TMP/stopped"
+  stop_rc=
+  run_one stopped 2 TERM; rc=$?
+  cat "$TMP/stopped/coord.out"
+  done_at=$(sed -n 's/.*stopped by signal after \([0-9]*\) of 4 rounds; its state is checkpointed.*/\1/p' \
+    "$TMP/stopped/coord.err")
+  check "SIGTERM: the coordinator exits 0, checkpointing the rounds closed so far" \
+    '[[ $stop_rc == 0 && $done_at =~ ^[23]$ ]] && grep -q "checkpoint .* saved (round $done_at)" "$TMP/stopped/coord.err"'
+  check "the restarted coordinator resumed from that checkpoint" \
+    'grep -q "resumed from checkpoint .* ($done_at rounds done)" "$TMP/stopped/coord2.err"'
+  check "it finished the run, the sites with it" \
+    '[[ $rc -eq 0 ]] && grep -q "^round 4/4" "$TMP/stopped/coord.out" &&
+     [[ $(grep -l "coordinator says stop" "$TMP"/stopped/site-*.err | wc -l) -eq 3 ]]'
+  check "no site gave up or failed across the stop" '! grep -q "allround-worker: error" "$TMP"/stopped/site-*.err'
+  check "the final model equals the uninterrupted run's, bit for bit" \
+    'cmp "$TMP/whole/models/version-4.safetensors" "$TMP/stopped/models/version-4.safetensors"'
   ;;
 
 many_sites)
