@@ -3,7 +3,6 @@
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
 
-#include <cstdio>
 #include <filesystem>
 #include <functional>
 #include <mutex>
@@ -79,9 +78,7 @@ absl::StatusOr<std::optional<Restored>> ReadCheckpointForResume(const Job& job, 
       r.mode_state.emplace_back(name, t);
     }
   }
-  if (record->info.job_hash != JobHash(job)) {
-    std::fprintf(stderr, "allround-worker: note: checkpoint %s was written by a different job file\n", id.c_str());
-  }
+  r.other_job = record->info.job_hash != JobHash(job);
   return std::optional<Restored>(std::move(r));
 }
 

@@ -31,6 +31,7 @@ struct Restored {
   TrainingPosition position;
   int64_t round = 0;  // rounds completed
   storage::NamedTensors mode_state;
+  bool other_job = false;  // written by a job file that differs from this one (a note, not an error)
 };
 
 // `resume`: "none" (start fresh), "auto" (the run's latest checkpoint, or fresh if there is none),

@@ -200,6 +200,10 @@ absl::Status Run(const Job& job, const std::string& summary_path, const std::str
     if (auto s = ApplyRestored(**restored, **mode, trainer); !s.ok()) return s;
     first_round = (*restored)->round;
     if (leader) {
+      if ((*restored)->other_job) {
+        std::fprintf(stderr, "allround-worker: note: checkpoint %s was written by a different job file\n",
+                     (*restored)->id.c_str());
+      }
       std::fprintf(stderr, "allround-worker: resumed from checkpoint %s (round %lld, step %lld)\n",
                    (*restored)->id.c_str(), static_cast<long long>(first_round),
                    static_cast<long long>((*restored)->position.global_step));
