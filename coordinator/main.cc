@@ -293,13 +293,14 @@ int main(int argc, char** argv) {
   std::string job_path;
   coordinator::Flags flags;
   app.add_option("job", job_path, "job file (YAML)");
-  app.add_option("--listen", flags.listen, "address to serve on");
+  app.add_option("--listen", flags.listen, "address to serve on")->capture_default_str();
   app.add_option("--tokens", flags.tokens, "file of 'site-name token' lines; each site must present its token");
   app.add_flag("--no-auth", flags.no_auth, "accept sites without tokens (tests only)");
   app.add_flag("--insecure", flags.insecure, "serve plain text, no TLS (loopback and tests only)");
   app.add_option("--tls-cert", flags.tls_cert, "the server certificate chain (PEM)");
   app.add_option("--tls-key", flags.tls_key, "the server certificate's private key (PEM)");
-  app.add_option("--resume", flags.resume, "none | auto (the latest coordinator checkpoint, if any) | a checkpoint id");
+  app.add_option("--resume", flags.resume, "none | auto (the latest coordinator checkpoint, if any) | a checkpoint id")
+      ->capture_default_str();
   app.add_option("--dump-models", flags.dump_models, "write every global model version to this directory");
   app.add_option("--summary-json", flags.summary_json, "write the final metrics here as one JSON object");
   JobFlags job_flags(app);

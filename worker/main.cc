@@ -298,22 +298,26 @@ int main(int argc, char** argv) {
   app.add_flag("--print-job", print_job, "print the resolved job as YAML and exit");
   app.add_option("--resume", resume,
                  "none: start fresh; auto: continue from the run's latest checkpoint (fresh if none); "
-                 "or a checkpoint id (allround-ckpt ls lists them)");
+                 "or a checkpoint id (allround-ckpt ls lists them)")
+      ->capture_default_str();
   worker::SiteOptions site;
   app.add_option("--coordinator", site.coordinator, "federated: the coordinator's HOST:PORT (makes this process a site)");
   app.add_option("--site", site.site_name, "federated: this site's name (with many sites: the prefix of NAME-I)");
   app.add_option("--token", site.token, "federated: this site's token");
   app.add_option("--tokens", site.tokens_file, "federated: a file of 'site-name token' lines for the hosted sites");
   app.add_option("--site-index", site.site_indices,
-                 "federated: the partition(s) of the job's data this process hosts as sites: I, A-B or A,B,C");
+                 "federated: the partition(s) of the job's data this process hosts as sites: I, A-B or A,B,C")
+      ->capture_default_str();
   int64_t num_sites = 0;
   app.add_option("--num-sites", num_sites, "federated: the number of sites the job's data is split into (partition.sites)")
       ->check(CLI::Range(int64_t{1}, int64_t{1000000}));
-  app.add_option("--site-threads", site.site_threads, "federated: hosted sites that train at the same time");
+  app.add_option("--site-threads", site.site_threads, "federated: hosted sites that train at the same time")
+      ->capture_default_str();
   app.add_option("--data", site.data_dir, "federated: the site's own IDX files (train and test) instead of a partition");
   app.add_option("--tls-ca", site.tls_ca, "federated: the CA certificate (PEM) that signed the coordinator's");
   app.add_flag("--insecure", site.insecure, "federated: talk plain text to the coordinator (loopback and tests only)");
-  app.add_option("--give-up-s", site.give_up_s, "federated: stop retrying an unreachable coordinator after this long");
+  app.add_option("--give-up-s", site.give_up_s, "federated: stop retrying an unreachable coordinator after this long")
+      ->capture_default_str();
   app.add_option("--dump-updates", site.dump_updates, "federated: also write each submitted update to this directory");
   JobFlags job_flags(app);
   if (auto code = ParseCommandLine(app, argc, argv, "allround-worker")) return *code;
