@@ -4,8 +4,8 @@
 
 #include <algorithm>
 #include <cerrno>
-#include <charconv>
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
 #include <fstream>
 #include <functional>
@@ -79,9 +79,18 @@ Key DoubleKey(std::string name, std::string help, Field field, double lo, double
   };
   k.get = [field](const Job& j) {
     // The shortest text that reads back as the same double: 0.1, not 0.10000000000000001.
+    // (%g at rising precision, not std::to_chars: a GPU machine's compiler may predate it.)
+    const double v = field(const_cast<Job&>(j));
     char text[32];
-    const auto end = std::to_chars(text, text + sizeof(text), field(const_cast<Job&>(j))).ptr;
-    return std::string(text, end);
+    int digits = 1;
+    for (; digits < 17; ++digits) {
+      std::snprintf(text, sizeof(text), "%.*g", digits, v);
+      if (std::strtod(text, nullptr) == v) break;
+    }
+    // At least the integer part's digits, so 300 is "300", not "3e+02".
+    if (std::fabs(v) >= 1) digits = std::max(digits, std::min(17, static_cast<int>(std::log10(std::fabs(v))) + 1));
+    std::snprintf(text, sizeof(text), "%.*g", digits, v);
+    return std::string(text);
   };
   return k;
 }

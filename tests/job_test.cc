@@ -147,13 +147,19 @@ TEST(Job, DoublesAreWrittenShortestAndExact) {
   Job job;
   job.optimizer.lr = 0.1 + 0.2;
   job.partition.beta = 1e-5;
+  job.federated.site_timeout_s = 300;
+  job.federated.round_timeout_s = 123456.75;
   const std::string yaml = JobToYaml(job);
   EXPECT_THAT(yaml, HasSubstr("lr: 0.30000000000000004\n"));
-  EXPECT_THAT(yaml, HasSubstr("student_temp: 0.1\n"));
+  EXPECT_THAT(yaml, HasSubstr("knn_temp: 0.07\n"));
+  EXPECT_THAT(yaml, HasSubstr("site_timeout_s: 300\n"));
+  EXPECT_THAT(yaml, HasSubstr("round_timeout_s: 123456.75\n"));
   auto back = ParseJobYaml(yaml, "roundtrip");
   ASSERT_TRUE(back.ok()) << back.status();
   EXPECT_EQ(back->optimizer.lr, 0.1 + 0.2);
   EXPECT_EQ(back->partition.beta, 1e-5);
+  EXPECT_EQ(back->federated.site_timeout_s, 300);
+  EXPECT_EQ(back->federated.round_timeout_s, 123456.75);
   for (const auto& [key, help] : JobKeys()) {
     if (key == "dino.student_temp") EXPECT_THAT(help, HasSubstr("[0.1]"));
   }
