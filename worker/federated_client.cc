@@ -42,10 +42,11 @@ absl::Status FromGrpc(const grpc::Status& s, const std::string& what) {
 // Worth retrying: the coordinator is unreachable or restarting. A site never cancels its own
 // calls, so CANCELLED is the server's doing (a coordinator shutting down cancels what is still
 // running when its grace period ends).
-bool Retryable(const grpc::Status& s) {
-  return s.error_code() == grpc::StatusCode::UNAVAILABLE || s.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED ||
-         s.error_code() == grpc::StatusCode::CANCELLED;
+bool Retryable(absl::StatusCode code) {
+  return code == absl::StatusCode::kUnavailable || code == absl::StatusCode::kDeadlineExceeded ||
+         code == absl::StatusCode::kCancelled;
 }
+bool Retryable(const grpc::Status& s) { return Retryable(static_cast<absl::StatusCode>(s.error_code())); }
 
 // A refusal or a stale task: the site asks for its next task instead of giving up.
 bool Refused(const absl::Status& s) {
@@ -145,10 +146,7 @@ class Site {
         // The coordinator refused or was unreachable mid-round (it restarts): back to polling,
         // which retries. A failure here (a model that does not load, a diverging loss) ends the
         // site with its error; the coordinator's deadline takes care of the round.
-        const bool transient = s.code() == absl::StatusCode::kUnavailable ||
-                               s.code() == absl::StatusCode::kDeadlineExceeded ||
-                               s.code() == absl::StatusCode::kCancelled;
-        if (!coordinator_said_no_ || (!Refused(s) && !transient)) return s;
+        if (!coordinator_said_no_ || (!Refused(s) && !Retryable(s.code()))) return s;
         std::fprintf(stderr, "site %s: round %lld: %s\n", name_.c_str(), static_cast<long long>(task.round()),
                      std::string(s.message()).c_str());
       }
