@@ -102,6 +102,23 @@ TEST(Job, SiteLabelSetsComeAsNestedListsOrFlagText) {
   EXPECT_THAT(std::string(ValidateJob(bad).message()), HasSubstr("for the labels scheme"));
 }
 
+// The name becomes a directory (runs/<name>) and every checkpoint id's prefix (<name>/<round>), so
+// a name that is not one plain path component is refused before any training, not at the first save.
+TEST(Job, NameIsOnePlainPathComponent) {
+  for (const std::string good : {"simple_cnn", "run-2.b", "A1"}) {
+    Job job;
+    job.name = good;
+    EXPECT_TRUE(ValidateJob(job).ok()) << good << ": " << ValidateJob(job);
+  }
+  for (const std::string bad : {"", ".", "..", "a/b", "../etc", "with space", "tab\t"}) {
+    Job job;
+    job.name = bad;
+    EXPECT_THAT(std::string(ValidateJob(job).message()),
+                AllOf(HasSubstr("job key 'name'"), HasSubstr("names the run directory")))
+        << bad;
+  }
+}
+
 // partition.file and partition.scheme file come together.
 TEST(Job, PartitionFileNeedsTheFileScheme) {
   Job job;
@@ -161,7 +178,9 @@ TEST(Job, DoublesAreWrittenShortestAndExact) {
   EXPECT_EQ(back->federated.site_timeout_s, 300);
   EXPECT_EQ(back->federated.round_timeout_s, 123456.75);
   for (const auto& [key, help] : JobKeys()) {
-    if (key == "dino.student_temp") EXPECT_THAT(help, HasSubstr("[0.1]"));
+    if (key == "dino.student_temp") {
+      EXPECT_THAT(help, HasSubstr("[0.1]"));
+    }
   }
 }
 
