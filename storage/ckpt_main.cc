@@ -6,6 +6,7 @@
 #include <cstdio>
 #include <ctime>
 #include <fstream>
+#include <limits>
 #include <nlohmann/json.hpp>
 
 #include "absl/strings/str_cat.h"
@@ -224,8 +225,10 @@ int main(int argc, char** argv) {
   imp->add_option("--run", run, "run id to store it under")->default_val("imported");
   auto* prune = app.add_subcommand("prune", "delete all but the newest N (and every M-th) of each run");
   prune->add_option("db", db)->required();
-  prune->add_option("--keep", keep, "newest checkpoints to keep")->required();
-  prune->add_option("--keep-every", keep_every, "also keep every M-th");
+  prune->add_option("--keep", keep, "newest checkpoints to keep (the run's latest always stays)")
+      ->required()
+      ->check(CLI::Range(int64_t{1}, std::numeric_limits<int64_t>::max()));
+  prune->add_option("--keep-every", keep_every, "also keep every M-th (0: none)")->check(CLI::NonNegativeNumber);
   prune->add_option("--run", run, "only this run");
   auto* diff = app.add_subcommand("diff", "max abs difference per tensor between two checkpoints");
   diff->add_option("db", db)->required();

@@ -109,5 +109,9 @@ check "--resume with the previous id resumes from it" \
 "$CKPT" lsit "$DB" > /dev/null 2> "$TMP/sub.err"; rc=$?
 check "a mistyped subcommand is named, with the known ones" \
   '[[ $rc -eq 2 ]] && grep -q "unknown subcommand .lsit. (one of: ls, show, verify, export, import, prune, diff)" "$TMP/sub.err"'
+n_before=$("$CKPT" ls "$DB" | wc -l)
+"$CKPT" prune "$DB" --keep -1 > /dev/null 2> "$TMP/prune.err"; rc=$?
+check "prune --keep -1 is refused and deletes nothing" \
+  '[[ $rc -eq 2 ]] && grep -q -- "--keep" "$TMP/prune.err" && [[ $("$CKPT" ls "$DB" | wc -l) -eq $n_before ]]'
 echo "$passed passed, $failed failed"
 [[ $failed -eq 0 ]]

@@ -127,6 +127,10 @@ TEST(CheckpointStore, PruneKeepsLastNAndEveryMthAndLatest) {
   EXPECT_EQ(deleted->size(), 6u);
   EXPECT_EQ((*store)->Delete("r/0000000010").code(), absl::StatusCode::kFailedPrecondition);  // latest
   EXPECT_EQ((*store)->List()->size(), 5u);
+  // A policy that would keep nothing (or a negative count) is refused, not read as "all but the latest".
+  EXPECT_EQ((*store)->Prune("r", {0, 0}).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ((*store)->Prune("r", {2, -1}).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ((*store)->List()->size(), 5u);
 }
 
 TEST(CheckpointStore, FlippedByteIsNamedByVerifyAndRefusedByLoad) {

@@ -229,6 +229,10 @@ class RocksDbStore final : public CheckpointStore {
   }
 
   absl::StatusOr<std::vector<std::string>> Prune(const std::string& run_id, const RetentionPolicy& policy) override {
+    if (policy.keep_last < 1 || policy.keep_every < 0) {
+      return absl::InvalidArgumentError(absl::StrCat("retention: keep_last ", policy.keep_last, " (>= 1) and keep_every ",
+                                                     policy.keep_every, " (>= 0)"));
+    }
     auto manifests = ReadManifests(run_id);
     if (!manifests.ok()) return manifests.status();
     auto latest = Latest(run_id);
