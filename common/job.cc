@@ -9,6 +9,8 @@
 #include <cstdlib>
 #include <fstream>
 #include <functional>
+#include <map>
+#include <set>
 #include <sstream>
 
 #include "absl/strings/ascii.h"
@@ -425,9 +427,13 @@ absl::Status UnknownKey(const std::string& key, const std::string& origin) {
 absl::Status ApplyYamlNode(Job& job, const YAML::Node& node, const std::string& path,
                            const std::string& origin) {
   if (node.IsMap()) {
+    std::set<std::string> seen;  // YAML keys are unique within a map; yaml-cpp keeps both, the last winning
     for (const auto& kv : node) {
       const std::string child = path.empty() ? kv.first.as<std::string>()
                                              : absl::StrCat(path, ".", kv.first.as<std::string>());
+      if (!seen.insert(kv.first.as<std::string>()).second) {
+        return absl::InvalidArgumentError(absl::StrCat(origin, ": job key '", child, "' is given twice"));
+      }
       absl::Status s = ApplyYamlNode(job, kv.second, child, origin);
       if (!s.ok()) return s;
     }
@@ -610,21 +616,31 @@ std::vector<std::pair<std::string, std::string>> JobKeys() {
 }
 
 std::string JobToYaml(const Job& job) {
-  YAML::Emitter out;
-  out << YAML::BeginMap;
-  std::string open_section;
+  // Each section once, at its first key's place, holding all its keys: a section written twice
+  // would be a duplicate YAML key, which ParseJobYaml refuses and other readers resolve by
+  // keeping only the last (PyYAML would lose data.dir behind a later data.test_limit).
+  std::vector<std::string> order;  // top-level keys and sections, in first-appearance order
+  std::map<std::string, std::vector<const Key*>> sections;
   for (const Key& k : Keys()) {
     const size_t dot = k.name.find('.');
-    const std::string section = dot == std::string::npos ? "" : k.name.substr(0, dot);
-    if (section != open_section) {
-      if (!open_section.empty()) out << YAML::EndMap;
-      if (!section.empty()) out << YAML::Key << section << YAML::Value << YAML::BeginMap;
-      open_section = section;
-    }
-    out << YAML::Key << (dot == std::string::npos ? k.name : k.name.substr(dot + 1))
-        << YAML::Value << k.get(job);
+    const std::string top = dot == std::string::npos ? k.name : k.name.substr(0, dot);
+    if (std::find(order.begin(), order.end(), top) == order.end()) order.push_back(top);
+    if (dot != std::string::npos) sections[top].push_back(&k);
   }
-  if (!open_section.empty()) out << YAML::EndMap;
+  YAML::Emitter out;
+  out << YAML::BeginMap;
+  for (const std::string& top : order) {
+    auto section = sections.find(top);
+    if (section == sections.end()) {
+      out << YAML::Key << top << YAML::Value << FindKey(top)->get(job);
+      continue;
+    }
+    out << YAML::Key << top << YAML::Value << YAML::BeginMap;
+    for (const Key* k : section->second) {
+      out << YAML::Key << k->name.substr(top.size() + 1) << YAML::Value << k->get(job);
+    }
+    out << YAML::EndMap;
+  }
   out << YAML::EndMap;
   return std::string(out.c_str()) + "\n";
 }

@@ -3,6 +3,10 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <set>
+
+#include "absl/strings/str_split.h"
+
 #include "tests/test_util.h"
 
 namespace allround {
@@ -56,6 +60,8 @@ TEST(Job, RefusesBadValuesNamingTheKey) {
       {"partition: {site_labels: [[[1]]]}", "a list nested twice"},
       {"[1, 2]", "must be a YAML map"},
       {"a: [", "not valid YAML"},
+      {"train: {epochs: 2}\ntrain: {epochs: 3}\n", "job key 'train' is given twice"},
+      {"optimizer: {lr: 0.1, momentum: 0.9, lr: 0.2}", "job key 'optimizer.lr' is given twice"},
   };
   for (const auto& [yaml, want] : cases) {
     auto job = ParseJobYaml(yaml, "t.yaml");
@@ -156,6 +162,14 @@ TEST(Job, YamlRoundTripKeepsEveryKey) {
   EXPECT_EQ(JobToYaml(*back), JobToYaml(job));
   EXPECT_DOUBLE_EQ(back->optimizer.lr, 0.123456789);
   EXPECT_EQ(back->model.hidden, job.model.hidden);
+  // Each section is written once (data.test_limit joins data.dir's section rather than opening a
+  // second data: that YAML readers other than ours would let replace the first).
+  std::set<std::string> tops;
+  for (absl::string_view line : absl::StrSplit(JobToYaml(job), '\n')) {
+    if (line.empty() || line[0] == ' ') continue;
+    EXPECT_TRUE(tops.insert(std::string(line.substr(0, line.find(':')))).second) << line;
+  }
+  EXPECT_TRUE(tops.count("data") && tops.count("train") && tops.count("run_dir"));
 }
 
 // Doubles are written in the shortest form that reads back bit for bit: 0.1 stays "0.1" (in
