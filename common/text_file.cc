@@ -1,9 +1,12 @@
 #include "common/text_file.h"
 
+#include <filesystem>
 #include <fstream>
 #include <iterator>
 #include <vector>
 
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 
@@ -15,6 +18,37 @@ absl::StatusOr<std::string> ReadTextFile(const std::string& path, const std::str
   std::string text((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
   if (text.empty()) return absl::InvalidArgumentError(absl::StrCat(flag, " '", path, "' is empty"));
   return text;
+}
+
+absl::StatusOr<std::string> ReadPemFile(const std::string& path, const std::string& flag, const std::string& kind) {
+  auto text = ReadTextFile(path, flag);
+  if (!text.ok()) return text.status();
+  const auto bad = [&](const std::string& why) {
+    return absl::InvalidArgumentError(absl::StrCat(flag, " '", path, "': ", why));
+  };
+  if (kind == "PRIVATE KEY") {
+    if (absl::StrContains(*text, "-----BEGIN ENCRYPTED PRIVATE KEY-----")) {
+      return bad("the private key is encrypted; give it unencrypted (openssl pkey -in KEY -out PLAIN)");
+    }
+    for (const char* label : {"PRIVATE KEY", "RSA PRIVATE KEY", "EC PRIVATE KEY"}) {
+      if (absl::StrContains(*text, absl::StrCat("-----BEGIN ", label, "-----"))) return text;
+    }
+    return bad("no PEM private key in it (a '-----BEGIN PRIVATE KEY-----' block)");
+  }
+  if (!absl::StrContains(*text, absl::StrCat("-----BEGIN ", kind, "-----"))) {
+    return bad(absl::StrCat("no PEM ", absl::AsciiStrToLower(kind), " in it (a '-----BEGIN ", kind, "-----' block)"));
+  }
+  return text;
+}
+
+absl::Status MakeFlagDirectory(const std::string& path, const std::string& flag) {
+  std::error_code ec;
+  std::filesystem::create_directories(path, ec);
+  if (ec || !std::filesystem::is_directory(path)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(flag, " '", path, "': cannot create the directory: ", ec ? ec.message() : "a file is in the way"));
+  }
+  return absl::OkStatus();
 }
 
 absl::StatusOr<std::map<std::string, std::string>> ReadTokensFile(const std::string& path, const std::string& flag) {

@@ -6,12 +6,22 @@
 #include <map>
 #include <string>
 
+#include "absl/status/status.h"
 #include "absl/status/statusor.h"
 
 namespace allround {
 
 // The whole file; NotFound if it cannot be opened, InvalidArgument if it is empty.
 absl::StatusOr<std::string> ReadTextFile(const std::string& path, const std::string& flag);
+
+// A PEM file of the given kind: "CERTIFICATE" (a certificate or chain, a CA) or "PRIVATE KEY" (an
+// unencrypted key: PKCS#8, RSA or EC). gRPC only logs what it cannot parse, and then fails the
+// handshake or the listen, so a wrong file is refused here, naming the flag and what it holds.
+absl::StatusOr<std::string> ReadPemFile(const std::string& path, const std::string& flag, const std::string& kind);
+
+// Creates the directory a flag names (and its parents) unless it exists; checked at start, so a
+// bad path fails before any work rather than at the first file written into it.
+absl::Status MakeFlagDirectory(const std::string& path, const std::string& flag);
 
 // "name token" lines (blank lines skipped): name -> token. Refuses a malformed line, a repeated
 // name and an empty file.

@@ -53,9 +53,9 @@ absl::Status Serve(const Job& job, const Flags& flags) {
     if (flags.tls_cert.empty() || flags.tls_key.empty()) {
       return absl::InvalidArgumentError("TLS needs both --tls-cert and --tls-key");
     }
-    auto cert = ReadTextFile(flags.tls_cert, "--tls-cert");
+    auto cert = ReadPemFile(flags.tls_cert, "--tls-cert", "CERTIFICATE");
     if (!cert.ok()) return cert.status();
-    auto key = ReadTextFile(flags.tls_key, "--tls-key");
+    auto key = ReadPemFile(flags.tls_key, "--tls-key", "PRIVATE KEY");
     if (!key.ok()) return key.status();
     grpc::SslServerCredentialsOptions ssl;
     ssl.pem_key_cert_pairs.push_back({*key, *cert});
@@ -74,6 +74,9 @@ absl::Status Serve(const Job& job, const Flags& flags) {
     service_options.tokens = *tokens;
   } else if (!flags.no_auth) {
     return absl::InvalidArgumentError("give --tokens FILE (one 'site token' per line), or --no-auth explicitly");
+  }
+  if (!flags.dump_models.empty()) {
+    if (auto s = MakeFlagDirectory(flags.dump_models, "--dump-models"); !s.ok()) return s;
   }
   service_options.local_epochs = job.federated.local_epochs;
   service_options.proximal_mu = job.strategy.name == "fedprox" ? job.strategy.proximal_mu : 0.0;
@@ -165,7 +168,11 @@ absl::Status Serve(const Job& job, const Flags& flags) {
   builder.SetMaxReceiveMessageSize(64 << 20);
   builder.RegisterService(&service);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
-  if (!server || port == 0) return absl::UnavailableError(absl::StrCat("cannot listen on ", flags.listen));
+  if (!server || port == 0) {
+    return absl::UnavailableError(absl::StrCat(
+        "cannot listen on ", flags.listen, ": the address is in use or not this machine's",
+        flags.tls_cert.empty() ? "" : ", or --tls-key is not the private key of --tls-cert's certificate"));
+  }
   std::fprintf(stderr, "allround-coordinator: job '%s' (%s, %lld rounds) listening on %s\n", job.name.c_str(),
                job.strategy.name.c_str(), static_cast<long long>(job.federated.rounds), flags.listen.c_str());
 

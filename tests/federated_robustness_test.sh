@@ -85,6 +85,16 @@ tls)
   check "without --tls-cert or --insecure the coordinator refuses to start, saying what to give" \
     '[[ $rc -ne 0 ]] && grep -q "give --tls-cert FILE --tls-key FILE" "$TMP/notls.err"'
   "$COORD" "${JOB[@]}" "${EXTRA[@]}" --listen $ADDR --tokens "$TMP/tokens" --tls-cert "$TMP/certs/server.pem" \
+    --tls-key "$TMP/certs/server.pem" 2> "$TMP/notkey.err"
+  rc=$?
+  check "a certificate given as the key is refused, naming the flag" \
+    '[[ $rc -ne 0 ]] && grep -q "error: --tls-key .*: no PEM private key in it" "$TMP/notkey.err"'
+  "$COORD" "${JOB[@]}" "${EXTRA[@]}" --listen $ADDR --tokens "$TMP/tokens" --tls-cert "$TMP/certs/server.pem" \
+    --tls-key "$TMP/other/server.key" 2> "$TMP/otherkey.err"
+  rc=$?
+  check "a key that is not the certificate's is named as a cause when the server cannot start" \
+    '[[ $rc -ne 0 ]] && grep -q "or --tls-key is not the private key of --tls-cert.s certificate" "$TMP/otherkey.err"'
+  "$COORD" "${JOB[@]}" "${EXTRA[@]}" --listen $ADDR --tokens "$TMP/tokens" --tls-cert "$TMP/certs/server.pem" \
     --tls-key "$TMP/certs/server.key" --run_dir "$TMP/run" > "$TMP/coord.out" 2> "$TMP/coord.err" &
   coord=$!
   "$WORKER" "${JOB[@]}" "${EXTRA[@]}" --coordinator $ADDR --site a --token tokA 2> "$TMP/noca.err"

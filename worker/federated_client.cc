@@ -447,6 +447,9 @@ absl::Status RunSites(const Job& job, const SiteOptions& options, comm::Communic
     return absl::InvalidArgumentError("--data DIR is one site's own data: give one --site-index (or none)");
   }
   if (options.site_threads < 1) return absl::InvalidArgumentError("--site-threads must be at least 1");
+  if (!options.dump_updates.empty()) {
+    if (auto s = MakeFlagDirectory(options.dump_updates, "--dump-updates"); !s.ok()) return s;
+  }
 
   const bool many = indices->size() > 1;
   if (options.site_name.empty() && !many) return absl::InvalidArgumentError("--site NAME is required with --coordinator");
@@ -458,7 +461,7 @@ absl::Status RunSites(const Job& job, const SiteOptions& options, comm::Communic
   sh.many = many;
   if (!options.tls_ca.empty()) {
     if (options.insecure) return absl::InvalidArgumentError("--insecure and --tls-ca exclude each other");
-    auto ca = ReadTextFile(options.tls_ca, "--tls-ca");
+    auto ca = ReadPemFile(options.tls_ca, "--tls-ca", "CERTIFICATE");
     if (!ca.ok()) return ca.status();
     grpc::SslCredentialsOptions ssl;
     ssl.pem_root_certs = *ca;
@@ -512,7 +515,7 @@ absl::Status RunSites(const Job& job, const SiteOptions& options, comm::Communic
   };
   std::vector<SiteData> site_data;
   if (!options.data_dir.empty()) {
-    auto d = with_labels({data->train_inputs, data->train_targets, data->test_inputs, data->test_targets},
+    auto d = with_labels({data->train_inputs, data->train_targets, data->test_inputs, data->test_targets, {}, {}},
                          at::arange(data->train_targets.size(0), at::kLong), (*indices)[0]);
     if (!d.ok()) return d.status();
     site_data.push_back(*std::move(d));
@@ -528,7 +531,8 @@ absl::Status RunSites(const Job& job, const SiteOptions& options, comm::Communic
       }
       auto [train, test] = SplitForEvaluation((*parts)[i], job.federated.site_eval_fraction, job.seed, i);
       auto d = with_labels({data->train_inputs.index_select(0, train), data->train_targets.index_select(0, train),
-                            data->train_inputs.index_select(0, test), data->train_targets.index_select(0, test)},
+                            data->train_inputs.index_select(0, test), data->train_targets.index_select(0, test), {},
+                            {}},
                            train, i);
       if (!d.ok()) return d.status();
       site_data.push_back(*std::move(d));
