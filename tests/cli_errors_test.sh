@@ -34,6 +34,8 @@ cp -r "$TMP/data" "$TMP/corrupt"
 head -c 3000 "$TMP/data/train-images-idx3-ubyte" > "$TMP/corrupt/train-images-idx3-ubyte"
 printf 'model: {name: simple_cnn}\ntrain: {epochs: 1, batch_sizee: 4}\n' > "$TMP/badkey.yaml"
 printf 'model: {name: simple_cnn\n' > "$TMP/badyaml.yaml"
+printf 'train: {epochs: 1}\nmodel: {name: mlp}\ntrain: {batch_size: 4}\n' > "$TMP/twice.yaml"
+: > "$TMP/a-file"
 
 expect missing_data_dir   "data directory '$TMP/nope' does not exist" -- --data.dir "$TMP/nope"
 expect corrupt_idx        "$TMP/corrupt/train-images-idx3-ubyte': truncated" -- --data.dir "$TMP/corrupt"
@@ -43,6 +45,15 @@ expect bad_yaml           "not valid YAML" -- "$TMP/badyaml.yaml"
 expect missing_job        "job file '$TMP/none.yaml'" -- "$TMP/none.yaml"
 expect bad_value          "job key 'optimizer.lr': bad value 'fast'" -- --optimizer.lr fast
 expect unknown_flag       "--no-such-flag" -- --no-such-flag 3
+expect key_twice          "job key 'train' is given twice" -- "$TMP/twice.yaml"
+expect name_not_a_dir     "job key 'name': bad value 'a/b'" -- --name a/b
+# Site flags: refused without a coordinator, and checked before any data is read or call made.
+SITE=(--data.dir "$TMP/data" --coordinator 127.0.0.1:1 --site s)
+expect site_flag_alone    "--site, --insecure: only with --coordinator" -- --data.dir "$TMP/data" --site s --insecure
+expect resume_at_a_site   "--resume: not for a site" -- "${SITE[@]}" --insecure --resume auto
+expect ca_not_pem         "--tls-ca '$TMP/badkey.yaml': no PEM certificate" -- "${SITE[@]}" --tls-ca "$TMP/badkey.yaml"
+expect dump_dir_is_a_file "--dump-updates '$TMP/a-file': cannot create the directory" -- "${SITE[@]}" --insecure \
+  --dump-updates "$TMP/a-file"
 
 # And the same small directory trains fine, so the errors above are about the defects alone.
 if "$WORKER" --data.dir "$TMP/data" --train.epochs 1 --train.batch_size 4 --run_dir "$TMP/run" >/dev/null 2>&1; then

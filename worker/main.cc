@@ -17,6 +17,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
 #include "algorithms/compute_threads.h"
 #include "algorithms/modes/semi_supervised.h"
 #include "comm/communicator.h"
@@ -287,6 +288,29 @@ int RankFromEnvironment() {
 }  // namespace
 }  // namespace allround::worker
 
+// Flags that cannot mean anything together ("" when they fit): a site's flags without a
+// coordinator would otherwise train a plain job, and a site has no run of its own to resume.
+std::string FlagConflict(const CLI::App& app, bool federated, const allround::worker::SiteOptions& site) {
+  std::vector<std::string> given;
+  if (!federated) {
+    for (const char* flag : {"--site", "--token", "--tokens", "--site-index", "--num-sites", "--site-threads", "--data",
+                             "--tls-ca", "--insecure", "--give-up-s", "--dump-updates"}) {
+      if (app.get_option(flag)->count() > 0) given.push_back(flag);
+    }
+    if (given.empty()) return "";
+    return absl::StrCat(absl::StrJoin(given, ", "), ": only with --coordinator HOST:PORT (they make this process a site)");
+  }
+  for (const char* flag : {"--resume", "--summary-json"}) {
+    if (app.get_option(flag)->count() > 0) given.push_back(flag);
+  }
+  if (!given.empty()) {
+    return absl::StrCat(absl::StrJoin(given, ", "), ": not for a site, which takes the model from the coordinator "
+                        "each round (the coordinator resumes and writes the summary)");
+  }
+  if (site.give_up_s < 0) return absl::StrCat("--give-up-s ", site.give_up_s, ": must be 0 or more");
+  return "";
+}
+
 int main(int argc, char** argv) {
   using namespace allround;
   CLI::App app{"allround-worker: trains the model a job file describes (one process: a worker group of one).\n"
@@ -331,6 +355,11 @@ int main(int argc, char** argv) {
     return 2;
   }
   if (num_sites > 0) job->partition.sites = num_sites;
+  const bool federated = app.get_option("--coordinator")->count() > 0;
+  if (std::string conflict = FlagConflict(app, federated, site); !conflict.empty()) {
+    if (worker::RankFromEnvironment() == 0) std::fprintf(stderr, "allround-worker: error: %s\n", conflict.c_str());
+    return 2;
+  }
   if (print_job) {
     std::fputs(JobToYaml(*job).c_str(), stdout);
     return 0;
@@ -343,7 +372,6 @@ int main(int argc, char** argv) {
     return 1;
   }
   comm::Communicator& comm = (*context)->comm();
-  const bool federated = app.get_option("--coordinator")->count() > 0;
   try {
     if (federated) {
       // A site (or, under mpirun, a worker group that is one site). Sites training side by side
