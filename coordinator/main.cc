@@ -12,6 +12,7 @@
 #include <nlohmann/json.hpp>
 #include <thread>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
@@ -46,6 +47,14 @@ struct Flags {
 
 absl::Status Serve(const Job& job, const Flags& flags) {
   SetComputeThreads(static_cast<int>(job.threads));
+  // HOST:PORT with a port gRPC can bind (it would take 99999 modulo 65536); 0 picks a free one.
+  const size_t colon = flags.listen.rfind(':');
+  const std::string port_text = colon == std::string::npos ? "" : flags.listen.substr(colon + 1);
+  int64_t wanted_port = -1;
+  if (!absl::SimpleAtoi(port_text, &wanted_port) || wanted_port < 0 || wanted_port > 65535 || colon == 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--listen '", flags.listen, "': give HOST:PORT with a port from 0 (any free one) to 65535"));
+  }
   // Transport: TLS with the server's certificate, or plain text only when asked for.
   std::shared_ptr<grpc::ServerCredentials> credentials;
   if (!flags.tls_cert.empty() || !flags.tls_key.empty()) {
@@ -173,8 +182,9 @@ absl::Status Serve(const Job& job, const Flags& flags) {
         "cannot listen on ", flags.listen, ": the address is in use or not this machine's",
         flags.tls_cert.empty() ? "" : ", or --tls-key is not the private key of --tls-cert's certificate"));
   }
+  const std::string bound = absl::StrCat(flags.listen.substr(0, colon), ":", port);  // the port 0 picked
   std::fprintf(stderr, "allround-coordinator: job '%s' (%s, %lld rounds) listening on %s\n", job.name.c_str(),
-               job.strategy.name.c_str(), static_cast<long long>(job.federated.rounds), flags.listen.c_str());
+               job.strategy.name.c_str(), static_cast<long long>(job.federated.rounds), bound.c_str());
 
   auto dir = storage::RunDirectory::Open(ResolvedRunDir(job));
   if (!dir.ok()) return dir.status();

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Bad input to allround-worker: each case must print exactly one clear error line naming the
-# culprit and exit non-zero. Runs the real binary, as a user would.
+# Bad input to allround-worker and allround-coordinator: each case must print exactly one clear
+# error line naming the culprit and exit non-zero. Runs the real binaries, as a user would.
 set -u
 WORKER="$1"
+COORD="$2"
+BIN="$WORKER"  # the binary expect runs
 TMP=$(mktemp -d); trap 'rm -rf "$TMP"' EXIT
 fail=0; passed=0
 
@@ -10,7 +12,7 @@ fail=0; passed=0
 expect() {
   local name="$1" want="$2"; shift 3
   local out rc
-  out=$("$WORKER" "$@" 2>&1 >/dev/null); rc=$?
+  out=$("$BIN" "$@" 2>&1 >/dev/null); rc=$?
   local lines; lines=$(printf '%s' "$out" | grep -c . || true)
   if [[ $rc -eq 0 ]]; then echo "FAIL $name: exit 0"; fail=$((fail+1)); return; fi
   if [[ "$out" != *"$want"* ]]; then echo "FAIL $name: '$out' lacks '$want'"; fail=$((fail+1)); return; fi
@@ -54,6 +56,16 @@ expect resume_at_a_site   "--resume: not for a site" -- "${SITE[@]}" --insecure 
 expect ca_not_pem         "--tls-ca '$TMP/badkey.yaml': no PEM certificate" -- "${SITE[@]}" --tls-ca "$TMP/badkey.yaml"
 expect dump_dir_is_a_file "--dump-updates '$TMP/a-file': cannot create the directory" -- "${SITE[@]}" --insecure \
   --dump-updates "$TMP/a-file"
+
+BIN="$COORD"
+C=(--data.dir "$TMP/data" --run_dir "$TMP/coord")
+expect listen_port        "--listen '127.0.0.1:99999': give HOST:PORT" -- "${C[@]}" --insecure --no-auth \
+  --listen 127.0.0.1:99999
+expect cert_not_pem       "--tls-cert '$TMP/badkey.yaml': no PEM certificate" -- "${C[@]}" --no-auth \
+  --tls-cert "$TMP/badkey.yaml" --tls-key "$TMP/badkey.yaml"
+expect models_dir_a_file  "--dump-models '$TMP/a-file': cannot create the directory" -- "${C[@]}" --insecure \
+  --no-auth --dump-models "$TMP/a-file"
+BIN="$WORKER"
 
 # And the same small directory trains fine, so the errors above are about the defects alone.
 if "$WORKER" --data.dir "$TMP/data" --train.epochs 1 --train.batch_size 4 --run_dir "$TMP/run" >/dev/null 2>&1; then
