@@ -262,6 +262,53 @@ TEST(SupervisedMode, RefusesBadBatchesAndChangesNothing) {
   for (size_t i = 0; i < after.size(); ++i) EXPECT_TRUE(after[i].equal(before[i]));
 }
 
+// A state saved by one optimizer resumes under that optimizer; under another (SGD's momentum into
+// Adam, Adam's moments into SGD) it is refused by name, not dropped, and a slot of the wrong shape
+// is refused too.
+TEST(SupervisedMode, OptimizerStateLoadsOnlyIntoItsOwnKind) {
+  Job job;
+  job.model.name = "mlp";
+  job.model.hidden = {8};
+  modes::InputInfo info{1, 28, 28, 2};
+  const modes::Batch batch = Blobs(32, 1);
+  auto trained = [&](const std::string& optimizer) {
+    Job j = job;
+    j.optimizer.name = optimizer;
+    auto m = modes::MakeSupervisedMode(j, info);
+    EXPECT_TRUE(m.ok() && (*m)->TrainStep(batch, 0.05, nullptr).ok());
+    return (*m)->State();
+  };
+  const auto sgd_state = trained("sgd"), adam_state = trained("adam");
+  auto fresh = [&](const std::string& optimizer) {
+    Job j = job;
+    j.optimizer.name = optimizer;
+    return *modes::MakeSupervisedMode(j, info);
+  };
+  EXPECT_TRUE(fresh("sgd")->LoadState(sgd_state).ok());
+  EXPECT_TRUE(fresh("adam")->LoadState(adam_state).ok());
+  EXPECT_TRUE(fresh("adamw")->LoadState(adam_state).ok());  // the same moments
+  const auto into_adam = fresh("adam")->LoadState(sgd_state);
+  EXPECT_EQ(into_adam.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(std::string(into_adam.message()).find("is SGD's momentum but this job's optimizer is adam"), std::string::npos)
+      << into_adam;
+  const auto into_sgd = fresh("sgd")->LoadState(adam_state);
+  EXPECT_NE(std::string(into_sgd.message()).find("is Adam's moments but this job's optimizer is sgd"), std::string::npos)
+      << into_sgd;
+  auto bad = sgd_state;
+  for (auto& [name, t] : bad) {
+    if (name.find("/momentum_buffer") != std::string::npos) t = torch::zeros({3});
+  }
+  const auto bad_shape = fresh("sgd")->LoadState(bad);
+  EXPECT_NE(std::string(bad_shape.message()).find("momentum_buffer' has shape [3]"), std::string::npos) << bad_shape;
+  // With the weights alone (no optim/ tensors) any optimizer starts fresh.
+  auto weights = sgd_state;
+  weights.clear();
+  for (const auto& e : sgd_state) {
+    if (e.first.rfind("model/", 0) == 0) weights.push_back(e);
+  }
+  EXPECT_TRUE(fresh("adam")->LoadState(weights).ok());
+}
+
 }  // namespace
 }  // namespace allround
 

@@ -31,10 +31,14 @@ absl::Status LoadInitialWeights(const Job& job, modes::LearningMode& mode) {
   if (job.model.init.empty()) return absl::OkStatus();
   auto weights = storage::ReadSafetensors(job.model.init);
   if (!weights.ok()) return weights.status();
+  // Weights only: an allround-ckpt export also holds the run's optimizer, RNG and position, which
+  // a new run starts afresh; other files (a PyTorch state_dict) name the model's tensors bare.
+  storage::NamedTensors model;
   for (auto& [name, t] : *weights) {
-    if (name.rfind("model/", 0) != 0) name = "model/" + name;
+    if (name.rfind("optim/", 0) == 0 || name.rfind("rng/", 0) == 0 || name.rfind("trainer/", 0) == 0) continue;
+    model.emplace_back(name.rfind("model/", 0) == 0 ? name : "model/" + name, t);
   }
-  if (auto s = mode.LoadState(*weights); !s.ok()) {
+  if (auto s = mode.LoadState(model); !s.ok()) {
     return absl::Status(s.code(), absl::StrCat("job key 'model.init' (", job.model.init, "): ", s.message()));
   }
   return absl::OkStatus();

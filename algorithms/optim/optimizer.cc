@@ -71,66 +71,82 @@ absl::StatusOr<double> BackwardAndStep(const at::Tensor& loss, comm::GradientSyn
 
 NamedTensors OptimizerState(torch::optim::Optimizer& optimizer, const NamedTensors& named_params) {
   NamedTensors out;
-    for (const auto& p : named_params) {
-      auto it = optimizer.state().find(StateKey(p.second));
-      if (it == optimizer.state().end()) continue;  // no step taken yet
-      const std::string prefix = "optim/" + p.first + "/";
-      if (auto* sgd = dynamic_cast<torch::optim::SGDParamState*>(it->second.get())) {
-        if (sgd->momentum_buffer().defined()) out.emplace_back(prefix + "momentum_buffer", sgd->momentum_buffer());
-      } else if (auto* adam = dynamic_cast<torch::optim::AdamParamState*>(it->second.get())) {
-        out.emplace_back(prefix + "step", torch::tensor(adam->step(), torch::kLong));
-        out.emplace_back(prefix + "exp_avg", adam->exp_avg());
-        out.emplace_back(prefix + "exp_avg_sq", adam->exp_avg_sq());
-      } else if (auto* adamw = dynamic_cast<torch::optim::AdamWParamState*>(it->second.get())) {
-        out.emplace_back(prefix + "step", torch::tensor(adamw->step(), torch::kLong));
-        out.emplace_back(prefix + "exp_avg", adamw->exp_avg());
-        out.emplace_back(prefix + "exp_avg_sq", adamw->exp_avg_sq());
-      }
+  for (const auto& p : named_params) {
+    auto it = optimizer.state().find(StateKey(p.second));
+    if (it == optimizer.state().end()) continue;  // no step taken yet
+    const std::string prefix = "optim/" + p.first + "/";
+    if (auto* sgd = dynamic_cast<torch::optim::SGDParamState*>(it->second.get())) {
+      if (sgd->momentum_buffer().defined()) out.emplace_back(prefix + "momentum_buffer", sgd->momentum_buffer());
+    } else if (auto* adam = dynamic_cast<torch::optim::AdamParamState*>(it->second.get())) {
+      out.emplace_back(prefix + "step", torch::tensor(adam->step(), torch::kLong));
+      out.emplace_back(prefix + "exp_avg", adam->exp_avg());
+      out.emplace_back(prefix + "exp_avg_sq", adam->exp_avg_sq());
+    } else if (auto* adamw = dynamic_cast<torch::optim::AdamWParamState*>(it->second.get())) {
+      out.emplace_back(prefix + "step", torch::tensor(adamw->step(), torch::kLong));
+      out.emplace_back(prefix + "exp_avg", adamw->exp_avg());
+      out.emplace_back(prefix + "exp_avg_sq", adamw->exp_avg_sq());
     }
+  }
   return out;
 }
 
 absl::Status LoadOptimizerState(torch::optim::Optimizer& optimizer, const NamedTensors& named_params,
                                 const std::map<std::string, at::Tensor>& by_name) {
-  auto find = [&](const std::string& name, const at::Tensor& like) -> absl::StatusOr<at::Tensor> {
+  auto find = [&](const std::string& name, c10::IntArrayRef shape) -> absl::StatusOr<at::Tensor> {
     auto it = by_name.find(name);
     if (it == by_name.end()) return absl::NotFoundError(absl::StrCat("state has no tensor '", name, "'"));
-    if (it->second.sizes() != like.sizes()) {
+    if (it->second.sizes() != shape) {
       return absl::InvalidArgumentError(absl::StrCat("tensor '", name, "' has shape ", c10::str(it->second.sizes()),
-                                                     ", the parameter ", c10::str(like.sizes())));
+                                                     ", the parameter ", c10::str(shape)));
     }
     return it->second;
   };
-    optimizer.state().clear();
-    for (const auto& p : named_params) {
-      const std::string prefix = "optim/" + p.first + "/";
-      const auto key = StateKey(p.second);
-      if (dynamic_cast<torch::optim::SGD*>(&optimizer) != nullptr) {
-        auto it = by_name.find(prefix + "momentum_buffer");
-        if (it == by_name.end()) continue;
-        auto st = std::make_unique<torch::optim::SGDParamState>();
-        st->momentum_buffer(it->second.to(p.second.device()).clone());
+  // The state must be this optimizer's kind: SGD's momentum buffers do not become Adam's moments
+  // (nor the reverse), and dropping them silently would change the run without a word.
+  const bool sgd = dynamic_cast<torch::optim::SGD*>(&optimizer) != nullptr;
+  for (const auto& p : named_params) {
+    const std::string prefix = "optim/" + p.first + "/";
+    const bool has_momentum = by_name.count(prefix + "momentum_buffer") > 0, has_moments = by_name.count(prefix + "step") > 0;
+    if (sgd ? has_moments : has_momentum) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "the saved optimizer state of '", p.first, "' is ", has_moments ? "Adam's moments" : "SGD's momentum",
+          " but this job's optimizer is ", sgd ? "sgd" : "adam/adamw",
+          ": resume with the optimizer it was written with, or start from its weights alone "
+          "(allround-ckpt export, then model.init)"));
+    }
+  }
+  optimizer.state().clear();
+  for (const auto& p : named_params) {
+    const std::string prefix = "optim/" + p.first + "/";
+    const auto key = StateKey(p.second);
+    if (sgd) {
+      if (!by_name.count(prefix + "momentum_buffer")) continue;
+      auto buffer = find(prefix + "momentum_buffer", p.second.sizes());
+      if (!buffer.ok()) return buffer.status();
+      auto st = std::make_unique<torch::optim::SGDParamState>();
+      st->momentum_buffer(buffer->to(p.second.device()).clone());
+      optimizer.state()[key] = std::move(st);
+    } else if (by_name.count(prefix + "step")) {
+      auto avg = find(prefix + "exp_avg", p.second.sizes()), sq = find(prefix + "exp_avg_sq", p.second.sizes());
+      if (!avg.ok()) return avg.status();
+      if (!sq.ok()) return sq.status();
+      auto step = find(prefix + "step", {});
+      if (!step.ok()) return step.status();
+      if (dynamic_cast<torch::optim::AdamW*>(&optimizer) != nullptr) {
+        auto st = std::make_unique<torch::optim::AdamWParamState>();
+        st->step(step->item<int64_t>());
+        st->exp_avg(avg->to(p.second.device()).clone());
+        st->exp_avg_sq(sq->to(p.second.device()).clone());
         optimizer.state()[key] = std::move(st);
-      } else if (by_name.count(prefix + "step")) {
-        auto avg = find(prefix + "exp_avg", p.second), sq = find(prefix + "exp_avg_sq", p.second);
-        if (!avg.ok()) return avg.status();
-        if (!sq.ok()) return sq.status();
-        const int64_t step = by_name.at(prefix + "step").item<int64_t>();
-        if (dynamic_cast<torch::optim::AdamW*>(&optimizer) != nullptr) {
-          auto st = std::make_unique<torch::optim::AdamWParamState>();
-          st->step(step);
-          st->exp_avg(avg->to(p.second.device()).clone());
-          st->exp_avg_sq(sq->to(p.second.device()).clone());
-          optimizer.state()[key] = std::move(st);
-        } else {
-          auto st = std::make_unique<torch::optim::AdamParamState>();
-          st->step(step);
-          st->exp_avg(avg->to(p.second.device()).clone());
-          st->exp_avg_sq(sq->to(p.second.device()).clone());
-          optimizer.state()[key] = std::move(st);
-        }
+      } else {
+        auto st = std::make_unique<torch::optim::AdamParamState>();
+        st->step(step->item<int64_t>());
+        st->exp_avg(avg->to(p.second.device()).clone());
+        st->exp_avg_sq(sq->to(p.second.device()).clone());
+        optimizer.state()[key] = std::move(st);
       }
     }
+  }
   return absl::OkStatus();
 }
 
