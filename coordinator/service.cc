@@ -13,6 +13,17 @@ constexpr uint32_t kProtocolVersion = 1;
 
 Time Now() { return std::chrono::steady_clock::now(); }
 
+// Compares a presented token with the expected one in time that depends on their lengths only, so
+// a caller cannot learn a token's prefix from how fast a wrong guess is refused.
+bool SameToken(const std::string& expected, const std::string& presented) {
+  if (expected.size() != presented.size()) return false;
+  unsigned char diff = 0;
+  for (size_t i = 0; i < expected.size(); ++i) {
+    diff |= static_cast<unsigned char>(expected[i] ^ presented[i]);
+  }
+  return diff == 0;
+}
+
 }  // namespace
 
 grpc::Status ToGrpc(const absl::Status& s) {
@@ -28,7 +39,7 @@ grpc::Status CoordinatorService::CheckToken(int64_t site, const std::string& tok
     return ToGrpc(name.status());
   }
   auto it = options_.tokens.find(*name);
-  if (it == options_.tokens.end() || it->second != token) {
+  if (it == options_.tokens.end() || !SameToken(it->second, token)) {
     manager_->CountRefusal("bad_token");
     return grpc::Status(grpc::StatusCode::UNAUTHENTICATED, absl::StrCat("bad token for site ", site));
   }
@@ -44,7 +55,7 @@ grpc::Status CoordinatorService::Join(grpc::ServerContext*, const allround::v1::
   }
   if (!options_.tokens.empty()) {
     auto it = options_.tokens.find(req->site_name());
-    if (it == options_.tokens.end() || it->second != req->token()) {
+    if (it == options_.tokens.end() || !SameToken(it->second, req->token())) {
       manager_->CountRefusal("bad_token");
       return grpc::Status(grpc::StatusCode::UNAUTHENTICATED,
                           absl::StrCat("site '", req->site_name(), "': unknown site or bad token"));
