@@ -508,17 +508,19 @@ absl::Status SetJobKey(Job& job, const std::string& key, const std::string& valu
   return k->set(job, value);
 }
 
+bool IsPlainName(const std::string& name) {
+  return !name.empty() && name.size() <= 128 && name != "." && name != ".." &&
+         std::all_of(name.begin(), name.end(), [](char c) {
+           return absl::ascii_isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '-' || c == '.';
+         });
+}
+
 absl::Status ValidateJob(const Job& job) {
   // The name is a path component (runs/<name>) and the prefix of every checkpoint id (<name>/<round>).
-  const bool name_ok = !job.name.empty() && job.name != "." && job.name != ".." &&
-                       std::all_of(job.name.begin(), job.name.end(), [](char c) {
-                         return absl::ascii_isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '-' ||
-                                c == '.';
-                       });
-  if (!name_ok) {
+  if (!IsPlainName(job.name)) {
     return absl::InvalidArgumentError(absl::StrCat(
         "job key 'name': bad value '", job.name,
-        "' (letters, digits, '_', '-' and '.'; it names the run directory and the checkpoints)"));
+        "' (1 to 128 letters, digits, '_', '-' and '.'; it names the run directory and the checkpoints)"));
   }
   if (job.model.name == "mlp" && job.model.hidden.empty()) {
     return absl::InvalidArgumentError("job key 'model.hidden': an mlp needs at least one layer");

@@ -240,6 +240,11 @@ absl::Status SetJobKey(Job& job, const std::string& key, const std::string& valu
 // Checks cross-key constraints (positive sizes, known names); the error names the key.
 absl::Status ValidateJob(const Job& job);
 
+// A name that can stand as one path component and one log token: 1..128 of letters, digits, '_',
+// '-' and '.', and not "." or "..". Job names (runs/<name>, checkpoint ids) and site names
+// (dumped updates' file names) follow it.
+bool IsPlainName(const std::string& name);
+
 // Splits flags of the form `--key=value` or `--key value` into (key, value) pairs and applies
 // them; returns an error naming the first flag that is not a job key or has a bad value.
 absl::Status ApplyJobFlags(Job& job, const std::vector<std::string>& flags);

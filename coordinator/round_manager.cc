@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 
 #include "absl/strings/str_cat.h"
+#include "common/job.h"
 #include "common/random.h"
 
 namespace allround::coordinator {
@@ -17,9 +18,14 @@ RoundManager::RoundManager(RoundManagerOptions options, NamedTensors initial_mod
     : options_(options), strategy_(std::move(strategy)), model_(std::move(initial_model)) {}
 
 absl::StatusOr<int64_t> RoundManager::Join(const std::string& name, int64_t examples, Time now) {
-  if (name.empty()) return absl::InvalidArgumentError("join: empty site name");
-  if (examples <= 0) return absl::InvalidArgumentError(absl::StrCat("join: site '", name, "' has no examples"));
   std::lock_guard<std::mutex> lock(mu_);
+  if (!IsPlainName(name)) {
+    // Names go into logs, dumped updates' file names and the tokens file's 'name token' lines.
+    return Refuse("bad_name", absl::InvalidArgumentError(absl::StrCat(
+                                  "join: site name '", name.substr(0, 128), name.size() > 128 ? "...'" : "'",
+                                  " is not 1 to 128 letters, digits, '_', '-' and '.'")));
+  }
+  if (examples <= 0) return absl::InvalidArgumentError(absl::StrCat("join: site '", name, "' has no examples"));
   auto it = site_by_name_.find(name);
   const int64_t id = it != site_by_name_.end() ? it->second : static_cast<int64_t>(sites_.size()) + 1;
   site_by_name_[name] = id;

@@ -52,6 +52,8 @@ expect name_not_a_dir     "job key 'name': bad value 'a/b'" -- --name a/b
 # Site flags: refused without a coordinator, and checked before any data is read or call made.
 SITE=(--data.dir "$TMP/data" --coordinator 127.0.0.1:1 --site s)
 expect site_flag_alone    "--site, --insecure: only with --coordinator" -- --data.dir "$TMP/data" --site s --insecure
+expect site_name_a_path   "--site 'a/b': the site name 'a/b' is not" -- --data.dir "$TMP/data" \
+  --coordinator 127.0.0.1:1 --site a/b --insecure
 expect resume_at_a_site   "--resume: not for a site" -- "${SITE[@]}" --insecure --resume auto
 expect ca_not_pem         "--tls-ca '$TMP/badkey.yaml': no PEM certificate" -- "${SITE[@]}" --tls-ca "$TMP/badkey.yaml"
 expect dump_dir_is_a_file "--dump-updates '$TMP/a-file': cannot create the directory" -- "${SITE[@]}" --insecure \

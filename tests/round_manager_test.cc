@@ -95,7 +95,7 @@ TEST_F(RoundManagerTest, TooFewUpdatesByTheDeadlineAbandonsTheRound) {
   o.round_timeout = seconds(10);
   auto m = Manager(o);
   const int64_t a = *m->Join("a", 10, At(0)), b = *m->Join("b", 10, At(0));
-  m->GetTask(a, At(0));
+  ASSERT_TRUE(m->GetTask(a, At(0)).ok());
   ASSERT_TRUE(m->SubmitUpdate(a, 0, 10, Weights(1, 1), At(1)).ok());
   m->Tick(At(11));
   EXPECT_EQ(m->model_version(), 0);  // nothing aggregated from a single update
@@ -106,12 +106,26 @@ TEST_F(RoundManagerTest, TooFewUpdatesByTheDeadlineAbandonsTheRound) {
   EXPECT_EQ(task->round, 1);
 }
 
+// A site name stands in logs, file names and the tokens file: one that could not is refused at
+// Join, counted, and the registry is left as it was.
+TEST_F(RoundManagerTest, JoinRefusesNamesThatAreNotPlain) {
+  auto m = Manager(RoundManagerOptions{});
+  const std::vector<std::string> names = {"", "a b", "../x", "a/b", "new\nline", std::string(129, 'x')};
+  for (const std::string& bad : names) {
+    const auto id = m->Join(bad, 10, At(0));
+    EXPECT_EQ(id.status().code(), absl::StatusCode::kInvalidArgument) << bad;
+    EXPECT_THAT(std::string(id.status().message()), HasSubstr("is not 1 to 128 letters")) << bad;
+  }
+  EXPECT_EQ(m->refusals().at("bad_name"), 6);
+  EXPECT_EQ(*m->Join("site-7.b_c", 10, At(0)), 1);
+}
+
 TEST_F(RoundManagerTest, EveryRefusalHasAReasonAndAGoodUpdateStillCounts) {
   RoundManagerOptions o;
   o.min_sites = 2;
   auto m = Manager(o);
   const int64_t a = *m->Join("a", 10, At(0)), b = *m->Join("b", 10, At(0));
-  m->GetTask(a, At(0));
+  ASSERT_TRUE(m->GetTask(a, At(0)).ok());
   struct Case {
     std::string name;
     absl::Status got;

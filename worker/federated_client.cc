@@ -453,6 +453,16 @@ absl::Status RunSites(const Job& job, const SiteOptions& options, comm::Communic
 
   const bool many = indices->size() > 1;
   if (options.site_name.empty() && !many) return absl::InvalidArgumentError("--site NAME is required with --coordinator");
+  // One site: its name; many: "<name>-<index>". Names go into file names (--dump-updates) and logs.
+  const auto site_name = [&](int64_t i) {
+    return many ? absl::StrCat(options.site_name.empty() ? "site" : options.site_name, "-", i) : options.site_name;
+  };
+  for (int64_t i : *indices) {
+    if (!IsPlainName(site_name(i))) {
+      return absl::InvalidArgumentError(absl::StrCat("--site '", options.site_name, "': the site name '", site_name(i),
+                                                     "' is not 1 to 128 letters, digits, '_', '-' and '.'"));
+    }
+  }
 
   Shared sh;
   sh.job = job;
@@ -576,8 +586,7 @@ absl::Status RunSites(const Job& job, const SiteOptions& options, comm::Communic
   std::vector<std::unique_ptr<Site>> sites;
   for (size_t k = 0; k < indices->size(); ++k) {
     const int64_t i = (*indices)[k];
-    std::string name = many ? absl::StrCat(options.site_name.empty() ? "site" : options.site_name, "-", i)
-                            : options.site_name;
+    const std::string name = site_name(i);
     std::string token = options.token;
     if (!tokens.empty()) {
       auto it = tokens.find(name);
