@@ -28,7 +28,9 @@ TEST(ComputeThreads, SizesLibTorchsPoolAndOpenBlassAlike) {
   for (int n : {2, 1}) {
     EXPECT_EQ(SetComputeThreads(n), openblas_threads != nullptr);
     EXPECT_EQ(at::get_num_threads(), n);
-    if (openblas_threads != nullptr) EXPECT_EQ(openblas_threads(), n);
+    if (openblas_threads != nullptr) {
+      EXPECT_EQ(openblas_threads(), n);
+    }
   }
   SetComputeThreads(before);
 }

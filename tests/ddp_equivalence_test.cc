@@ -54,7 +54,9 @@ TEST_P(DdpEquivalence, SgdMomentumMatchesOneProcess) {
   }
   ASSERT_TRUE(comm::BroadcastFromRoot(*g_comm, dist->parameters()).ok());
   comm::Reducer reducer(dist->parameters(), g_comm, {GetParam(), GetParam()});
-  if (GetParam() < 1024) EXPECT_GT(reducer.num_buckets(), 5);
+  if (GetParam() < 1024) {
+    EXPECT_GT(reducer.num_buckets(), 5);
+  }
   auto opt_d = Sgd(dist->parameters()), opt_r = Sgd(ref->parameters());
   torch::manual_seed(1234);
   const at::Tensor x = torch::randn({steps, n * b, 1, 28, 28}, torch::kDouble), y = torch::randint(0, 10, {steps, n * b});
@@ -138,13 +140,17 @@ TEST(DdpEquivalence, TwoBackwardStepMatchesOneProcess) {
     at::Tensor loss_d = bce(gan.d->forward(xr), 1.0) + bce(gan.d->forward(gan.g->forward(zz).detach()), 0.0);
     if (sd) sd->BeforeBackward();
     loss_d.backward();
-    if (sd) ASSERT_TRUE(sd->AfterBackward().ok());
+    if (sd) {
+      ASSERT_TRUE(sd->AfterBackward().ok());
+    }
     o_d.step();
     o_g.zero_grad();
     at::Tensor loss_g = bce(gan.d->forward(gan.g->forward(zz)), 1.0);
     if (sg) sg->BeforeBackward();
     loss_g.backward();
-    if (sg) ASSERT_TRUE(sg->AfterBackward().ok());
+    if (sg) {
+      ASSERT_TRUE(sg->AfterBackward().ok());
+    }
     o_g.step();
   };
   for (int64_t s = 0; s < steps; ++s) {
@@ -310,7 +316,9 @@ TEST(DinoRanks, TeacherAndCenterStayIdenticalAcrossRanks) {
   // The ranks' losses differ (their batches do) ...
   at::Tensor losses = torch::empty({n}, torch::kDouble);
   ASSERT_TRUE(g_comm->AllGather(torch::tensor({loss}, torch::kDouble), losses)->Wait(std::chrono::seconds(60)).ok());
-  if (n > 1) EXPECT_NE(losses[0].item<double>(), losses[1].item<double>());
+  if (n > 1) {
+    EXPECT_NE(losses[0].item<double>(), losses[1].item<double>());
+  }
   // ... and still every tensor of the model is the same bits everywhere (batch-norm statistics
   // once the trainer syncs them, before evaluating), and the teacher moved.
   ASSERT_TRUE(worker::SyncBuffers(*g_comm, mode).ok());

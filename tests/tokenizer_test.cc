@@ -41,7 +41,7 @@ TEST(BpeTokenizer, LearnsFrequentWordsAndRoundTripsAnyText) {
   EXPECT_EQ(tok->TokenBytes(the[0]), " the");
   EXPECT_LT(tok->Encode(corpus).size(), corpus.size() / 2);
   EXPECT_LT(all->Encode(corpus).size(), corpus.size() / 3);
-  for (const std::string text : {std::string("the cat sat on the log."), std::string("Zebras & émigrés: ünïcode ✓\n\n"),
+  for (const std::string& text : {std::string("the cat sat on the log."), std::string("Zebras & émigrés: ünïcode ✓\n\n"),
                                  std::string("  leading, trailing  "), std::string("\x01\xff binary\x00 bytes", 16),
                                  std::string()}) {
     EXPECT_EQ(tok->Decode(tok->Encode(text)), text);
