@@ -269,7 +269,11 @@ class Site {
   // the round's epochs, in an order of the site's own per round.
   absl::Status TrainOnSlot(const v1::TaskReply& task, const comm::NamedTensors& model, modes::LearningMode* mode,
                            std::map<std::string, double>* metrics, storage::NamedTensors* update) {
-    if (auto s = mode->LoadState(model); !s.ok()) return s;
+    if (auto s = mode->LoadState(model); !s.ok()) {
+      return absl::Status(s.code(), absl::StrCat("the coordinator's model version ", task.model_version(),
+                                                 " does not fit this site's job (its mode and model keys must be "
+                                                 "the coordinator's): ", s.message()));
+    }
     if (data_.test_y.defined() && data_.test_y.size(0) > 0) {
       mode->SetEvaluationBank(data_.train_x, data_.train_y);  // the site's own labelled share (DINO's k-NN)
       auto sums = mode->Evaluate(data_.test_x, data_.test_y, sh_->job.train.eval_batch_size);
