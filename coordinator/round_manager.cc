@@ -17,7 +17,8 @@ RoundManager::RoundManager(RoundManagerOptions options, NamedTensors initial_mod
                            std::unique_ptr<aggregation::Strategy> strategy)
     : options_(options), strategy_(std::move(strategy)), model_(std::move(initial_model)) {}
 
-absl::StatusOr<int64_t> RoundManager::Join(const std::string& name, int64_t examples, Time now) {
+absl::StatusOr<int64_t> RoundManager::Join(const std::string& name, int64_t examples, Time now,
+                                           const std::vector<TensorLayout>& model) {
   std::lock_guard<std::mutex> lock(mu_);
   if (!IsPlainName(name)) {
     // Names go into logs, dumped updates' file names and the tokens file's 'name token' lines.
@@ -26,6 +27,25 @@ absl::StatusOr<int64_t> RoundManager::Join(const std::string& name, int64_t exam
                                   " is not 1 to 128 letters, digits, '_', '-' and '.'")));
   }
   if (examples <= 0) return absl::InvalidArgumentError(absl::StrCat("join: site '", name, "' has no examples"));
+  if (!model.empty()) {
+    const auto refuse = [&](const std::string& what) {
+      return Refuse("bad_model", absl::FailedPreconditionError(absl::StrCat(
+                                     "join: site '", name, "' trains another model than the job's: ", what,
+                                     " (the site's mode and model keys must be the coordinator's)")));
+    };
+    if (model.size() != model_.size()) {
+      return refuse(absl::StrCat(model.size(), " tensors at the site, ", model_.size(), " in the job's model"));
+    }
+    for (size_t k = 0; k < model.size(); ++k) {
+      const auto& [want_name, want] = model_[k];
+      const TensorLayout& got = model[k];
+      if (got.name != want_name || got.dtype != want.scalar_type() || at::IntArrayRef(got.shape) != want.sizes()) {
+        return refuse(absl::StrCat("tensor ", k, " is ", got.name, " ", c10::toString(got.dtype), " ",
+                                   c10::str(at::IntArrayRef(got.shape)), " at the site, ", want_name, " ",
+                                   c10::toString(want.scalar_type()), " ", c10::str(want.sizes()), " in the job's model"));
+      }
+    }
+  }
   auto it = site_by_name_.find(name);
   const int64_t id = it != site_by_name_.end() ? it->second : static_cast<int64_t>(sites_.size()) + 1;
   site_by_name_[name] = id;

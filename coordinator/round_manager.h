@@ -74,13 +74,23 @@ struct ClosedRound {
   NamedTensors state;  // State() as of the close (the model's tensors shared with `model`)
 };
 
+// One tensor of the model a site trains, as it describes it at Join.
+struct TensorLayout {
+  std::string name;
+  at::ScalarType dtype;
+  std::vector<int64_t> shape;
+};
+
 class RoundManager {
  public:
   RoundManager(RoundManagerOptions options, NamedTensors initial_model,
                std::unique_ptr<aggregation::Strategy> strategy);
 
   // Registers a site, or re-registers it (a restarted site keeps its id). Returns the site id.
-  absl::StatusOr<int64_t> Join(const std::string& name, int64_t examples, Time now);
+  // `model`, when given, must be the global model's layout (names, dtypes and shapes in order):
+  // a site that trains another model is refused (FailedPrecondition, counted as bad_model).
+  absl::StatusOr<int64_t> Join(const std::string& name, int64_t examples, Time now,
+                               const std::vector<TensorLayout>& model = {});
   absl::Status Heartbeat(int64_t site, Time now);
 
   // What the site should do now. Also advances the round state (starts and closes rounds).

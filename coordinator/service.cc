@@ -4,6 +4,7 @@
 #include <cstdio>
 
 #include "absl/strings/str_cat.h"
+#include "comm/dtype.h"
 #include "comm/wire.h"
 
 namespace allround::coordinator {
@@ -61,7 +62,17 @@ grpc::Status CoordinatorService::Join(grpc::ServerContext*, const allround::v1::
                           absl::StrCat("site '", req->site_name(), "': unknown site or bad token"));
     }
   }
-  auto id = manager_->Join(req->site_name(), req->examples(), Now());
+  std::vector<TensorLayout> model;
+  for (const auto& spec : req->model()) {
+    auto dtype = comm::DtypeFromName(spec.dtype());
+    if (!dtype.ok()) {
+      manager_->CountRefusal("bad_model");
+      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                          absl::StrCat("join: tensor '", spec.name(), "': ", dtype.status().message()));
+    }
+    model.push_back({spec.name(), *dtype, {spec.shape().begin(), spec.shape().end()}});
+  }
+  auto id = manager_->Join(req->site_name(), req->examples(), Now(), model);
   if (!id.ok()) return ToGrpc(id.status());
   std::fprintf(stderr, "allround-coordinator: site '%s' joined as %lld (%lld examples)\n", req->site_name().c_str(),
                static_cast<long long>(*id), static_cast<long long>(req->examples()));

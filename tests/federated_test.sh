@@ -3,7 +3,7 @@
 # non-IID partitions, so the sites hold different numbers of examples), 3 rounds. Every global
 # model the coordinator produced equals, to float precision, the example-weighted mean of the
 # updates the sites submitted in that round, computed here independently in Python; a site with
-# a wrong token is refused with a clear error.
+# a wrong token, and one training another model, are refused with a clear error.
 # Extra arguments are job flags for every process (e.g. --strategy.name fedprox ...).
 set -u
 COORD="$1" WORKER="$2"
@@ -31,6 +31,11 @@ check() { if eval "$2"; then echo "ok   $1"; passed=$((passed+1)); else echo "FA
 rc=$?
 check "a site with a wrong token is refused with a clear error" \
   '[[ $rc -ne 0 ]] && grep -q "site .mallory.: unknown site or bad token" "$TMP/bad.err"'
+"$WORKER" "${JOB[@]}" --coordinator 127.0.0.1:$PORT --insecure --site a --token tokA --site-index 0 \
+  --model.name mlp 2> "$TMP/mlp.err"
+rc=$?
+check "a site training another model than the job's is refused at Join, naming the difference" \
+  '[[ $rc -ne 0 ]] && grep -q "site .a. trains another model than the job.s: 6 tensors at the site" "$TMP/mlp.err"'
 i=0
 for site in a b c; do
   token=tok$(echo $site | tr a-c A-C)

@@ -17,6 +17,7 @@
 namespace allround::coordinator {
 namespace {
 
+using ::testing::AllOf;
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
 using std::chrono::seconds;
@@ -118,6 +119,29 @@ TEST_F(RoundManagerTest, JoinRefusesNamesThatAreNotPlain) {
   }
   EXPECT_EQ(m->refusals().at("bad_name"), 6);
   EXPECT_EQ(*m->Join("site-7.b_c", 10, At(0)), 1);
+}
+
+// A site that describes its model at Join must describe the job's: another model (a count, a name,
+// a dtype or a shape apart) is refused there, counted, and never registered; no description
+// (an older client) is not checked; the right one joins.
+TEST_F(RoundManagerTest, JoinRefusesASiteWhoseModelIsNotTheJobs) {
+  auto m = Manager(RoundManagerOptions{});  // the model: w, float32 [2]
+  const std::vector<std::pair<std::vector<TensorLayout>, std::string>> bad = {
+      {{{"w", at::kFloat, {2}}, {"b", at::kFloat, {1}}}, "2 tensors at the site, 1 in the job's model"},
+      {{{"v", at::kFloat, {2}}}, "tensor 0 is v Float [2] at the site, w Float [2] in the job's model"},
+      {{{"w", at::kDouble, {2}}}, "tensor 0 is w Double [2] at the site"},
+      {{{"w", at::kFloat, {2, 1}}}, "tensor 0 is w Float [2, 1] at the site"},
+  };
+  for (const auto& [layout, want] : bad) {
+    const auto id = m->Join("a", 10, At(0), layout);
+    EXPECT_EQ(id.status().code(), absl::StatusCode::kFailedPrecondition) << want;
+    EXPECT_THAT(std::string(id.status().message()),
+                AllOf(HasSubstr("site 'a' trains another model than the job's"), HasSubstr(want)));
+  }
+  EXPECT_EQ(m->refusals().at("bad_model"), 4);
+  EXPECT_FALSE(m->SiteName(1).ok());  // nothing registered
+  EXPECT_EQ(*m->Join("a", 10, At(0), {{"w", at::kFloat, {2}}}), 1);
+  EXPECT_EQ(*m->Join("b", 10, At(0)), 2);
 }
 
 TEST_F(RoundManagerTest, EveryRefusalHasAReasonAndAGoodUpdateStillCounts) {

@@ -19,6 +19,7 @@
 #include "absl/strings/str_split.h"
 #include "algorithms/modes/semi_supervised.h"
 #include "comm/communicator.h"
+#include "comm/dtype.h"
 #include "comm/proto/federated.grpc.pb.h"
 #include "comm/reducer.h"
 #include "comm/wire.h"
@@ -101,6 +102,7 @@ struct Shared {
   comm::Communicator* group = nullptr;  // a worker group of several ranks training as one site
   std::unique_ptr<comm::Reducer> reducer;
   bool many = false;
+  std::vector<v1::TensorSpec> model;  // the model's layout, sent with Join
 };
 
 // Control messages from a group's rank 0 to the others: [kind, round, epochs, mu, model version].
@@ -194,6 +196,7 @@ class Site {
     req.set_examples(data_.train_y.size(0));
     req.set_protocol_version(1);
     req.set_token(token_);
+    for (const auto& spec : sh_->model) *req.add_model() = spec;
     v1::JoinReply reply;
     grpc::Status s = stub_->Join(&ctx, req, &reply);
     if (s.ok()) {
@@ -583,6 +586,13 @@ absl::Status RunSites(const Job& job, const SiteOptions& options, comm::Communic
     ro.bucket_bytes = static_cast<int64_t>(job.comm.bucket_mb * (1 << 20));
     ro.first_bucket_bytes = static_cast<int64_t>(job.comm.first_bucket_mb * (1 << 20));
     sh.reducer = std::make_unique<comm::Reducer>(modes[0]->TrainableParameters(), group, ro);
+  }
+  for (const auto& [name, t] : modes::ModelTensors(modes[0]->State())) {
+    v1::TensorSpec spec;
+    spec.set_name(name);
+    spec.set_dtype(comm::DtypeName(t.scalar_type()));
+    for (int64_t d : t.sizes()) spec.add_shape(d);
+    sh.model.push_back(std::move(spec));
   }
   sh.slots = std::make_unique<TrainingSlots>(std::move(modes));
   if (group != nullptr && group->rank() != 0) return FollowGroup(&sh, (*indices)[0], site_data[0]);
