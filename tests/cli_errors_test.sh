@@ -33,6 +33,9 @@ for split, n in (("train", 20), ("t10k", 10)):
     idx(f"{d}/{split}-labels-idx1-ubyte", [n], [i % 10 for i in range(n)])
 PY
 cp -r "$TMP/data" "$TMP/corrupt"
+cp -r "$TMP/data" "$TMP/mixed"  # test images of another size than the training ones
+python3 -c 'import struct, sys; open(sys.argv[1], "wb").write(bytes([0, 0, 8, 3]) + struct.pack(">III", 10, 14, 14) + bytes(10 * 196))' \
+  "$TMP/mixed/t10k-images-idx3-ubyte"
 head -c 3000 "$TMP/data/train-images-idx3-ubyte" > "$TMP/corrupt/train-images-idx3-ubyte"
 printf 'model: {name: simple_cnn}\ntrain: {epochs: 1, batch_sizee: 4}\n' > "$TMP/badkey.yaml"
 printf 'model: {name: simple_cnn\n' > "$TMP/badyaml.yaml"
@@ -41,6 +44,7 @@ printf 'train: {epochs: 1}\nmodel: {name: mlp}\ntrain: {batch_size: 4}\n' > "$TM
 
 expect missing_data_dir   "data directory '$TMP/nope' does not exist" -- --data.dir "$TMP/nope"
 expect corrupt_idx        "$TMP/corrupt/train-images-idx3-ubyte': truncated" -- --data.dir "$TMP/corrupt"
+expect mixed_sizes        "training images are [28, 28], test images [14, 14]" -- --data.dir "$TMP/mixed"
 expect unknown_model      "job key 'model.name': bad value 'vgg'" -- --data.dir "$TMP/data" --model.name vgg
 expect bad_yaml_key       "unknown job key 'train.batch_sizee'" -- "$TMP/badkey.yaml"
 expect bad_yaml           "not valid YAML" -- "$TMP/badyaml.yaml"

@@ -35,6 +35,13 @@ absl::StatusOr<TrainTest> LoadFashionMnist(const std::string& dir) {
   auto test = ReadIdxPair(Pick(dir, "t10k-images-idx3-ubyte"), Pick(dir, "t10k-labels-idx1-ubyte"),
                           kFashionMnistClasses);
   if (!test.ok()) return test.status();
+  // The model is built for the training images' size; test images of another would fail the first
+  // evaluation, after a whole epoch of training.
+  if (train->images.sizes().slice(1) != test->images.sizes().slice(1)) {
+    return absl::InvalidArgumentError(absl::StrCat("data directory '", dir, "': training images are ",
+                                                   c10::str(train->images.sizes().slice(1)), ", test images ",
+                                                   c10::str(test->images.sizes().slice(1)), ": they must be alike"));
+  }
   return TrainTest{*std::move(train), *std::move(test)};
 }
 
