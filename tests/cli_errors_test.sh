@@ -45,6 +45,9 @@ printf 'train: {epochs: 1}\nmodel: {name: mlp}\ntrain: {batch_size: 4}\n' > "$TM
 expect missing_data_dir   "data directory '$TMP/nope' does not exist" -- --data.dir "$TMP/nope"
 expect corrupt_idx        "$TMP/corrupt/train-images-idx3-ubyte': truncated" -- --data.dir "$TMP/corrupt"
 expect mixed_sizes        "training images are [28, 28], test images [14, 14]" -- --data.dir "$TMP/mixed"
+mkdir -p "$TMP/onedoc"; printf 'one short document\n' > "$TMP/onedoc/a.txt"
+expect text_too_short     "has 1 documents; holding out 0 (text.test_fraction 0.1) leaves 1 training and 0 evaluation rows" \
+  -- --mode mlm --data.name text --data.dir "$TMP/onedoc"
 expect unknown_model      "job key 'model.name': bad value 'vgg'" -- --data.dir "$TMP/data" --model.name vgg
 expect bad_yaml_key       "unknown job key 'train.batch_sizee'" -- "$TMP/badkey.yaml"
 expect bad_yaml           "not valid YAML" -- "$TMP/badyaml.yaml"

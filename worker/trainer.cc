@@ -109,6 +109,13 @@ absl::StatusOr<TrainingData> LoadTextData(const Job& job) {
   TrainingData d;
   d.train_inputs = Limit(data::EncodeDocuments(*tokenizer, train, job.text.seq_len), job.data.train_limit);
   d.test_inputs = Limit(data::EncodeDocuments(*tokenizer, test, job.text.seq_len), job.data.test_limit);
+  if (d.test_inputs.size(0) == 0 || d.train_inputs.size(0) == 0) {
+    // Evaluating on nothing would report a loss and perplexity of 0.
+    return absl::InvalidArgumentError(absl::StrCat(
+        "job key 'data.dir': text corpus '", job.data.dir, "' has ", docs->size(), " documents; holding out ",
+        held, " (text.test_fraction ", job.text.test_fraction, ") leaves ", d.train_inputs.size(0),
+        " training and ", d.test_inputs.size(0), " evaluation rows: give more text or another text.test_fraction"));
+  }
   d.train_targets = at::zeros({d.train_inputs.size(0)}, at::kLong);
   d.test_targets = at::zeros({d.test_inputs.size(0)}, at::kLong);
   // Rows of seq_len ids; num_classes is the vocabulary the model predicts over.
