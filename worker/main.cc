@@ -285,12 +285,9 @@ int RankFromEnvironment() {
   return 0;
 }
 
-}  // namespace
-}  // namespace allround::worker
-
 // Flags that cannot mean anything together ("" when they fit): a site's flags without a
 // coordinator would otherwise train a plain job, and a site has no run of its own to resume.
-std::string FlagConflict(const CLI::App& app, bool federated, const allround::worker::SiteOptions& site) {
+std::string FlagConflict(const CLI::App& app, bool federated, const SiteOptions& site) {
   std::vector<std::string> given;
   if (!federated) {
     for (const char* flag : {"--site", "--token", "--tokens", "--site-index", "--num-sites", "--site-threads", "--data",
@@ -310,6 +307,9 @@ std::string FlagConflict(const CLI::App& app, bool federated, const allround::wo
   if (site.give_up_s < 0) return absl::StrCat("--give-up-s ", site.give_up_s, ": must be 0 or more");
   return "";
 }
+
+}  // namespace
+}  // namespace allround::worker
 
 int main(int argc, char** argv) {
   using namespace allround;
@@ -356,7 +356,7 @@ int main(int argc, char** argv) {
   }
   if (num_sites > 0) job->partition.sites = num_sites;
   const bool federated = app.get_option("--coordinator")->count() > 0;
-  if (std::string conflict = FlagConflict(app, federated, site); !conflict.empty()) {
+  if (std::string conflict = worker::FlagConflict(app, federated, site); !conflict.empty()) {
     if (worker::RankFromEnvironment() == 0) std::fprintf(stderr, "allround-worker: error: %s\n", conflict.c_str());
     return 2;
   }
