@@ -519,8 +519,8 @@ absl::Status ValidateJob(const Job& job) {
   // The name is a path component (runs/<name>) and the prefix of every checkpoint id (<name>/<round>).
   if (!IsPlainName(job.name)) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "job key 'name': bad value '", job.name,
-        "' (1 to 128 letters, digits, '_', '-' and '.'; it names the run directory and the checkpoints)"));
+        "job key 'name': bad value '", job.name, "' (", kPlainNameRule,
+        "; it names the run directory and the checkpoints)"));
   }
   if (job.model.name == "mlp" && job.model.hidden.empty()) {
     return absl::InvalidArgumentError("job key 'model.hidden': an mlp needs at least one layer");

@@ -244,6 +244,8 @@ absl::Status ValidateJob(const Job& job);
 // '-' and '.', and not "." or "..". Job names (runs/<name>, checkpoint ids) and site names
 // (dumped updates' file names) follow it.
 bool IsPlainName(const std::string& name);
+// The rule IsPlainName checks, in words, for the errors that refuse a name.
+inline constexpr char kPlainNameRule[] = "1 to 128 letters, digits, '_', '-' and '.'";
 
 // Splits flags of the form `--key=value` or `--key value` into (key, value) pairs and applies
 // them; returns an error naming the first flag that is not a job key or has a bad value.

@@ -24,7 +24,7 @@ absl::StatusOr<int64_t> RoundManager::Join(const std::string& name, int64_t exam
     // Names go into logs, dumped updates' file names and the tokens file's 'name token' lines.
     return Refuse("bad_name", absl::InvalidArgumentError(absl::StrCat(
                                   "join: site name '", name.substr(0, 128), name.size() > 128 ? "...'" : "'",
-                                  " is not 1 to 128 letters, digits, '_', '-' and '.'")));
+                                  " is not ", kPlainNameRule)));
   }
   if (examples <= 0) return absl::InvalidArgumentError(absl::StrCat("join: site '", name, "' has no examples"));
   if (!model.empty()) {

@@ -467,7 +467,7 @@ absl::Status RunSites(const Job& job, const SiteOptions& options, comm::Communic
   for (int64_t i : *indices) {
     if (!IsPlainName(site_name(i))) {
       return absl::InvalidArgumentError(absl::StrCat("--site '", options.site_name, "': the site name '", site_name(i),
-                                                     "' is not 1 to 128 letters, digits, '_', '-' and '.'"));
+                                                     "' is not ", kPlainNameRule));
     }
   }
 
