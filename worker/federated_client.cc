@@ -532,7 +532,7 @@ absl::Status RunSites(const Job& job, const SiteOptions& options, comm::Communic
   };
   std::vector<SiteData> site_data;
   if (!options.data_dir.empty()) {
-    auto d = with_labels({data->train_inputs, data->train_targets, data->test_inputs, data->test_targets, {}, {}},
+    auto d = with_labels({data->train_inputs, data->train_targets, data->test_inputs, data->test_targets},
                          at::arange(data->train_targets.size(0), at::kLong), (*indices)[0]);
     if (!d.ok()) return d.status();
     site_data.push_back(*std::move(d));
@@ -548,8 +548,7 @@ absl::Status RunSites(const Job& job, const SiteOptions& options, comm::Communic
       }
       auto [train, test] = SplitForEvaluation((*parts)[i], job.federated.site_eval_fraction, job.seed, i);
       auto d = with_labels({data->train_inputs.index_select(0, train), data->train_targets.index_select(0, train),
-                            data->train_inputs.index_select(0, test), data->train_targets.index_select(0, test), {},
-                            {}},
+                            data->train_inputs.index_select(0, test), data->train_targets.index_select(0, test)},
                            train, i);
       if (!d.ok()) return d.status();
       site_data.push_back(*std::move(d));
