@@ -7,6 +7,8 @@
 #      are switched off by CMake options), and builds what the checks below run;
 #   2. runs the NCCL backend tests (nccl_test) on the GPU;
 #   3. runs a data-parallel smoke run: allround-worker --device cuda, SimpleCNN, one epoch;
+#      then two ranks over NCCL started with torchrun-style variables (on a one-GPU machine both
+#      share it, which NCCL may refuse: the step shows the message a user then gets);
 #   4. compares GPU training throughput with PyTorch eager on the same model, batch and data;
 # and prints every figure.
 #
@@ -23,6 +25,10 @@
 #               build-device/fashion-mnist, else a synthetic set made here.
 #   LIBTORCH=DIR  a CUDA LibTorch's CMake prefix, instead of the one inside python3's torch.
 #   LOGS=DIR    where the whole configure and build logs go (default BUILD_DIR).
+#   BUILD_TIMEOUT=S  seconds the build may take (default 240); past that, the PREBUILT binaries
+#               stand in, so that a slow build does not eat the time the GPU checks need.
+#   CMAKE_ARGS  more configure options, split on spaces: -DALLROUND_WITH_MPI=OFF, say, when making
+#               the PREBUILT binaries on a machine that has Open MPI and the GPU machine has not.
 #   PREBUILT=DIR  nccl_test, allround-worker and train_throughput_allround built elsewhere against
 #               the same LibTorch (default build-device/prebuilt): each one the build here could
 #               not make is taken from there, and the output says so, so that a failed build
@@ -62,16 +68,19 @@ step "configure"
 # RPATH rather than RUNPATH: the unpacked libraries' own dependencies are found next to them, with
 # no LD_LIBRARY_PATH for the whole machine.
 cmake -S "$ROOT" -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH="$PREFIX" \
-  -DCMAKE_EXE_LINKER_FLAGS=-Wl,--disable-new-dtags -DALLROUND_USE_PCH=ON >"$LOGS/configure.log" 2>&1
+  -DCMAKE_EXE_LINKER_FLAGS=-Wl,--disable-new-dtags -DALLROUND_USE_PCH=ON ${CMAKE_ARGS:-} >"$LOGS/configure.log" 2>&1
 CONFIGURED=$?
 grep -E "allround|CMake Error|Could NOT" "$LOGS/configure.log" | head -20
 if ((CONFIGURED != 0)); then echo "configure failed:"; grep -A8 "CMake Error" "$LOGS/configure.log" | head -40; fi
 
 step "build"
 if ((CONFIGURED == 0)); then
-  cmake --build "$BUILD" -j"$(nproc)" --target nccl_test allround-worker train_throughput_allround \
-    >"$LOGS/build.log" 2>&1 && echo "built nccl_test, allround-worker, train_throughput_allround" ||
-    { echo "build failed; the first errors:"; grep -m 12 -A4 "error" "$LOGS/build.log"; }
+  timeout "${BUILD_TIMEOUT:-240}" cmake --build "$BUILD" -j"$(nproc)" \
+    --target nccl_test allround-worker train_throughput_allround >"$LOGS/build.log" 2>&1
+  BUILT=$?
+  if ((BUILT == 0)); then echo "built nccl_test, allround-worker, train_throughput_allround"
+  elif ((BUILT == 124)); then echo "build stopped after ${BUILD_TIMEOUT:-240} s; $(grep -c 'Building CXX' "$LOGS/build.log") compile steps started by then"
+  else echo "build failed; the first errors:"; grep -m 12 -A4 "error" "$LOGS/build.log"; fi
 fi
 
 # pick NAME PATH: the binary built here, else the prebuilt one (its libraries are found through
@@ -127,6 +136,18 @@ if [[ -n $WORKER ]]; then
   [[ -f $BUILD/smoke.json ]] && "$PY" -c "import json; s=json.load(open('$BUILD/smoke.json')); print('smoke: test_accuracy', s['test_accuracy'], 'samples/s', round(s['samples_per_s']))"
 else
   echo "allround-worker not built"
+fi
+
+# With one GPU both ranks land on it, which NCCL may refuse: the step shows what a user then sees.
+step "two ranks over NCCL, started with torchrun-style variables ($(nvidia-smi -L 2>/dev/null | wc -l) GPUs)"
+if [[ -n $WORKER ]]; then
+  for r in 0 1; do
+    RANK=$r WORLD_SIZE=2 LOCAL_RANK=$r MASTER_ADDR=127.0.0.1 MASTER_PORT=29517 timeout 90 "${RUN[@]}" "$WORKER" \
+      --device cuda --data.dir "$DATA" --train.epochs 1 --train.max_steps 50 --run_dir "$BUILD/two-$r" \
+      >"$LOGS/two-ranks-$r.log" 2>&1 &
+  done
+  wait
+  for r in 0 1; do echo "rank $r:"; tail -4 "$LOGS/two-ranks-$r.log"; done
 fi
 
 step "GPU throughput: allround vs PyTorch eager (SimpleCNN and FedAvg CNN, batch 64, 3 runs each)"
