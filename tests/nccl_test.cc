@@ -68,7 +68,9 @@ TEST_F(Nccl, ReducerOnGpuLeavesAGroupOfOnesGradientsUnchanged) {
   auto model = *models::MakeModel(spec, {});
   model->to(torch::kCUDA);
   Reducer reducer(model->parameters(), comm_.get(), {256, 256});
-  const at::Tensor x = torch::randn({8, 1, 28, 28}, torch::kCUDA), y = torch::randint(0, 10, {8}, torch::kCUDA);
+  // The options' dtype must be named: torch::randint with options of a device alone makes floats.
+  const at::Tensor x = torch::randn({8, 1, 28, 28}, torch::kCUDA),
+                   y = torch::randint(0, 10, {8}, torch::TensorOptions(torch::kCUDA).dtype(torch::kLong));
   reducer.BeforeBackward();
   torch::cross_entropy_loss(model->forward(x), y).backward();
   std::vector<at::Tensor> local;
