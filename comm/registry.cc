@@ -94,8 +94,21 @@ class NcclContext final : public CommContext {
     const int devices = CudaDeviceCount();
     if (devices == 0) return absl::UnavailableError("NCCL backend: no CUDA device");
     int local = rank;
+    const char* local_var = nullptr;
     for (const char* var : {"LOCAL_RANK", "OMPI_COMM_WORLD_LOCAL_RANK"}) {
-      if (const char* v = std::getenv(var)) local = std::atoi(v);
+      if (const char* v = std::getenv(var)) {
+        local = std::atoi(v);
+        local_var = var;
+      }
+    }
+    // NCCL refuses two ranks of one group on one GPU ("invalid usage"). Where the launcher says
+    // which rank this is on its machine, say so before NCCL does, and what to do instead. Without
+    // it (RANK alone, one rank per machine) the rank picks a device modulo the machine's count.
+    if (world > 1 && local_var != nullptr && local >= devices) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "rank ", rank, " is local rank ", local, " (", local_var, ") on a machine with ", devices,
+          " CUDA device(s): NCCL needs a GPU of its own for each rank, so start at most ", devices,
+          " rank(s) per machine (or train on CPUs: device cpu)"));
     }
     auto comm = MakeNcclCommunicator(rank, world, local % devices, id, timeout);
     if (!comm.ok()) return comm.status();

@@ -234,11 +234,16 @@ absl::StatusOr<std::unique_ptr<Communicator>> MakeNcclCommunicator(int rank, int
                                                     " did not finish within ", timeout.count(), " ms"));
   }
   if (*state != ncclSuccess) {
+    // NCCL keeps its last warning (the cause, such as "Duplicate GPU detected : rank 0 and rank 1
+    // both on CUDA device 60") whatever NCCL_DEBUG says; its error string alone says only
+    // "invalid usage".
+    const std::string cause = ncclGetLastError(shared->comm);
     if (shared->comm != nullptr) {
       ncclCommAbort(shared->comm);
       shared->aborted = true;
     }
-    return NcclError(*state, "ncclCommInitRankConfig");
+    absl::Status s = NcclError(*state, "ncclCommInitRankConfig");
+    return cause.empty() ? s : absl::InternalError(absl::StrCat(s.message(), ": ", cause));
   }
   return std::unique_ptr<Communicator>(std::make_unique<NcclCommunicator>(std::move(shared), rank, world_size));
 }
