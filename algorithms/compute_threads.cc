@@ -1,7 +1,10 @@
 #include "algorithms/compute_threads.h"
 
+#include <ATen/Context.h>
 #include <ATen/Parallel.h>
 #include <dlfcn.h>
+
+#include <cstdlib>
 
 namespace allround {
 
@@ -15,6 +18,15 @@ bool SetComputeThreads(int threads) {
   if (set_openblas == nullptr) return false;
   set_openblas(threads);
   return true;
+}
+
+void UseDeterministicKernels(bool on) {
+  // What cuBLAS needs for reproducible GEMMs (CUDA 10.2 and later); a value the user set wins.
+  if (on) setenv("CUBLAS_WORKSPACE_CONFIG", ":4096:8", /*overwrite=*/0);
+  at::Context& ctx = at::globalContext();
+  ctx.setDeterministicCuDNN(on);
+  ctx.setBenchmarkCuDNN(false);
+  ctx.setDeterministicAlgorithms(on, /*warn_only=*/true);
 }
 
 }  // namespace allround

@@ -192,6 +192,11 @@ const std::vector<Key>& Keys() {
                       [](Job& j) -> auto& { return j.threads; }, 0, 1024),
       StringKey("device", "where to train: cpu, or cuda (one GPU per rank, NCCL between them)",
                 [](Job& j) -> auto& { return j.device; }, {"cpu", "cuda"}),
+      BoolKey("deterministic",
+              "cuda: deterministic kernels (cuDNN, cuBLAS, atomics-free ops), so that a rerun or a resume "
+              "matches, at some speed; false lets cuDNN pick the fastest and runs differ. CPU runs are "
+              "deterministic either way",
+              [](Job& j) -> auto& { return j.deterministic; }),
       StringKey("mode", "learning mode", [](Job& j) -> auto& { return j.mode; },
                 {"supervised", "fixmatch", "pseudolabel", "dino", "vae", "gan", "mlm"}),
       StringKey("loss", "loss function", [](Job& j) -> auto& { return j.loss; },

@@ -208,6 +208,7 @@ struct Job {
   int64_t threads = 0;               // intra-op threads (0: LibTorch's default)
   std::string mode = "supervised";   // supervised | fixmatch | pseudolabel | dino | vae | gan | mlm
   std::string device = "cpu";        // cpu | cuda (one GPU per rank; NCCL between ranks)
+  bool deterministic = true;         // cuda: deterministic kernels, so a rerun or resume matches
   std::string loss = "cross_entropy";  // cross_entropy | l1 | mse | hinge
   ModelSpec model;
   DataSpec data;

@@ -4,6 +4,8 @@
 #include <dlfcn.h>
 
 #include <cmath>
+#include <cstdlib>
+#include <string>
 
 #include "algorithms/compute_threads.h"
 #include "algorithms/losses.h"
@@ -33,6 +35,33 @@ TEST(ComputeThreads, SizesLibTorchsPoolAndOpenBlassAlike) {
     }
   }
   SetComputeThreads(before);
+}
+
+// The settings themselves; that they make two GPU runs equal is checked on a GPU by
+// deploy/device-check.sh, which runs the smoke job twice and compares.
+TEST(ComputeThreads, DeterministicKernelsSwitchCuDnnCuBlasAndOpsTogether) {
+  at::Context& ctx = at::globalContext();
+  const char* had = std::getenv("CUBLAS_WORKSPACE_CONFIG");
+  const std::string before = had == nullptr ? "" : had;
+  unsetenv("CUBLAS_WORKSPACE_CONFIG");
+  UseDeterministicKernels(true);
+  EXPECT_TRUE(ctx.deterministicCuDNN());
+  EXPECT_FALSE(ctx.benchmarkCuDNN());
+  EXPECT_TRUE(ctx.deterministicAlgorithms());
+  EXPECT_TRUE(ctx.deterministicAlgorithmsWarnOnly());  // an op without a deterministic kernel warns
+  ASSERT_NE(std::getenv("CUBLAS_WORKSPACE_CONFIG"), nullptr);
+  EXPECT_STREQ(std::getenv("CUBLAS_WORKSPACE_CONFIG"), ":4096:8");
+  setenv("CUBLAS_WORKSPACE_CONFIG", ":16:8", 1);  // the user's own value wins
+  UseDeterministicKernels(true);
+  EXPECT_STREQ(std::getenv("CUBLAS_WORKSPACE_CONFIG"), ":16:8");
+  UseDeterministicKernels(false);
+  EXPECT_FALSE(ctx.deterministicCuDNN());
+  EXPECT_FALSE(ctx.deterministicAlgorithms());
+  if (had == nullptr) {
+    unsetenv("CUBLAS_WORKSPACE_CONFIG");
+  } else {
+    setenv("CUBLAS_WORKSPACE_CONFIG", before.c_str(), 1);
+  }
 }
 
 TEST(Metrics, ReportMatchesHandComputation) {

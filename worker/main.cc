@@ -364,6 +364,7 @@ int main(int argc, char** argv) {
     std::fputs(JobToYaml(*job).c_str(), stdout);
     return 0;
   }
+  if (job->device == "cuda") UseDeterministicKernels(job->deterministic);  // before any GPU work
   const std::string backend = job->comm.backend == "auto" && job->device == "cuda" ? "nccl" : job->comm.backend;
   auto context = comm::InitComm(backend, &argc, &argv,
                                 std::chrono::milliseconds(static_cast<int64_t>(job->comm.timeout_s * 1000)));
