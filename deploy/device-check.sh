@@ -6,7 +6,8 @@
 #      with the other libraries from DEPS (parts whose dependencies are missing there, MPI for one,
 #      are switched off by CMake options), and builds what the checks below run;
 #   2. runs the NCCL backend tests (nccl_test) on the GPU;
-#   3. runs a data-parallel smoke run: allround-worker --device cuda, SimpleCNN, one epoch;
+#   3. runs a data-parallel smoke run: allround-worker --device cuda, SimpleCNN, one epoch, twice
+#      to see that deterministic kernels make the two equal, and once with deterministic: false;
 #      then two ranks over NCCL started with torchrun-style variables (on a one-GPU machine both
 #      share it, which NCCL may refuse: the step shows the message a user then gets);
 #   4. compares GPU training throughput with PyTorch eager on the same model, batch and data;
@@ -130,10 +131,29 @@ PY
   echo "(synthetic data in $DATA)"
 fi
 echo "data: $DATA"
+# smoke NAME [FLAGS]: one epoch into $BUILD/NAME, its summary in $BUILD/NAME.json.
+smoke() {
+  local name=$1; shift
+  rm -rf "$BUILD/$name" "$BUILD/$name.json"
+  timeout 120 "${RUN[@]}" "$WORKER" --device cuda --data.dir "$DATA" --train.epochs 1 \
+    --train.progress_every_s 5 --run_dir "$BUILD/$name" --summary-json "$BUILD/$name.json" "$@" 2>&1 | tail -6
+}
 if [[ -n $WORKER ]]; then
-  timeout 300 "${RUN[@]}" "$WORKER" --device cuda --data.dir "$DATA" --train.epochs 1 \
-    --train.progress_every_s 5 --run_dir "$BUILD/smoke" --summary-json "$BUILD/smoke.json" 2>&1 | tail -6
+  smoke smoke
   [[ -f $BUILD/smoke.json ]] && "$PY" -c "import json; s=json.load(open('$BUILD/smoke.json')); print('smoke: test_accuracy', s['test_accuracy'], 'samples/s', round(s['samples_per_s']))"
+  step "determinism on the GPU: the same run again (deterministic: true, the default), then deterministic: false"
+  smoke again >/dev/null
+  smoke fast --deterministic false >/dev/null
+  "$PY" - "$BUILD" <<'PY'
+import json, sys
+runs = {n: json.load(open(f"{sys.argv[1]}/{n}.json")) for n in ("smoke", "again", "fast")}
+for n, s in runs.items():
+    print(f"{n}: test_loss {s['test_loss']!r} test_accuracy {s['test_accuracy']} samples/s {s['samples_per_s']:.0f}")
+a, b = runs["smoke"], runs["again"]
+same = a["test_loss"] == b["test_loss"] and a["confusion_matrix"] == b["confusion_matrix"]
+print("deterministic runs equal:", "yes" if same else "NO")
+print(f"deterministic/fast samples/s: {a['samples_per_s'] / runs['fast']['samples_per_s']:.3f}")
+PY
 else
   echo "allround-worker not built"
 fi
