@@ -6,6 +6,8 @@
 
 #include <cstdlib>
 #include <cstring>
+#include <initializer_list>
+#include <string>
 
 #include "comm/checked_communicator.h"
 #include "comm/rendezvous.h"
@@ -50,7 +52,7 @@ class NcclContext final : public CommContext {
  public:
   static absl::StatusOr<std::unique_ptr<CommContext>> Init(int* argc, char*** argv, std::chrono::milliseconds timeout) {
     auto ctx = std::unique_ptr<NcclContext>(new NcclContext());
-    int rank = 0, world = 1;
+    int rank = 0, world = 1, device = 0;
     std::string id;
 #if defined(ALLROUND_HAVE_MPI)
     if (MpiEnvironment::LaunchedByMpirun()) {
@@ -62,6 +64,9 @@ class NcclContext final : public CommContext {
       ctx->mpi_ = *std::move(mpi);
       rank = ctx->mpi_->rank();
       world = ctx->mpi_->size();
+      auto gpu = GpuOfRank(rank, world, CudaDeviceCount());
+      if (!gpu.ok()) return gpu.status();
+      device = *gpu;
       at::Tensor blob = at::zeros({128}, at::kByte);
       if (rank == 0) {
         auto made = NcclUniqueId();
@@ -81,6 +86,9 @@ class NcclContext final : public CommContext {
       config->timeout = timeout;
       rank = config->rank;
       world = config->world_size;
+      auto gpu = GpuOfRank(rank, world, CudaDeviceCount());
+      if (!gpu.ok()) return gpu.status();
+      device = *gpu;
       std::string mine;
       if (rank == 0) {
         auto made = NcclUniqueId();
@@ -91,26 +99,7 @@ class NcclContext final : public CommContext {
       if (!got.ok()) return got.status();
       id = *got;
     }
-    const int devices = CudaDeviceCount();
-    if (devices == 0) return absl::UnavailableError("NCCL backend: no CUDA device");
-    int local = rank;
-    const char* local_var = nullptr;
-    for (const char* var : {"LOCAL_RANK", "OMPI_COMM_WORLD_LOCAL_RANK"}) {
-      if (const char* v = std::getenv(var)) {
-        local = std::atoi(v);
-        local_var = var;
-      }
-    }
-    // NCCL refuses two ranks of one group on one GPU ("invalid usage"). Where the launcher says
-    // which rank this is on its machine, say so before NCCL does, and what to do instead. Without
-    // it (RANK alone, one rank per machine) the rank picks a device modulo the machine's count.
-    if (world > 1 && local_var != nullptr && local >= devices) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "rank ", rank, " is local rank ", local, " (", local_var, ") on a machine with ", devices,
-          " CUDA device(s): NCCL needs a GPU of its own for each rank, so start at most ", devices,
-          " rank(s) per machine (or train on CPUs: device cpu)"));
-    }
-    auto comm = MakeNcclCommunicator(rank, world, local % devices, id, timeout);
+    auto comm = MakeNcclCommunicator(rank, world, device, id, timeout);
     if (!comm.ok()) return comm.status();
     ctx->nccl_ = *std::move(comm);
     if (CommDebugEnabled() && world > 1) ctx->nccl_ = MakeCheckedCommunicator(std::move(ctx->nccl_));
@@ -136,6 +125,33 @@ class NcclContext final : public CommContext {
 #endif
 
 }  // namespace
+
+absl::StatusOr<int> GpuOfRank(int rank, int world, int devices) {
+  if (devices <= 0) return absl::UnavailableError("NCCL backend: no CUDA device");
+  auto from_env = [](std::initializer_list<const char*> vars, int* value) -> const char* {
+    for (const char* var : vars) {
+      if (const char* v = std::getenv(var)) {
+        *value = std::atoi(v);
+        return var;
+      }
+    }
+    return nullptr;
+  };
+  int local = rank, local_size = 0;
+  const char* local_var = from_env({"LOCAL_RANK", "OMPI_COMM_WORLD_LOCAL_RANK"}, &local);
+  const char* size_var = from_env({"LOCAL_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_SIZE"}, &local_size);
+  const std::string advice = absl::StrCat(": NCCL needs a GPU of its own for each rank, so start at most ", devices,
+                                          " rank(s) per machine (or train on CPUs: device cpu)");
+  if (world > 1 && size_var != nullptr && local_size > devices) {
+    return absl::FailedPreconditionError(absl::StrCat("rank ", rank, ": this machine runs ", local_size, " ranks (",
+                                                      size_var, ") and has ", devices, " CUDA device(s)", advice));
+  }
+  if (world > 1 && local_var != nullptr && local >= devices) {
+    return absl::FailedPreconditionError(absl::StrCat("rank ", rank, " is local rank ", local, " (", local_var,
+                                                      ") on a machine with ", devices, " CUDA device(s)", advice));
+  }
+  return local % devices;
+}
 
 std::string AvailableBackends() {
   std::string out = "local";

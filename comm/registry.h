@@ -28,6 +28,15 @@ class CommContext {
 absl::StatusOr<std::unique_ptr<CommContext>> InitComm(const std::string& backend, int* argc, char*** argv,
                                                       std::chrono::milliseconds timeout = std::chrono::minutes(5));
 
+// The GPU that NCCL rank `rank` of `world` takes on a machine with `devices` of them: its local
+// rank (as the launcher says: torchrun's LOCAL_RANK, Open MPI's OMPI_COMM_WORLD_LOCAL_RANK) modulo
+// `devices`. NCCL refuses two ranks of one group on one GPU, saying only "invalid usage" and only
+// once every rank has waited for the others. So where the launcher says how many ranks share
+// this machine (LOCAL_WORLD_SIZE, OMPI_COMM_WORLD_LOCAL_SIZE) or which one this is, a rank of a
+// machine with too few GPUs is refused here, before any exchange, saying why; with the count, every
+// rank of that machine is. Without either (RANK alone, one rank per machine) it is rank % devices.
+absl::StatusOr<int> GpuOfRank(int rank, int world, int devices);
+
 // Backends compiled into this binary, e.g. "local, mpi".
 std::string AvailableBackends();
 

@@ -162,7 +162,7 @@ fi
 step "two ranks over NCCL, started with torchrun-style variables ($(nvidia-smi -L 2>/dev/null | wc -l) GPUs)"
 if [[ -n $WORKER ]]; then
   for r in 0 1; do
-    RANK=$r WORLD_SIZE=2 LOCAL_RANK=$r MASTER_ADDR=127.0.0.1 MASTER_PORT=29517 timeout 90 "${RUN[@]}" "$WORKER" \
+    RANK=$r WORLD_SIZE=2 LOCAL_RANK=$r LOCAL_WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=29517 timeout 90 "${RUN[@]}" "$WORKER" \
       --device cuda --data.dir "$DATA" --train.epochs 1 --train.max_steps 50 --run_dir "$BUILD/two-$r" \
       >"$LOGS/two-ranks-$r.log" 2>&1 &
   done

@@ -1,4 +1,5 @@
 #include "comm/rendezvous.h"
+#include "comm/registry.h"
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
@@ -63,6 +64,41 @@ TEST(Rendezvous, EnvironmentErrorsNameTheVariable) {
   auto c = RendezvousFromEnvironment();
   ASSERT_TRUE(c.ok());
   EXPECT_EQ(c->master_port, 1234);
+}
+
+// What each rank of an NCCL group is told before any exchange, from what the launcher says.
+// (On an H200, two ranks on its one GPU were refused by NCCL as "invalid usage", rank 0 only after
+// waiting out the timeout for rank 1, which had already left.)
+TEST(Rendezvous, GpuOfRankRefusesMoreRanksThanTheMachineHasGpus) {
+  const char* vars[] = {"LOCAL_RANK", "LOCAL_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_RANK", "OMPI_COMM_WORLD_LOCAL_SIZE"};
+  for (const char* v : vars) ::unsetenv(v);
+  EXPECT_EQ(GpuOfRank(0, 1, 0).status().code(), absl::StatusCode::kUnavailable);  // no GPU at all
+  // RANK alone: one rank per machine, each takes its rank modulo the devices.
+  EXPECT_EQ(*GpuOfRank(5, 8, 1), 0);
+  EXPECT_EQ(*GpuOfRank(5, 8, 4), 1);
+  // torchrun: two ranks on a one-GPU machine; rank 0 is refused too, by the count.
+  ::setenv("LOCAL_RANK", "0", 1);
+  ::setenv("LOCAL_WORLD_SIZE", "2", 1);
+  auto r0 = GpuOfRank(0, 2, 1);
+  EXPECT_EQ(r0.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(std::string(r0.status().message()),
+              HasSubstr("rank 0: this machine runs 2 ranks (LOCAL_WORLD_SIZE) and has 1 CUDA device(s): NCCL needs "
+                        "a GPU of its own for each rank, so start at most 1 rank(s) per machine"));
+  // The local rank alone: the rank past the devices is refused; the one that fits is not.
+  ::unsetenv("LOCAL_WORLD_SIZE");
+  EXPECT_EQ(*GpuOfRank(0, 2, 1), 0);
+  ::setenv("LOCAL_RANK", "1", 1);
+  EXPECT_THAT(std::string(GpuOfRank(1, 2, 1).status().message()),
+              HasSubstr("rank 1 is local rank 1 (LOCAL_RANK) on a machine with 1 CUDA device(s)"));
+  EXPECT_EQ(*GpuOfRank(3, 4, 2), 1);  // local rank 1 of 2 GPUs
+  // Open MPI's variables, and a group of one is never refused.
+  ::unsetenv("LOCAL_RANK");
+  ::setenv("OMPI_COMM_WORLD_LOCAL_RANK", "2", 1);
+  ::setenv("OMPI_COMM_WORLD_LOCAL_SIZE", "3", 1);
+  EXPECT_THAT(std::string(GpuOfRank(2, 3, 2).status().message()), HasSubstr("(OMPI_COMM_WORLD_LOCAL_SIZE)"));
+  EXPECT_EQ(*GpuOfRank(2, 3, 4), 2);
+  EXPECT_EQ(*GpuOfRank(0, 1, 1), 0);
+  for (const char* v : vars) ::unsetenv(v);
 }
 
 }  // namespace
