@@ -1,5 +1,6 @@
 #include "comm/registry.h"
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 
 #include <ATen/ATen.h>
@@ -128,10 +129,12 @@ class NcclContext final : public CommContext {
 
 absl::StatusOr<int> GpuOfRank(int rank, int world, int devices) {
   if (devices <= 0) return absl::UnavailableError("NCCL backend: no CUDA device");
-  auto from_env = [](std::initializer_list<const char*> vars, int* value) -> const char* {
+  // The first of `vars` that is set, read into *value; a value that is not a count is an error.
+  std::string bad;
+  auto from_env = [&bad](std::initializer_list<const char*> vars, int* value) -> const char* {
     for (const char* var : vars) {
       if (const char* v = std::getenv(var)) {
-        *value = std::atoi(v);
+        if (!absl::SimpleAtoi(v, value) || *value < 0) bad = absl::StrCat(var, "='", v, "' is not a local rank or count");
         return var;
       }
     }
@@ -140,6 +143,7 @@ absl::StatusOr<int> GpuOfRank(int rank, int world, int devices) {
   int local = rank, local_size = 0;
   const char* local_var = from_env({"LOCAL_RANK", "OMPI_COMM_WORLD_LOCAL_RANK"}, &local);
   const char* size_var = from_env({"LOCAL_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_SIZE"}, &local_size);
+  if (!bad.empty()) return absl::InvalidArgumentError(bad);
   const std::string advice = absl::StrCat(": NCCL needs a GPU of its own for each rank, so start at most ", devices,
                                           " rank(s) per machine (or train on CPUs: device cpu)");
   if (world > 1 && size_var != nullptr && local_size > devices) {

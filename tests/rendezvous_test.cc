@@ -98,6 +98,9 @@ TEST(Rendezvous, GpuOfRankRefusesMoreRanksThanTheMachineHasGpus) {
   EXPECT_THAT(std::string(GpuOfRank(2, 3, 2).status().message()), HasSubstr("(OMPI_COMM_WORLD_LOCAL_SIZE)"));
   EXPECT_EQ(*GpuOfRank(2, 3, 4), 2);
   EXPECT_EQ(*GpuOfRank(0, 1, 1), 0);
+  ::setenv("OMPI_COMM_WORLD_LOCAL_RANK", "x1", 1);  // a value that is not a number is named
+  EXPECT_THAT(std::string(GpuOfRank(0, 3, 4).status().message()),
+              HasSubstr("OMPI_COMM_WORLD_LOCAL_RANK='x1' is not a local rank or count"));
   for (const char* v : vars) ::unsetenv(v);
 }
 
