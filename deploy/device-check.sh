@@ -105,7 +105,8 @@ fi
 
 step "NCCL backend tests"
 if [[ -n $NCCL_TEST ]]; then
-  timeout 120 "${RUN[@]}" "$NCCL_TEST" 2>&1 | tail -12
+  # LibTorch's backtraces (frame #N lines) would push a failure's reason out of the tail.
+  timeout 120 "${RUN[@]}" "$NCCL_TEST" 2>&1 | grep -v -E '^frame #|^ *$' | tail -24
 else
   echo "nccl_test not built (see above)"
 fi
@@ -145,8 +146,12 @@ if [[ -n $WORKER ]]; then
   smoke again >/dev/null
   smoke fast --deterministic false >/dev/null
   "$PY" - "$BUILD" <<'PY'
-import json, sys
-runs = {n: json.load(open(f"{sys.argv[1]}/{n}.json")) for n in ("smoke", "again", "fast")}
+import json, os, sys
+names = ("smoke", "again", "fast")
+missing = [n for n in names if not os.path.exists(f"{sys.argv[1]}/{n}.json")]
+if missing:
+    sys.exit(f"no summary from the run(s) {', '.join(missing)}: see the smoke run's output above")
+runs = {n: json.load(open(f"{sys.argv[1]}/{n}.json")) for n in names}
 for n, s in runs.items():
     print(f"{n}: test_loss {s['test_loss']!r} test_accuracy {s['test_accuracy']} samples/s {s['samples_per_s']:.0f}")
 a, b = runs["smoke"], runs["again"]
