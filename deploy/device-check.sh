@@ -9,7 +9,8 @@
 #   3. runs a data-parallel smoke run: allround-worker --device cuda, SimpleCNN, one epoch, twice
 #      to see that deterministic kernels make the two equal, and once with deterministic: false;
 #      then two ranks over NCCL started with torchrun-style variables (on a one-GPU machine both
-#      share it, which NCCL may refuse: the step shows the message a user then gets);
+#      share it, which NCCL may refuse: the step shows the message a user then gets); then 5 steps
+#      and the evaluation of every learning mode's example job (deploy/jobs) on the GPU;
 #   4. compares GPU training throughput with PyTorch eager on the same model, batch and data;
 # and prints every figure.
 #
@@ -24,6 +25,8 @@
 #               BUILD_DIR; nothing is written outside it. Without it, the machine's own are used.
 #   DATA=DIR    Fashion-MNIST's four IDX files; default /usr/share/datasets/fashion-mnist, else
 #               build-device/fashion-mnist, else a synthetic set made here.
+#   TEXT=DIR    a text corpus for the mlm mode; default /usr/share/games/fortunes, else
+#               build-device/text (cp -r /usr/share/games/fortunes build-device/text, 2.8 MB).
 #   LIBTORCH=DIR  a CUDA LibTorch's CMake prefix, instead of the one inside python3's torch.
 #   LOGS=DIR    where the whole configure and build logs go (default BUILD_DIR).
 #   BUILD_TIMEOUT=S  seconds the build may take (default 240); past that, the PREBUILT binaries
@@ -173,6 +176,25 @@ if [[ -n $WORKER ]]; then
   done
   wait
   for r in 0 1; do echo "rank $r:"; tail -4 "$LOGS/two-ranks-$r.log"; done
+fi
+
+# Every learning mode's training and evaluation code on the GPU (the smoke run above covers the
+# supervised one only): a few steps of each example job, then its evaluation. A tensor left on the
+# CPU, or an op that has no deterministic CUDA kernel (LibTorch warns, naming it), shows up here.
+step "every learning mode on the GPU: 5 steps and the evaluation of each example job"
+TEXT="${TEXT:-/usr/share/games/fortunes}"
+[[ -d $TEXT ]] || TEXT="$ROOT/build-device/text"
+if [[ -n $WORKER ]]; then
+  for job in supervised_100 fixmatch_100 dino dino_vit vae gan mlm; do
+    data=(--data.dir "$DATA")
+    [[ $job == mlm ]] && data=(--data.dir "$TEXT" --text.vocab_size 1000)
+    began=$(date +%s)
+    out=$(timeout 120 "${RUN[@]}" "$WORKER" "$ROOT/deploy/jobs/$job.yaml" --device cuda "${data[@]}" --threads 4 \
+            --train.epochs 1 --train.max_steps 5 --checkpoint.enabled false --run_dir "$BUILD/modes/$job" 2>&1)
+    rc=$?
+    echo "$job (exit $rc, $(($(date +%s) - began)) s): $(grep -E '^final|error' <<<"$out" | tail -2)"
+    grep -i "deterministic" <<<"$out" | sort -u | head -4
+  done
 fi
 
 step "GPU throughput: allround vs PyTorch eager (SimpleCNN and FedAvg CNN, batch 64, 3 runs each)"
