@@ -1,6 +1,5 @@
 #include "comm/registry.h"
 
-#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 
 #include <ATen/ATen.h>
@@ -129,29 +128,31 @@ class NcclContext final : public CommContext {
 
 absl::StatusOr<int> GpuOfRank(int rank, int world, int devices) {
   if (devices <= 0) return absl::UnavailableError("NCCL backend: no CUDA device");
-  // The first of `vars` that is set, read into *value; a value that is not a count is an error.
-  std::string bad;
-  auto from_env = [&bad](std::initializer_list<const char*> vars, int* value) -> const char* {
+  // The name of the first of `vars` that is set (nullptr when none is), its value read into *value.
+  auto from_env = [](std::initializer_list<const char*> vars, int* value) -> absl::StatusOr<const char*> {
     for (const char* var : vars) {
-      if (const char* v = std::getenv(var)) {
-        if (!absl::SimpleAtoi(v, value) || *value < 0) bad = absl::StrCat(var, "='", v, "' is not a local rank or count");
-        return var;
-      }
+      auto v = IntFromEnvironment(var);
+      if (absl::IsNotFound(v.status())) continue;
+      if (!v.ok()) return v.status();
+      if (*v < 0) return absl::InvalidArgumentError(absl::StrCat(var, "=", *v, " is below 0"));
+      *value = *v;
+      return var;
     }
-    return nullptr;
+    return static_cast<const char*>(nullptr);
   };
   int local = rank, local_size = 0;
-  const char* local_var = from_env({"LOCAL_RANK", "OMPI_COMM_WORLD_LOCAL_RANK"}, &local);
-  const char* size_var = from_env({"LOCAL_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_SIZE"}, &local_size);
-  if (!bad.empty()) return absl::InvalidArgumentError(bad);
+  auto local_var = from_env({"LOCAL_RANK", "OMPI_COMM_WORLD_LOCAL_RANK"}, &local);
+  if (!local_var.ok()) return local_var.status();
+  auto size_var = from_env({"LOCAL_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_SIZE"}, &local_size);
+  if (!size_var.ok()) return size_var.status();
   const std::string advice = absl::StrCat(": NCCL needs a GPU of its own for each rank, so start at most ", devices,
                                           " rank(s) per machine (or train on CPUs: device cpu)");
-  if (world > 1 && size_var != nullptr && local_size > devices) {
+  if (world > 1 && *size_var != nullptr && local_size > devices) {
     return absl::FailedPreconditionError(absl::StrCat("rank ", rank, ": this machine runs ", local_size, " ranks (",
-                                                      size_var, ") and has ", devices, " CUDA device(s)", advice));
+                                                      *size_var, ") and has ", devices, " CUDA device(s)", advice));
   }
-  if (world > 1 && local_var != nullptr && local >= devices) {
-    return absl::FailedPreconditionError(absl::StrCat("rank ", rank, " is local rank ", local, " (", local_var,
+  if (world > 1 && *local_var != nullptr && local >= devices) {
+    return absl::FailedPreconditionError(absl::StrCat("rank ", rank, " is local rank ", local, " (", *local_var,
                                                       ") on a machine with ", devices, " CUDA device(s)", advice));
   }
   return local % devices;

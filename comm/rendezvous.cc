@@ -159,7 +159,9 @@ absl::StatusOr<std::string> Join(const RendezvousConfig& c, Clock::time_point de
   }
 }
 
-absl::StatusOr<int> IntVar(const char* name) {
+}  // namespace
+
+absl::StatusOr<int> IntFromEnvironment(const char* name) {
   const char* v = std::getenv(name);
   int out = 0;
   if (v == nullptr) return absl::NotFoundError(absl::StrCat("environment variable ", name, " is not set"));
@@ -167,11 +169,10 @@ absl::StatusOr<int> IntVar(const char* name) {
   return out;
 }
 
-}  // namespace
-
 absl::StatusOr<RendezvousConfig> RendezvousFromEnvironment() {
   RendezvousConfig c;
-  auto rank = IntVar("RANK"), world = IntVar("WORLD_SIZE"), port = IntVar("MASTER_PORT");
+  auto rank = IntFromEnvironment("RANK"), world = IntFromEnvironment("WORLD_SIZE"),
+       port = IntFromEnvironment("MASTER_PORT");
   if (!rank.ok()) return rank.status();
   if (!world.ok()) return world.status();
   if (!port.ok()) return port.status();

@@ -24,6 +24,10 @@ struct RendezvousConfig {
   std::chrono::milliseconds timeout{std::chrono::seconds(60)};
 };
 
+// An integer environment variable: NotFound when it is unset, InvalidArgument (naming it and its
+// value) when it is not a number.
+absl::StatusOr<int> IntFromEnvironment(const char* name);
+
 // From RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT; a missing or malformed variable is an error
 // naming it.
 absl::StatusOr<RendezvousConfig> RendezvousFromEnvironment();

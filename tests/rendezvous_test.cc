@@ -100,7 +100,9 @@ TEST(Rendezvous, GpuOfRankRefusesMoreRanksThanTheMachineHasGpus) {
   EXPECT_EQ(*GpuOfRank(0, 1, 1), 0);
   ::setenv("OMPI_COMM_WORLD_LOCAL_RANK", "x1", 1);  // a value that is not a number is named
   EXPECT_THAT(std::string(GpuOfRank(0, 3, 4).status().message()),
-              HasSubstr("OMPI_COMM_WORLD_LOCAL_RANK='x1' is not a local rank or count"));
+              HasSubstr("OMPI_COMM_WORLD_LOCAL_RANK='x1' is not a number"));
+  ::setenv("OMPI_COMM_WORLD_LOCAL_RANK", "-1", 1);
+  EXPECT_THAT(std::string(GpuOfRank(0, 3, 4).status().message()), HasSubstr("OMPI_COMM_WORLD_LOCAL_RANK=-1 is below 0"));
   for (const char* v : vars) ::unsetenv(v);
 }
 
