@@ -97,10 +97,27 @@ struct StoreOptions {
   uint64_t chunk_bytes = 4 << 20;
 };
 
-// Opens (creating it if asked) a RocksDB store at `path`. On a writable open, chunks that no
-// manifest names (left by a crash mid-save) are deleted.
+// Opens (creating it if asked) a RocksDB store at `path`. On a writable open, the chunks of a
+// save that a crash cut short are deleted. Every open checks that the store still holds every
+// checkpoint it committed: one whose files are damaged so that RocksDB would recover an older
+// state is refused (DataLoss, naming the files) before anything is changed or deleted. A new
+// store is created only in a missing or empty directory (FailedPrecondition otherwise).
 absl::StatusOr<std::unique_ptr<CheckpointStore>> OpenCheckpointStore(const std::string& path,
                                                                      const StoreOptions& options = {});
+
+// What RepairCheckpointStore found.
+struct RepairReport {
+  std::vector<std::string> kept;     // listed and every tensor's checksum good
+  std::vector<std::string> damaged;  // listed, but a tensor is missing or fails its checksum (with why)
+  std::vector<std::string> lost;     // committed once, no longer in the store
+  std::vector<std::string> notes;    // e.g. the committed list itself was unreadable
+};
+
+// The explicit way on for a store that OpenCheckpointStore refuses: RocksDB's repair rebuilds its
+// MANIFEST from the files present (moving what it cannot use to `path`/lost, deleting nothing of
+// ours), then every checkpoint is verified and the store's committed list becomes what it now
+// holds. Never run it on a store another process has open.
+absl::StatusOr<RepairReport> RepairCheckpointStore(const std::string& path);
 
 }  // namespace allround::storage
 

@@ -1,4 +1,4 @@
-// allround-ckpt: lists, shows, verifies, exports, prunes and compares checkpoints in a store.
+// allround-ckpt: lists, shows, verifies, exports, prunes, compares and repairs checkpoints in a store.
 
 #include <ATen/ATen.h>
 
@@ -196,6 +196,20 @@ int Diff(const std::string& db, const std::string& a, const std::string& b, cons
   return mismatched == 0 ? 0 : 1;
 }
 
+// Rebuilds a store that no longer opens (a damaged MANIFEST, CURRENT or log), then says what it
+// kept, what is damaged and what is lost. Exit 0 only when nothing was lost or damaged.
+int Repair(const std::string& db) {
+  auto report = RepairCheckpointStore(db);
+  if (!report.ok()) return Fail(report.status());
+  for (const auto& note : report->notes) std::printf("note: %s\n", note.c_str());
+  for (const auto& id : report->kept) std::printf("kept %s\n", id.c_str());
+  for (const auto& why : report->damaged) std::printf("damaged %s\n", why.c_str());
+  for (const auto& id : report->lost) std::printf("lost %s\n", id.c_str());
+  std::printf("repaired %s: %zu kept, %zu damaged, %zu lost (RocksDB's unusable files, if any, are in %s/lost)\n",
+              db.c_str(), report->kept.size(), report->damaged.size(), report->lost.size(), db.c_str());
+  return report->damaged.empty() && report->lost.empty() ? 0 : 1;
+}
+
 }  // namespace
 }  // namespace allround::storage
 
@@ -235,7 +249,10 @@ int main(int argc, char** argv) {
   diff->add_option("a", id)->required();
   diff->add_option("b", id_b)->required();
   diff->add_option("--db-b", db_b, "B lives in this other store");
+  auto* repair = app.add_subcommand("repair", "rebuild a store that no longer opens; say what was kept and what was lost");
+  repair->add_option("db", db)->required();
   if (auto code = allround::ParseCommandLine(app, argc, argv, "allround-ckpt")) return *code;
+  if (*repair) return Repair(db);
   if (*ls) return List(db);
   if (*show) return Show(db, id);
   if (*verify) return Verify(db, id);

@@ -5,8 +5,16 @@
 //                            "<id>\0<tensor index, BE32><chunk index, BE32>" -> bytes
 // A save writes every chunk (bypassing the WAL), flushes the chunk column family so they are in
 // synced blob files, then writes the manifest and moves "latest" in one synced WriteBatch: a
-// checkpoint exists exactly when its manifest does. Chunks without a manifest
-// (a crash mid-save) are removed on the next writable open.
+// checkpoint exists exactly when its manifest does. Before its first chunk, a save writes a
+// synced "pending/<id>" marker that the commit removes: the chunks of a save a crash cut short
+// are the pending ids', removed on the next writable open without reading any chunk (a scan of
+// every chunk let one damaged blob block every open).
+//
+// Beside RocksDB's files the store keeps ALLROUND-CHECKPOINTS, the ids of the committed
+// checkpoints (a subset at every moment: written after a commit, before a delete). Every open
+// first checks that RocksDB still lists all of them: a damaged MANIFEST or WAL from which RocksDB
+// would recover an older state (and then delete the newer files as obsolete) is refused, naming
+// the files, before a writable open can delete anything; RepairCheckpointStore is the explicit way on.
 
 #include <ATen/ATen.h>
 #include <rocksdb/db.h>
@@ -19,11 +27,16 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
-#include <thread>
 #include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <optional>
 #include <set>
+#include <thread>
 
 #include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_split.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
@@ -31,6 +44,7 @@
 #include "storage/checkpoint_store.h"
 #include "storage/crc32c.h"
 #include "storage/proto/checkpoint.pb.h"
+#include "storage/run_directory.h"
 
 namespace allround::storage {
 namespace {
@@ -47,6 +61,55 @@ absl::Status FromRocks(const rocksdb::Status& s, const std::string& what) {
 }
 
 std::string ManifestKey(const std::string& run, uint64_t seq) { return absl::StrFormat("m/%s/%010d", run, seq); }
+std::string PendingKey(const std::string& id) { return absl::StrCat("pending/", id); }
+constexpr char kPendingPrefix[] = "pending/";
+constexpr char kCommittedFile[] = "ALLROUND-CHECKPOINTS";
+constexpr char kCommittedHeader[] = "allround checkpoint store: committed checkpoints, v1";
+
+std::string CommittedPath(const std::string& store) { return store + "/" + kCommittedFile; }
+
+// The committed-ids file: a header line, one id a line, and "crc32c <hex>" of all before it.
+absl::Status WriteCommitted(const std::string& store, const std::set<std::string>& ids) {
+  std::string text = absl::StrCat(kCommittedHeader, "\n");
+  for (const auto& id : ids) absl::StrAppend(&text, id, "\n");
+  absl::StrAppend(&text, absl::StrFormat("crc32c %08x\n", Crc32c(0, text.data(), text.size())));
+  if (auto s = WriteFileAtomically(CommittedPath(store), text); !s.ok()) {
+    return absl::Status(s.code(), absl::StrCat("recording the committed checkpoints: ", s.message()));
+  }
+  return absl::OkStatus();
+}
+
+// nullopt when the file does not exist (a store from before it, or a new one).
+absl::StatusOr<std::optional<std::set<std::string>>> ReadCommitted(const std::string& store) {
+  const std::string path = CommittedPath(store);
+  std::error_code ec;
+  if (!std::filesystem::exists(path, ec)) return std::optional<std::set<std::string>>();
+  std::ifstream in(path, std::ios::binary);
+  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  const auto damaged = [&](const std::string& why) {
+    return absl::DataLossError(absl::StrCat(path, " (the store's list of committed checkpoints) is damaged: ", why,
+                                            "; allround-ckpt repair ", store, " rebuilds it from what the store holds"));
+  };
+  if (!in.good() && !in.eof()) return damaged("it cannot be read");
+  const size_t last = text.rfind("crc32c ", text.size() >= 2 ? text.size() - 2 : 0);
+  if (last == std::string::npos || text.back() != '\n') return damaged("no checksum line");
+  uint32_t want = 0;
+  if (!absl::SimpleHexAtoi(absl::string_view(text).substr(last + 7, text.size() - last - 8), &want) ||
+      Crc32c(0, text.data(), last) != want) {
+    return damaged("its checksum does not match");
+  }
+  std::vector<std::string> lines = absl::StrSplit(text.substr(0, last), '\n', absl::SkipEmpty());
+  if (lines.empty() || lines[0] != kCommittedHeader) return damaged("no header line");
+  return std::optional<std::set<std::string>>(std::set<std::string>(lines.begin() + 1, lines.end()));
+}
+
+// The RocksDB files that a damaged store's error names: CURRENT and the MANIFEST it points to.
+std::string ManifestName(const std::string& store) {
+  std::ifstream in(store + "/CURRENT");
+  std::string name;
+  std::getline(in, name);
+  return name.empty() ? "CURRENT (unreadable)" : absl::StrCat(name, " (named by CURRENT)");
+}
 std::string LatestKey(const std::string& run) { return absl::StrCat("latest/", run); }
 
 void AppendBigEndian32(std::string* s, uint32_t v) {
@@ -95,24 +158,67 @@ class RocksDbStore final : public CheckpointStore {
     db_->Close();
   }
 
-  absl::Status RemoveOrphans() {
-    std::set<std::string> with_manifest;
-    auto manifests = ReadManifests("");
-    if (!manifests.ok()) return manifests.status();
-    for (const auto& m : *manifests) with_manifest.insert(m.id());
-    std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions(), chunks()));
-    std::vector<std::string> orphans;
-    for (it->SeekToFirst(); it->Valid();) {
-      const std::string key = it->key().ToString();
-      const std::string id = key.substr(0, key.find('\0'));
-      if (!with_manifest.count(id)) orphans.push_back(id);
-      it->Seek(ChunkPrefix(id) + std::string(8, '\xff') + "\xff");  // next id
+  // Deletes the chunks of every save that a crash cut short (its pending marker is still there).
+  absl::Status RemovePendingSaves() {
+    std::vector<std::string> pending;
+    std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions(), meta()));
+    for (it->Seek(kPendingPrefix); it->Valid() && it->key().starts_with(kPendingPrefix); it->Next()) {
+      pending.push_back(it->key().ToString().substr(std::strlen(kPendingPrefix)));
     }
-    if (!it->status().ok()) return FromRocks(it->status(), "scanning chunks");
-    for (const auto& id : orphans) {
+    if (auto s = FromRocks(it->status(), "listing unfinished saves"); !s.ok()) return s;
+    for (const auto& id : pending) {
+      if (ReadManifest(id).ok()) continue;  // committed after all: only the marker is left
       if (auto s = DeleteChunks(id); !s.ok()) return s;
     }
+    rocksdb::WriteOptions synced;
+    synced.sync = true;
+    for (const auto& id : pending) {
+      if (auto s = FromRocks(db_->Delete(synced, meta(), PendingKey(id)), "removing an unfinished save's marker");
+          !s.ok()) {
+        return s;
+      }
+    }
     return absl::OkStatus();
+  }
+
+  // Every id the committed file names must still be listed; a store without the file gets one.
+  absl::Status CheckCommitted() {
+    auto listed = ReadManifests("");
+    if (!listed.ok()) return listed.status();
+    std::set<std::string> ids;
+    for (const auto& m : *listed) ids.insert(m.id());
+    auto committed = ReadCommitted(path_);
+    if (!committed.ok()) return committed.status();
+    if (!committed->has_value()) {
+      if (options_.read_only) return absl::OkStatus();
+      return WriteCommitted(path_, ids);
+    }
+    std::vector<std::string> missing;
+    for (const auto& id : **committed) {
+      if (!ids.count(id)) missing.push_back(id);
+    }
+    if (missing.empty()) return absl::OkStatus();
+    return absl::DataLossError(absl::StrCat(
+        "checkpoint store ", path_, " is damaged: RocksDB recovers it without ", missing.size(), " of its ",
+        (*committed)->size(), " committed checkpoints (", absl::StrJoin(missing.begin(),
+        missing.begin() + std::min<size_t>(missing.size(), 5), ", "), missing.size() > 5 ? ", ..." : "",
+        "): its ", ManifestName(path_), " or a write-ahead log (*.log) is damaged or truncated. "
+        "Nothing was changed or deleted; allround-ckpt repair ", path_, " recovers what it can and says what it lost"));
+  }
+
+  // Records `ids` as the committed set (after a commit, before a delete).
+  absl::Status RecordCommitted(const std::string& add, const std::string& remove) {
+    auto committed = ReadCommitted(path_);
+    if (!committed.ok()) return committed.status();
+    std::set<std::string> ids = committed->value_or(std::set<std::string>());
+    if (!committed->has_value()) {
+      auto listed = ReadManifests("");
+      if (!listed.ok()) return listed.status();
+      for (const auto& m : *listed) ids.insert(m.id());
+    }
+    if (!add.empty()) ids.insert(add);
+    if (!remove.empty()) ids.erase(remove);
+    return WriteCommitted(path_, ids);
   }
 
   absl::StatusOr<std::string> Save(const std::string& run_id, const CheckpointInfo& info,
@@ -143,7 +249,11 @@ class RocksDbStore final : public CheckpointStore {
     for (const auto& [k, v] : info.metrics) (*m.mutable_metrics())[k] = v;
 
     // Chunks first, not yet visible to anyone: no manifest names them. They skip the WAL (it would
-    // write every byte twice) and become durable by the flush below, into blob files.
+    // write every byte twice) and become durable by the flush below, into blob files. The marker
+    // goes first, synced, so a crash from here on leaves a record of whose chunks to remove.
+    rocksdb::WriteOptions synced;
+    synced.sync = true;
+    if (auto s = FromRocks(db_->Put(synced, meta(), PendingKey(m.id()), ""), "marking the save"); !s.ok()) return s;
     rocksdb::WriteOptions unsynced;
     unsynced.disableWAL = true;
     rocksdb::WriteBatch batch;
@@ -184,9 +294,9 @@ class RocksDbStore final : public CheckpointStore {
     rocksdb::WriteBatch commit;
     commit.Put(ManifestKey(run_id, seq), m.SerializeAsString());
     commit.Put(LatestKey(run_id), m.id());
-    rocksdb::WriteOptions synced;
-    synced.sync = true;
+    commit.Delete(PendingKey(m.id()));
     if (auto s = FromRocks(db_->Write(synced, &commit), "committing checkpoint"); !s.ok()) return s;
+    if (auto s = RecordCommitted(m.id(), ""); !s.ok()) return s;
     return m.id();
   }
 
@@ -258,6 +368,7 @@ class RocksDbStore final : public CheckpointStore {
     if (latest.ok() && *latest == id) {
       return absl::FailedPreconditionError(absl::StrCat("checkpoint ", id, " is its run's latest"));
     }
+    if (auto s = RecordCommitted("", id); !s.ok()) return s;
     rocksdb::WriteOptions synced;
     synced.sync = true;
     if (auto s = FromRocks(db_->Delete(synced, ManifestKey(m->run_id(), m->sequence())), "deleting manifest");
@@ -405,9 +516,16 @@ class RocksDbStore final : public CheckpointStore {
 
 }  // namespace
 
-absl::StatusOr<std::unique_ptr<CheckpointStore>> OpenCheckpointStore(const std::string& path,
-                                                                     const StoreOptions& options) {
-  rocksdb::DBOptions db_options;
+namespace {
+
+struct RocksOptions {
+  rocksdb::DBOptions db;
+  std::vector<rocksdb::ColumnFamilyDescriptor> families;
+};
+
+RocksOptions MakeRocksOptions(const StoreOptions& options) {
+  RocksOptions o;
+  rocksdb::DBOptions& db_options = o.db;
   db_options.create_if_missing = options.create_if_missing && !options.read_only;
   db_options.create_missing_column_families = !options.read_only;
   db_options.info_log_level = rocksdb::InfoLogLevel::WARN_LEVEL;
@@ -424,25 +542,124 @@ absl::StatusOr<std::unique_ptr<CheckpointStore>> OpenCheckpointStore(const std::
   // Start writeback every few MiB instead of one large fsync when a blob file is done.
   db_options.bytes_per_sync = 4 << 20;
   chunk_options.enable_blob_garbage_collection = true;
-  std::vector<rocksdb::ColumnFamilyDescriptor> families = {{rocksdb::kDefaultColumnFamilyName, meta_options},
-                                                           {"chunks", chunk_options}};
+  o.families = {{rocksdb::kDefaultColumnFamilyName, meta_options}, {"chunks", chunk_options}};
+  return o;
+}
+
+absl::StatusOr<std::unique_ptr<RocksDbStore>> OpenRocks(const std::string& path, const StoreOptions& options) {
+  RocksOptions o = MakeRocksOptions(options);
   std::vector<rocksdb::ColumnFamilyHandle*> handles;
   rocksdb::DB* raw = nullptr;
-  rocksdb::Status s = options.read_only
-                          ? rocksdb::DB::OpenForReadOnly(db_options, path, families, &handles, &raw)
-                          : rocksdb::DB::Open(db_options, path, families, &handles, &raw);
+  rocksdb::Status s = options.read_only ? rocksdb::DB::OpenForReadOnly(o.db, path, o.families, &handles, &raw)
+                                        : rocksdb::DB::Open(o.db, path, o.families, &handles, &raw);
   if (!s.ok()) {
     if (s.IsIOError() && absl::StrContains(s.ToString(), "lock")) {
       return absl::FailedPreconditionError(absl::StrCat("checkpoint store ", path, " is open for writing by another process: ",
                                                         s.ToString()));
     }
-    return FromRocks(s, absl::StrCat("opening checkpoint store ", path));
+    return FromRocks(s, absl::StrCat("opening checkpoint store ", path, " (nothing was changed or deleted)"));
   }
-  auto store = std::make_unique<RocksDbStore>(std::unique_ptr<rocksdb::DB>(raw), std::move(handles), options, path);
+  return std::make_unique<RocksDbStore>(std::unique_ptr<rocksdb::DB>(raw), std::move(handles), options, path);
+}
+
+// A directory that holds no store (no CURRENT) may become one only if it is empty, or holds only
+// what RocksDB writes before CURRENT (a creation cut short).
+absl::Status CheckNewStoreDirectory(const std::string& path) {
+  std::error_code ec;
+  if (!std::filesystem::exists(path, ec)) return absl::OkStatus();
+  if (!std::filesystem::is_directory(path, ec)) {
+    return absl::FailedPreconditionError(absl::StrCat("checkpoint store ", path, ": a file is in the way"));
+  }
+  std::vector<std::string> other;
+  for (const auto& entry : std::filesystem::directory_iterator(path, ec)) {
+    const std::string name = entry.path().filename().string();
+    if (name == "LOCK" || name == "IDENTITY" || absl::StartsWith(name, "LOG")) continue;
+    other.push_back(name);
+  }
+  if (other.empty()) return absl::OkStatus();
+  std::sort(other.begin(), other.end());
+  const bool damaged = std::any_of(other.begin(), other.end(), [](const std::string& n) {
+    return absl::StartsWith(n, "MANIFEST-") || absl::EndsWith(n, ".sst") || absl::EndsWith(n, ".blob") ||
+           n == kCommittedFile;
+  });
+  return absl::FailedPreconditionError(absl::StrCat(
+      "checkpoint store ", path, damaged ? " has lost its CURRENT file (it holds " : " is not empty and holds no store (",
+      absl::StrJoin(other.begin(), other.begin() + std::min<size_t>(other.size(), 4), ", "),
+      other.size() > 4 ? ", ..." : "", damaged ? "): allround-ckpt repair recovers it" : "): name a new or empty directory",
+      "; nothing was created there"));
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<CheckpointStore>> OpenCheckpointStore(const std::string& path,
+                                                                     const StoreOptions& options) {
+  std::error_code ec;
+  const bool exists = std::filesystem::exists(path + "/CURRENT", ec);
+  if (!exists && !options.read_only && options.create_if_missing) {
+    if (auto s = CheckNewStoreDirectory(path); !s.ok()) return s;
+  }
+  if (exists && !options.read_only) {
+    // A writable open deletes the files RocksDB's recovered state does not name. Check that state
+    // first, read-only: a store that lost committed checkpoints is refused with nothing deleted.
+    StoreOptions probe_options = options;
+    probe_options.read_only = true;
+    auto probe = OpenRocks(path, probe_options);
+    if (!probe.ok()) return probe.status();
+    if (auto s = (*probe)->CheckCommitted(); !s.ok()) return s;
+  }
+  auto store = OpenRocks(path, options);
+  if (!store.ok()) return store.status();
+  if (auto s = (*store)->CheckCommitted(); !s.ok()) return s;
   if (!options.read_only) {
-    if (auto st = store->RemoveOrphans(); !st.ok()) return st;
+    if (auto s = (*store)->RemovePendingSaves(); !s.ok()) return s;
   }
-  return std::unique_ptr<CheckpointStore>(std::move(store));
+  return std::unique_ptr<CheckpointStore>(*std::move(store));
+}
+
+absl::StatusOr<RepairReport> RepairCheckpointStore(const std::string& path) {
+  RepairReport report;
+  std::error_code ec;
+  if (!std::filesystem::is_directory(path, ec)) return absl::NotFoundError(absl::StrCat("no directory ", path));
+  // What the store had committed, if its list can still be read.
+  std::set<std::string> committed;
+  auto recorded = ReadCommitted(path);
+  if (recorded.ok() && recorded->has_value()) {
+    committed = **recorded;
+  } else if (!recorded.ok()) {
+    report.notes.push_back(std::string(recorded.status().message()));
+  }
+  // RocksDB's repair rebuilds the MANIFEST from the table and blob files and the logs; files it
+  // cannot use go to <path>/lost, not away.
+  RocksOptions o = MakeRocksOptions(StoreOptions{});
+  o.db.create_if_missing = false;
+  if (auto s = FromRocks(rocksdb::RepairDB(path, o.db, o.families), absl::StrCat("repairing ", path)); !s.ok()) {
+    return s;
+  }
+  StoreOptions writable;
+  writable.create_if_missing = false;
+  auto store = OpenRocks(path, writable);
+  if (!store.ok()) return store.status();
+  auto listed = (*store)->List();
+  if (!listed.ok()) return listed.status();
+  std::set<std::string> present;
+  for (const auto& r : *listed) {
+    present.insert(r.id);
+    auto bad = (*store)->Verify(r.id);
+    if (!bad.ok()) {
+      report.damaged.push_back(absl::StrCat(r.id, ": ", bad.status().message()));
+    } else if (!bad->empty()) {
+      report.damaged.push_back(absl::StrCat(r.id, ": checksum mismatch in ", absl::StrJoin(*bad, ", ")));
+    } else {
+      report.kept.push_back(r.id);
+    }
+  }
+  for (const auto& id : committed) {
+    if (!present.count(id)) report.lost.push_back(id);
+  }
+  if (auto s = (*store)->RemovePendingSaves(); !s.ok()) return s;
+  // From now on the store's list is what it holds.
+  if (auto s = WriteCommitted(path, present); !s.ok()) return s;
+  return report;
 }
 
 }  // namespace allround::storage
