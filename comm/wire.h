@@ -5,7 +5,10 @@
 // most `chunk_bytes`; decoding takes chunks one at a time and refuses, with the reason, anything
 // that is not a well-formed sequence: a continuation of no tensor, a gap or overlap in offsets, a
 // size that does not match dtype and shape, an unknown dtype, a tensor left incomplete, or more
-// bytes in all than the receiver allows. Thread-compatible.
+// bytes in all than the receiver allows. Given the layout it expects (a coordinator knows its
+// model), it also refuses the first chunk of any tensor that is not the next one of the layout
+// (name, dtype, shape, in order), so a stream never makes it hold more than that model.
+// Errors quote at most `max_echo_chars` of a name or dtype the peer sent. Thread-compatible.
 
 #include <ATen/core/Tensor.h>
 
@@ -24,15 +27,29 @@ using NamedTensors = std::vector<std::pair<std::string, at::Tensor>>;
 
 std::vector<allround::v1::TensorChunk> EncodeTensors(const NamedTensors& tensors, uint64_t chunk_bytes = 1 << 20);
 
+// One tensor a stream must carry.
+struct TensorLayout {
+  std::string name;
+  at::ScalarType dtype;
+  std::vector<int64_t> shape;
+};
+
 class TensorAssembler {
  public:
-  explicit TensorAssembler(uint64_t max_total_bytes) : max_total_bytes_(max_total_bytes) {}
+  explicit TensorAssembler(uint64_t max_total_bytes, size_t max_echo_chars = 128)
+      : max_total_bytes_(max_total_bytes), max_echo_chars_(max_echo_chars) {}
+  // Exactly these tensors, in this order.
+  TensorAssembler(const std::vector<TensorLayout>* expected, size_t max_echo_chars);
   absl::Status Add(const allround::v1::TensorChunk& chunk);
   // The tensors, in the order they arrived; fails if the last one is incomplete.
   absl::StatusOr<NamedTensors> Finish();
 
  private:
+  absl::Status CheckExpected(const allround::v1::TensorChunk& chunk, at::ScalarType dtype) const;
+
   uint64_t max_total_bytes_;
+  size_t max_echo_chars_;
+  const std::vector<TensorLayout>* layout_ = nullptr;  // not owned; null: any tensors
   uint64_t total_ = 0;
   NamedTensors done_;
   std::string name_;

@@ -23,6 +23,7 @@
 #include "common/job_cli.h"
 #include "common/stop_signal.h"
 #include "common/text_file.h"
+#include "coordinator/limits.h"
 #include "coordinator/round_manager.h"
 #include "coordinator/service.h"
 #include "storage/checkpoint_store.h"
@@ -116,6 +117,9 @@ absl::Status Serve(const Job& job, const Flags& flags) {
   rm.min_available = job.federated.min_available;
   rm.round_timeout = std::chrono::milliseconds(static_cast<int64_t>(job.federated.round_timeout_s * 1000));
   rm.site_timeout = std::chrono::milliseconds(static_cast<int64_t>(job.federated.site_timeout_s * 1000));
+  // What a site can make the coordinator hold: the job's keys, and sizes from the model.
+  rm.limits = MakeLimits(job.federated, initial);
+  service_options.limits = rm.limits;
   RoundManager manager(rm, initial, *std::move(strategy));
 
   // Checkpoints of the coordinator's whole state, and resuming from one.
@@ -138,6 +142,13 @@ absl::Status Serve(const Job& job, const Flags& flags) {
       if (!latest.ok() && !absl::IsNotFound(latest.status())) return latest.status();
     }
     if (flags.resume != "none" && !id.empty()) {
+      auto record = store->Get(id);
+      if (!record.ok()) return record.status();
+      if (record->info.mode != worker::kCoordinatorMode) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            "--resume ", id, ": a checkpoint of the worker run '", record->run_id, "' (mode ", record->info.mode,
+            "), not of a coordinator; to start from its model, export it and give the job model.init"));
+      }
       auto state = store->Load(id);
       if (!state.ok()) return state.status();
       if (auto s = manager.LoadState(*state, std::chrono::steady_clock::now()); !s.ok()) {
@@ -151,7 +162,7 @@ absl::Status Serve(const Job& job, const Flags& flags) {
   const auto save = [&](int64_t version, const NamedTensors& state, const nlohmann::json& metrics) -> absl::Status {
     storage::CheckpointInfo info;
     info.round = version;
-    info.mode = "federated-coordinator";
+    info.mode = worker::kCoordinatorMode;
     for (const auto& [k, v] : metrics.items()) {
       if (v.is_number()) info.metrics[k] = v.get<double>();
     }
@@ -174,7 +185,7 @@ absl::Status Serve(const Job& job, const Flags& flags) {
   grpc::ServerBuilder builder;
   int port = 0;
   builder.AddListeningPort(flags.listen, credentials, &port);
-  builder.SetMaxReceiveMessageSize(64 << 20);
+  builder.SetMaxReceiveMessageSize(service_options.limits.max_message_bytes);
   builder.RegisterService(&service);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (!server || port == 0) {

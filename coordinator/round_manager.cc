@@ -5,9 +5,11 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <nlohmann/json.hpp>
 
 #include "absl/strings/str_cat.h"
+#include "common/echo.h"
 #include "common/job.h"
 #include "common/random.h"
 
@@ -20,13 +22,18 @@ RoundManager::RoundManager(RoundManagerOptions options, NamedTensors initial_mod
 absl::StatusOr<int64_t> RoundManager::Join(const std::string& name, int64_t examples, Time now,
                                            const std::vector<TensorLayout>& model) {
   std::lock_guard<std::mutex> lock(mu_);
+  const size_t echo = options_.limits.max_echo_chars;
   if (!IsPlainName(name)) {
     // Names go into logs, dumped updates' file names and the tokens file's 'name token' lines.
-    return Refuse("bad_name", absl::InvalidArgumentError(absl::StrCat(
-                                  "join: site name '", name.substr(0, 128), name.size() > 128 ? "...'" : "'",
-                                  " is not ", kPlainNameRule)));
+    return Refuse("bad_name", absl::InvalidArgumentError(absl::StrCat("join: site name '", Echo(name, echo),
+                                                                      "' is not ", kPlainNameRule)));
   }
-  if (examples <= 0) return absl::InvalidArgumentError(absl::StrCat("join: site '", name, "' has no examples"));
+  if (examples <= 0 || examples > options_.limits.max_site_examples) {
+    // FedAvg weighs updates by these counts: one site claiming 2^63-1 would silence the others.
+    return Refuse("bad_examples", absl::InvalidArgumentError(absl::StrCat(
+                                      "join: site '", name, "' declares ", examples, " examples (from 1 to ",
+                                      options_.limits.max_site_examples, ", job key federated.max_site_examples)")));
+  }
   if (!model.empty()) {
     const auto refuse = [&](const std::string& what) {
       return Refuse("bad_model", absl::FailedPreconditionError(absl::StrCat(
@@ -40,8 +47,10 @@ absl::StatusOr<int64_t> RoundManager::Join(const std::string& name, int64_t exam
       const auto& [want_name, want] = model_[k];
       const TensorLayout& got = model[k];
       if (got.name != want_name || got.dtype != want.scalar_type() || at::IntArrayRef(got.shape) != want.sizes()) {
-        return refuse(absl::StrCat("tensor ", k, " is ", got.name, " ", c10::toString(got.dtype), " ",
-                                   c10::str(at::IntArrayRef(got.shape)), " at the site, ", want_name, " ",
+        return refuse(absl::StrCat("tensor ", k, " is ", Echo(got.name, echo), " ", c10::toString(got.dtype), " ",
+                                   got.shape.size() <= 8 ? c10::str(at::IntArrayRef(got.shape))
+                                                         : absl::StrCat("of ", got.shape.size(), " dimensions"),
+                                   " at the site, ", want_name, " ",
                                    c10::toString(want.scalar_type()), " ", c10::str(want.sizes()), " in the job's model"));
       }
     }
@@ -105,8 +114,12 @@ void RoundManager::MaybeCloseRound(Time now) {
     if (found == current_->updates.end()) continue;
     aggregation::SiteUpdate& u = found->second;
     record.contributors.push_back(id);
-    record.examples += u.examples;
-    for (const auto& [k, v] : current_->metrics[id]) record.site_metrics[k] += v;
+    // Each count is at most its site's declared one (<= limits.max_site_examples): no overflow
+    // unless ~10^7 sites declare the maximum; then the total saturates rather than wraps.
+    if (__builtin_add_overflow(record.examples, u.examples, &record.examples)) {
+      record.examples = std::numeric_limits<int64_t>::max();
+    }
+    for (const auto& [k, v] : current_->metrics[id]) record.site_metrics[k] += v;  // bounded: finite
     updates.push_back(std::move(u));
   }
   const auto start = std::chrono::steady_clock::now();
@@ -182,9 +195,10 @@ absl::Status RoundManager::SubmitUpdate(int64_t site, int64_t round, int64_t exa
     return Refuse("duplicate", absl::AlreadyExistsError(
                                    absl::StrCat("site ", site, " already submitted an update for round ", round)));
   }
-  if (examples <= 0) {
-    return Refuse("bad_tensor", absl::InvalidArgumentError(absl::StrCat("update from site ", site, " claims ",
-                                                                        examples, " examples")));
+  if (examples <= 0 || examples > sites_[site].examples) {
+    return Refuse("bad_examples", absl::InvalidArgumentError(absl::StrCat(
+                                      "update from site ", site, " claims ", examples,
+                                      " examples; it declared ", sites_[site].examples, " at Join")));
   }
   if (weights.size() != model_.size()) {
     return Refuse("bad_tensor", absl::InvalidArgumentError(absl::StrCat("update has ", weights.size(),
@@ -203,17 +217,38 @@ absl::Status RoundManager::SubmitUpdate(int64_t site, int64_t round, int64_t exa
       return Refuse("non_finite", absl::InvalidArgumentError(absl::StrCat("tensor ", name, " holds NaN or Inf")));
     }
   }
-  for (const auto& [k, v] : metrics) {
-    if (!std::isfinite(v) || v < 0) {
-      return Refuse("bad_metrics", absl::InvalidArgumentError(absl::StrCat("metric '", k, "' = ", v,
-                                                                           " is not a finite non-negative sum")));
-    }
-  }
+  if (auto s = CheckMetrics(metrics); !s.ok()) return Refuse("bad_metrics", s);
   current_->updates[site] = aggregation::SiteUpdate{site, examples, std::move(weights)};
   current_->metrics[site] = metrics;
   MaybeCloseRound(now);
   MaybeStartRound(now);
   return absl::OkStatus();
+}
+
+absl::Status RoundManager::CheckMetrics(const std::map<std::string, double>& metrics) const {
+  const size_t echo = options_.limits.max_echo_chars;
+  if (metrics.size() > Limits::kMaxMetrics) {
+    return absl::InvalidArgumentError(absl::StrCat("an update carries ", metrics.size(), " metrics (at most ",
+                                                   Limits::kMaxMetrics, ")"));
+  }
+  for (const auto& [k, v] : metrics) {
+    if (k.size() > Limits::kMaxMetricName || !IsPlainName(k)) {
+      return absl::InvalidArgumentError(absl::StrCat("metric name '", Echo(k, echo), "' is not 1 to ",
+                                                     Limits::kMaxMetricName, " letters, digits, '_', '-' and '.'"));
+    }
+    // Sums of such values over any number of sites stay finite: a checkpoint never holds an Inf
+    // that its JSON would write as null.
+    if (!std::isfinite(v) || v < 0 || v > Limits::kMaxMetricValue) {
+      return absl::InvalidArgumentError(absl::StrCat("metric '", k, "' = ", v, " is not a finite sum in [0, ",
+                                                     Limits::kMaxMetricValue, "]"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+std::vector<std::pair<std::string, at::Tensor>> RoundManager::ModelLayoutTensors() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return model_;
 }
 
 absl::Status RoundManager::Refuse(const std::string& reason, absl::Status status) {
@@ -341,7 +376,11 @@ absl::Status RoundManager::LoadState(const NamedTensors& state, Time now) {
       r.contributors = h["contributors"].get<std::vector<int64_t>>();
       r.examples = h["examples"];
       r.closed_by_deadline = h["closed_by_deadline"];
-      r.site_metrics = h["site_metrics"].get<std::map<std::string, double>>();
+      // A number per key; a null (an Inf that checkpoints written before the metric bounds held,
+      // which nlohmann writes as null) is dropped rather than making the whole run unresumable.
+      for (const auto& [k, v] : h["site_metrics"].items()) {
+        if (v.is_number()) r.site_metrics[k] = v.get<double>();
+      }
       history.push_back(std::move(r));
     }
     refusals = j["refusals"].get<std::map<std::string, int64_t>>();

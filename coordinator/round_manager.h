@@ -29,6 +29,7 @@
 
 #include "absl/status/statusor.h"
 #include "algorithms/aggregation/strategy.h"
+#include "coordinator/limits.h"
 
 namespace allround::coordinator {
 
@@ -43,6 +44,7 @@ struct RoundManagerOptions {
   int64_t min_available = 1;
   std::chrono::milliseconds round_timeout{std::chrono::minutes(10)};
   std::chrono::milliseconds site_timeout{std::chrono::seconds(60)};  // no heartbeat for this long: not alive
+  Limits limits;  // examples, metrics and echo bounds (the stream bounds are the service's)
 };
 
 struct Task {
@@ -87,6 +89,7 @@ class RoundManager {
                std::unique_ptr<aggregation::Strategy> strategy);
 
   // Registers a site, or re-registers it (a restarted site keeps its id). Returns the site id.
+  // `examples` must be in [1, limits.max_site_examples]: updates claim at most this many.
   // `model`, when given, must be the global model's layout (names, dtypes and shapes in order):
   // a site that trains another model is refused (FailedPrecondition, counted as bad_model).
   absl::StatusOr<int64_t> Join(const std::string& name, int64_t examples, Time now,
@@ -100,12 +103,17 @@ class RoundManager {
   absl::StatusOr<NamedTensors> Model(int64_t version) const;
 
   // Accepts or refuses an update; a refusal's status says why and nothing reaches the aggregate.
-  // `metrics` are the site's federated-evaluation sums (finite, non-negative).
+  // `examples` is at most what the site declared at Join. `metrics` are the site's
+  // federated-evaluation sums: at most Limits::kMaxMetrics, plain names, finite values in
+  // [0, Limits::kMaxMetricValue].
   absl::Status SubmitUpdate(int64_t site, int64_t round, int64_t examples, NamedTensors weights, Time now,
                             const std::map<std::string, double>& metrics = {});
 
   // Counts a refusal made outside the manager (by the transport: bad token, malformed stream).
   void CountRefusal(const std::string& reason);
+
+  // The global model's tensors (names, dtypes, shapes), which every update must have.
+  std::vector<std::pair<std::string, at::Tensor>> ModelLayoutTensors() const;
 
   // The name a site joined with; NotFound for an unknown id.
   absl::StatusOr<std::string> SiteName(int64_t site) const;
@@ -134,8 +142,9 @@ class RoundManager {
   bool finished() const;
   std::vector<RoundRecord> history() const;
   // Refusals counted by reason ("wrong_round", "duplicate", "late", "not_participant",
-  // "unknown_site", "bad_tensor", "non_finite", "bad_metrics", and from the transport "bad_token",
-  // "bad_stream").
+  // "unknown_site", "bad_tensor", "non_finite", "bad_metrics", "bad_examples", "bad_name",
+  // "bad_model", and from the transport "bad_token", "bad_stream", "too_many_streams",
+  // "stream_timeout").
   std::map<std::string, int64_t> refusals() const;
 
  private:
@@ -156,6 +165,7 @@ class RoundManager {
   void MaybeStartRound(Time now);
   void MaybeCloseRound(Time now);
   absl::Status Refuse(const std::string& reason, absl::Status status);
+  absl::Status CheckMetrics(const std::map<std::string, double>& metrics) const;
   void Changed();
   NamedTensors StateLocked() const;
 

@@ -6,6 +6,7 @@
 #include "absl/strings/str_cat.h"
 #include "comm/dtype.h"
 #include "comm/wire.h"
+#include "common/echo.h"
 
 namespace allround::coordinator {
 namespace {
@@ -26,6 +27,31 @@ bool SameToken(const std::string& expected, const std::string& presented) {
 }
 
 }  // namespace
+
+CoordinatorService::CoordinatorService(RoundManager* manager, ServiceOptions options)
+    : manager_(manager), options_(std::move(options)) {
+  for (const auto& [name, t] : manager_->ModelLayoutTensors()) {
+    layout_.push_back({name, t.scalar_type(), t.sizes().vec()});
+  }
+}
+
+class CoordinatorService::StreamSlot {
+ public:
+  explicit StreamSlot(CoordinatorService* service) : service_(service) {
+    ok_ = ++service_->open_streams_ <= service_->options_.limits.max_streams;
+  }
+  ~StreamSlot() { --service_->open_streams_; }
+  bool ok() const { return ok_; }
+
+ private:
+  CoordinatorService* service_;
+  bool ok_;
+};
+
+grpc::Status CoordinatorService::Refused(const std::string& reason, grpc::StatusCode code, const std::string& message) {
+  manager_->CountRefusal(reason);
+  return grpc::Status(code, message);
+}
 
 grpc::Status ToGrpc(const absl::Status& s) {
   if (s.ok()) return grpc::Status::OK;
@@ -59,7 +85,8 @@ grpc::Status CoordinatorService::Join(grpc::ServerContext*, const allround::v1::
     if (it == options_.tokens.end() || !SameToken(it->second, req->token())) {
       manager_->CountRefusal("bad_token");
       return grpc::Status(grpc::StatusCode::UNAUTHENTICATED,
-                          absl::StrCat("site '", req->site_name(), "': unknown site or bad token"));
+                          absl::StrCat("site '", Echo(req->site_name(), options_.limits.max_echo_chars),
+                                       "': unknown site or bad token"));
     }
   }
   std::vector<TensorLayout> model;
@@ -68,7 +95,8 @@ grpc::Status CoordinatorService::Join(grpc::ServerContext*, const allround::v1::
     if (!dtype.ok()) {
       manager_->CountRefusal("bad_model");
       return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
-                          absl::StrCat("join: tensor '", spec.name(), "': ", dtype.status().message()));
+                          absl::StrCat("join: tensor '", Echo(spec.name(), options_.limits.max_echo_chars),
+                                       "': unknown dtype '", Echo(spec.dtype(), options_.limits.max_echo_chars), "'"));
     }
     model.push_back({spec.name(), *dtype, {spec.shape().begin(), spec.shape().end()}});
   }
@@ -107,13 +135,27 @@ grpc::Status CoordinatorService::GetTask(grpc::ServerContext* ctx, const allroun
   return grpc::Status::OK;
 }
 
-grpc::Status CoordinatorService::FetchModel(grpc::ServerContext*, const allround::v1::FetchRequest* req,
+grpc::Status CoordinatorService::FetchModel(grpc::ServerContext* ctx, const allround::v1::FetchRequest* req,
                                             grpc::ServerWriter<allround::v1::TensorChunk>* writer) {
   if (auto s = CheckToken(req->site_id(), req->token()); !s.ok()) return s;
+  StreamSlot slot(this);
+  if (!slot.ok()) {
+    return Refused("too_many_streams", grpc::StatusCode::RESOURCE_EXHAUSTED,
+                   absl::StrCat(options_.limits.max_streams, " streams are open (federated.max_streams); retry"));
+  }
   auto chunks = EncodedModel(req->model_version());
   if (!chunks.ok()) return ToGrpc(chunks.status());
+  // A site that stops reading blocks Write (flow control): it gets stream_idle per chunk.
+  auto watch = watchdog_.Watch(ctx, options_.limits.stream_idle);
   for (const auto& chunk : **chunks) {
-    if (!writer->Write(chunk)) return grpc::Status(grpc::StatusCode::CANCELLED, "site went away mid-stream");
+    if (!writer->Write(chunk)) {
+      if (watch->expired()) {
+        return Refused("stream_timeout", grpc::StatusCode::DEADLINE_EXCEEDED,
+                       "the site read nothing of the model for federated.stream_idle_s");
+      }
+      return grpc::Status(grpc::StatusCode::CANCELLED, "site went away mid-stream");
+    }
+    watch->Touch(options_.limits.stream_idle);
   }
   return grpc::Status::OK;
 }
@@ -121,7 +163,9 @@ grpc::Status CoordinatorService::FetchModel(grpc::ServerContext*, const allround
 absl::StatusOr<std::shared_ptr<const std::vector<allround::v1::TensorChunk>>> CoordinatorService::EncodedModel(
     int64_t version) {
   std::lock_guard<std::mutex> lock(cache_mu_);  // sites that fetch at once wait for one encoding
-  if (version == cached_version_) return cached_chunks_;
+  // Only a cache that holds an encoding answers: a fresh coordinator's empty cache must not match
+  // a request for version -1 (it did, and the null encoding crashed the server).
+  if (cached_chunks_ != nullptr && version == cached_version_) return cached_chunks_;
   auto model = manager_->Model(version);
   if (!model.ok()) return model.status();
   cached_chunks_ = std::make_shared<const std::vector<allround::v1::TensorChunk>>(comm::EncodeTensors(*model));
@@ -129,18 +173,50 @@ absl::StatusOr<std::shared_ptr<const std::vector<allround::v1::TensorChunk>>> Co
   return cached_chunks_;
 }
 
-grpc::Status CoordinatorService::SubmitUpdate(grpc::ServerContext*, grpc::ServerReader<allround::v1::UpdateChunk>* reader,
+grpc::Status CoordinatorService::SubmitUpdate(grpc::ServerContext* ctx,
+                                              grpc::ServerReader<allround::v1::UpdateChunk>* reader,
                                               allround::v1::SubmitReply* reply) {
+  const Limits& limits = options_.limits;
+  StreamSlot slot(this);
+  if (!slot.ok()) {
+    return Refused("too_many_streams", grpc::StatusCode::RESOURCE_EXHAUSTED,
+                   absl::StrCat(limits.max_streams, " streams are open (federated.max_streams); retry"));
+  }
+  // Until the first message names the site and its token, the stream may be anyone's.
+  auto watch = watchdog_.Watch(ctx, limits.first_message);
   allround::v1::UpdateChunk msg;
-  if (!reader->Read(&msg)) return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "empty update stream");
+  if (!reader->Read(&msg)) {
+    if (watch->expired()) {
+      return Refused("stream_timeout", grpc::StatusCode::DEADLINE_EXCEEDED,
+                     "no first message within federated.first_message_s");
+    }
+    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "empty update stream");
+  }
+  watch->Touch(limits.stream_idle);
   const int64_t site = msg.site_id(), round = msg.round(), examples = msg.examples();
-  const std::map<std::string, double> metrics(msg.metrics().begin(), msg.metrics().end());
   if (auto s = CheckToken(site, msg.token()); !s.ok()) return s;
-  comm::TensorAssembler assembler(options_.max_update_bytes);
+  const std::map<std::string, double> metrics(msg.metrics().begin(), msg.metrics().end());
+  // Every message counts against the bytes an update of this model can take (names included);
+  // every tensor is checked against the model's layout as its first chunk arrives.
+  uint64_t bytes = 0;
+  comm::TensorAssembler assembler(&layout_, limits.max_echo_chars);
   absl::Status bad;
   do {
+    bytes += msg.ByteSizeLong();
+    if (bytes > limits.max_update_bytes) {
+      // Not drained: what is past the limit is not read.
+      return Refused("bad_stream", grpc::StatusCode::RESOURCE_EXHAUSTED,
+                     absl::StrCat("the update stream exceeds the ", limits.max_update_bytes,
+                                  " bytes an update of this job's model takes"));
+    }
     if (bad.ok() && msg.has_chunk()) bad = assembler.Add(msg.chunk());
-  } while (reader->Read(&msg));  // drain the stream even after a bad chunk
+    if (bad.ok() && !msg.has_chunk()) bad = absl::InvalidArgumentError("a message of the stream carries no chunk");
+    watch->Touch(limits.stream_idle);
+  } while (reader->Read(&msg));  // drain an honest site's stream after a bad chunk, up to the limit
+  if (watch->expired()) {
+    return Refused("stream_timeout", grpc::StatusCode::DEADLINE_EXCEEDED,
+                   "the update stream was silent for federated.stream_idle_s");
+  }
   auto tensors = bad.ok() ? assembler.Finish() : absl::StatusOr<comm::NamedTensors>(bad);
   absl::Status s = tensors.status();
   if (!s.ok()) manager_->CountRefusal("bad_stream");

@@ -4,6 +4,9 @@
 // The gRPC face of the RoundManager (a thin adapter, after gRPC's route_guide): it checks each
 // call's site token, converts messages and tensor streams, and maps refusals to gRPC statuses
 // whose messages say why. All decisions are the RoundManager's. GetTask is a long poll.
+// The transport's own limits (coordinator/limits.h) are enforced here: streams open at once, the
+// deadline for an update stream's first message, silence on a stream, the bytes of an update
+// stream, and every update checked chunk by chunk against the model's layout as it arrives.
 
 #include <grpcpp/grpcpp.h>
 
@@ -16,7 +19,10 @@
 #include <string>
 
 #include "comm/proto/federated.grpc.pb.h"
+#include "comm/wire.h"
+#include "coordinator/limits.h"
 #include "coordinator/round_manager.h"
+#include "coordinator/stream_watchdog.h"
 
 namespace allround::coordinator {
 
@@ -24,14 +30,14 @@ struct ServiceOptions {
   std::map<std::string, std::string> tokens;  // site name -> token; empty: no authentication
   int64_t local_epochs = 1;
   double proximal_mu = 0.0;
-  uint64_t max_update_bytes = uint64_t{1} << 32;
+  Limits limits;  // max_update_bytes is taken as given (MakeLimits derives it from the model)
   // GetTask holds a WAIT answer this long, returning early when the round state changes.
   std::chrono::milliseconds long_poll{10000};
 };
 
 class CoordinatorService final : public allround::v1::Coordinator::Service {
  public:
-  CoordinatorService(RoundManager* manager, ServiceOptions options) : manager_(manager), options_(std::move(options)) {}
+  CoordinatorService(RoundManager* manager, ServiceOptions options);
 
   grpc::Status Join(grpc::ServerContext*, const allround::v1::JoinRequest*, allround::v1::JoinReply*) override;
   grpc::Status GetTask(grpc::ServerContext*, const allround::v1::TaskRequest*, allround::v1::TaskReply*) override;
@@ -52,12 +58,19 @@ class CoordinatorService final : public allround::v1::Coordinator::Service {
   // tokens file by the site's registered name (so a restarted coordinator still knows it).
   grpc::Status CheckToken(int64_t site, const std::string& token);
 
+  // A slot for one stream while it is open; false when max_streams are open already.
+  class StreamSlot;
+  grpc::Status Refused(const std::string& reason, grpc::StatusCode code, const std::string& message);
+
   // The current model's chunks, encoded once per version and shared by every site's fetch.
   absl::StatusOr<std::shared_ptr<const std::vector<allround::v1::TensorChunk>>> EncodedModel(int64_t version);
 
   RoundManager* manager_;
   const ServiceOptions options_;
+  std::vector<comm::TensorLayout> layout_;  // the model every update must be
   std::atomic<bool> stopping_{false};
+  std::atomic<int64_t> open_streams_{0};
+  StreamWatchdog watchdog_;
   std::mutex cache_mu_;
   int64_t cached_version_ = -1;
   std::shared_ptr<const std::vector<allround::v1::TensorChunk>> cached_chunks_;

@@ -175,7 +175,8 @@ TEST_F(RoundManagerTest, EveryRefusalHasAReasonAndAGoodUpdateStillCounts) {
   ASSERT_TRUE(m->SubmitUpdate(b, 0, 10, Weights(3, 3), At(3)).ok());
   EXPECT_NEAR((*m->Model(1))[0].second[0].item<float>(), 2.0f, 1e-6);  // no refused value leaked in
   const auto r = m->refusals();
-  EXPECT_EQ(r.at("bad_tensor"), 4);
+  EXPECT_EQ(r.at("bad_tensor"), 3);
+  EXPECT_EQ(r.at("bad_examples"), 1);
   EXPECT_EQ(r.at("non_finite"), 2);
   EXPECT_EQ(r.at("wrong_round"), 1);
   EXPECT_EQ(r.at("unknown_site"), 1);

@@ -64,6 +64,14 @@ absl::StatusOr<std::optional<Restored>> ReadCheckpointForResume(const Job& job, 
   }
   auto record = (*store)->Get(id);
   if (!record.ok()) return record.status();
+  if (record->info.mode == kCoordinatorMode) {
+    // Its tensors are a global model plus the coordinator's registry, not a training run: loaded
+    // as one, the run would start from the model with a fresh optimizer and a wrong position.
+    return absl::FailedPreconditionError(absl::StrCat(
+        "checkpoint ", id, " was written by allround-coordinator (run '", record->run_id,
+        "'), not by a worker: a worker resumes only its own runs' checkpoints. To train on from its model, "
+        "allround-ckpt export ", dir, " ", id, " FILE.safetensors and give the job model.init: FILE.safetensors"));
+  }
   auto tensors = (*store)->Load(id);
   if (!tensors.ok()) {
     return absl::Status(tensors.status().code(),

@@ -20,6 +20,9 @@ namespace allround::worker {
 
 std::string CheckpointDir(const Job& job);
 
+// CheckpointInfo::mode of the coordinator's own checkpoints: a worker refuses to resume from one.
+inline constexpr char kCoordinatorMode[] = "federated-coordinator";
+
 // Weights trained elsewhere (job key model.init, a safetensors file, names with or without the
 // "model/" prefix) loaded into the mode; nothing to do when the key is empty. The worker's start
 // and the coordinator's initial global model both come from here.

@@ -1,0 +1,56 @@
+#ifndef ALLROUND_COORDINATOR_LIMITS_H_
+#define ALLROUND_COORDINATOR_LIMITS_H_
+
+// Everything one site, honest or not, can make the coordinator hold or do, in one place. The job
+// sets the first group (federated.* keys, README "Limits"); the rest follow from the job's model,
+// so an update stream can never bring more than the model it claims to be.
+//
+//   streams         at most `max_streams` FetchModel and SubmitUpdate calls open at once; more are
+//                   refused (RESOURCE_EXHAUSTED, counted as too_many_streams)
+//   first message   an update stream whose first message (site, token, round) has not come within
+//                   `first_message` is ended (DEADLINE_EXCEEDED, stream_timeout): its token is not
+//                   known yet, so it may be anyone's
+//   idle            a stream that sends nothing, or reads nothing, for `stream_idle` is ended
+//   examples        a site declares at most `max_site_examples` at Join, and an update claims at
+//                   most what its site declared: FedAvg weights by these counts
+//   metrics         at most kMaxMetrics keys per update, names as a site's (at most kMaxMetricName
+//                   chars), values finite in [0, kMaxMetricValue]: sums over any number of
+//                   sites stay finite and exact for counts
+//   echo            at most `max_echo_chars` of any string from a request go back in an error
+//   update bytes    an update stream's messages hold at most the model's tensors (names, dtypes,
+//                   shapes and data, as chunked by EncodeTensors) plus the header: derived
+//   message bytes   one gRPC message at most one chunk plus its metadata: derived
+
+#include <chrono>
+#include <cstdint>
+
+#include "algorithms/aggregation/strategy.h"
+
+namespace allround {
+struct FederatedSpec;
+}
+
+namespace allround::coordinator {
+
+struct Limits {
+  int64_t max_streams = 32;
+  std::chrono::milliseconds first_message{10000};
+  std::chrono::milliseconds stream_idle{60000};
+  int64_t max_site_examples = int64_t{1000000000000};
+  size_t max_echo_chars = 128;
+  uint64_t max_update_bytes = uint64_t{1} << 32;  // replaced by the model's figure in MakeLimits
+  int max_message_bytes = 4 << 20;
+
+  static constexpr size_t kMaxMetrics = 32;
+  static constexpr size_t kMaxMetricName = 64;
+  static constexpr double kMaxMetricValue = 9007199254740992.0;  // 2^53: counts stay exact
+  // The chunk size sites and the coordinator cut tensors into (comm::EncodeTensors' default).
+  static constexpr uint64_t kChunkBytes = uint64_t{1} << 20;
+};
+
+// The job's limits, with the stream and message sizes derived from `model` (the global model).
+Limits MakeLimits(const FederatedSpec& spec, const aggregation::NamedTensors& model);
+
+}  // namespace allround::coordinator
+
+#endif  // ALLROUND_COORDINATOR_LIMITS_H_
