@@ -1,5 +1,7 @@
 #include "common/text_file.h"
 
+#include <sys/stat.h>
+
 #include <filesystem>
 #include <fstream>
 #include <iterator>
@@ -8,6 +10,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 
 namespace allround {
@@ -20,7 +23,32 @@ absl::StatusOr<std::string> ReadTextFile(const std::string& path, const std::str
   return text;
 }
 
+absl::Status CheckPrivateFile(const std::string& path, const std::string& flag) {
+  struct stat st;
+  if (::stat(path.c_str(), &st) != 0) return absl::NotFoundError(absl::StrCat(flag, " '", path, "': cannot open"));
+  if ((st.st_mode & 077) != 0) {
+    return absl::PermissionDeniedError(absl::StrFormat(
+        "%s '%s' is open to other users (mode %04o): it holds a secret; chmod 600 '%s' (ssh refuses such keys too)",
+        flag, path, st.st_mode & 07777, path));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::string> ReadTokenFile(const std::string& path, const std::string& flag) {
+  if (auto s = CheckPrivateFile(path, flag); !s.ok()) return s;
+  auto text = ReadTextFile(path, flag);
+  if (!text.ok()) return text.status();
+  const std::string token(absl::StripAsciiWhitespace(*text));
+  if (token.empty() || token.find_first_of(" \t\r\n") != std::string::npos) {
+    return absl::InvalidArgumentError(absl::StrCat(flag, " '", path, "': want one token on one line"));
+  }
+  return token;
+}
+
 absl::StatusOr<std::string> ReadPemFile(const std::string& path, const std::string& flag, const std::string& kind) {
+  if (kind == "PRIVATE KEY") {
+    if (auto s = CheckPrivateFile(path, flag); !s.ok()) return s;
+  }
   auto text = ReadTextFile(path, flag);
   if (!text.ok()) return text.status();
   const auto bad = [&](const std::string& why) {
@@ -52,6 +80,7 @@ absl::Status MakeFlagDirectory(const std::string& path, const std::string& flag)
 }
 
 absl::StatusOr<std::map<std::string, std::string>> ReadTokensFile(const std::string& path, const std::string& flag) {
+  if (auto s = CheckPrivateFile(path, flag); !s.ok()) return s;
   auto text = ReadTextFile(path, flag);
   if (!text.ok()) return text.status();
   std::map<std::string, std::string> out;

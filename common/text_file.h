@@ -15,7 +15,7 @@ namespace allround {
 absl::StatusOr<std::string> ReadTextFile(const std::string& path, const std::string& flag);
 
 // A PEM file of the given kind: "CERTIFICATE" (a certificate or chain, a CA) or "PRIVATE KEY" (an
-// unencrypted key: PKCS#8, RSA or EC). gRPC only logs what it cannot parse, and then fails the
+// unencrypted key: PKCS#8, RSA or EC; refused when open to other users). gRPC only logs what it cannot parse, and then fails the
 // handshake or the listen, so a wrong file is refused here, naming the flag and what it holds.
 absl::StatusOr<std::string> ReadPemFile(const std::string& path, const std::string& flag, const std::string& kind);
 
@@ -23,8 +23,17 @@ absl::StatusOr<std::string> ReadPemFile(const std::string& path, const std::stri
 // bad path fails before any work rather than at the first file written into it.
 absl::Status MakeFlagDirectory(const std::string& path, const std::string& flag);
 
-// "name token" lines (blank lines skipped): name -> token. Refuses a malformed line, a repeated
-// name and an empty file.
+// Files that hold a secret (a private key, tokens) must be closed to other users, as ssh requires
+// of keys: PermissionDenied, naming the mode and the chmod that fixes it, when group or others
+// have any permission on it.
+absl::Status CheckPrivateFile(const std::string& path, const std::string& flag);
+
+// One token, alone in a private file (surrounding whitespace dropped): a token on the command
+// line is visible to every user of the machine in ps.
+absl::StatusOr<std::string> ReadTokenFile(const std::string& path, const std::string& flag);
+
+// "name token" lines (blank lines skipped): name -> token. Refuses a file open to other users, a
+// malformed line, a repeated name and an empty file.
 absl::StatusOr<std::map<std::string, std::string>> ReadTokensFile(const std::string& path, const std::string& flag);
 
 }  // namespace allround

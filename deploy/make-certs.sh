@@ -30,4 +30,6 @@ openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 
   -out server.pem 2> /dev/null
 rm -f server.csr server.ext ca.srl
 chmod 644 ca.pem server.pem
+# Keys are secrets: the coordinator refuses a key other users can read, as ssh does.
+chmod 600 ca.key server.key
 echo "make-certs: $DIR/ca.pem, $DIR/server.pem and $DIR/server.key for ${NAMES[*]}"

@@ -490,6 +490,16 @@ absl::Status RunSites(const Job& job, const SiteOptions& options, comm::Communic
         "give --tls-ca FILE (the CA that signed the coordinator's certificate), or --insecure for plain text");
   }
   std::map<std::string, std::string> tokens;
+  std::string one_token = options.token;
+  if (!options.token_file.empty()) {
+    if (!options.token.empty()) return absl::InvalidArgumentError("give --token-file or --token, not both");
+    auto read = ReadTokenFile(options.token_file, "--token-file");
+    if (!read.ok()) return read.status();
+    one_token = *std::move(read);
+  } else if (!options.token.empty()) {
+    std::fprintf(stderr, "allround-worker: warning: --token is visible to every user of this machine (ps); "
+                         "put it in a file of mode 600 and give --token-file\n");
+  }
   if (!options.tokens_file.empty()) {
     auto read = ReadTokensFile(options.tokens_file, "--tokens");
     if (!read.ok()) return read.status();
@@ -600,7 +610,7 @@ absl::Status RunSites(const Job& job, const SiteOptions& options, comm::Communic
   for (size_t k = 0; k < indices->size(); ++k) {
     const int64_t i = (*indices)[k];
     const std::string name = site_name(i);
-    std::string token = options.token;
+    std::string token = one_token;
     if (!tokens.empty()) {
       auto it = tokens.find(name);
       if (it == tokens.end()) return absl::NotFoundError(absl::StrCat("--tokens has no token for site '", name, "'"));

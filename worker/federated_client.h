@@ -32,6 +32,7 @@ struct SiteOptions {
   std::string site_name;     // one site: its name; many: the prefix of "<name>-<index>"
   std::string token;         // the site's token (every hosted site's, if no tokens file)
   std::string tokens_file;   // "name token" lines: each hosted site's own token
+  std::string token_file;    // the one site's token, alone in a private file (not in ps, unlike token)
   std::string site_indices = "0";  // "I", "A-B" or "A,B,C": the partitions this process hosts
   std::string data_dir;      // the site's own IDX files instead of a partition of the job's data
   std::string tls_ca;        // PEM: the CA that signed the coordinator's certificate

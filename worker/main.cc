@@ -290,7 +290,7 @@ int RankFromEnvironment() {
 std::string FlagConflict(const CLI::App& app, bool federated, const SiteOptions& site) {
   std::vector<std::string> given;
   if (!federated) {
-    for (const char* flag : {"--site", "--token", "--tokens", "--site-index", "--num-sites", "--site-threads", "--data",
+    for (const char* flag : {"--site", "--token", "--token-file", "--tokens", "--site-index", "--num-sites", "--site-threads", "--data",
                              "--tls-ca", "--insecure", "--give-up-s", "--dump-updates"}) {
       if (app.get_option(flag)->count() > 0) given.push_back(flag);
     }
@@ -327,7 +327,9 @@ int main(int argc, char** argv) {
   worker::SiteOptions site;
   app.add_option("--coordinator", site.coordinator, "federated: the coordinator's HOST:PORT (makes this process a site)");
   app.add_option("--site", site.site_name, "federated: this site's name (with many sites: the prefix of NAME-I)");
-  app.add_option("--token", site.token, "federated: this site's token");
+  app.add_option("--token-file", site.token_file, "federated: a file (mode 600) holding this site's token");
+  app.add_option("--token", site.token,
+                 "federated: this site's token (visible to other users in ps: prefer --token-file)");
   app.add_option("--tokens", site.tokens_file, "federated: a file of 'site-name token' lines for the hosted sites");
   app.add_option("--site-index", site.site_indices,
                  "federated: the partition(s) of the job's data this process hosts as sites: I, A-B or A,B,C")
