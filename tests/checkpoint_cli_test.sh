@@ -8,7 +8,9 @@ WORKER="$1" CKPT="$2" ROOT="$3"
 DATA=/usr/share/datasets/fashion-mnist
 PY="${ALLROUND_VENV:-/opt/allround-venv}/bin/python3"
 [[ -d $DATA ]] || { echo "no $DATA: skipped"; exit 77; }
-"$PY" -c 'import safetensors' 2>/dev/null || { echo "no safetensors in $PY (deploy/setup.sh): skipped"; exit 77; }
+# The one test whose point is the outside reader: it needs the safetensors package (PyPI), not our own.
+"$PY" -c 'import safetensors' 2>/dev/null ||
+  { echo "no safetensors package in $PY (from PyPI; deploy/setup.sh installs it): skipped"; exit 77; }
 TMP=$(mktemp -d); trap 'rm -rf "$TMP"' EXIT
 passed=0 failed=0
 check() { if eval "$2"; then echo "ok   $1"; passed=$((passed+1)); else echo "FAIL $1"; failed=$((failed+1)); fi; }

@@ -13,10 +13,20 @@ import os, sys
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "bench", "peers"))
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "..", "bench", "peers"))
+sys.path.insert(0, HERE)
 from torch_models import idx, SimpleCNN  # noqa: E402
+import safetensors_np  # noqa: E402  (numpy only: no PyPI package needed)
+
+
+def load_file(path):
+    return {k: torch.from_numpy(v) for k, v in safetensors_np.load_file(path).items()}
+
+
+def save_file(tensors, path):
+    safetensors_np.save_file({k: v.detach().cpu().numpy() for k, v in tensors.items()}, path)
 
 DATA = "/usr/share/datasets/fashion-mnist"
 cmd, d = sys.argv[1], sys.argv[2]

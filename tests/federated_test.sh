@@ -11,10 +11,9 @@ shift 2
 DATA=/usr/share/datasets/fashion-mnist
 PY="${ALLROUND_VENV:-/opt/allround-venv}/bin/python3"
 [[ -d $DATA ]] || { echo "no $DATA: skipped"; exit 77; }
-"$PY" -c 'import safetensors' 2>/dev/null || { echo "no safetensors in $PY: skipped"; exit 77; }
 TMP=$(mktemp -d); trap 'kill -9 $(jobs -p) 2>/dev/null; rm -rf "$TMP"' EXIT
 mkdir -p "$TMP/models" "$TMP/updates"
-printf 'a tokA\nb tokB\nc tokC\n' > "$TMP/tokens"
+printf 'a tokA\nb tokB\nc tokC\n' > "$TMP/tokens"; chmod 600 "$TMP/tokens"
 PORT=$((20000 + ($$ * 13) % 20000))
 JOB=(--data.train_limit 3000 --data.test_limit 500 --threads 1 --federated.rounds 3 --federated.min_sites 3
      --federated.min_available 3 --partition.scheme dirichlet --partition.sites 3 --partition.beta 0.5
