@@ -17,6 +17,8 @@ PACKAGES=(
   libopenmpi-dev openmpi-bin
   # federated transport
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
+  # the protocol-abuse tests (tests/hardening/) speak gRPC from Python: stubs made at build time
+  python3-grpcio python3-protobuf
   # deploy/make-certs.sh makes a test CA and certificates for TLS
   openssl
   # checkpoints
