@@ -22,6 +22,7 @@
 #include "algorithms/compute_threads.h"
 #include "algorithms/modes/supervised.h"
 #include "comm/proto/federated.grpc.pb.h"
+#include "coordinator/limits.h"
 #include "coordinator/round_manager.h"
 #include "coordinator/service.h"
 
@@ -134,12 +135,18 @@ int main(int argc, char** argv) {
   o.rounds = rounds;
   o.min_sites = sites;
   o.min_available = sites;
+  // The job's limits, as allround-coordinator sets them, except that every site may stream at
+  // once: this measures a round's own cost, not the wait for a stream slot.
+  o.limits = coordinator::MakeLimits(job.federated, initial);
+  o.limits.max_streams = std::max<int64_t>(o.limits.max_streams, sites);
   coordinator::RoundManager manager(o, initial, *aggregation::MakeStrategy({"fedavg"}));
-  coordinator::CoordinatorService service(&manager, {});
+  coordinator::ServiceOptions service_options;
+  service_options.limits = o.limits;
+  coordinator::CoordinatorService service(&manager, service_options);
   grpc::ServerBuilder builder;
   int port = 0;
   builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
-  builder.SetMaxReceiveMessageSize(64 << 20);
+  builder.SetMaxReceiveMessageSize(o.limits.max_message_bytes);
   builder.RegisterService(&service);
   auto server = builder.BuildAndStart();
   const std::string address = "127.0.0.1:" + std::to_string(port);

@@ -99,7 +99,7 @@ struct FederatedSpec {
   double site_eval_fraction = 0.1;   // of a site's examples held out as its own test split
                                      // (federated evaluation; 0: none, all examples train)
   // What one site can make the coordinator hold or do (coordinator/limits.h derives the rest):
-  int64_t max_streams = 32;          // FetchModel and SubmitUpdate streams open at once
+  int64_t max_streams = 64;          // FetchModel and SubmitUpdate streams open at once
   double first_message_s = 10;       // a SubmitUpdate stream's first message must come within this
   double stream_idle_s = 60;         // a stream silent (or not reading) for this long is ended
   int64_t max_site_examples = int64_t{1000000000000};  // the most examples a site may declare

@@ -33,7 +33,7 @@ struct FederatedSpec;
 namespace allround::coordinator {
 
 struct Limits {
-  int64_t max_streams = 32;
+  int64_t max_streams = 64;
   std::chrono::milliseconds first_message{10000};
   std::chrono::milliseconds stream_idle{60000};
   int64_t max_site_examples = int64_t{1000000000000};

@@ -145,12 +145,20 @@ class Site {
       }
       coordinator_said_no_ = false;
       if (auto s = TrainRound(task); !s.ok()) {
-        // The coordinator refused or was unreachable mid-round (it restarts): back to polling,
-        // which retries. A failure here (a model that does not load, a diverging loss) ends the
-        // site with its error; the coordinator's deadline takes care of the round.
-        if (!coordinator_said_no_ || (!Refused(s) && !Retryable(s.code()))) return s;
+        // The coordinator refused or was unreachable mid-round (it restarts), or had all its
+        // stream slots taken (federated.max_streams): back to polling, which retries. A failure
+        // here (a model that does not load, a diverging loss) ends the site with its error; the
+        // coordinator's deadline takes care of the round.
+        const bool busy = s.code() == absl::StatusCode::kResourceExhausted;
+        if (!coordinator_said_no_ || (!Refused(s) && !Retryable(s.code()) && !busy)) return s;
         std::fprintf(stderr, "site %s: round %lld: %s\n", name_.c_str(), static_cast<long long>(task.round()),
                      std::string(s.message()).c_str());
+        if (busy || Retryable(s.code())) {  // the next poll answers TRAIN at once: wait a little first
+          std::this_thread::sleep_for(busy_backoff_);
+          busy_backoff_ = std::min(busy_backoff_ * 2, std::chrono::milliseconds(5000));
+        }
+      } else {
+        busy_backoff_ = std::chrono::milliseconds(100);
       }
     }
   }
@@ -377,6 +385,7 @@ class Site {
   const SiteData data_;
   std::unique_ptr<v1::Coordinator::Stub> stub_;
   std::atomic<int64_t> site_id_{0};
+  std::chrono::milliseconds busy_backoff_{100};  // after a busy or unreachable coordinator mid-round
   std::atomic<bool> joined_{false};
   bool coordinator_said_no_ = false;  // the last round's failure came from the coordinator
 };

@@ -43,7 +43,7 @@ I64_MIN = -(1 << 63)
 # The limits the coordinator enforces (job keys; README), and the values this suite runs with.
 FIRST_MESSAGE_S = 2.0  # --federated.first_message_s (default 10)
 STREAM_IDLE_S = 3.0  # --federated.stream_idle_s (default 60)
-MAX_STREAMS = 32  # federated.max_streams (default)
+MAX_STREAMS = 64  # federated.max_streams (default)
 MAX_ECHO_CHARS = 128  # federated.max_echo_chars (default)
 MAX_SITE_EXAMPLES = 10**12  # federated.max_site_examples (default)
 LIMIT_FLAGS = {"federated.first_message_s": FIRST_MESSAGE_S, "federated.stream_idle_s": STREAM_IDLE_S}
