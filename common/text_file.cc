@@ -46,9 +46,6 @@ absl::StatusOr<std::string> ReadTokenFile(const std::string& path, const std::st
 }
 
 absl::StatusOr<std::string> ReadPemFile(const std::string& path, const std::string& flag, const std::string& kind) {
-  if (kind == "PRIVATE KEY") {
-    if (auto s = CheckPrivateFile(path, flag); !s.ok()) return s;
-  }
   auto text = ReadTextFile(path, flag);
   if (!text.ok()) return text.status();
   const auto bad = [&](const std::string& why) {
@@ -59,7 +56,11 @@ absl::StatusOr<std::string> ReadPemFile(const std::string& path, const std::stri
       return bad("the private key is encrypted; give it unencrypted (openssl pkey -in KEY -out PLAIN)");
     }
     for (const char* label : {"PRIVATE KEY", "RSA PRIVATE KEY", "EC PRIVATE KEY"}) {
-      if (absl::StrContains(*text, absl::StrCat("-----BEGIN ", label, "-----"))) return text;
+      if (!absl::StrContains(*text, absl::StrCat("-----BEGIN ", label, "-----"))) continue;
+      // A key, then: it must be private (checked after the content, so a certificate given as
+      // the key is named as such, not for its mode).
+      if (auto s = CheckPrivateFile(path, flag); !s.ok()) return s;
+      return text;
     }
     return bad("no PEM private key in it (a '-----BEGIN PRIVATE KEY-----' block)");
   }

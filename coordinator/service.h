@@ -53,6 +53,9 @@ class CoordinatorService final : public allround::v1::Coordinator::Service {
   // restarted coordinator answers.
   void StopServing() { stopping_ = true; }
 
+  // FetchModel and SubmitUpdate streams open now (at most limits.max_streams hold a slot).
+  int64_t open_streams() const { return open_streams_.load(); }
+
  private:
   // Every call after Join names its site and carries the site's token, checked against the
   // tokens file by the site's registered name (so a restarted coordinator still knows it).

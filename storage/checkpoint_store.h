@@ -111,12 +111,14 @@ struct RepairReport {
   std::vector<std::string> damaged;  // listed, but a tensor is missing or fails its checksum (with why)
   std::vector<std::string> lost;     // committed once, no longer in the store
   std::vector<std::string> notes;    // e.g. the committed list itself was unreadable
+  std::string backup;                // where the store as it was is kept, untouched
 };
 
-// The explicit way on for a store that OpenCheckpointStore refuses: RocksDB's repair rebuilds its
-// MANIFEST from the files present (moving what it cannot use to `path`/lost, deleting nothing of
-// ours), then every checkpoint is verified and the store's committed list becomes what it now
-// holds. Never run it on a store another process has open.
+// The explicit way on for a store that OpenCheckpointStore refuses. The store is moved aside,
+// whole, to `path`.before-repair-<time> and never written again; every checkpoint whose bytes
+// can still be found in its table, log and blob files, with the sizes and CRC32C of its
+// manifest, is written into a new store at `path` under its old id (storage/rocksdb/repair.cc
+// says how). Refuses a store another process has open.
 absl::StatusOr<RepairReport> RepairCheckpointStore(const std::string& path);
 
 }  // namespace allround::storage

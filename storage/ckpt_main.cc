@@ -205,8 +205,8 @@ int Repair(const std::string& db) {
   for (const auto& id : report->kept) std::printf("kept %s\n", id.c_str());
   for (const auto& why : report->damaged) std::printf("damaged %s\n", why.c_str());
   for (const auto& id : report->lost) std::printf("lost %s\n", id.c_str());
-  std::printf("repaired %s: %zu kept, %zu damaged, %zu lost (RocksDB's unusable files, if any, are in %s/lost)\n",
-              db.c_str(), report->kept.size(), report->damaged.size(), report->lost.size(), db.c_str());
+  std::printf("repaired %s: %zu kept, %zu damaged, %zu lost; the store as it was is kept, untouched, at %s\n",
+              db.c_str(), report->kept.size(), report->damaged.size(), report->lost.size(), report->backup.c_str());
   return report->damaged.empty() && report->lost.empty() ? 0 : 1;
 }
 
@@ -236,7 +236,10 @@ int main(int argc, char** argv) {
   auto* imp = app.add_subcommand("import", "store a safetensors file (weights from elsewhere) as a checkpoint");
   imp->add_option("db", db)->required();
   imp->add_option("file", file, "FILE.safetensors")->required();
-  imp->add_option("--run", run, "run id to store it under")->default_val("imported");
+  // Its own variable: CLI11 writes a default into the variable when the option is made, so a
+  // shared one made 'prune' without --run prune only the run "imported".
+  std::string import_run = "imported";
+  imp->add_option("--run", import_run, "run id to store it under")->capture_default_str();
   auto* prune = app.add_subcommand("prune", "delete all but the newest N (and every M-th) of each run");
   prune->add_option("db", db)->required();
   prune->add_option("--keep", keep, "newest checkpoints to keep (the run's latest always stays)")
@@ -257,7 +260,7 @@ int main(int argc, char** argv) {
   if (*show) return Show(db, id);
   if (*verify) return Verify(db, id);
   if (*exp) return Export(db, id, format, out);
-  if (*imp) return Import(db, file, run);
+  if (*imp) return Import(db, file, import_run);
   if (*prune) return Prune(db, run, keep, keep_every);
   if (*diff) return Diff(db, id, id_b, db_b);
   return 2;

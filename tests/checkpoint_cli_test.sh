@@ -110,7 +110,7 @@ check "--resume with the previous id resumes from it" \
   '[[ $rc -eq 0 ]] && grep -q "resumed from checkpoint simple_cnn/0000000002 (round 2" "$TMP/prev.err"'
 "$CKPT" lsit "$DB" > /dev/null 2> "$TMP/sub.err"; rc=$?
 check "a mistyped subcommand is named, with the known ones" \
-  '[[ $rc -eq 2 ]] && grep -q "unknown subcommand .lsit. (one of: ls, show, verify, export, import, prune, diff)" "$TMP/sub.err"'
+  '[[ $rc -eq 2 ]] && grep -q "unknown subcommand .lsit. (one of: ls, show, verify, export, import, prune, diff, repair)" "$TMP/sub.err"'
 n_before=$("$CKPT" ls "$DB" | wc -l)
 "$CKPT" prune "$DB" --keep -1 > /dev/null 2> "$TMP/prune.err"; rc=$?
 check "prune --keep -1 is refused and deletes nothing" \

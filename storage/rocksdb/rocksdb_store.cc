@@ -44,85 +44,13 @@
 #include "storage/checkpoint_store.h"
 #include "storage/crc32c.h"
 #include "storage/proto/checkpoint.pb.h"
+#include "storage/rocksdb/store_format.h"
 #include "storage/run_directory.h"
 
 namespace allround::storage {
 namespace {
 
-namespace pb = allround::storage::v1;
-
-absl::Status FromRocks(const rocksdb::Status& s, const std::string& what) {
-  if (s.ok()) return absl::OkStatus();
-  const std::string msg = absl::StrCat(what, ": ", s.ToString());
-  if (s.IsNotFound()) return absl::NotFoundError(msg);
-  if (s.IsCorruption()) return absl::DataLossError(msg);
-  if (s.IsIOError() && absl::StrContains(s.ToString(), "lock")) return absl::FailedPreconditionError(msg);
-  return absl::InternalError(msg);
-}
-
-std::string ManifestKey(const std::string& run, uint64_t seq) { return absl::StrFormat("m/%s/%010d", run, seq); }
-std::string PendingKey(const std::string& id) { return absl::StrCat("pending/", id); }
-constexpr char kPendingPrefix[] = "pending/";
-constexpr char kCommittedFile[] = "ALLROUND-CHECKPOINTS";
-constexpr char kCommittedHeader[] = "allround checkpoint store: committed checkpoints, v1";
-
-std::string CommittedPath(const std::string& store) { return store + "/" + kCommittedFile; }
-
-// The committed-ids file: a header line, one id a line, and "crc32c <hex>" of all before it.
-absl::Status WriteCommitted(const std::string& store, const std::set<std::string>& ids) {
-  std::string text = absl::StrCat(kCommittedHeader, "\n");
-  for (const auto& id : ids) absl::StrAppend(&text, id, "\n");
-  absl::StrAppend(&text, absl::StrFormat("crc32c %08x\n", Crc32c(0, text.data(), text.size())));
-  if (auto s = WriteFileAtomically(CommittedPath(store), text); !s.ok()) {
-    return absl::Status(s.code(), absl::StrCat("recording the committed checkpoints: ", s.message()));
-  }
-  return absl::OkStatus();
-}
-
-// nullopt when the file does not exist (a store from before it, or a new one).
-absl::StatusOr<std::optional<std::set<std::string>>> ReadCommitted(const std::string& store) {
-  const std::string path = CommittedPath(store);
-  std::error_code ec;
-  if (!std::filesystem::exists(path, ec)) return std::optional<std::set<std::string>>();
-  std::ifstream in(path, std::ios::binary);
-  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  const auto damaged = [&](const std::string& why) {
-    return absl::DataLossError(absl::StrCat(path, " (the store's list of committed checkpoints) is damaged: ", why,
-                                            "; allround-ckpt repair ", store, " rebuilds it from what the store holds"));
-  };
-  if (!in.good() && !in.eof()) return damaged("it cannot be read");
-  const size_t last = text.rfind("crc32c ", text.size() >= 2 ? text.size() - 2 : 0);
-  if (last == std::string::npos || text.back() != '\n') return damaged("no checksum line");
-  uint32_t want = 0;
-  if (!absl::SimpleHexAtoi(absl::string_view(text).substr(last + 7, text.size() - last - 8), &want) ||
-      Crc32c(0, text.data(), last) != want) {
-    return damaged("its checksum does not match");
-  }
-  std::vector<std::string> lines = absl::StrSplit(text.substr(0, last), '\n', absl::SkipEmpty());
-  if (lines.empty() || lines[0] != kCommittedHeader) return damaged("no header line");
-  return std::optional<std::set<std::string>>(std::set<std::string>(lines.begin() + 1, lines.end()));
-}
-
-// The RocksDB files that a damaged store's error names: CURRENT and the MANIFEST it points to.
-std::string ManifestName(const std::string& store) {
-  std::ifstream in(store + "/CURRENT");
-  std::string name;
-  std::getline(in, name);
-  return name.empty() ? "CURRENT (unreadable)" : absl::StrCat(name, " (named by CURRENT)");
-}
-std::string LatestKey(const std::string& run) { return absl::StrCat("latest/", run); }
-
-void AppendBigEndian32(std::string* s, uint32_t v) {
-  for (int shift = 24; shift >= 0; shift -= 8) s->push_back(static_cast<char>((v >> shift) & 0xff));
-}
-
-std::string ChunkPrefix(const std::string& id) { return id + std::string(1, '\0'); }
-std::string ChunkKey(const std::string& id, uint32_t tensor, uint32_t chunk) {
-  std::string k = ChunkPrefix(id);
-  AppendBigEndian32(&k, tensor);
-  AppendBigEndian32(&k, chunk);
-  return k;
-}
+using namespace rocksdb_format;  // NOLINT: the store is this format
 
 CheckpointRecord ToRecord(const pb::Manifest& m) {
   CheckpointRecord r;
@@ -190,7 +118,10 @@ class RocksDbStore final : public CheckpointStore {
     auto committed = ReadCommitted(path_);
     if (!committed.ok()) return committed.status();
     if (!committed->has_value()) {
-      if (options_.read_only) return absl::OkStatus();
+      // A store from before the list (a new one gets it when it is created): RocksDB's recovered
+      // state must still name every table and blob file on disk, or a writable open would
+      // delete them as obsolete.
+      if (options_.read_only) return CheckEveryFileNamed();
       return WriteCommitted(path_, ids);
     }
     std::vector<std::string> missing;
@@ -204,6 +135,34 @@ class RocksDbStore final : public CheckpointStore {
         missing.begin() + std::min<size_t>(missing.size(), 5), ", "), missing.size() > 5 ? ", ..." : "",
         "): its ", ManifestName(path_), " or a write-ahead log (*.log) is damaged or truncated. "
         "Nothing was changed or deleted; allround-ckpt repair ", path_, " recovers what it can and says what it lost"));
+  }
+
+  absl::Status CheckEveryFileNamed() {
+    std::set<std::string> named;
+    std::vector<rocksdb::LiveFileMetaData> tables;
+    db_->GetLiveFilesMetaData(&tables);
+    for (const auto& t : tables) named.insert(std::filesystem::path(t.name).filename().string());
+    for (auto* h : handles_) {
+      rocksdb::ColumnFamilyMetaData cf;
+      db_->GetColumnFamilyMetaData(h, &cf);
+      for (const auto& b : cf.blob_files) named.insert(std::filesystem::path(b.blob_file_name).filename().string());
+    }
+    std::vector<std::string> unnamed;
+    std::error_code ec;
+    for (const auto& entry : std::filesystem::directory_iterator(path_, ec)) {
+      const std::string name = entry.path().filename().string();
+      const std::string ext = entry.path().extension().string();
+      if ((ext == ".sst" || ext == ".blob") && !named.count(name)) unnamed.push_back(name);
+    }
+    if (unnamed.empty()) return absl::OkStatus();
+    std::sort(unnamed.begin(), unnamed.end());
+    return absl::DataLossError(absl::StrCat(
+        "checkpoint store ", path_, " (written before ", kCommittedFile, ") holds ", unnamed.size(),
+        " data file(s) that its ", ManifestName(path_), " does not name (",
+        absl::StrJoin(unnamed.begin(), unnamed.begin() + std::min<size_t>(unnamed.size(), 5), ", "),
+        unnamed.size() > 5 ? ", ..." : "",
+        "): the MANIFEST is damaged, or a save was cut short. Nothing was changed or deleted; allround-ckpt repair ",
+        path_, " recovers what it can and says what it lost"));
   }
 
   // Records `ids` as the committed set (after a commit, before a delete).
@@ -518,34 +477,6 @@ class RocksDbStore final : public CheckpointStore {
 
 namespace {
 
-struct RocksOptions {
-  rocksdb::DBOptions db;
-  std::vector<rocksdb::ColumnFamilyDescriptor> families;
-};
-
-RocksOptions MakeRocksOptions(const StoreOptions& options) {
-  RocksOptions o;
-  rocksdb::DBOptions& db_options = o.db;
-  db_options.create_if_missing = options.create_if_missing && !options.read_only;
-  db_options.create_missing_column_families = !options.read_only;
-  db_options.info_log_level = rocksdb::InfoLogLevel::WARN_LEVEL;
-  db_options.keep_log_file_num = 2;
-  rocksdb::ColumnFamilyOptions meta_options;
-  rocksdb::ColumnFamilyOptions chunk_options;
-  chunk_options.enable_blob_files = true;  // integrated BlobDB: chunk bytes go to blob files
-  chunk_options.min_blob_size = 4096;
-  chunk_options.blob_file_size = 256 << 20;
-  // Several memtables in flight and two flush threads, so filling one overlaps writing another.
-  chunk_options.write_buffer_size = 64 << 20;
-  chunk_options.max_write_buffer_number = 6;
-  db_options.max_background_flushes = 2;
-  // Start writeback every few MiB instead of one large fsync when a blob file is done.
-  db_options.bytes_per_sync = 4 << 20;
-  chunk_options.enable_blob_garbage_collection = true;
-  o.families = {{rocksdb::kDefaultColumnFamilyName, meta_options}, {"chunks", chunk_options}};
-  return o;
-}
-
 absl::StatusOr<std::unique_ptr<RocksDbStore>> OpenRocks(const std::string& path, const StoreOptions& options) {
   RocksOptions o = MakeRocksOptions(options);
   std::vector<rocksdb::ColumnFamilyHandle*> handles;
@@ -614,52 +545,6 @@ absl::StatusOr<std::unique_ptr<CheckpointStore>> OpenCheckpointStore(const std::
     if (auto s = (*store)->RemovePendingSaves(); !s.ok()) return s;
   }
   return std::unique_ptr<CheckpointStore>(*std::move(store));
-}
-
-absl::StatusOr<RepairReport> RepairCheckpointStore(const std::string& path) {
-  RepairReport report;
-  std::error_code ec;
-  if (!std::filesystem::is_directory(path, ec)) return absl::NotFoundError(absl::StrCat("no directory ", path));
-  // What the store had committed, if its list can still be read.
-  std::set<std::string> committed;
-  auto recorded = ReadCommitted(path);
-  if (recorded.ok() && recorded->has_value()) {
-    committed = **recorded;
-  } else if (!recorded.ok()) {
-    report.notes.push_back(std::string(recorded.status().message()));
-  }
-  // RocksDB's repair rebuilds the MANIFEST from the table and blob files and the logs; files it
-  // cannot use go to <path>/lost, not away.
-  RocksOptions o = MakeRocksOptions(StoreOptions{});
-  o.db.create_if_missing = false;
-  if (auto s = FromRocks(rocksdb::RepairDB(path, o.db, o.families), absl::StrCat("repairing ", path)); !s.ok()) {
-    return s;
-  }
-  StoreOptions writable;
-  writable.create_if_missing = false;
-  auto store = OpenRocks(path, writable);
-  if (!store.ok()) return store.status();
-  auto listed = (*store)->List();
-  if (!listed.ok()) return listed.status();
-  std::set<std::string> present;
-  for (const auto& r : *listed) {
-    present.insert(r.id);
-    auto bad = (*store)->Verify(r.id);
-    if (!bad.ok()) {
-      report.damaged.push_back(absl::StrCat(r.id, ": ", bad.status().message()));
-    } else if (!bad->empty()) {
-      report.damaged.push_back(absl::StrCat(r.id, ": checksum mismatch in ", absl::StrJoin(*bad, ", ")));
-    } else {
-      report.kept.push_back(r.id);
-    }
-  }
-  for (const auto& id : committed) {
-    if (!present.count(id)) report.lost.push_back(id);
-  }
-  if (auto s = (*store)->RemovePendingSaves(); !s.ok()) return s;
-  // From now on the store's list is what it holds.
-  if (auto s = WriteCommitted(path, present); !s.ok()) return s;
-  return report;
 }
 
 }  // namespace allround::storage
