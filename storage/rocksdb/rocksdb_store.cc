@@ -392,8 +392,10 @@ class RocksDbStore final : public CheckpointStore {
     const pb::TensorEntry& e = m.tensors(i);
     rocksdb::ReadOptions ro;
     ro.fill_cache = false;
-    // Our CRC32C covers every chunk byte; RocksDB's per-blob checksum would be a second pass.
-    ro.verify_checksums = false;
+    // RocksDB's checksums stay on: without them a damaged table block is parsed unverified (an
+    // assertion abort in Debian's librocksdb, garbage keys otherwise). RocksDB 7.8 cannot check
+    // table blocks without also checking each blob, so our CRC32C is a second layer here.
+    ro.verify_checksums = true;
     // An iterator per tensor, bounded to its chunks: a corrupt chunk puts its iterator in an error
     // state for good, and an unbounded one would read the next tensor's first chunk too.
     const std::string upper = ChunkKey(m.id(), static_cast<uint32_t>(i) + 1, 0);
