@@ -512,7 +512,21 @@ absl::StatusOr<std::unique_ptr<RocksDbStore>> OpenRocks(const std::string& path,
       return absl::FailedPreconditionError(absl::StrCat("checkpoint store ", path, " is open for writing by another process: ",
                                                         s.ToString()));
     }
-    return FromRocks(s, absl::StrCat("opening checkpoint store ", path, " (nothing was changed or deleted)"));
+    absl::Status st = FromRocks(s, absl::StrCat("opening checkpoint store ", path));
+    if (!s.IsCorruption()) return st;
+    // RocksDB's messages do not always name the file ("SST file is ahead of WALs"): name what an
+    // open reads, and the way on.
+    std::vector<std::string> logs;
+    std::error_code ec;
+    for (const auto& entry : std::filesystem::directory_iterator(path, ec)) {
+      if (entry.path().extension() == ".log") logs.push_back(entry.path().filename().string());
+    }
+    std::sort(logs.begin(), logs.end());
+    return absl::Status(st.code(), absl::StrCat(st.message(), " (an open reads CURRENT, ", ManifestName(path),
+                                                logs.empty() ? "" : " and the write-ahead logs ",
+                                                absl::StrJoin(logs, ", "),
+                                                "); nothing was changed or deleted; allround-ckpt repair ", path,
+                                                " recovers what it can and says what it lost"));
   }
   return std::make_unique<RocksDbStore>(std::unique_ptr<rocksdb::DB>(raw), std::move(handles), options, path);
 }
