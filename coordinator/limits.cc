@@ -13,12 +13,13 @@ Limits MakeLimits(const FederatedSpec& spec, const aggregation::NamedTensors& mo
   l.max_streams = spec.max_streams;
   l.first_message = std::chrono::milliseconds(static_cast<int64_t>(spec.first_message_s * 1000));
   l.stream_idle = std::chrono::milliseconds(static_cast<int64_t>(spec.stream_idle_s * 1000));
+  l.stream_max = std::chrono::milliseconds(static_cast<int64_t>(spec.round_timeout_s * 1000));
   l.max_site_examples = spec.max_site_examples;
   l.max_echo_chars = static_cast<size_t>(spec.max_echo_chars);
   // Per message: protobuf tags and lengths (a few bytes a field); per tensor's first chunk: its
   // name, dtype name and shape (at most 10 bytes a dimension). Generous by a constant, never by a
   // factor: a stream may not be twice the model.
-  constexpr uint64_t kPerMessage = 64;
+  constexpr uint64_t kPerMessage = 2 * Limits::kMinMessageBytes;
   constexpr uint64_t kHeader = Limits::kMaxMetrics * (Limits::kMaxMetricName + 16) + 4096;
   uint64_t total = kHeader;
   uint64_t longest_meta = 0, all_meta = 0;

@@ -11,6 +11,11 @@
 //                   `first_message` is ended (DEADLINE_EXCEEDED, stream_timeout): its token is not
 //                   known yet, so it may be anyone's
 //   idle            a stream that sends nothing, or reads nothing, for `stream_idle` is ended
+//   whole stream    no stream lasts longer than `stream_max` (the job's round deadline: an update
+//                   or model that takes longer is of no use to the round)
+//   unauthenticated an update stream holds no slot of the sites' until its first message's token
+//                   is good; at most `max_streams` such streams at once, and at most
+//                   kMaxUnauthenticatedPerPeer from one address
 //   examples        a site declares at most `max_site_examples` at Join, and an update claims at
 //                   most what its site declared: FedAvg weights by these counts
 //   metrics         at most kMaxMetrics keys per update, names as a site's (at most kMaxMetricName
@@ -36,11 +41,17 @@ struct Limits {
   int64_t max_streams = 64;
   std::chrono::milliseconds first_message{10000};
   std::chrono::milliseconds stream_idle{60000};
+  std::chrono::milliseconds stream_max{600000};
   int64_t max_site_examples = int64_t{1000000000000};
   size_t max_echo_chars = 128;
   uint64_t max_update_bytes = uint64_t{1} << 32;  // replaced by the model's figure in MakeLimits
   int max_message_bytes = 4 << 20;
 
+  // Honest streams wait here for milliseconds; 16 leaves room for many sites behind one address
+  // (a NAT, or every test site on loopback) and keeps one attacking address to a quarter of 64.
+  static constexpr int kMaxUnauthenticatedPerPeer = 16;
+  // Each message of an update stream counts at least this much: empty messages are not free.
+  static constexpr uint64_t kMinMessageBytes = 64;
   static constexpr size_t kMaxMetrics = 32;
   static constexpr size_t kMaxMetricName = 64;
   static constexpr double kMaxMetricValue = 9007199254740992.0;  // 2^53: counts stay exact

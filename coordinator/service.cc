@@ -48,6 +48,42 @@ class CoordinatorService::StreamSlot {
   bool ok_;
 };
 
+// The address part of a gRPC peer ("ipv4:127.0.0.1:5555" -> "ipv4:127.0.0.1").
+std::string PeerHost(const std::string& peer) {
+  const size_t colon = peer.rfind(':');
+  return colon == std::string::npos || colon < 5 ? peer : peer.substr(0, colon);
+}
+
+class CoordinatorService::UnauthenticatedSlot {
+ public:
+  UnauthenticatedSlot(CoordinatorService* service, std::string peer) : service_(service), peer_(std::move(peer)) {
+    std::lock_guard<std::mutex> lock(service_->unauthenticated_mu_);
+    int& from_peer = service_->unauthenticated_by_peer_[peer_];
+    ok_ = service_->unauthenticated_ < service_->options_.limits.max_streams &&
+          from_peer < Limits::kMaxUnauthenticatedPerPeer;
+    if (ok_) {
+      ++service_->unauthenticated_;
+      ++from_peer;
+    } else if (from_peer == 0) {
+      service_->unauthenticated_by_peer_.erase(peer_);
+    }
+  }
+  ~UnauthenticatedSlot() { Release(); }
+  void Release() {
+    if (!ok_) return;
+    ok_ = false;
+    std::lock_guard<std::mutex> lock(service_->unauthenticated_mu_);
+    --service_->unauthenticated_;
+    if (--service_->unauthenticated_by_peer_[peer_] == 0) service_->unauthenticated_by_peer_.erase(peer_);
+  }
+  bool ok() const { return ok_; }
+
+ private:
+  CoordinatorService* service_;
+  std::string peer_;
+  bool ok_ = false;
+};
+
 grpc::Status CoordinatorService::Refused(const std::string& reason, grpc::StatusCode code, const std::string& message) {
   manager_->CountRefusal(reason);
   return grpc::Status(code, message);
@@ -146,7 +182,7 @@ grpc::Status CoordinatorService::FetchModel(grpc::ServerContext* ctx, const allr
   auto chunks = EncodedModel(req->model_version());
   if (!chunks.ok()) return ToGrpc(chunks.status());
   // A site that stops reading blocks Write (flow control): it gets stream_idle per chunk.
-  auto watch = watchdog_.Watch(ctx, options_.limits.stream_idle);
+  auto watch = watchdog_.Watch(ctx, options_.limits.stream_idle, options_.limits.stream_max);
   for (const auto& chunk : **chunks) {
     if (!writer->Write(chunk)) {
       if (watch->expired()) {
@@ -177,13 +213,16 @@ grpc::Status CoordinatorService::SubmitUpdate(grpc::ServerContext* ctx,
                                               grpc::ServerReader<allround::v1::UpdateChunk>* reader,
                                               allround::v1::SubmitReply* reply) {
   const Limits& limits = options_.limits;
-  StreamSlot slot(this);
-  if (!slot.ok()) {
+  // Until the first message names the site and its token, the stream may be anyone's: it waits
+  // in a pool of its own, so streams that never authenticate cannot take the sites' slots.
+  UnauthenticatedSlot pending(this, PeerHost(ctx->peer()));
+  if (!pending.ok()) {
     return Refused("too_many_streams", grpc::StatusCode::RESOURCE_EXHAUSTED,
-                   absl::StrCat(limits.max_streams, " streams are open (federated.max_streams); retry"));
+                   absl::StrCat("too many update streams wait for their first message (at most ", limits.max_streams,
+                                ", federated.max_streams, and ", Limits::kMaxUnauthenticatedPerPeer,
+                                " from one address); retry"));
   }
-  // Until the first message names the site and its token, the stream may be anyone's.
-  auto watch = watchdog_.Watch(ctx, limits.first_message);
+  auto watch = watchdog_.Watch(ctx, limits.first_message, limits.stream_max);
   allround::v1::UpdateChunk msg;
   if (!reader->Read(&msg)) {
     if (watch->expired()) {
@@ -195,29 +234,41 @@ grpc::Status CoordinatorService::SubmitUpdate(grpc::ServerContext* ctx,
   watch->Touch(limits.stream_idle);
   const int64_t site = msg.site_id(), round = msg.round(), examples = msg.examples();
   if (auto s = CheckToken(site, msg.token()); !s.ok()) return s;
+  pending.Release();
+  StreamSlot slot(this);
+  if (!slot.ok()) {
+    return Refused("too_many_streams", grpc::StatusCode::RESOURCE_EXHAUSTED,
+                   absl::StrCat(limits.max_streams, " streams are open (federated.max_streams); retry"));
+  }
   const std::map<std::string, double> metrics(msg.metrics().begin(), msg.metrics().end());
   // Every message counts against the bytes an update of this model can take (names included);
   // every tensor is checked against the model's layout as its first chunk arrives.
   uint64_t bytes = 0;
   comm::TensorAssembler assembler(&layout_, limits.max_echo_chars);
-  absl::Status bad;
   do {
-    bytes += msg.ByteSizeLong();
+    // An empty message still counts: a stream cannot go on forever on messages of no bytes.
+    bytes += std::max<uint64_t>(msg.ByteSizeLong(), Limits::kMinMessageBytes);
     if (bytes > limits.max_update_bytes) {
-      // Not drained: what is past the limit is not read.
+      // Not read further: what is past the limit is not read.
       return Refused("bad_stream", grpc::StatusCode::RESOURCE_EXHAUSTED,
                      absl::StrCat("the update stream exceeds the ", limits.max_update_bytes,
                                   " bytes an update of this job's model takes"));
     }
-    if (bad.ok() && msg.has_chunk()) bad = assembler.Add(msg.chunk());
-    if (bad.ok() && !msg.has_chunk()) bad = absl::InvalidArgumentError("a message of the stream carries no chunk");
+    absl::Status bad = msg.has_chunk() ? assembler.Add(msg.chunk())
+                                       : absl::InvalidArgumentError("a message of the stream carries no chunk");
+    if (!bad.ok()) {  // the first bad chunk ends the stream: nothing after it is read
+      manager_->CountRefusal("bad_stream");
+      return ToGrpc(bad);
+    }
     watch->Touch(limits.stream_idle);
-  } while (reader->Read(&msg));  // drain an honest site's stream after a bad chunk, up to the limit
+  } while (reader->Read(&msg));
   if (watch->expired()) {
     return Refused("stream_timeout", grpc::StatusCode::DEADLINE_EXCEEDED,
-                   "the update stream was silent for federated.stream_idle_s");
+                   "the update stream was silent for federated.stream_idle_s, or lasted past federated.round_timeout_s");
   }
-  auto tensors = bad.ok() ? assembler.Finish() : absl::StatusOr<comm::NamedTensors>(bad);
+  // The stream is read: aggregation, which may wait for the manager, is not the stream's time.
+  watch.reset();
+  auto tensors = assembler.Finish();
   absl::Status s = tensors.status();
   if (!s.ok()) manager_->CountRefusal("bad_stream");
   if (s.ok()) s = manager_->SubmitUpdate(site, round, examples, *std::move(tensors), Now(), metrics);

@@ -55,6 +55,11 @@ class CoordinatorService final : public allround::v1::Coordinator::Service {
 
   // FetchModel and SubmitUpdate streams open now (at most limits.max_streams hold a slot).
   int64_t open_streams() const { return open_streams_.load(); }
+  // Update streams waiting for their first message (a pool of their own).
+  int64_t waiting_streams() {
+    std::lock_guard<std::mutex> lock(unauthenticated_mu_);
+    return unauthenticated_;
+  }
 
  private:
   // Every call after Join names its site and carries the site's token, checked against the
@@ -63,6 +68,9 @@ class CoordinatorService final : public allround::v1::Coordinator::Service {
 
   // A slot for one stream while it is open; false when max_streams are open already.
   class StreamSlot;
+  // A slot for an update stream before its token is known; false when max_streams such streams
+  // are open, or kMaxUnauthenticatedPerPeer from the same address.
+  class UnauthenticatedSlot;
   grpc::Status Refused(const std::string& reason, grpc::StatusCode code, const std::string& message);
 
   // The current model's chunks, encoded once per version and shared by every site's fetch.
@@ -73,6 +81,9 @@ class CoordinatorService final : public allround::v1::Coordinator::Service {
   std::vector<comm::TensorLayout> layout_;  // the model every update must be
   std::atomic<bool> stopping_{false};
   std::atomic<int64_t> open_streams_{0};
+  std::mutex unauthenticated_mu_;
+  int64_t unauthenticated_ = 0;
+  std::map<std::string, int> unauthenticated_by_peer_;
   StreamWatchdog watchdog_;
   std::mutex cache_mu_;
   int64_t cached_version_ = -1;

@@ -14,10 +14,12 @@ StreamWatchdog::~StreamWatchdog() {
 }
 
 std::unique_ptr<StreamWatchdog::Guard> StreamWatchdog::Watch(grpc::ServerContext* ctx,
-                                                             std::chrono::milliseconds budget) {
+                                                             std::chrono::milliseconds budget,
+                                                             std::chrono::milliseconds limit) {
   std::lock_guard<std::mutex> lock(mu_);
   const uint64_t id = next_id_++;
-  entries_[id] = Entry{ctx, Clock::now() + budget};
+  const auto now = Clock::now();
+  entries_[id] = Entry{ctx, std::min(now + budget, now + limit), now + limit};
   return std::make_unique<Guard>(this, id);
 }
 
@@ -29,7 +31,9 @@ void StreamWatchdog::Forget(uint64_t id) {
 void StreamWatchdog::Extend(uint64_t id, std::chrono::milliseconds budget) {
   std::lock_guard<std::mutex> lock(mu_);
   auto it = entries_.find(id);
-  if (it != entries_.end() && !it->second.expired) it->second.deadline = Clock::now() + budget;
+  if (it != entries_.end() && !it->second.expired) {
+    it->second.deadline = std::min(Clock::now() + budget, it->second.limit);
+  }
 }
 
 bool StreamWatchdog::Expired(uint64_t id) const {

@@ -44,13 +44,16 @@ class StreamWatchdog {
   StreamWatchdog();
   ~StreamWatchdog();
 
-  // Cancels `ctx` unless Touch()ed within `budget`, and again after each Touch.
-  std::unique_ptr<Guard> Watch(grpc::ServerContext* ctx, std::chrono::milliseconds budget);
+  // Cancels `ctx` unless Touch()ed within `budget`, and again after each Touch; and at `limit`
+  // from now whatever Touch says.
+  std::unique_ptr<Guard> Watch(grpc::ServerContext* ctx, std::chrono::milliseconds budget,
+                               std::chrono::milliseconds limit);
 
  private:
   struct Entry {
     grpc::ServerContext* ctx;
     Clock::time_point deadline;
+    Clock::time_point limit;
     bool expired = false;
   };
   void Forget(uint64_t id);

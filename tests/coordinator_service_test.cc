@@ -129,6 +129,8 @@ TEST_F(CoordinatorServiceTest, EveryRefusalHasAStatusAndReasonAndTheNextGoodUpda
   nan[1][2] = std::numeric_limits<float>::quiet_NaN();
   at::Tensor inf = good.clone();
   inf[0][0] = std::numeric_limits<float>::infinity();
+  std::map<std::string, double> big_header;
+  for (int k = 0; k < 40; ++k) big_header[std::string(60, 'm') + std::to_string(k)] = 1;
   std::vector<v1::TensorChunk> gap = Update(good);
   gap.erase(gap.begin() + 1);
   const std::vector<Case> cases = {
@@ -146,7 +148,9 @@ TEST_F(CoordinatorServiceTest, EveryRefusalHasAStatusAndReasonAndTheNextGoodUpda
       {"Inf", [&] { return Submit(a_, "tokA", 0, Update(inf)); }, grpc::StatusCode::INVALID_ARGUMENT, "NaN or Inf"},
       {"wrong round", [&] { return Submit(a_, "tokA", 5, Update(good)); }, grpc::StatusCode::FAILED_PRECONDITION,
        "update for round 5 refused"},
-      {"oversized stream", [&] { return Submit(a_, "tokA", 0, Update(torch::ones({20, 20}))); },
+      // The model's own tensor, with a header past the stream's bytes (a tensor of another size
+      // is refused by the layout check at its first chunk: "wrong shape").
+      {"oversized stream", [&] { return Submit(a_, "tokA", 0, Update(good), big_header); },
        grpc::StatusCode::RESOURCE_EXHAUSTED, "exceeds the 1024 bytes an update of this job's model takes"},
       {"malformed stream", [&] { return Submit(a_, "tokA", 0, gap); }, grpc::StatusCode::INVALID_ARGUMENT, "offset"},
       {"bad metrics", [&] { return Submit(a_, "tokA", 0, Update(good), {{"eval_loss_sum", -1}}); },

@@ -60,7 +60,9 @@ struct BlobRef {
 // Returns a note when it stopped early or the file is not a blob file.
 std::string IndexBlobFile(const std::string& path, std::map<std::string, BlobRef>* index) {
   std::ifstream in(path, std::ios::binary);
-  const uint64_t size = fs::file_size(path);
+  std::error_code ec;
+  const uint64_t size = fs::file_size(path, ec);
+  if (ec) return absl::StrCat(fs::path(path).filename().string(), ": ", ec.message(), "; skipped");
   std::string header(kBlobHeaderBytes, '\0');
   if (size < kBlobHeaderBytes || !in.read(header.data(), kBlobHeaderBytes) || Fixed32(header.data()) != kBlobMagic) {
     return absl::StrCat(fs::path(path).filename().string(), ": not a blob file (bad header); skipped");
@@ -160,10 +162,15 @@ std::string Salvage(const pb::Manifest& m, OpenDb& scratch, const std::map<std::
   return "";
 }
 
+// Steps 2-5 of the repair, from the store moved aside to `report->backup` into a new one at `path`.
+absl::Status SalvageInto(const std::string& path, const std::set<std::string>& committed, RepairReport* out);
+
 }  // namespace
 
 absl::StatusOr<RepairReport> RepairCheckpointStore(const std::string& path_in) {
-  const std::string path = fs::path(path_in).lexically_normal().string();
+  fs::path normal = fs::path(path_in).lexically_normal();
+  if (!normal.has_filename()) normal = normal.parent_path();  // "store/" names "store"
+  const std::string path = normal.string();
   std::error_code ec;
   if (!fs::is_directory(path, ec)) return absl::NotFoundError(absl::StrCat("no store directory ", path));
   if (Locked(path)) {
@@ -181,13 +188,33 @@ absl::StatusOr<RepairReport> RepairCheckpointStore(const std::string& path_in) {
   }
 
   // 1. The damaged store goes aside, whole; everything below reads it and writes elsewhere.
-  const std::string stamp = Timestamp();
-  report.backup = absl::StrCat(path, ".before-repair-", stamp);
+  report.backup = absl::StrCat(path, ".before-repair-", Timestamp());
   fs::rename(path, report.backup, ec);
   if (ec) return absl::InternalError(absl::StrCat("moving ", path, " aside to ", report.backup, ": ", ec.message()));
+  if (auto s = SalvageInto(path, committed, &report); !s.ok()) {
+    // Put the store back as it was, so that the path never holds a half-made store.
+    fs::remove_all(path, ec);
+    fs::rename(report.backup, path, ec);
+    return absl::Status(s.code(), absl::StrCat(s.message(), ec ? absl::StrCat("; the store as it was is at ", report.backup)
+                                                                : "; the store is back as it was"));
+  }
+  return report;
+}
 
-  // 2. A scratch copy without the blob files, through RocksDB's repair.
-  const std::string scratch_dir = absl::StrCat(path, ".repair-scratch-", stamp);
+namespace {
+
+absl::Status SalvageInto(const std::string& path, const std::set<std::string>& committed, RepairReport* out) {
+  RepairReport& report = *out;
+  std::error_code ec;
+  // 2. A scratch copy without the blob files, through RocksDB's repair; removed however this ends.
+  const std::string scratch_dir = report.backup + "-scratch";
+  struct RemoveOnExit {
+    std::string dir;
+    ~RemoveOnExit() {
+      std::error_code ignored;
+      fs::remove_all(dir, ignored);
+    }
+  } remove_scratch{scratch_dir};
   fs::create_directories(scratch_dir, ec);
   std::vector<std::string> blob_files;
   for (const auto& entry : fs::directory_iterator(report.backup, ec)) {
@@ -200,18 +227,13 @@ absl::StatusOr<RepairReport> RepairCheckpointStore(const std::string& path_in) {
       if (ec) return absl::InternalError(absl::StrCat("copying ", name, " to ", scratch_dir, ": ", ec.message()));
     }
   }
-  const auto cleanup = [&] { fs::remove_all(scratch_dir, ec); };
   RocksOptions o = MakeRocksOptions(StoreOptions{});
   if (auto s = FromRocks(rocksdb::RepairDB(scratch_dir, o.db, o.families), "recovering the store's tables and logs");
       !s.ok()) {
-    cleanup();
-    return absl::Status(s.code(), absl::StrCat(s.message(), " (the damaged store is untouched at ", report.backup, ")"));
-  }
-  OpenDb scratch;
-  if (auto s = Open(scratch_dir, /*read_only=*/true, &scratch); !s.ok()) {
-    cleanup();
     return s;
   }
+  OpenDb scratch;
+  if (auto s = Open(scratch_dir, /*read_only=*/true, &scratch); !s.ok()) return s;
 
   // 3. Every chunk in the blob files, newest file last (a key saved again wins).
   std::sort(blob_files.begin(), blob_files.end());
@@ -242,10 +264,7 @@ absl::StatusOr<RepairReport> RepairCheckpointStore(const std::string& path_in) {
 
   // 5. The new store: each whole checkpoint under its old id.
   OpenDb fresh;
-  if (auto s = Open(path, /*read_only=*/false, &fresh); !s.ok()) {
-    cleanup();
-    return s;
-  }
+  if (auto s = Open(path, /*read_only=*/false, &fresh); !s.ok()) return s;
   std::set<std::string> kept, damaged;
   std::map<std::string, std::string> newest_kept;  // run -> id
   rocksdb::WriteOptions no_wal;
@@ -284,9 +303,8 @@ absl::StatusOr<RepairReport> RepairCheckpointStore(const std::string& path_in) {
   for (const auto& id : committed) {
     if (!kept.count(id) && !damaged.count(id)) report.lost.push_back(id);
   }
-  if (auto s = WriteCommitted(path, kept); !s.ok()) return s;
-  cleanup();
-  return report;
+  return WriteCommitted(path, kept);
 }
 
+}  // namespace
 }  // namespace allround::storage

@@ -111,7 +111,10 @@ class RocksDbStore final : public CheckpointStore {
   }
 
   // Every id the committed file names must still be listed; a store without the file gets one.
-  absl::Status CheckCommitted() {
+  // `before` is the file as read before RocksDB opened: a writer beside a read-only open may add
+  // an id after the open's view was taken (or delete one and its manifest), so only an id in
+  // both reads and missing from the view is lost.
+  absl::Status CheckCommitted(const absl::StatusOr<std::optional<std::set<std::string>>>& before) {
     auto listed = ReadManifests("");
     if (!listed.ok()) return listed.status();
     std::set<std::string> ids;
@@ -127,7 +130,8 @@ class RocksDbStore final : public CheckpointStore {
     }
     std::vector<std::string> missing;
     for (const auto& id : **committed) {
-      if (!ids.count(id)) missing.push_back(id);
+      const bool read_before = before.ok() && before->has_value() && (*before)->count(id);
+      if (!ids.count(id) && read_before) missing.push_back(id);
     }
     if (missing.empty()) return absl::OkStatus();
     return absl::DataLossError(absl::StrCat(
@@ -572,13 +576,15 @@ absl::StatusOr<std::unique_ptr<CheckpointStore>> OpenCheckpointStore(const std::
     // first, read-only: a store that lost committed checkpoints is refused with nothing deleted.
     StoreOptions probe_options = options;
     probe_options.read_only = true;
+    const auto before = ReadCommitted(path);
     auto probe = OpenRocks(path, probe_options);
     if (!probe.ok()) return probe.status();
-    if (auto s = (*probe)->CheckCommitted(); !s.ok()) return s;
+    if (auto s = (*probe)->CheckCommitted(before); !s.ok()) return s;
   }
+  const auto before = ReadCommitted(path);
   auto store = OpenRocks(path, options);
   if (!store.ok()) return store.status();
-  if (auto s = (*store)->CheckCommitted(); !s.ok()) return s;
+  if (auto s = (*store)->CheckCommitted(before); !s.ok()) return s;
   (*store)->VerifyChunkTables();
   if (!options.read_only) {
     if (auto s = (*store)->RemovePendingSaves(); !s.ok()) return s;

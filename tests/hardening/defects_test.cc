@@ -232,8 +232,11 @@ TEST(Defect3, SilentStreamsAreEndedAndStreamsBeyondTheCapAreRefused) {
   limits.stream_idle = std::chrono::milliseconds(1000);
   limits.max_streams = 2;
   Server s(limits);
-  // Two silent streams take both slots; the watchdog ends each. The client's own deadline is far
-  // later, so an ended call is the server's doing.
+  int64_t a = 0, b = 0;
+  ASSERT_TRUE(s.Join("a", "tokA", 10, &a).ok());
+  ASSERT_TRUE(s.Join("b", "tokB", 10, &b).ok());
+  // Two silent streams fill the pool of streams that have not said whose they are; the watchdog
+  // ends each. The client's own deadline is far later, so an ended call is the server's doing.
   std::vector<std::thread> silent;
   std::vector<grpc::Status> ended(2);
   for (int i = 0; i < 2; ++i) {
@@ -247,7 +250,7 @@ TEST(Defect3, SilentStreamsAreEndedAndStreamsBeyondTheCapAreRefused) {
   }
   // A third while both are open is refused at once, not queued. (Both hold their slots before it
   // is sent; each has first_message to live, so the wait is bounded by the watchdog.)
-  while (s.service_->open_streams() < 2 && s.manager_->refusals().count("stream_timeout") == 0) {
+  while (s.service_->waiting_streams() < 2 && s.manager_->refusals().count("stream_timeout") == 0) {
     std::this_thread::sleep_for(std::chrono::milliseconds(5));
   }
   ASSERT_EQ(s.manager_->refusals().count("stream_timeout"), 0u) << "a silent stream ended before both were open";
@@ -260,14 +263,25 @@ TEST(Defect3, SilentStreamsAreEndedAndStreamsBeyondTheCapAreRefused) {
     EXPECT_EQ(st.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << st.error_message();
     EXPECT_THAT(st.error_message(), HasSubstr("federated.max_streams"));
   }
+  {
+    // They hold none of the sites' slots: an authenticated site still fetches the model.
+    grpc::ClientContext ctx;
+    v1::FetchRequest req;
+    req.set_site_id(a);
+    req.set_token("tokA");
+    req.set_model_version(0);
+    auto reader = s.stub_->FetchModel(&ctx, req);
+    v1::TensorChunk chunk;
+    int chunks = 0;
+    while (reader->Read(&chunk)) ++chunks;
+    EXPECT_TRUE(reader->Finish().ok());
+    EXPECT_EQ(chunks, 2);
+  }
   for (auto& t : silent) t.join();
   for (const auto& st : ended) EXPECT_FALSE(st.ok());
   EXPECT_EQ(RefusalsOnceAt(*s.manager_, "too_many_streams", 1), 1);
   EXPECT_EQ(RefusalsOnceAt(*s.manager_, "stream_timeout", 2), 2);
   // A stream that sends its header and then stalls is ended too.
-  int64_t a = 0, b = 0;
-  ASSERT_TRUE(s.Join("a", "tokA", 10, &a).ok());
-  ASSERT_TRUE(s.Join("b", "tokB", 10, &b).ok());
   ASSERT_EQ(s.Task(a, "tokA").kind(), v1::TaskReply::TRAIN);
   {
     grpc::ClientContext ctx;
@@ -282,6 +296,23 @@ TEST(Defect3, SilentStreamsAreEndedAndStreamsBeyondTheCapAreRefused) {
     EXPECT_FALSE(writer->Finish().ok());  // no WritesDone: only the server can end it
   }
   EXPECT_EQ(RefusalsOnceAt(*s.manager_, "stream_timeout", 3), 3);
+  {
+    // Messages without a chunk (which cost nothing to send) end the stream at the first one.
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
+    v1::SubmitReply reply;
+    auto writer = s.stub_->SubmitUpdate(&ctx, &reply);
+    v1::UpdateChunk msg;
+    msg.set_site_id(a);
+    msg.set_token("tokA");
+    *msg.mutable_chunk() = comm::EncodeTensors(s.Weights(1))[0];
+    writer->Write(msg);
+    for (int k = 0; k < 100 && writer->Write(v1::UpdateChunk()); ++k) {
+    }
+    grpc::Status st = writer->Finish();
+    EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << st.error_message();
+    EXPECT_THAT(st.error_message(), HasSubstr("carries no chunk"));
+  }
   // And the site's honest update still goes in.
   EXPECT_TRUE(s.Submit(a, "tokA", 0, 10, s.Weights(1)).ok());
 }
@@ -475,11 +506,20 @@ TEST(Defect7, ATruncatedManifestIsAnErrorThatDeletesNothingAndRepairRecoversEver
   EXPECT_TRUE(report->lost.empty());
   EXPECT_EQ(Files(report->backup), before);
   ExpectLoadsAsSaved(db, ids, ids);
-  // Repairing an intact store keeps everything too (RocksDB's RepairDB alone drops blob files).
-  auto intact = storage::RepairCheckpointStore(dir / "intact");
+  // Repairing an intact store keeps everything too (RocksDB's RepairDB alone drops blob files);
+  // a path with a trailing slash, as a shell completes it, names the same store.
+  auto intact = storage::RepairCheckpointStore((dir / "intact") + "/");
   ASSERT_TRUE(intact.ok()) << intact.status();
   EXPECT_EQ(intact->kept, ids);
   ExpectLoadsAsSaved(dir / "intact", ids, ids);
+  // A repair that fails (here: no store at all) puts the directory back as it was.
+  std::filesystem::create_directories(dir / "empty");
+  std::ofstream(dir / "empty/notes.txt") << "mine\n";
+  EXPECT_FALSE(storage::RepairCheckpointStore(dir / "empty").ok());
+  EXPECT_EQ(Files(dir / "empty"), std::set<std::string>{"notes.txt"});
+  for (const auto& e : std::filesystem::directory_iterator(dir.path())) {
+    EXPECT_EQ(e.path().filename().string().find("empty."), std::string::npos) << e.path() << " left behind";
+  }
 }
 
 // 7, for a store written before ALLROUND-CHECKPOINTS existed: its data files that the damaged
