@@ -11,9 +11,9 @@ namespace allround::coordinator {
 Limits MakeLimits(const FederatedSpec& spec, const aggregation::NamedTensors& model) {
   Limits l;
   l.max_streams = spec.max_streams;
-  l.first_message = std::chrono::milliseconds(static_cast<int64_t>(spec.first_message_s * 1000));
-  l.stream_idle = std::chrono::milliseconds(static_cast<int64_t>(spec.stream_idle_s * 1000));
-  l.stream_max = std::chrono::milliseconds(static_cast<int64_t>(spec.round_timeout_s * 1000));
+  l.first_message = Millis(spec.first_message_s);
+  l.stream_idle = Millis(spec.stream_idle_s);
+  l.stream_max = Millis(spec.round_timeout_s);
   l.max_site_examples = spec.max_site_examples;
   l.max_echo_chars = static_cast<size_t>(spec.max_echo_chars);
   // Per message: protobuf tags and lengths (a few bytes a field); per tensor's first chunk: its

@@ -30,20 +30,25 @@
 #include <cstdint>
 
 #include "algorithms/aggregation/strategy.h"
-
-namespace allround {
-struct FederatedSpec;
-}
+#include "common/job.h"
 
 namespace allround::coordinator {
 
+// A job key in seconds as the limits hold it.
+constexpr std::chrono::milliseconds Millis(double seconds) {
+  return std::chrono::milliseconds(static_cast<int64_t>(seconds * 1000));
+}
+
+// The job's defaults, which the defaults below are (one place for each value: common/job.h).
+inline constexpr FederatedSpec kDefaultJob{};
+
 struct Limits {
-  int64_t max_streams = 64;
-  std::chrono::milliseconds first_message{10000};
-  std::chrono::milliseconds stream_idle{60000};
-  std::chrono::milliseconds stream_max{600000};
-  int64_t max_site_examples = int64_t{1000000000000};
-  size_t max_echo_chars = 128;
+  int64_t max_streams = kDefaultJob.max_streams;
+  std::chrono::milliseconds first_message = Millis(kDefaultJob.first_message_s);
+  std::chrono::milliseconds stream_idle = Millis(kDefaultJob.stream_idle_s);
+  std::chrono::milliseconds stream_max = Millis(kDefaultJob.round_timeout_s);
+  int64_t max_site_examples = kDefaultJob.max_site_examples;
+  size_t max_echo_chars = static_cast<size_t>(kDefaultJob.max_echo_chars);
   uint64_t max_update_bytes = uint64_t{1} << 32;  // replaced by the model's figure in MakeLimits
   int max_message_bytes = 4 << 20;
 

@@ -118,6 +118,14 @@ class Server {
     writer->WritesDone();
     return writer->Finish();
   }
+  // An update stream's first message: the header and the first chunk of an update.
+  v1::UpdateChunk FirstMessage(int64_t site, const std::string& token) {
+    v1::UpdateChunk msg;
+    msg.set_site_id(site);
+    msg.set_token(token);
+    *msg.mutable_chunk() = comm::EncodeTensors(Weights(1))[0];
+    return msg;
+  }
   NamedTensors Weights(float v) {
     return {{"model/w", torch::full({2, 3}, v)}, {"model/b", torch::full({3}, v)}};
   }
@@ -288,10 +296,7 @@ TEST(Defect3, SilentStreamsAreEndedAndStreamsBeyondTheCapAreRefused) {
     ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
     v1::SubmitReply reply;
     auto writer = s.stub_->SubmitUpdate(&ctx, &reply);
-    v1::UpdateChunk msg;
-    msg.set_site_id(a);
-    msg.set_token("tokA");
-    *msg.mutable_chunk() = comm::EncodeTensors(s.Weights(1))[0];
+    const v1::UpdateChunk msg = s.FirstMessage(a, "tokA");
     ASSERT_TRUE(writer->Write(msg));
     EXPECT_FALSE(writer->Finish().ok());  // no WritesDone: only the server can end it
   }
@@ -302,10 +307,7 @@ TEST(Defect3, SilentStreamsAreEndedAndStreamsBeyondTheCapAreRefused) {
     ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
     v1::SubmitReply reply;
     auto writer = s.stub_->SubmitUpdate(&ctx, &reply);
-    v1::UpdateChunk msg;
-    msg.set_site_id(a);
-    msg.set_token("tokA");
-    *msg.mutable_chunk() = comm::EncodeTensors(s.Weights(1))[0];
+    const v1::UpdateChunk msg = s.FirstMessage(a, "tokA");
     writer->Write(msg);
     for (int k = 0; k < 100 && writer->Write(v1::UpdateChunk()); ++k) {
     }
