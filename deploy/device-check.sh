@@ -12,7 +12,7 @@
 #      share it, which NCCL may refuse: the step shows the message a user then gets); then 5 steps
 #      and the evaluation of every learning mode's example job (deploy/jobs) on the GPU;
 #   4. compares GPU training throughput with PyTorch eager on the same model, batch and data;
-# and prints every figure.
+# and prints every figure. It exits 1 when any check failed (naming each), 0 when all passed.
 #
 # Before: on a Debian 12 machine with deploy/setup.sh done, `bash deploy/device-deps.sh` (and,
 # for real data, `cp -r /usr/share/datasets/fashion-mnist build-device/`); then copy the checkout
@@ -48,6 +48,10 @@ LOGS="${LOGS:-$BUILD}"
 PY=$(command -v python3)
 START=$(date +%s)
 step() { echo; echo "== $* ($(( $(date +%s) - START ))s)"; }
+# Each check that fails is named here; the script goes on (the GPU time is short: every check
+# runs) and exits 1 at the end, listing them.
+FAILED=()
+fail() { FAILED+=("$*"); echo "FAILED: $*"; }
 mkdir -p "$BUILD" "$LOGS"
 
 step "machine"
@@ -109,9 +113,12 @@ fi
 step "NCCL backend tests"
 if [[ -n $NCCL_TEST ]]; then
   # LibTorch's backtraces (frame #N lines) would push a failure's reason out of the tail.
-  timeout 120 "${RUN[@]}" "$NCCL_TEST" 2>&1 | grep -v -E '^frame #|^ *$' | tail -24
+  timeout 120 "${RUN[@]}" "$NCCL_TEST" >"$LOGS/nccl_test.log" 2>&1
+  rc=$?
+  grep -v -E '^frame #|^ *$' "$LOGS/nccl_test.log" | tail -24
+  ((rc == 0)) || fail "nccl_test (exit $rc)"
 else
-  echo "nccl_test not built (see above)"
+  fail "nccl_test not built (see above)"
 fi
 
 step "data-parallel smoke run on the GPU (1 epoch, SimpleCNN)"
@@ -144,6 +151,7 @@ smoke() {
 }
 if [[ -n $WORKER ]]; then
   smoke smoke
+  [[ -f $BUILD/smoke.json ]] || fail "the smoke run wrote no summary"
   [[ -f $BUILD/smoke.json ]] && "$PY" -c "import json; s=json.load(open('$BUILD/smoke.json')); print('smoke: test_accuracy', s['test_accuracy'], 'samples/s', round(s['samples_per_s']))"
   step "determinism on the GPU: the same run again (deterministic: true, the default), then deterministic: false"
   smoke again >/dev/null
@@ -161,9 +169,11 @@ a, b = runs["smoke"], runs["again"]
 same = a["test_loss"] == b["test_loss"] and a["confusion_matrix"] == b["confusion_matrix"]
 print("deterministic runs equal:", "yes" if same else "NO")
 print(f"deterministic/fast samples/s: {a['samples_per_s'] / runs['fast']['samples_per_s']:.3f}")
+sys.exit(0 if same else 1)
 PY
+  (($? == 0)) || fail "determinism on the GPU (two deterministic runs differ, or a run wrote no summary)"
 else
-  echo "allround-worker not built"
+  fail "allround-worker not built"
 fi
 
 # With one GPU both ranks land on it, which NCCL may refuse: the step shows what a user then sees.
@@ -193,6 +203,7 @@ if [[ -n $WORKER ]]; then
             --train.epochs 1 --train.max_steps 5 --checkpoint.enabled false --run_dir "$BUILD/modes/$job" 2>&1)
     rc=$?
     echo "$job (exit $rc, $(($(date +%s) - began)) s): $(grep -E '^final|error' <<<"$out" | tail -2)"
+    ((rc == 0)) || fail "mode job $job (exit $rc)"
     grep -i "deterministic" <<<"$out" | sort -u | head -4
   done
 fi
@@ -208,9 +219,16 @@ if [[ -n $THROUGHPUT ]]; then
                 sed -n 's/^samples_per_s=\([0-9.]*\).*/\1/p')")
     done
     echo "$model runs: allround ${ours[*]}; pytorch ${peer[*]}"
+    for v in "${ours[@]}" "${peer[@]}"; do [[ -n $v ]] || { fail "GPU throughput of $model: a run printed no figure"; break; }; done
     "$PY" -c "import statistics as s; a=[float(v) for v in '${ours[*]}'.split()]; b=[float(v) for v in '${peer[*]}'.split()]; print(f'$model: allround {s.median(a):.0f} samples/s, pytorch {s.median(b):.0f} samples/s, ratio={s.median(a)/s.median(b):.3f}')"
   done
 else
-  echo "train_throughput_allround not built"
+  fail "train_throughput_allround not built"
 fi
 step "done"
+if ((${#FAILED[@]} > 0)); then
+  echo "${#FAILED[@]} check(s) failed:"
+  printf '  %s\n' "${FAILED[@]}"
+  exit 1
+fi
+echo "every check passed"
