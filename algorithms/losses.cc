@@ -2,6 +2,8 @@
 
 #include <ATen/ATen.h>
 
+#include <map>
+
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 
@@ -30,15 +32,34 @@ at::Tensor Hinge(const at::Tensor& logits, const at::Tensor& targets) {
   return at::multi_margin_loss(logits, targets, 1, 1.0);
 }
 
+std::map<std::string, LossFn>& Losses() {
+  static auto* losses = new std::map<std::string, LossFn>;
+  return *losses;
+}
+
+[[maybe_unused]] const bool kRegistered = [] {
+  RegisterLoss({"loss", "cross_entropy", "softmax cross-entropy on logits", {}}, &CrossEntropy);
+  RegisterLoss({"loss", "l1", "L1 distance of softmax(logits) to the one-hot target", {}}, &L1);
+  RegisterLoss({"loss", "mse", "squared distance of softmax(logits) to the one-hot target", {}}, &Mse);
+  RegisterLoss({"loss", "hinge", "multi-class hinge, margin 1 (PyTorch's multi_margin_loss)", {}}, &Hinge);
+  return true;
+}();
+
 }  // namespace
 
-std::vector<std::string> LossNames() { return {"cross_entropy", "l1", "mse", "hinge"}; }
+bool RegisterLoss(ComponentInfo info, LossFn loss) {
+  info.kind = "loss";
+  const std::string name = info.name;
+  RegisterComponent(std::move(info));
+  Losses()[name] = loss;
+  return true;
+}
+
+std::vector<std::string> LossNames() { return ComponentNames("loss"); }
 
 absl::StatusOr<LossFn> FindLoss(const std::string& name) {
-  if (name == "cross_entropy") return &CrossEntropy;
-  if (name == "l1") return &L1;
-  if (name == "mse") return &Mse;
-  if (name == "hinge") return &Hinge;
+  auto it = Losses().find(name);
+  if (it != Losses().end()) return it->second;
   return absl::InvalidArgumentError(absl::StrCat("unknown loss '", name, "' (known: ",
                                                  absl::StrJoin(LossNames(), ", "), ")"));
 }

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "common/registry.h"
 
 namespace allround::losses {
 
@@ -20,6 +21,11 @@ using LossFn = at::Tensor (*)(const at::Tensor& logits, const at::Tensor& target
 // The loss function that `name` names; unknown names are an error listing the known ones.
 absl::StatusOr<LossFn> FindLoss(const std::string& name);
 
+// Registers a loss beside its code (common/registry.h, kind "loss"): the job's loss key accepts its
+// name. Returns true, to initialize a static.
+bool RegisterLoss(ComponentInfo info, LossFn loss);
+
+// The registered losses' names, sorted.
 std::vector<std::string> LossNames();
 
 }  // namespace allround::losses

@@ -22,7 +22,7 @@
 #include "comm/communicator.h"
 #include "comm/reducer.h"
 #include "comm/registry.h"
-#include "worker/trainer.h"
+#include "runtime/trainer.h"
 
 namespace allround {
 namespace {
@@ -35,17 +35,17 @@ double Median(std::vector<double> v) {
 
 // Samples/s of `steps` steps of epoch `epoch`, with the Reducer when `reducer` is set. The
 // Reducer's hooks exist only while it does, so the plain blocks pay nothing for it.
-absl::StatusOr<double> Block(const Job& job, const worker::TrainingData& data, modes::LearningMode* mode,
+absl::StatusOr<double> Block(const Job& job, const data::TrainingData& data, modes::LearningMode* mode,
                              comm::Communicator* comm, bool reducer, int64_t epoch, int64_t steps) {
   std::unique_ptr<comm::Reducer> r;
   if (reducer) r = std::make_unique<comm::Reducer>(mode->TrainableParameters(), comm);
-  worker::Trainer trainer(job, data, mode, comm, r.get());
+  runtime::Trainer trainer(job, data, mode, comm, r.get());
   auto result = trainer.Execute({epoch, epoch, steps});
   if (!result.ok()) return result.status();
   return static_cast<double>(result->examples) / result->seconds;
 }
 
-int AbReducer(const Job& job, const worker::TrainingData& data, modes::LearningMode* mode, comm::Communicator* comm,
+int AbReducer(const Job& job, const data::TrainingData& data, modes::LearningMode* mode, comm::Communicator* comm,
               int64_t blocks, int64_t warmup, int64_t steps) {
   if (!Block(job, data, mode, comm, false, 0, warmup).ok() || !Block(job, data, mode, comm, true, 0, warmup).ok()) {
     std::fprintf(stderr, "error: training failed\n");
@@ -123,7 +123,7 @@ int main(int argc, char** argv) {
   SetComputeThreads(static_cast<int>(threads));
   torch::set_num_interop_threads(1);
 
-  auto data = worker::LoadTrainingData(job);
+  auto data = data::LoadTrainingData(job);
   if (!data.ok()) {
     std::fprintf(stderr, "error: %s\n", std::string(data.status().message()).c_str());
     return 1;
@@ -139,7 +139,7 @@ int main(int argc, char** argv) {
     if (!comm::BroadcastFromRoot(comm, (*mode)->ModelState()).ok()) return 1;
     reducer = std::make_unique<comm::Reducer>((*mode)->TrainableParameters(), &comm);
   }
-  worker::Trainer trainer(job, *std::move(data), mode->get(), &comm, reducer.get());
+  runtime::Trainer trainer(job, *std::move(data), mode->get(), &comm, reducer.get());
   // Round 0 warms up (allocator, kernels); round 1 is timed.
   auto warm = trainer.Execute({0, 0, warmup});
   auto timed = trainer.Execute({1, 1, steps});

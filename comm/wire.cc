@@ -5,7 +5,7 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
-#include "comm/dtype.h"
+#include "tensor/dtype.h"
 #include "common/echo.h"
 
 namespace allround::comm {
@@ -45,7 +45,7 @@ std::vector<allround::v1::TensorChunk> EncodeTensors(const NamedTensors& tensors
       allround::v1::TensorChunk c;
       if (off == 0) {
         c.set_name(name);
-        c.set_dtype(DtypeName(t.scalar_type()));
+        c.set_dtype(tensor::DtypeName(t.scalar_type()));
         for (int64_t d : t.sizes()) c.add_shape(d);
         c.set_total_bytes(n);
       }
@@ -67,7 +67,7 @@ absl::Status TensorAssembler::Add(const allround::v1::TensorChunk& c) {
     }
     if (c.name().empty()) return absl::InvalidArgumentError("a tensor chunk at offset 0 has no name");
     const std::string echoed = Echo(c.name(), max_echo_chars_);
-    auto known = DtypeFromName(c.dtype());
+    auto known = tensor::DtypeFromName(c.dtype());
     if (!known.ok()) {
       return absl::InvalidArgumentError(absl::StrCat("tensor ", echoed, ": unknown dtype '",
                                                      Echo(c.dtype(), max_echo_chars_), "'"));

@@ -20,10 +20,11 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "comm/proto/federated.pb.h"
+#include "tensor/named_tensors.h"
 
 namespace allround::comm {
 
-using NamedTensors = std::vector<std::pair<std::string, at::Tensor>>;
+using tensor::NamedTensors;
 
 std::vector<allround::v1::TensorChunk> EncodeTensors(const NamedTensors& tensors, uint64_t chunk_bytes = 1 << 20);
 

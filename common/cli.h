@@ -2,17 +2,22 @@
 #define ALLROUND_COMMON_CLI_H_
 
 // Command-line parsing shared by every binary: --help prints the help and exits 0; a bad flag is
-// one error line naming it, exit code 2.
+// one error line naming it, exit code 2. Every binary takes --log-level (common/log.h).
 
 #include <CLI/CLI.hpp>
-#include <cstdio>
 #include <optional>
 #include <string>
+
+#include "common/log.h"
 
 namespace allround {
 
 // The exit code when the process should end now, or nullopt to go on.
 inline std::optional<int> ParseCommandLine(CLI::App& app, int argc, char** argv, const char* program) {
+  std::string level = "info";
+  app.add_option("--log-level", level, std::string("the least severe lines logged: ") + log::kLevels)
+      ->capture_default_str();
+  (void)log::Init(program);  // the program's name on every line from here on
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {
@@ -24,10 +29,14 @@ inline std::optional<int> ParseCommandLine(CLI::App& app, int argc, char** argv,
       known += (known.empty() ? "" : ", ") + sub->get_name();
     }
     if (!known.empty() && app.get_subcommands().empty() && argc > 1 && argv[1][0] != '-') {
-      std::fprintf(stderr, "%s: error: unknown subcommand '%s' (one of: %s)\n", program, argv[1], known.c_str());
+      log::Error("unknown subcommand '{}' (one of: {})", argv[1], known);
       return 2;
     }
-    std::fprintf(stderr, "%s: error: %s (see --help)\n", program, e.what());
+    log::Error("{} (see --help)", e.what());
+    return 2;
+  }
+  if (absl::Status s = log::SetLevel(level); !s.ok()) {
+    log::Error("{}", s.message());
     return 2;
   }
   return std::nullopt;

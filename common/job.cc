@@ -20,6 +20,7 @@
 #include "absl/strings/str_replace.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
+#include "common/registry.h"
 
 namespace allround {
 namespace {
@@ -55,19 +56,35 @@ absl::StatusOr<int64_t> ParseInt(const std::string& key, const std::string& s) {
   return static_cast<int64_t>(v);
 }
 
+// A text key; with `allowed` (called at each set), one of the names it gives.
 template <typename Field>
-Key StringKey(std::string name, std::string help, Field field,
-              std::vector<std::string> allowed = {}) {
+Key NameKey(std::string name, std::string help, Field field, std::function<std::vector<std::string>()> allowed) {
   Key k{name, help, nullptr, nullptr};
   k.set = [name, field, allowed](Job& j, const std::string& v) -> absl::Status {
-    if (!allowed.empty() && std::find(allowed.begin(), allowed.end(), v) == allowed.end()) {
-      return BadValue(name, v, absl::StrCat("one of: ", absl::StrJoin(allowed, ", ")));
+    const std::vector<std::string> names = allowed ? allowed() : std::vector<std::string>{};
+    if (!names.empty() && std::find(names.begin(), names.end(), v) == names.end()) {
+      return BadValue(name, v, absl::StrCat("one of: ", absl::StrJoin(names, ", ")));
     }
     field(j) = v;
     return absl::OkStatus();
   };
   k.get = [field](const Job& j) { return field(const_cast<Job&>(j)); };
   return k;
+}
+
+template <typename Field>
+Key StringKey(std::string name, std::string help, Field field, std::vector<std::string> allowed = {}) {
+  return NameKey(std::move(name), std::move(help), field, [allowed] { return allowed; });
+}
+
+// A component's name: one that some component of `kind` registered (common/registry.h). A program
+// that links no component of the kind checks nothing (making the component would fail there).
+template <typename Field>
+Key ComponentNameKey(std::string name, std::string help, Field field, std::string kind) {
+  // Keys() is built on first use, in main(), after every registration ran.
+  const std::vector<std::string> names = ComponentNames(kind);
+  if (!names.empty()) absl::StrAppend(&help, ": ", absl::StrJoin(names, ", "));
+  return NameKey(std::move(name), std::move(help), field, [kind] { return ComponentNames(kind); });
 }
 
 template <typename Field>
@@ -197,12 +214,9 @@ const std::vector<Key>& Keys() {
               "matches, at some speed; false lets cuDNN pick the fastest and runs differ. CPU runs are "
               "deterministic either way",
               [](Job& j) -> auto& { return j.deterministic; }),
-      StringKey("mode", "learning mode", [](Job& j) -> auto& { return j.mode; },
-                {"supervised", "fixmatch", "pseudolabel", "dino", "vae", "gan", "mlm"}),
-      StringKey("loss", "loss function", [](Job& j) -> auto& { return j.loss; },
-                {"cross_entropy", "l1", "mse", "hinge"}),
-      StringKey("model.name", "model architecture", [](Job& j) -> auto& { return j.model.name; },
-                {"mlp", "simple_cnn", "fedavg_cnn", "resnet", "vit"}),
+      ComponentNameKey("mode", "learning mode", [](Job& j) -> auto& { return j.mode; }, "mode"),
+      ComponentNameKey("loss", "loss function", [](Job& j) -> auto& { return j.loss; }, "loss"),
+      ComponentNameKey("model.name", "model architecture", [](Job& j) -> auto& { return j.model.name; }, "model"),
       IntListKey("model.hidden", "mlp hidden layer widths, e.g. 200,200",
                  [](Job& j) -> auto& { return j.model.hidden; }),
       IntKey<int64_t>("model.width", "resnet: channels of the first stage",
@@ -400,18 +414,8 @@ const std::vector<Key>& Keys() {
                       [](Job& j) -> auto& { return j.federated.max_site_examples; }, 1, int64_t{1} << 50),
       IntKey<int64_t>("federated.max_echo_chars", "characters of a request's strings quoted back in an error",
                       [](Job& j) -> auto& { return j.federated.max_echo_chars; }, 8, 1 << 20),
-      StringKey("strategy.name", "aggregation strategy", [](Job& j) -> auto& { return j.strategy.name; },
-                {"fedavg", "fedprox", "fedavgm", "fedadagrad", "fedadam", "fedyogi", "median", "trimmed_mean", "krum"}),
-      DoubleKey("strategy.server_lr", "server learning rate", [](Job& j) -> auto& { return j.strategy.server_lr; }, 0, 1e6),
-      DoubleKey("strategy.momentum", "fedavgm server momentum", [](Job& j) -> auto& { return j.strategy.momentum; }, 0, 1),
-      DoubleKey("strategy.beta1", "adaptive beta1", [](Job& j) -> auto& { return j.strategy.beta1; }, 0, 1),
-      DoubleKey("strategy.beta2", "adaptive beta2", [](Job& j) -> auto& { return j.strategy.beta2; }, 0, 1),
-      DoubleKey("strategy.tau", "adaptive tau", [](Job& j) -> auto& { return j.strategy.tau; }, 0, 1),
-      DoubleKey("strategy.proximal_mu", "fedprox mu", [](Job& j) -> auto& { return j.strategy.proximal_mu; }, 0, 1e6),
-      DoubleKey("strategy.trim_beta", "trimmed_mean: fraction cut at each end",
-                [](Job& j) -> auto& { return j.strategy.trim_beta; }, 0, 0.4999),
-      IntKey<int64_t>("strategy.byzantine", "krum: f", [](Job& j) -> auto& { return j.strategy.byzantine; }, 0, kBig),
-      IntKey<int64_t>("strategy.multi_krum", "krum: m", [](Job& j) -> auto& { return j.strategy.multi_krum; }, 1, kBig),
+      ComponentNameKey("strategy.name", "aggregation strategy", [](Job& j) -> auto& { return j.strategy.name; },
+                       "strategy"),
       StringKey("run_dir", "where metrics and outputs go ({name}: the job's name)",
                 [](Job& j) -> auto& { return j.run_dir; }),
   };
@@ -428,14 +432,30 @@ const Key* FindKey(const std::string& name) {
 absl::Status UnknownKey(const std::string& key, const std::string& origin) {
   std::vector<std::string> near;
   const std::string prefix = key.substr(0, key.find('.') + 1);
+  const auto is_near = [&](const std::string& name) {
+    return key.find('.') != std::string::npos ? absl::StartsWith(name, prefix) : name.find('.') == std::string::npos;
+  };
   for (const Key& k : Keys()) {
-    if (key.find('.') != std::string::npos ? absl::StartsWith(k.name, prefix)
-                                           : k.name.find('.') == std::string::npos) {
-      near.push_back(k.name);
-    }
+    if (is_near(k.name)) near.push_back(k.name);
+  }
+  for (const ComponentKey* k : ComponentKeys()) {
+    if (is_near(k->key)) near.push_back(k->key);
   }
   return absl::InvalidArgumentError(absl::StrCat(origin, ": unknown job key '", key,
                                                  "' (known: ", absl::StrJoin(near, ", "), ")"));
+}
+
+// Sets a job key: one of the Job's own, or one a component registered (into Job::params).
+// NotFound for neither.
+absl::Status SetKey(Job& job, const std::string& name, const std::string& value) {
+  if (const Key* key = FindKey(name)) return key->set(job, value);
+  const ComponentKey* key = FindComponentKey(name);
+  if (key == nullptr) return absl::NotFoundError(name);
+  if (key->check) {
+    if (auto s = key->check(value); !s.ok()) return s;
+  }
+  job.params[name] = value;
+  return absl::OkStatus();
 }
 
 // Walks a YAML map, setting each leaf by its dotted path.
@@ -454,8 +474,7 @@ absl::Status ApplyYamlNode(Job& job, const YAML::Node& node, const std::string& 
     }
     return absl::OkStatus();
   }
-  const Key* key = FindKey(path);
-  if (key == nullptr) return UnknownKey(path, origin);
+  if (FindKey(path) == nullptr && FindComponentKey(path) == nullptr) return UnknownKey(path, origin);
   std::string value;
   if (node.IsSequence()) {
     // A list of scalars becomes "a,b"; a list of lists "a,b;c,d" (partition.site_labels).
@@ -483,12 +502,28 @@ absl::Status ApplyYamlNode(Job& job, const YAML::Node& node, const std::string& 
   } else if (node.IsNull()) {
     return BadValue(path, "(empty)", "a value");
   }
-  absl::Status s = key->set(job, value);
+  absl::Status s = SetKey(job, path, value);
   if (!s.ok()) return absl::InvalidArgumentError(absl::StrCat(origin, ": ", s.message()));
   return absl::OkStatus();
 }
 
 }  // namespace
+
+std::string JobParam(const Job& job, const std::string& key) {
+  if (auto it = job.params.find(key); it != job.params.end()) return it->second;
+  const ComponentKey* k = FindComponentKey(key);
+  if (k == nullptr) {
+    std::fprintf(stderr, "allround: job key '%s' is read but no component registered it\n", key.c_str());
+    std::abort();
+  }
+  return k->default_value;
+}
+
+double JobNumber(const Job& job, const std::string& key) { return std::strtod(JobParam(job, key).c_str(), nullptr); }
+
+int64_t JobInteger(const Job& job, const std::string& key) {
+  return static_cast<int64_t>(std::strtoll(JobParam(job, key).c_str(), nullptr, 10));
+}
 
 absl::StatusOr<Job> ParseJobYaml(const std::string& text, const std::string& origin) {
   Job job;
@@ -518,9 +553,9 @@ absl::StatusOr<Job> LoadJobFile(const std::string& path) {
 }
 
 absl::Status SetJobKey(Job& job, const std::string& key, const std::string& value) {
-  const Key* k = FindKey(key);
-  if (k == nullptr) return UnknownKey(key, "flag");
-  return k->set(job, value);
+  absl::Status s = SetKey(job, key, value);
+  if (absl::IsNotFound(s)) return UnknownKey(key, "flag");
+  return s;
 }
 
 bool IsPlainName(const std::string& name) {
@@ -612,12 +647,11 @@ absl::Status ApplyJobFlags(Job& job, const std::vector<std::string>& flags) {
     } else {
       return absl::InvalidArgumentError(absl::StrCat("flag --", key, ": missing value"));
     }
-    const Key* k = FindKey(key);
-    if (k == nullptr) {
+    absl::Status s = SetKey(job, key, value);
+    if (absl::IsNotFound(s)) {
       return absl::InvalidArgumentError(absl::StrCat(
           "unknown flag --", key, " (not a job key; see --help for flags and job keys)"));
     }
-    absl::Status s = k->set(job, value);
     if (!s.ok()) return s;
   }
   return absl::OkStatus();
@@ -629,33 +663,43 @@ std::vector<std::pair<std::string, std::string>> JobKeys() {
   for (const Key& k : Keys()) {
     out.emplace_back(k.name, absl::StrCat(k.help, " [", k.get(defaults), "]"));
   }
+  for (const ComponentKey* k : ComponentKeys()) {
+    out.emplace_back(k->key, absl::StrCat(k->help, " (", ComponentsReading(k->key), ") [", k->default_value, "]"));
+  }
   return out;
 }
 
 std::string JobToYaml(const Job& job) {
+  // Every key, the Job's own and the components', each with its value.
+  std::vector<std::pair<std::string, std::string>> keys;
+  for (const Key& k : Keys()) keys.emplace_back(k.name, k.get(job));
+  for (const ComponentKey* k : ComponentKeys()) keys.emplace_back(k->key, JobParam(job, k->key));
   // Each section once, at its first key's place, holding all its keys: a section written twice
   // would be a duplicate YAML key, which ParseJobYaml refuses and other readers resolve by
   // keeping only the last (PyYAML would lose data.dir behind a later data.test_limit).
   std::vector<std::string> order;  // top-level keys and sections, in first-appearance order
-  std::map<std::string, std::vector<const Key*>> sections;
-  for (const Key& k : Keys()) {
-    const size_t dot = k.name.find('.');
-    const std::string top = dot == std::string::npos ? k.name : k.name.substr(0, dot);
+  std::map<std::string, std::vector<std::pair<std::string, std::string>>> sections;
+  std::map<std::string, std::string> top_values;
+  for (const auto& [name, value] : keys) {
+    const size_t dot = name.find('.');
+    const std::string top = dot == std::string::npos ? name : name.substr(0, dot);
     if (std::find(order.begin(), order.end(), top) == order.end()) order.push_back(top);
-    if (dot != std::string::npos) sections[top].push_back(&k);
+    if (dot == std::string::npos) {
+      top_values[top] = value;
+    } else {
+      sections[top].emplace_back(name.substr(dot + 1), value);
+    }
   }
   YAML::Emitter out;
   out << YAML::BeginMap;
   for (const std::string& top : order) {
     auto section = sections.find(top);
     if (section == sections.end()) {
-      out << YAML::Key << top << YAML::Value << FindKey(top)->get(job);
+      out << YAML::Key << top << YAML::Value << top_values[top];
       continue;
     }
     out << YAML::Key << top << YAML::Value << YAML::BeginMap;
-    for (const Key* k : section->second) {
-      out << YAML::Key << k->name.substr(top.size() + 1) << YAML::Value << k->get(job);
-    }
+    for (const auto& [name, value] : section->second) out << YAML::Key << name << YAML::Value << value;
     out << YAML::EndMap;
   }
   out << YAML::EndMap;

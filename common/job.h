@@ -8,6 +8,7 @@
 // Plain data plus pure functions; thread-compatible.
 
 #include <cstdint>
+#include <map>
 #include <string>
 #include <utility>
 #include <vector>
@@ -106,17 +107,10 @@ struct FederatedSpec {
   int64_t max_echo_chars = 128;      // of any string from a request, quoted back in an error
 };
 
+// The strategy's own keys (strategy.server_lr, ...) are registered beside each strategy
+// (algorithms/aggregation/strategies.cc) and held in Job::params.
 struct StrategyJobSpec {
   std::string name = "fedavg";
-  double server_lr = 1.0;
-  double momentum = 0.9;
-  double beta1 = 0.9;
-  double beta2 = 0.99;
-  double tau = 1e-3;
-  double proximal_mu = 0.0;
-  double trim_beta = 0.1;
-  int64_t byzantine = 0;
-  int64_t multi_krum = 1;
 };
 
 // Semi-supervised modes (fixmatch, pseudolabel): per step B labelled and mu x B unlabelled
@@ -233,7 +227,16 @@ struct Job {
   TextSpec text;
   MlmSpec mlm;
   std::string run_dir = "runs/{name}";  // {name} is replaced by the job's name
+  // The keys components register beside their code (common/registry.h) that the job sets; a key
+  // not here has its registered default.
+  std::map<std::string, std::string> params;
 };
+
+// A registered component key's value in `job` (common/registry.h): what the job set, or the
+// key's default. Aborts on a key no component registered (a programmer error).
+std::string JobParam(const Job& job, const std::string& key);
+double JobNumber(const Job& job, const std::string& key);
+int64_t JobInteger(const Job& job, const std::string& key);
 
 // Parses YAML text into a Job on top of the defaults. `origin` names the text in errors.
 absl::StatusOr<Job> ParseJobYaml(const std::string& text, const std::string& origin);

@@ -200,20 +200,11 @@ absl::Status RoundManager::SubmitUpdate(int64_t site, int64_t round, int64_t exa
                                       "update from site ", site, " claims ", examples,
                                       " examples; it declared ", sites_[site].examples, " at Join")));
   }
-  if (weights.size() != model_.size()) {
-    return Refuse("bad_tensor", absl::InvalidArgumentError(absl::StrCat("update has ", weights.size(),
-                                                                        " tensors, the model ", model_.size())));
+  if (std::string bad = tensor::LayoutMismatch(weights, model_); !bad.empty()) {
+    return Refuse("bad_tensor", absl::InvalidArgumentError(bad));
   }
-  for (size_t k = 0; k < model_.size(); ++k) {
-    const auto& [name, g] = model_[k];
-    const auto& [uname, t] = weights[k];
-    if (uname != name || t.sizes() != g.sizes() || t.scalar_type() != g.scalar_type()) {
-      return Refuse("bad_tensor", absl::InvalidArgumentError(absl::StrCat(
-                                      "tensor ", uname, " ", c10::str(t.sizes()), " ", c10::toString(t.scalar_type()),
-                                      " does not match the model's ", name, " ", c10::str(g.sizes()), " ",
-                                      c10::toString(g.scalar_type()))));
-    }
-    if (!aggregation::AllFinite(t)) {
+  for (const auto& [name, t] : weights) {
+    if (!tensor::AllFinite(t)) {
       return Refuse("non_finite", absl::InvalidArgumentError(absl::StrCat("tensor ", name, " holds NaN or Inf")));
     }
   }

@@ -4,7 +4,8 @@
 #include <cstdio>
 
 #include "absl/strings/str_cat.h"
-#include "comm/dtype.h"
+#include "common/log.h"
+#include "tensor/dtype.h"
 #include "comm/wire.h"
 #include "common/echo.h"
 
@@ -127,7 +128,7 @@ grpc::Status CoordinatorService::Join(grpc::ServerContext*, const allround::v1::
   }
   std::vector<TensorLayout> model;
   for (const auto& spec : req->model()) {
-    auto dtype = comm::DtypeFromName(spec.dtype());
+    auto dtype = tensor::DtypeFromName(spec.dtype());
     if (!dtype.ok()) {
       manager_->CountRefusal("bad_model");
       return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
@@ -138,8 +139,7 @@ grpc::Status CoordinatorService::Join(grpc::ServerContext*, const allround::v1::
   }
   auto id = manager_->Join(req->site_name(), req->examples(), Now(), model);
   if (!id.ok()) return ToGrpc(id.status());
-  std::fprintf(stderr, "allround-coordinator: site '%s' joined as %lld (%lld examples)\n", req->site_name().c_str(),
-               static_cast<long long>(*id), static_cast<long long>(req->examples()));
+  log::Info("site '{}' joined as {} ({} examples)", req->site_name(), *id, req->examples());
   reply->set_site_id(*id);
   return grpc::Status::OK;
 }

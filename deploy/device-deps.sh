@@ -16,7 +16,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 OUT="${1:-$ROOT/build-device/deps.tar.xz}"
 DEV_PACKAGES=(
-  libabsl-dev libyaml-cpp-dev libcli11-dev nlohmann-json3-dev zlib1g-dev libgtest-dev libgmock-dev
+  libabsl-dev libyaml-cpp-dev libcli11-dev nlohmann-json3-dev zlib1g-dev libspdlog-dev libfmt-dev libgtest-dev libgmock-dev
   libprotobuf-dev protobuf-compiler libgrpc++-dev libgrpc-dev protobuf-compiler-grpc
   librocksdb-dev libgflags-dev libsnappy-dev liblz4-dev libzstd-dev libbz2-dev
   libssl-dev libc-ares-dev libre2-dev

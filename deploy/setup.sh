@@ -26,7 +26,7 @@ PACKAGES=(
   # tests and micro-benchmarks
   libgtest-dev libgmock-dev libbenchmark-dev
   # small well-kept libraries
-  libabsl-dev libyaml-cpp-dev libcli11-dev nlohmann-json3-dev zlib1g-dev
+  libabsl-dev libyaml-cpp-dev libcli11-dev nlohmann-json3-dev zlib1g-dev libspdlog-dev libfmt-dev
   # data
   dataset-fashion-mnist fortunes
   # peers for side-by-side benchmarks and for reading exported checkpoints

@@ -20,10 +20,11 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "tensor/named_tensors.h"
 
 namespace allround::storage {
 
-using NamedTensors = std::vector<std::pair<std::string, at::Tensor>>;
+using tensor::NamedTensors;
 
 // What the caller says about a checkpoint; the store adds id, sequence, time and the tensor list.
 struct CheckpointInfo {

@@ -13,6 +13,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "common/cli.h"
+#include "common/log.h"
 #include "storage/checkpoint_store.h"
 #include "storage/safetensors.h"
 
@@ -20,7 +21,7 @@ namespace allround::storage {
 namespace {
 
 int Fail(const absl::Status& s) {
-  std::fprintf(stderr, "allround-ckpt: error: %s\n", std::string(s.message()).c_str());
+  log::Error("{}", s.message());
   return 1;
 }
 

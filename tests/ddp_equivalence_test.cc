@@ -14,18 +14,16 @@
 #include "comm/checked_communicator.h"
 #include "comm/reducer.h"
 #include "comm/registry.h"
-#include "worker/trainer.h"
+#include "reducer_cases.h"
+#include "runtime/trainer.h"
 
 namespace allround {
 namespace {
 
 comm::Communicator* g_comm = nullptr;
 
-double MaxAbsDiff(const std::vector<at::Tensor>& a, const std::vector<at::Tensor>& b) {
-  double m = 0;
-  for (size_t i = 0; i < a.size(); ++i) m = std::max(m, (a[i] - b[i]).abs().max().item<double>());
-  return m;
-}
+using comm::testing::MaxAbsDiff;
+using comm::testing::Sgd;
 
 std::shared_ptr<models::Network> SimpleCnn() {
   torch::manual_seed(7);
@@ -36,10 +34,6 @@ std::shared_ptr<models::Network> SimpleCnn() {
   // can flip a ReLU or a max-pool choice after a few steps and the runs drift apart by ~1e-4.
   model->to(torch::kDouble);
   return model;
-}
-
-torch::optim::SGD Sgd(const std::vector<at::Tensor>& params) {
-  return torch::optim::SGD(params, torch::optim::SGDOptions(0.05).momentum(0.9).weight_decay(1e-4));
 }
 
 class DdpEquivalence : public ::testing::TestWithParam<int64_t> {};  // bucket cap in bytes
@@ -79,31 +73,17 @@ TEST_P(DdpEquivalence, SgdMomentumMatchesOneProcess) {
 INSTANTIATE_TEST_SUITE_P(BucketCaps, DdpEquivalence, ::testing::Values(int64_t{256}, int64_t{25} << 20),
                          [](const auto& info) { return info.param < 1024 ? "tiny" : "default"; });
 
-TEST(DdpEquivalence, GradientAccumulationMatchesOneProcess) {
-  const int n = g_comm->size(), r = g_comm->rank();
-  const int64_t b = 3, k = 3, steps = 10;
-  auto dist = SimpleCnn(), ref = SimpleCnn();
-  comm::Reducer reducer(dist->parameters(), g_comm, {2048, 1024});
-  auto opt_d = Sgd(dist->parameters()), opt_r = Sgd(ref->parameters());
-  torch::manual_seed(99);
-  const at::Tensor x = torch::randn({steps, k * n * b, 1, 28, 28}, torch::kDouble), y = torch::randint(0, 10, {steps, k * n * b});
-  for (int64_t s = 0; s < steps; ++s) {
-    opt_d.zero_grad();
-    for (int64_t m = 0; m < k; ++m) {
-      const int64_t start = (m * n + r) * b;
-      at::Tensor loss = torch::cross_entropy_loss(dist->forward(x[s].narrow(0, start, b)), y[s].narrow(0, start, b)) / k;
-      reducer.set_sync(m == k - 1);  // no communication for the first k-1 micro-batches
-      reducer.BeforeBackward();
-      loss.backward();
-      ASSERT_TRUE(reducer.AfterBackward().ok());
-    }
-    opt_d.step();
-    opt_r.zero_grad();
-    torch::cross_entropy_loss(ref->forward(x[s]), y[s]).backward();
-    opt_r.step();
-  }
-  EXPECT_LE(MaxAbsDiff(dist->parameters(), ref->parameters()), 1e-9) << "rank " << r;
+// The cases every backend passes (tests/reducer_cases.h), here one rank per process.
+template <typename Case>
+void RunCase() {
+  Case c;
+  c.Prepare(g_comm->size());
+  c.Rank(*g_comm);
 }
+
+TEST(DdpEquivalence, GradientAccumulationMatchesOneProcess) { RunCase<comm::testing::GradientAccumulationCase>(); }
+TEST(DdpEquivalence, ParameterUnusedOnSomeRanksDoesNotHang) { RunCase<comm::testing::UnusedParameterCase>(); }
+TEST(DdpEquivalence, SecondBackwardBeforeAfterBackwardIsAnError) { RunCase<comm::testing::SecondBackwardCase>(); }
 
 // A GAN-like step: a discriminator's backward and step, then a generator's backward (which also
 // reaches the discriminator) and step, each with its own Reducer over its own parameters.
@@ -159,55 +139,6 @@ TEST(DdpEquivalence, TwoBackwardStepMatchesOneProcess) {
   }
   EXPECT_LE(MaxAbsDiff(dist.d->parameters(), ref.d->parameters()), 1e-9) << "rank " << r;
   EXPECT_LE(MaxAbsDiff(dist.g->parameters(), ref.g->parameters()), 1e-9) << "rank " << r;
-}
-
-// A parameter that only rank 0 uses: no rank hangs, and its gradient is rank 0's over N.
-TEST(DdpEquivalence, ParameterUnusedOnSomeRanksDoesNotHang) {
-  const int n = g_comm->size(), r = g_comm->rank();
-  torch::manual_seed(3);
-  torch::nn::Linear a(8, 4), extra(8, 4);
-  std::vector<at::Tensor> params = a->parameters();
-  for (const auto& p : extra->parameters()) params.push_back(p);
-  comm::Reducer reducer(params, g_comm, {64, 64});
-  torch::manual_seed(4);
-  const at::Tensor x = torch::randn({n, 8});
-  at::Tensor loss = a->forward(x[r]).sum();
-  if (r == 0) loss = loss + extra->forward(x[0]).pow(2).sum();
-  reducer.BeforeBackward();
-  loss.backward();
-  ASSERT_TRUE(reducer.AfterBackward().ok());
-  // Rank 0's gradient of sum((W x0 + c)^2) w.r.t. W is 2 (W x0 + c) x0^T.
-  at::Tensor want;
-  {
-    torch::NoGradGuard ng;
-    want = 2 * (extra->forward(x[0])).unsqueeze(1).matmul(x[0].unsqueeze(0)) / n;
-  }
-  EXPECT_TRUE(extra->weight.grad().allclose(want, 1e-5, 1e-6)) << "rank " << r;
-}
-
-// Two backwards between BeforeBackward and AfterBackward: the second one's gradients would miss
-// buckets already averaged, so AfterBackward refuses, naming a parameter, and leaves .grad alone;
-// the ranks stay in step and the next proper step is averaged as usual.
-TEST(DdpEquivalence, SecondBackwardBeforeAfterBackwardIsAnError) {
-  const int n = g_comm->size(), r = g_comm->rank();
-  torch::manual_seed(5);
-  torch::nn::Linear a(6, 3);
-  comm::Reducer reducer(a->parameters(), g_comm, {64, 64});
-  const at::Tensor x = torch::full({2, 6}, static_cast<float>(r + 1));
-  reducer.BeforeBackward();
-  a->forward(x).sum().backward();
-  a->forward(x).pow(2).sum().backward();
-  const at::Tensor local = a->weight.grad().clone();
-  absl::Status s = reducer.AfterBackward();
-  EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition);
-  EXPECT_THAT(std::string(s.message()), ::testing::HasSubstr("second backward"));
-  EXPECT_TRUE(a->weight.grad().equal(local)) << "rank " << r;
-  for (auto& p : a->parameters()) p.mutable_grad().zero_();
-  reducer.BeforeBackward();
-  a->forward(x).sum().backward();
-  ASSERT_TRUE(reducer.AfterBackward().ok());
-  // d/dW of sum(W x + c) over 2 rows of (r + 1): 2 (r + 1) per entry; the mean over ranks is n + 1.
-  EXPECT_TRUE(a->weight.grad().allclose(torch::full({3, 6}, static_cast<float>(n + 1)))) << "rank " << r;
 }
 
 // With ALLROUND_COMM_DEBUG=1 (a separate ctest entry), ranks that call the same collective with
@@ -308,7 +239,7 @@ TEST(DinoRanks, TeacherAndCenterStayIdenticalAcrossRanks) {
     batch.inputs = torch::rand({8, 1, 28, 28});
     batch.seed = 1000 * (r + 1) + s;  // and its own views
     batch.progress = s / 4.0;
-    ASSERT_TRUE(worker::SyncBuffers(*g_comm, mode).ok());  // as the trainer does before each step
+    ASSERT_TRUE(runtime::SyncBuffers(*g_comm, mode).ok());  // as the trainer does before each step
     auto step = mode.TrainStep(batch, 1e-3, &reducer);
     ASSERT_TRUE(step.ok()) << step.status();
     loss = step->loss;
@@ -321,7 +252,7 @@ TEST(DinoRanks, TeacherAndCenterStayIdenticalAcrossRanks) {
   }
   // ... and still every tensor of the model is the same bits everywhere (batch-norm statistics
   // once the trainer syncs them, before evaluating), and the teacher moved.
-  ASSERT_TRUE(worker::SyncBuffers(*g_comm, mode).ok());
+  ASSERT_TRUE(runtime::SyncBuffers(*g_comm, mode).ok());
   const auto after = snapshot();
   int compared = 0;
   for (const auto& [name, t] : after) {

@@ -1,12 +1,12 @@
-#include "worker/data/idx_reader.h"
+#include "data/idx_reader.h"
 
 #include <ATen/ATen.h>
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
 #include "tests/test_util.h"
-#include "worker/data/fashion_mnist.h"
-#include "worker/trainer.h"
+#include "data/fashion_mnist.h"
+#include "data/datasets.h"
 
 namespace allround::data {
 namespace {
@@ -132,7 +132,7 @@ TEST(FashionMnist, TrainingDataIsStandardizedOrInUnitRange) {
   Job job;
   job.data.dir = dir.path();
   job.data.scale = "unit";
-  auto unit = worker::LoadTrainingData(job);
+  auto unit = data::LoadTrainingData(job);
   ASSERT_TRUE(unit.ok()) << unit.status();
   EXPECT_EQ(unit->train_inputs.sizes().vec(), (std::vector<int64_t>{2, 1, 2, 2}));
   const at::Tensor want_train = at::tensor({0.0f, 1.0f, 0.2f, 0.4f, 1.0f, 0.0f, 0.0f, 0.0f}).view({2, 1, 2, 2});
@@ -141,7 +141,7 @@ TEST(FashionMnist, TrainingDataIsStandardizedOrInUnitRange) {
   EXPECT_TRUE(at::allclose(unit->test_inputs, want_test)) << unit->test_inputs;
 
   job.data.scale = "standardize";
-  auto standard = worker::LoadTrainingData(job);
+  auto standard = data::LoadTrainingData(job);
   ASSERT_TRUE(standard.ok()) << standard.status();
   EXPECT_TRUE(at::allclose(standard->train_inputs, (want_train - kFashionMnistMean) / kFashionMnistStd));
   EXPECT_TRUE(at::allclose(standard->test_inputs, (want_test - kFashionMnistMean) / kFashionMnistStd));

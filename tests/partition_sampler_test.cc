@@ -6,8 +6,8 @@
 #include <set>
 
 #include "common/random.h"
-#include "worker/data/partition.h"
-#include "worker/data/sampler.h"
+#include "data/partition.h"
+#include "data/sampler.h"
 
 namespace allround::data {
 namespace {

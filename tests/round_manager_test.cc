@@ -2,7 +2,7 @@
 // and every refusal, each followed by a good update that is accepted.
 
 #include "coordinator/round_manager.h"
-#include "worker/federated_client.h"
+#include "runtime/site_runner.h"
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
@@ -157,7 +157,7 @@ TEST_F(RoundManagerTest, EveryRefusalHasAReasonAndAGoodUpdateStillCounts) {
   };
   const std::vector<Case> cases = {
       {"wrong shape", m->SubmitUpdate(a, 0, 10, {{"w", torch::zeros({3})}}, At(1)), "does not match the model's w [2]"},
-      {"wrong dtype", m->SubmitUpdate(a, 0, 10, {{"w", torch::zeros({2}, torch::kDouble)}}, At(1)), "Double"},
+      {"wrong dtype", m->SubmitUpdate(a, 0, 10, {{"w", torch::zeros({2}, torch::kDouble)}}, At(1)), "[2] float64 does not match the model's w [2] float32"},
       {"wrong name", m->SubmitUpdate(a, 0, 10, {{"v", torch::zeros({2})}}, At(1)), "tensor v"},
       {"NaN", m->SubmitUpdate(a, 0, 10, Weights(NAN, 0), At(1)), "NaN or Inf"},
       {"Inf", m->SubmitUpdate(a, 0, 10, Weights(INFINITY, 0), At(1)), "NaN or Inf"},
@@ -380,7 +380,7 @@ TEST_F(RoundManagerTest, WaitForChangeWakesOnAJoinAndTimesOutOtherwise) {
 }  // namespace
 }  // namespace allround::coordinator
 
-namespace allround::worker {
+namespace allround::runtime {
 namespace {
 
 TEST(SiteIndices, SingleRangesAndListsAndClearRefusals) {
@@ -396,4 +396,4 @@ TEST(SiteIndices, SingleRangesAndListsAndClearRefusals) {
 }
 
 }  // namespace
-}  // namespace allround::worker
+}  // namespace allround::runtime

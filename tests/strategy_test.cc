@@ -6,6 +6,9 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include <map>
+#include <string>
+
 namespace allround::aggregation {
 namespace {
 
@@ -23,8 +26,12 @@ std::vector<float> W(const absl::StatusOr<NamedTensors>& r) {
   return {t[0].item<float>(), t[1].item<float>()};
 }
 
-std::unique_ptr<Strategy> Make(StrategySpec spec) {
-  auto s = MakeStrategy(spec);
+// The strategy `name` with the job keys `keys`, set as a job file or flag would set them.
+std::unique_ptr<Strategy> Make(const std::string& name, const std::map<std::string, std::string>& keys = {}) {
+  Job job;
+  EXPECT_TRUE(SetJobKey(job, "strategy.name", name).ok());
+  for (const auto& [k, v] : keys) EXPECT_TRUE(SetJobKey(job, k, v).ok()) << k;
+  auto s = MakeStrategy(job);
   EXPECT_TRUE(s.ok()) << s.status();
   return *std::move(s);
 }
@@ -33,16 +40,14 @@ const std::vector<SiteUpdate> kTwo = {Update(1, 1, {1, 2}), Update(2, 3, {3, -2}
 
 TEST(Strategy, FedAvgIsTheExampleWeightedMean) {
   // 1/4 [1, 2] + 3/4 [3, -2] = [2.5, -1].
-  auto s = Make({"fedavg"});
+  auto s = Make("fedavg");
   auto r = s->Aggregate(Model({0, 0}), kTwo);
   EXPECT_THAT(W(r), ::testing::ElementsAre(2.5f, -1.0f));
   EXPECT_EQ((*r)[1].second.item<int64_t>(), 101);  // integer tensors: the first update's
 }
 
 TEST(Strategy, FedProxAggregatesLikeFedAvgAndCarriesMu) {
-  StrategySpec spec{"fedprox"};
-  spec.proximal_mu = 0.01;
-  auto s = Make(spec);
+  auto s = Make("fedprox", {{"strategy.proximal_mu", "0.01"}});
   EXPECT_THAT(W(s->Aggregate(Model({0, 0}), kTwo)), ::testing::ElementsAre(2.5f, -1.0f));
   EXPECT_DOUBLE_EQ(s->proximal_mu(), 0.01);
 }
@@ -50,7 +55,7 @@ TEST(Strategy, FedProxAggregatesLikeFedAvgAndCarriesMu) {
 TEST(Strategy, FedAvgMAccumulatesServerMomentum) {
   // Round 1 from 0: delta = [2.5, -1], m = delta, x = [2.5, -1].
   // Round 2 from there with the same updates: delta = 0, m = 0.9 m = [2.25, -0.9], x = [4.75, -1.9].
-  auto s = Make({"fedavgm"});
+  auto s = Make("fedavgm");
   auto r1 = s->Aggregate(Model({0, 0}), kTwo);
   EXPECT_THAT(W(r1), ::testing::ElementsAre(2.5f, -1.0f));
   auto r2 = s->Aggregate(*r1, kTwo);
@@ -66,9 +71,7 @@ TEST(Strategy, AdaptiveServerOptimizers) {
       {"fedadam", {0.099600807933, -0.099005048883}},
       {"fedyogi", {0.099600799997, -0.099004999875}}};
   for (const auto& [name, expected] : want) {
-    StrategySpec spec{name};
-    spec.server_lr = 0.1;
-    auto s = Make(spec);
+    auto s = Make(name, {{"strategy.server_lr", "0.1"}});
     auto r = W(s->Aggregate(Model({0, 0}), kTwo));
     EXPECT_NEAR(r[0], expected[0], 1e-6) << name;
     EXPECT_NEAR(r[1], expected[1], 1e-6) << name;
@@ -76,9 +79,7 @@ TEST(Strategy, AdaptiveServerOptimizers) {
 }
 
 TEST(Strategy, StateRoundTripContinuesExactly) {
-  StrategySpec spec{"fedadam"};
-  spec.server_lr = 0.1;
-  auto a = Make(spec), b = Make(spec);
+  auto a = Make("fedadam", {{"strategy.server_lr", "0.1"}}), b = Make("fedadam", {{"strategy.server_lr", "0.1"}});
   auto r1 = a->Aggregate(Model({0, 0}), kTwo);
   ASSERT_TRUE(b->LoadState(a->State()).ok());
   EXPECT_EQ(a->State().size(), 2u);  // m and v of "w"; the integer tensor is not aggregated
@@ -90,7 +91,7 @@ const std::vector<SiteUpdate> kFive = {Update(1, 1, {1, 2}), Update(2, 9, {3, -2
                                        Update(4, 1, {-5, 7}), Update(5, 1, {100, 100})};
 
 TEST(Strategy, CoordinateWiseMedian) {
-  auto s = Make({"median"});
+  auto s = Make("median");
   // Three updates: per coordinate {1, 3, 10} -> 3 and {2, -2, 0} -> 0. Example counts do not matter.
   EXPECT_THAT(W(s->Aggregate(Model({0, 0}), {kFive[0], kFive[1], kFive[2]})), ::testing::ElementsAre(3.0f, 0.0f));
   // Four: {-5, 1, 3, 10} -> 2 and {-2, 0, 2, 7} -> 1 (mean of the middle two).
@@ -99,9 +100,7 @@ TEST(Strategy, CoordinateWiseMedian) {
 }
 
 TEST(Strategy, TrimmedMean) {
-  StrategySpec spec{"trimmed_mean"};
-  spec.trim_beta = 0.2;  // 5 updates: drop 1 from each end
-  auto s = Make(spec);
+  auto s = Make("trimmed_mean", {{"strategy.trim_beta", "0.2"}});  // 5 updates: drop 1 from each end
   // {-5, 1, 3, 10, 100} -> mean(1, 3, 10) = 14/3; {-2, 0, 2, 7, 100} -> mean(0, 2, 7) = 3.
   auto r = W(s->Aggregate(Model({0, 0}), kFive));
   EXPECT_NEAR(r[0], 14.0f / 3, 1e-5);
@@ -113,21 +112,17 @@ TEST(Strategy, KrumPicksTheMostCentralAndMultiKrumAverages) {
                                      Update(4, 50, {100, 100})};
   // f = 0: each scores the squared distances to its 2 nearest others: a: 1 + 1 = 2, b: 1 + 2 = 3,
   // c: 1 + 2 = 3, d: 19801 + 19801 = 39602 (100^2 + 99^2 each). a wins.
-  auto krum = Make({"krum"});
+  auto krum = Make("krum");
   EXPECT_THAT(W(krum->Aggregate(Model({5, 5}), u)), ::testing::ElementsAre(0.0f, 0.0f));
-  StrategySpec multi{"krum"};
-  multi.byzantine = 1;
-  multi.multi_krum = 3;  // the three central ones, averaged plainly: [1/3, 1/3]
-  auto r = W(Make(multi)->Aggregate(Model({5, 5}), u));
+  // The three central ones, averaged plainly: [1/3, 1/3].
+  auto r = W(Make("krum", {{"strategy.byzantine", "1"}, {"strategy.multi_krum", "3"}})->Aggregate(Model({5, 5}), u));
   EXPECT_NEAR(r[0], 1.0f / 3, 1e-6);
   EXPECT_NEAR(r[1], 1.0f / 3, 1e-6);
-  StrategySpec too_many{"krum"};
-  too_many.byzantine = 2;
-  EXPECT_THAT(std::string(Make(too_many)->Aggregate(Model({0, 0}), u).status().message()), HasSubstr("n > f + 2"));
+  EXPECT_THAT(std::string(Make("krum", {{"strategy.byzantine", "2"}})->Aggregate(Model({0, 0}), u).status().message()), HasSubstr("n > f + 2"));
 }
 
 TEST(Strategy, RefusesBadUpdatesNamingSiteAndTensor) {
-  auto s = Make({"fedadam"});
+  auto s = Make("fedadam");
   auto nan = s->Aggregate(Model({0, 0}), {Update(1, 1, {1, 2}), Update(7, 1, {NAN, 0})});
   EXPECT_THAT(std::string(nan.status().message()), HasSubstr("site 7: tensor w holds NaN or Inf"));
   SiteUpdate wrong{3, 1, {{"w", torch::zeros({3})}, {"bn.count", torch::tensor(int64_t{1})}}};
@@ -135,7 +130,35 @@ TEST(Strategy, RefusesBadUpdatesNamingSiteAndTensor) {
   EXPECT_THAT(std::string(shape.status().message()), HasSubstr("site 3: tensor w [3]"));
   EXPECT_EQ(s->Aggregate(Model({0, 0}), {}).status().code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_TRUE(s->State().empty());  // refused rounds leave no trace in the server state
-  EXPECT_FALSE(MakeStrategy({"fedsgd"}).ok());
+}
+
+// The strategies' names and keys come from their registrations: the job refuses a name none
+// registered and a value out of a key's registered range, and --help lists each key with the
+// strategies that read it.
+TEST(Strategy, NamesAndKeysComeFromTheRegistrations) {
+  Job job;
+  absl::Status bad_name = SetJobKey(job, "strategy.name", "fedsgd");
+  EXPECT_THAT(std::string(bad_name.message()), HasSubstr("one of: fedadagrad, fedadam, fedavg, fedavgm"));
+  job.strategy.name = "fedsgd";  // set past the job's check
+  EXPECT_THAT(std::string(MakeStrategy(job).status().message()), HasSubstr("unknown strategy 'fedsgd' (known: "));
+  absl::Status bad_value = SetJobKey(job, "strategy.trim_beta", "0.5");
+  EXPECT_THAT(std::string(bad_value.message()), HasSubstr("job key 'strategy.trim_beta': bad value '0.5'"));
+  EXPECT_THAT(std::string(SetJobKey(job, "strategy.momentun", "0.5").message()), HasSubstr("strategy.momentum"));
+  bool listed = false;
+  for (const auto& [key, help] : JobKeys()) {
+    if (key == "strategy.server_lr") {
+      listed = true;
+      EXPECT_THAT(help, HasSubstr("(fedavgm, fedadagrad, fedadam, fedyogi) [1]"));
+    }
+  }
+  EXPECT_TRUE(listed);
+  // A job file round trip keeps a strategy key's value.
+  ASSERT_TRUE(SetJobKey(job, "strategy.name", "fedadam").ok());
+  ASSERT_TRUE(SetJobKey(job, "strategy.beta2", "0.95").ok());
+  auto again = ParseJobYaml(JobToYaml(job), "round trip");
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_DOUBLE_EQ(JobNumber(*again, "strategy.beta2"), 0.95);
+  EXPECT_DOUBLE_EQ(JobNumber(*again, "strategy.tau"), 1e-3);
 }
 
 }  // namespace

@@ -1,7 +1,7 @@
 // The byte-level BPE tokenizer: chunking, training, exact round trips, serialization.
 
-#include "worker/data/bpe_tokenizer.h"
-#include "worker/data/text_corpus.h"
+#include "data/bpe_tokenizer.h"
+#include "data/text_corpus.h"
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>

@@ -7,9 +7,23 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "algorithms/aggregation/strategy.h"
+#include "common/registry.h"
 
 namespace allround::aggregation {
 namespace {
+
+// The built-in strategies' parameters, read from the job's keys (registered below).
+struct StrategySpec {
+  std::string name;
+  double server_lr = 1.0;      // fedavgm, fedadagrad, fedadam, fedyogi
+  double momentum = 0.9;       // fedavgm
+  double beta1 = 0.9;          // adaptive
+  double beta2 = 0.99;         // adaptive
+  double tau = 1e-3;           // adaptive
+  double trim_beta = 0.1;      // trimmed_mean
+  int64_t byzantine = 0;       // krum: f
+  int64_t multi_krum = 1;      // krum: m
+};
 
 bool Aggregated(const at::Tensor& t) { return at::isFloatingType(t.scalar_type()); }
 
@@ -20,19 +34,10 @@ absl::Status Check(const NamedTensors& global, const std::vector<SiteUpdate>& up
   for (const SiteUpdate& u : updates) {
     if (u.examples < 0) return absl::InvalidArgumentError(absl::StrCat("site ", u.site_id, ": negative example count"));
     total += u.examples;
-    if (u.weights.size() != global.size()) {
-      return absl::InvalidArgumentError(absl::StrCat("site ", u.site_id, ": ", u.weights.size(), " tensors, the model has ",
-                                                     global.size()));
+    if (std::string bad = tensor::LayoutMismatch(u.weights, global); !bad.empty()) {
+      return absl::InvalidArgumentError(absl::StrCat("site ", u.site_id, ": ", bad));
     }
-    for (size_t k = 0; k < global.size(); ++k) {
-      const auto& [name, g] = global[k];
-      const auto& [uname, t] = u.weights[k];
-      if (uname != name || t.sizes() != g.sizes() || t.scalar_type() != g.scalar_type()) {
-        return absl::InvalidArgumentError(absl::StrCat("site ", u.site_id, ": tensor ", uname, " ",
-                                                       c10::str(t.sizes()), " ", c10::toString(t.scalar_type()),
-                                                       " does not match ", name, " ", c10::str(g.sizes()), " ",
-                                                       c10::toString(g.scalar_type())));
-      }
+    for (const auto& [name, t] : u.weights) {
       if (!AllFinite(t)) {
         return absl::InvalidArgumentError(absl::StrCat("site ", u.site_id, ": tensor ", name, " holds NaN or Inf"));
       }
@@ -241,50 +246,86 @@ class Krum : public Strategy {
   StrategySpec spec_;
 };
 
+// The strategies, their keys and defaults. A key several strategies read (strategy.server_lr) is
+// registered with the same default by each.
+ComponentKey ServerLr() { return NumberKey("strategy.server_lr", 1.0, "server learning rate", 0, 1e6); }
+ComponentKey Beta1() { return NumberKey("strategy.beta1", 0.9, "first-moment decay", 0, 1); }
+ComponentKey Beta2() { return NumberKey("strategy.beta2", 0.99, "second-moment decay", 0, 1); }
+ComponentKey Tau() { return NumberKey("strategy.tau", 1e-3, "adaptivity: added to sqrt(v)", 0, 1); }
+
+// A factory that reads the named keys into StrategySpec and makes T from it.
+template <typename T>
+StrategyFactory FromSpec() {
+  return [](const Job& job) -> absl::StatusOr<std::unique_ptr<Strategy>> {
+    StrategySpec spec;
+    spec.name = job.strategy.name;
+    const auto number = [&](const char* key, double& field) {
+      if (FindComponentKey(key) != nullptr) field = JobNumber(job, key);
+    };
+    number("strategy.server_lr", spec.server_lr);
+    number("strategy.momentum", spec.momentum);
+    number("strategy.beta1", spec.beta1);
+    number("strategy.beta2", spec.beta2);
+    number("strategy.tau", spec.tau);
+    number("strategy.trim_beta", spec.trim_beta);
+    if (FindComponentKey("strategy.byzantine") != nullptr) spec.byzantine = JobInteger(job, "strategy.byzantine");
+    if (FindComponentKey("strategy.multi_krum") != nullptr) spec.multi_krum = JobInteger(job, "strategy.multi_krum");
+    return std::unique_ptr<Strategy>(std::make_unique<T>(spec));
+  };
+}
+
+[[maybe_unused]] const bool kRegistered = [] {
+  RegisterStrategy({"strategy", "fedavg", "the example-weighted mean of the sites' weights (McMahan et al. 2017)", {}},
+                   [](const Job&) -> absl::StatusOr<std::unique_ptr<Strategy>> { return std::make_unique<FedAvg>(); });
+  RegisterStrategy(
+      {"strategy", "fedprox", "fedavg, with a proximal term mu/2 |w - w_global|^2 at the sites (Li et al. 2020)",
+       {NumberKey("strategy.proximal_mu", 0.0, "the sites' proximal term", 0, 1e6)}},
+      [](const Job& job) -> absl::StatusOr<std::unique_ptr<Strategy>> {
+        return std::make_unique<FedAvg>(JobNumber(job, "strategy.proximal_mu"), "fedprox");
+      });
+  RegisterStrategy({"strategy", "fedavgm", "server momentum on the mean update (Hsu et al. 2019)",
+                    {ServerLr(), NumberKey("strategy.momentum", 0.9, "server momentum", 0, 1)}},
+                   FromSpec<ServerOptimizer>());
+  RegisterStrategy({"strategy", "fedadagrad", "adaptive server optimizer (Reddi et al. 2021)", {ServerLr(), Beta1(), Tau()}},
+                   FromSpec<ServerOptimizer>());
+  for (const char* name : {"fedadam", "fedyogi"}) {
+    RegisterStrategy({"strategy", name, "adaptive server optimizer (Reddi et al. 2021)", {ServerLr(), Beta1(), Beta2(), Tau()}},
+                     FromSpec<ServerOptimizer>());
+  }
+  RegisterStrategy({"strategy", "median", "coordinate-wise median of the sites' weights (Yin et al. 2018)", {}},
+                   FromSpec<Robust>());
+  RegisterStrategy({"strategy", "trimmed_mean", "coordinate-wise mean after trimming each end (Yin et al. 2018)",
+                    {NumberKey("strategy.trim_beta", 0.1, "fraction cut at each end", 0, 0.4999)}},
+                   FromSpec<Robust>());
+  RegisterStrategy({"strategy", "krum", "the update closest to its n - f - 2 neighbours (Blanchard et al. 2017)",
+                    {IntegerKey("strategy.byzantine", 0, "f: the sites that may lie", 0, int64_t{1} << 40),
+                     IntegerKey("strategy.multi_krum", 1, "m: the best updates averaged", 1, int64_t{1} << 40)}},
+                   FromSpec<Krum>());
+  return true;
+}();
+
+std::map<std::string, StrategyFactory>& Factories() {
+  static auto* factories = new std::map<std::string, StrategyFactory>;
+  return *factories;
+}
+
 }  // namespace
 
-std::vector<std::string> StrategyNames() {
-  return {"fedavg", "fedprox", "fedavgm", "fedadagrad", "fedadam", "fedyogi", "median", "trimmed_mean", "krum"};
+bool RegisterStrategy(ComponentInfo info, StrategyFactory factory) {
+  info.kind = "strategy";
+  const std::string name = info.name;
+  RegisterComponent(std::move(info));
+  Factories()[name] = std::move(factory);
+  return true;
 }
 
-bool AllFinite(const at::Tensor& t) {
-  if (!Aggregated(t)) return true;
-  if (t.device().is_cpu() && t.is_contiguous() && (t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble)) {
-    // NaN and Inf are the values whose exponent bits are all ones: an integer test with no
-    // dependency between elements, which the compiler vectorizes.
-    const int64_t n = t.numel();
-    if (t.scalar_type() == at::kFloat) {
-      const uint32_t* p = static_cast<const uint32_t*>(t.data_ptr());
-      uint32_t bad = 0;
-      for (int64_t i = 0; i < n; ++i) bad |= static_cast<uint32_t>((p[i] & 0x7f800000u) == 0x7f800000u);
-      return bad == 0;
-    }
-    const uint64_t* p = static_cast<const uint64_t*>(t.data_ptr());
-    uint64_t bad = 0;
-    for (int64_t i = 0; i < n; ++i) {
-      bad |= static_cast<uint64_t>((p[i] & 0x7ff0000000000000ull) == 0x7ff0000000000000ull);
-    }
-    return bad == 0;
+absl::StatusOr<std::unique_ptr<Strategy>> MakeStrategy(const Job& job) {
+  auto it = Factories().find(job.strategy.name);
+  if (it == Factories().end()) {
+    return absl::InvalidArgumentError(absl::StrCat("unknown strategy '", job.strategy.name, "' (known: ",
+                                                   absl::StrJoin(ComponentNames("strategy"), ", "), ")"));
   }
-  return at::isfinite(t).all().item<bool>();
-}
-
-absl::StatusOr<std::unique_ptr<Strategy>> MakeStrategy(const StrategySpec& spec) {
-  if (spec.name == "fedavg") return std::unique_ptr<Strategy>(std::make_unique<FedAvg>());
-  if (spec.name == "fedprox") {
-    if (spec.proximal_mu < 0) return absl::InvalidArgumentError("fedprox: proximal_mu must be >= 0");
-    return std::unique_ptr<Strategy>(std::make_unique<FedAvg>(spec.proximal_mu, "fedprox"));
-  }
-  if (spec.name == "fedavgm" || spec.name == "fedadagrad" || spec.name == "fedadam" || spec.name == "fedyogi") {
-    return std::unique_ptr<Strategy>(std::make_unique<ServerOptimizer>(spec));
-  }
-  if (spec.name == "median" || spec.name == "trimmed_mean") {
-    if (spec.trim_beta < 0 || spec.trim_beta >= 0.5) return absl::InvalidArgumentError("trim_beta must be in [0, 0.5)");
-    return std::unique_ptr<Strategy>(std::make_unique<Robust>(spec));
-  }
-  if (spec.name == "krum") return std::unique_ptr<Strategy>(std::make_unique<Krum>(spec));
-  return absl::InvalidArgumentError(absl::StrCat("unknown strategy '", spec.name, "' (known: ",
-                                                 absl::StrJoin(StrategyNames(), ", "), ")"));
+  return it->second(job);
 }
 
 }  // namespace allround::aggregation

@@ -2,8 +2,9 @@
 #define ALLROUND_ALGORITHMS_AGGREGATION_STRATEGY_H_
 
 // How the coordinator turns a round's updates into the next global model. Each site returns its
-// new weights and its example count; updates arrive sorted by site id, so the result never
-// depends on arrival order. The strategy's own state (server momentum, adaptive moments) comes out
+// new weights and its example count; updates arrive in the order the RoundManager gives them
+// (coordinator/round_manager.h says which: by site name), so the result never depends on arrival
+// or join order. The strategy's own state (server momentum, adaptive moments) comes out
 // of State() and goes back through LoadState() like any other checkpointed tensors.
 //
 // Strategies (x: global weights, x_i: site i's weights, w_i = n_i / sum n, delta = sum w_i (x_i - x)):
@@ -22,16 +23,20 @@
 
 #include <ATen/core/Tensor.h>
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <utility>
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "common/job.h"
+#include "common/registry.h"
+#include "tensor/named_tensors.h"
 
 namespace allround::aggregation {
 
-using NamedTensors = std::vector<std::pair<std::string, at::Tensor>>;
+using tensor::NamedTensors;
 
 struct SiteUpdate {
   int64_t site_id = 0;
@@ -39,18 +44,6 @@ struct SiteUpdate {
   NamedTensors weights;  // same names, shapes and dtypes as the global state
 };
 
-struct StrategySpec {
-  std::string name = "fedavg";
-  double server_lr = 1.0;      // fedavgm, fedadagrad, fedadam, fedyogi
-  double momentum = 0.9;       // fedavgm
-  double beta1 = 0.9;          // adaptive
-  double beta2 = 0.99;         // adaptive
-  double tau = 1e-3;           // adaptive
-  double proximal_mu = 0.0;    // fedprox
-  double trim_beta = 0.1;      // trimmed_mean
-  int64_t byzantine = 0;       // krum: f
-  int64_t multi_krum = 1;      // krum: m
-};
 
 class Strategy {
  public:
@@ -69,12 +62,21 @@ class Strategy {
   virtual absl::Status LoadState(const NamedTensors& state) { return absl::OkStatus(); }
 };
 
-absl::StatusOr<std::unique_ptr<Strategy>> MakeStrategy(const StrategySpec& spec);
+// What makes a strategy from the job: its keys' values are the job's (JobNumber(job,
+// "strategy.server_lr")), defaulted and checked as the strategy registered them.
+using StrategyFactory = std::function<absl::StatusOr<std::unique_ptr<Strategy>>(const Job& job)>;
 
-// True if `t` holds no NaN or Inf (integer tensors always). One pass, no allocation for
-// contiguous float32/float64; the coordinator checks every update with it.
-bool AllFinite(const at::Tensor& t);
-std::vector<std::string> StrategyNames();
+// Registers a strategy beside its code (common/registry.h): its name, help and job keys go where
+// job parsing and --help find them, its factory where MakeStrategy does. `info.kind` is set to
+// "strategy". Returns true, to initialize a static: `const bool kRegistered = RegisterStrategy(...)`.
+bool RegisterStrategy(ComponentInfo info, StrategyFactory factory);
+
+// The job's strategy (strategy.name). Fails naming the known ones for a name none registered.
+absl::StatusOr<std::unique_ptr<Strategy>> MakeStrategy(const Job& job);
+
+// True if `t` holds no NaN or Inf (tensor/named_tensors.h; one pass, no allocation for contiguous
+// float32/float64); the coordinator checks every update with it.
+using tensor::AllFinite;
 
 }  // namespace allround::aggregation
 

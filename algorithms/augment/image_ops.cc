@@ -67,16 +67,38 @@ at::Tensor HorizontalFlip(const at::Tensor& x, Rng& rng, double p) {
   return at::where(flip, x.flip({3}), x);
 }
 
-at::Tensor PadAndCrop(const at::Tensor& x, Rng& rng, int64_t pad, double fill) {
+namespace {
+
+// Per sample, in sample order: a crop offset (dy, dx) when `crop`, then a coin for the mirror when
+// `flip`. The job's data.augment and PadAndCrop both draw in this order, so a (seed, step) gives
+// the same batch through either.
+at::Tensor CropThenFlip(const at::Tensor& x, Rng& rng, bool crop, bool flip, int64_t pad, double fill) {
   const int64_t b = x.size(0), h = x.size(2), w = x.size(3);
-  const at::Tensor padded = at::constant_pad_nd(x, {pad, pad, pad, pad}, fill);
+  const at::Tensor padded = crop ? at::constant_pad_nd(x, {pad, pad, pad, pad}, fill) : x;
   at::Tensor out = at::empty_like(x);
   for (int64_t i = 0; i < b; ++i) {
-    const int64_t dy = static_cast<int64_t>(rng.UniformInt(2 * pad + 1));
-    const int64_t dx = static_cast<int64_t>(rng.UniformInt(2 * pad + 1));
-    out[i].copy_(padded[i].narrow(1, dy, h).narrow(2, dx, w));
+    at::Tensor img = padded[i];
+    if (crop) {
+      const int64_t dy = static_cast<int64_t>(rng.UniformInt(2 * pad + 1));
+      const int64_t dx = static_cast<int64_t>(rng.UniformInt(2 * pad + 1));
+      img = img.narrow(1, dy, h).narrow(2, dx, w);
+    }
+    if (flip && rng.UniformInt(2) == 1) img = img.flip({2});
+    out[i].copy_(img);
   }
   return out;
+}
+
+}  // namespace
+
+at::Tensor PadAndCrop(const at::Tensor& x, Rng& rng, int64_t pad, double fill) {
+  return CropThenFlip(x, rng, /*crop=*/true, /*flip=*/false, pad, fill);
+}
+
+at::Tensor AugmentBatch(const at::Tensor& batch, const std::string& kind, Rng& rng, int64_t pad, double fill) {
+  if (kind == "none") return batch;
+  return CropThenFlip(batch, rng, kind == "crop" || kind == "flip_crop", kind == "flip" || kind == "flip_crop", pad,
+                      fill);
 }
 
 at::Tensor RandomResizedCrop(const at::Tensor& x, Rng& rng, int64_t out, double scale_lo, double scale_hi,

@@ -36,6 +36,11 @@ at::Tensor HorizontalFlip(const at::Tensor& x, Rng& rng, double p = 0.5);
 // Pad by `pad` pixels of `fill` on every side and cut a random H x W window (a shift of up to
 // `pad` pixels each way).
 at::Tensor PadAndCrop(const at::Tensor& x, Rng& rng, int64_t pad, double fill = 0.0);
+// The job's training-time augmentation (data.augment) of a batch float [B, C, H, W] in the inputs'
+// scale: "none" (the batch itself), "flip" (mirror with p = 0.5), "crop" (pad by `pad` with `fill`,
+// then a random H x W window) or "flip_crop" (crop, then mirror). Returns a new tensor.
+at::Tensor AugmentBatch(const at::Tensor& batch, const std::string& kind, Rng& rng, int64_t pad = 2,
+                        double fill = 0.0);
 // A random crop covering a fraction in [scale_lo, scale_hi] of the image area, with aspect
 // ratio (w/h) log-uniform in [ratio_lo, ratio_hi], resized bilinearly to out x out (Inception
 // style, as DINO's multi-crop uses).

@@ -7,12 +7,14 @@
 
 #include <torch/nn/module.h>
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
 
 #include "absl/status/statusor.h"
 #include "common/job.h"
+#include "common/registry.h"
 
 namespace allround::models {
 
@@ -32,10 +34,19 @@ struct InputShape {
   int64_t num_classes = 10;
 };
 
+// Builds a model from the job's model keys (model.hidden, model.width, ...), or fails naming the
+// key at fault.
+using ModelFactory = std::function<absl::StatusOr<std::shared_ptr<Network>>(const ModelSpec& spec,
+                                                                           const InputShape& input)>;
+
+// Registers a model beside its code (common/registry.h, kind "model"): model.name accepts its name.
+// Returns true, to initialize a static.
+bool RegisterModel(ComponentInfo info, ModelFactory factory);
+
 // Builds the model that `spec` names; an unknown name is an error listing the known ones.
 absl::StatusOr<std::shared_ptr<Network>> MakeModel(const ModelSpec& spec, const InputShape& input);
 
-// Names MakeModel knows.
+// Names MakeModel knows (the registered models), sorted.
 std::vector<std::string> ModelNames();
 
 // Number of trainable parameter elements.

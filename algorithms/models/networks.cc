@@ -3,6 +3,8 @@
 
 #include <torch/torch.h>
 
+#include <map>
+
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "algorithms/models/kernels/relu_max_pool.h"
@@ -166,33 +168,69 @@ class Vit final : public Network {
   nn::Linear fc_{nullptr};
 };
 
+
+std::map<std::string, ModelFactory>& Factories() {
+  static auto* factories = new std::map<std::string, ModelFactory>;
+  return *factories;
+}
+
+// Each factory checks what its network needs of the input and the keys.
+[[maybe_unused]] const bool kRegistered = [] {
+  using Made = absl::StatusOr<std::shared_ptr<Network>>;
+  RegisterModel({"model", "mlp", "fully connected, ReLU between (model.hidden)", {}},
+                [](const ModelSpec& spec, const InputShape& input) -> Made {
+                  return std::make_shared<Mlp>(input, spec.hidden);
+                });
+  RegisterModel({"model", "simple_cnn", "two conv-pool stages and three linear layers (LeNet-like)", {}},
+                [](const ModelSpec&, const InputShape& input) -> Made {
+                  if (input.height < 16 || input.width < 16) {
+                    return absl::InvalidArgumentError("simple_cnn needs images of at least 16x16");
+                  }
+                  return std::make_shared<SimpleCnn>(input);
+                });
+  RegisterModel({"model", "fedavg_cnn", "McMahan et al.'s CNN: two 5x5 conv-pool stages and model.fc units", {}},
+                [](const ModelSpec& spec, const InputShape& input) -> Made {
+                  return std::make_shared<FedAvgCnn>(input, spec.fc);
+                });
+  RegisterModel({"model", "resnet", "a small ResNet of model.width channels", {}},
+                [](const ModelSpec& spec, const InputShape& input) -> Made {
+                  return std::make_shared<ResNet>(input, spec.width);
+                });
+  RegisterModel({"model", "vit", "a vision transformer (model.patch, model.dim, model.depth, model.heads)", {}},
+                [](const ModelSpec& spec, const InputShape& input) -> Made {
+                  if (spec.patch <= 0 || input.height % spec.patch != 0 || input.width % spec.patch != 0) {
+                    return absl::InvalidArgumentError(absl::StrCat("vit: patch ", spec.patch, " does not divide ",
+                                                                   input.height, "x", input.width,
+                                                                   " images (28x28 takes 4, 7 or 14)"));
+                  }
+                  if (spec.dim % spec.heads != 0) {
+                    return absl::InvalidArgumentError(
+                        absl::StrCat("vit: dim ", spec.dim, " is not a multiple of heads ", spec.heads));
+                  }
+                  return std::make_shared<Vit>(input, spec);
+                });
+  return true;
+}();
+
 }  // namespace
 
-std::vector<std::string> ModelNames() { return {"mlp", "simple_cnn", "fedavg_cnn", "resnet", "vit"}; }
+bool RegisterModel(ComponentInfo info, ModelFactory factory) {
+  info.kind = "model";
+  const std::string name = info.name;
+  RegisterComponent(std::move(info));
+  Factories()[name] = std::move(factory);
+  return true;
+}
+
+std::vector<std::string> ModelNames() { return ComponentNames("model"); }
 
 absl::StatusOr<std::shared_ptr<Network>> MakeModel(const ModelSpec& spec, const InputShape& input) {
-  if (spec.name == "mlp") return std::shared_ptr<Network>(std::make_shared<Mlp>(input, spec.hidden));
-  if (spec.name == "simple_cnn") {
-    if (input.height < 16 || input.width < 16) {
-      return absl::InvalidArgumentError("simple_cnn needs images of at least 16x16");
-    }
-    return std::shared_ptr<Network>(std::make_shared<SimpleCnn>(input));
+  auto it = Factories().find(spec.name);
+  if (it == Factories().end()) {
+    return absl::InvalidArgumentError(absl::StrCat("unknown model '", spec.name, "' (known: ",
+                                                   absl::StrJoin(ModelNames(), ", "), ")"));
   }
-  if (spec.name == "fedavg_cnn") return std::shared_ptr<Network>(std::make_shared<FedAvgCnn>(input, spec.fc));
-  if (spec.name == "resnet") return std::shared_ptr<Network>(std::make_shared<ResNet>(input, spec.width));
-  if (spec.name == "vit") {
-    if (spec.patch <= 0 || input.height % spec.patch != 0 || input.width % spec.patch != 0) {
-      return absl::InvalidArgumentError(absl::StrCat("vit: patch ", spec.patch, " does not divide ", input.height,
-                                                     "x", input.width, " images (28x28 takes 4, 7 or 14)"));
-    }
-    if (spec.dim % spec.heads != 0) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("vit: dim ", spec.dim, " is not a multiple of heads ", spec.heads));
-    }
-    return std::shared_ptr<Network>(std::make_shared<Vit>(input, spec));
-  }
-  return absl::InvalidArgumentError(absl::StrCat("unknown model '", spec.name, "' (known: ",
-                                                 absl::StrJoin(ModelNames(), ", "), ")"));
+  return it->second(spec, input);
 }
 
 int64_t CountParameters(const torch::nn::Module& module) {

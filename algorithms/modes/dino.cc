@@ -8,8 +8,9 @@
 #include "absl/strings/str_cat.h"
 #include "algorithms/augment/image_ops.h"
 #include "algorithms/metrics.h"
-#include "algorithms/modes/classifier.h"
 #include "algorithms/models/network.h"
+#include "algorithms/modes/classifier.h"
+#include "algorithms/modes/registry.h"
 #include "algorithms/optim/optimizer.h"
 #include "common/random.h"
 
@@ -320,5 +321,16 @@ absl::StatusOr<std::unique_ptr<LearningMode>> MakeDinoMode(const Job& job, const
   if (bank_inputs.defined() && bank_inputs.size(0) > 0) mode->SetEvaluationBank(bank_inputs, bank_labels);
   return std::unique_ptr<LearningMode>(std::move(mode));
 }
+
+namespace {
+[[maybe_unused]] const bool kRegistered = [] {
+  ModeNeeds needs;
+  needs.eval_bank = true;
+  return RegisterMode({"mode", "dino", "self-distillation without labels (Caron et al. 2021); k-NN evaluation", {}},
+                      needs, [](const ModeInputs& in) {
+                        return MakeDinoMode(in.job, in.input, in.device, in.bank_inputs, in.bank_labels);
+                      });
+}();
+}  // namespace
 
 }  // namespace allround::modes

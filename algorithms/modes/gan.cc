@@ -10,6 +10,7 @@
 #include "algorithms/metrics.h"
 #include "algorithms/models/network.h"
 #include "algorithms/modes/classifier.h"
+#include "algorithms/modes/registry.h"
 #include "algorithms/optim/optimizer.h"
 #include "common/random.h"
 
@@ -368,5 +369,17 @@ absl::StatusOr<std::unique_ptr<LearningMode>> MakeGanMode(const Job& job, const 
   if (bank_inputs.defined() && bank_inputs.size(0) > 0) mode->SetEvaluationBank(bank_inputs.to(device), bank_labels.to(device));
   return std::unique_ptr<LearningMode>(std::move(mode));
 }
+
+namespace {
+[[maybe_unused]] const bool kRegistered = [] {
+  ModeNeeds needs;
+  needs.own_networks = true;
+  needs.eval_bank = true;
+  return RegisterMode({"mode", "gan", "DCGAN (Radford et al. 2016), scored by a classifier trained on the bank", {}},
+                      needs, [](const ModeInputs& in) {
+                        return MakeGanMode(in.job, in.input, in.device, in.bank_inputs, in.bank_labels);
+                      });
+}();
+}  // namespace
 
 }  // namespace allround::modes

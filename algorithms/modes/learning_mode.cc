@@ -12,23 +12,6 @@ at::Tensor SeededNormal(at::IntArrayRef sizes, uint64_t seed, const at::TensorOp
   return at::randn(sizes, gen, at::TensorOptions().dtype(like.dtype())).to(like.device());
 }
 
-absl::Status CopyCheckedInto(const LearningMode::NamedTensors& targets,
-                             const std::map<std::string, at::Tensor>& by_name) {
-  std::vector<std::pair<at::Tensor, at::Tensor>> copies;
-  for (const auto& [name, dst] : targets) {
-    auto it = by_name.find(name);
-    if (it == by_name.end()) return absl::NotFoundError(absl::StrCat("state has no tensor '", name, "'"));
-    if (it->second.sizes() != dst.sizes()) {
-      return absl::InvalidArgumentError(absl::StrCat("tensor '", name, "' has shape ", c10::str(it->second.sizes()),
-                                                     ", the model needs ", c10::str(dst.sizes())));
-    }
-    copies.emplace_back(dst, it->second);
-  }
-  at::NoGradGuard no_grad;
-  for (auto& [dst, src] : copies) dst.copy_(src);
-  return absl::OkStatus();
-}
-
 absl::Status ProximalTerm::Set(double mu, const LearningMode::NamedTensors& reference,
                                const std::vector<std::pair<std::string, at::Tensor>>& named_params) {
   if (mu <= 0) {

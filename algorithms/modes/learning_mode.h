@@ -20,6 +20,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "comm/gradient_sync.h"
+#include "tensor/named_tensors.h"
 
 namespace allround::modes {
 
@@ -79,7 +80,7 @@ class LearningMode {
   // optimizer state ("optim/<param name>/<slot>"), named so checkpoints can be inspected and
   // diffed. LoadState takes what State gave (same job) and fails, changing nothing it has not
   // checked, on a missing tensor or a shape mismatch, naming the tensor.
-  using NamedTensors = std::vector<std::pair<std::string, at::Tensor>>;
+  using NamedTensors = tensor::NamedTensors;
   virtual NamedTensors State() = 0;
   virtual absl::Status LoadState(const NamedTensors& state) = 0;
 
@@ -132,11 +133,8 @@ inline LearningMode::NamedTensors ModelTensors(const LearningMode::NamedTensors&
   return out;
 }
 
-// LoadState's model half: copies by_name's tensor of each target's name into the target, after
-// checking that every one is there with the target's shape (an error names the first that is not,
-// and then nothing has changed).
-absl::Status CopyCheckedInto(const LearningMode::NamedTensors& targets,
-                             const std::map<std::string, at::Tensor>& by_name);
+// LoadState's model half (tensor/named_tensors.h): nothing changes unless every target fits.
+using tensor::CopyCheckedInto;
 
 }  // namespace allround::modes
 

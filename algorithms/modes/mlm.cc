@@ -9,6 +9,7 @@
 #include "algorithms/models/network.h"
 #include "algorithms/models/transformer.h"
 #include "algorithms/modes/classifier.h"
+#include "algorithms/modes/registry.h"
 #include "algorithms/optim/optimizer.h"
 #include "common/random.h"
 
@@ -165,5 +166,15 @@ absl::StatusOr<std::unique_ptr<LearningMode>> MakeMlmMode(const Job& job, const 
   if (train_rows.defined() && train_rows.numel() > 0) mode->SetEvaluationBank(train_rows, at::Tensor());
   return std::unique_ptr<LearningMode>(std::move(mode));
 }
+
+namespace {
+[[maybe_unused]] const bool kRegistered = [] {
+  ModeNeeds needs;
+  needs.own_networks = true;
+  needs.eval_bank = true;
+  return RegisterMode({"mode", "mlm", "BERT masked language modelling on text (Devlin et al. 2019)", {}}, needs,
+                      [](const ModeInputs& in) { return MakeMlmMode(in.job, in.input, in.device, in.bank_inputs); });
+}();
+}  // namespace
 
 }  // namespace allround::modes

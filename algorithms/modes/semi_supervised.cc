@@ -5,10 +5,7 @@
 #include "absl/strings/str_cat.h"
 #include "algorithms/augment/image_ops.h"
 #include "algorithms/modes/classifier.h"
-#include "algorithms/modes/dino.h"
-#include "algorithms/modes/gan.h"
-#include "algorithms/modes/mlm.h"
-#include "algorithms/modes/vae.h"
+#include "algorithms/modes/registry.h"
 #include "common/random.h"
 
 namespace allround::modes {
@@ -29,11 +26,9 @@ FixMatchLoss ComputeFixMatchLoss(const at::Tensor& labeled, const at::Tensor& ta
   return out;
 }
 
-bool IsSemiSupervised(const std::string& mode) { return mode == "fixmatch" || mode == "pseudolabel"; }
-
 absl::StatusOr<std::unique_ptr<LearningMode>> MakeSemiSupervisedMode(const Job& job, const InputInfo& input,
                                                                      at::Device device) {
-  if (!IsSemiSupervised(job.mode)) {
+  if (job.mode != "fixmatch" && job.mode != "pseudolabel") {
     return absl::InvalidArgumentError(absl::StrCat("job key 'mode': '", job.mode, "' is not semi-supervised"));
   }
   const bool fixmatch = job.mode == "fixmatch";
@@ -60,16 +55,17 @@ absl::StatusOr<std::unique_ptr<LearningMode>> MakeSemiSupervisedMode(const Job& 
   return MakeClassifierMode(job, input, device, std::move(loss));
 }
 
-absl::StatusOr<std::unique_ptr<LearningMode>> MakeLearningMode(const Job& job, const InputInfo& input,
-                                                               at::Device device, const at::Tensor& bank_inputs,
-                                                               const at::Tensor& bank_labels) {
-  if (job.mode == "supervised") return MakeSupervisedMode(job, input, device);
-  if (job.mode == "dino") return MakeDinoMode(job, input, device, bank_inputs, bank_labels);
-  if (job.mode == "vae") return MakeVaeMode(job, input, device);
-  if (job.mode == "gan") return MakeGanMode(job, input, device, bank_inputs, bank_labels);
-  if (job.mode == "mlm") return MakeMlmMode(job, input, device, bank_inputs);
-  if (IsSemiSupervised(job.mode)) return MakeSemiSupervisedMode(job, input, device);
-  return absl::InvalidArgumentError(absl::StrCat("job key 'mode': unknown learning mode '", job.mode, "'"));
-}
+namespace {
+[[maybe_unused]] const bool kRegistered = [] {
+  ModeNeeds needs;
+  needs.unlabeled = true;
+  const auto make = [](const ModeInputs& in) { return MakeSemiSupervisedMode(in.job, in.input, in.device); };
+  RegisterMode({"mode", "fixmatch", "semi-supervised: weak-view pseudo-labels teach strong views (Sohn et al. 2020)", {}},
+               needs, make);
+  RegisterMode({"mode", "pseudolabel", "semi-supervised: confident pseudo-labels on weak views (Lee 2013)", {}}, needs,
+               make);
+  return true;
+}();
+}  // namespace
 
 }  // namespace allround::modes

@@ -39,16 +39,6 @@ FixMatchLoss ComputeFixMatchLoss(const at::Tensor& labeled, const at::Tensor& ta
 absl::StatusOr<std::unique_ptr<LearningMode>> MakeSemiSupervisedMode(const Job& job, const InputInfo& input,
                                                                      at::Device device = at::Device(at::kCPU));
 
-// Any mode by job.mode: supervised, fixmatch, pseudolabel, dino (which evaluates by k-NN voting
-// with the labelled `bank_*` images).
-absl::StatusOr<std::unique_ptr<LearningMode>> MakeLearningMode(const Job& job, const InputInfo& input,
-                                                               at::Device device = at::Device(at::kCPU),
-                                                               const at::Tensor& bank_inputs = at::Tensor(),
-                                                               const at::Tensor& bank_labels = at::Tensor());
-
-// True for the modes whose batches carry unlabelled images.
-bool IsSemiSupervised(const std::string& mode);
-
 }  // namespace allround::modes
 
 #endif  // ALLROUND_ALGORITHMS_MODES_SEMI_SUPERVISED_H_

@@ -12,6 +12,7 @@
 #include "algorithms/losses.h"
 #include "algorithms/metrics.h"
 #include "algorithms/models/network.h"
+#include "algorithms/modes/registry.h"
 #include "algorithms/optim/optimizer.h"
 #include "common/random.h"
 
@@ -112,5 +113,11 @@ absl::StatusOr<std::unique_ptr<LearningMode>> MakeClassifierMode(const Job& job,
   return std::unique_ptr<LearningMode>(
       std::make_unique<ClassifierMode>(*std::move(model), *std::move(opt), *loss, input, std::move(batch_loss)));
 }
+
+namespace {
+[[maybe_unused]] const bool kRegistered =
+    RegisterMode({"mode", "supervised", "classification with the job's model, loss and optimizer", {}}, ModeNeeds{},
+                 [](const ModeInputs& in) { return MakeSupervisedMode(in.job, in.input, in.device); });
+}  // namespace
 
 }  // namespace allround::modes

@@ -7,6 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "algorithms/augment/image_ops.h"
 #include "algorithms/modes/classifier.h"
+#include "algorithms/modes/registry.h"
 #include "algorithms/optim/optimizer.h"
 #include "common/random.h"
 
@@ -161,5 +162,14 @@ absl::StatusOr<std::unique_ptr<LearningMode>> MakeVaeMode(const Job& job, const 
   if (!opt.ok()) return absl::InvalidArgumentError(absl::StrCat("job key 'optimizer.name': ", opt.status().message()));
   return std::unique_ptr<LearningMode>(std::make_unique<VaeMode>(job, input, net, *std::move(opt)));
 }
+
+namespace {
+[[maybe_unused]] const bool kRegistered = [] {
+  ModeNeeds needs;
+  needs.own_networks = true;
+  return RegisterMode({"mode", "vae", "variational autoencoder (Kingma and Welling 2014)", {}}, needs,
+                      [](const ModeInputs& in) { return MakeVaeMode(in.job, in.input, in.device); });
+}();
+}  // namespace
 
 }  // namespace allround::modes

@@ -15,6 +15,7 @@
 #include "absl/status/statusor.h"
 #include "comm/gradient_sync.h"
 #include "common/job.h"
+#include "tensor/named_tensors.h"
 
 namespace torch::optim {
 class Optimizer;
@@ -34,7 +35,7 @@ void SetLearningRate(torch::optim::Optimizer& optimizer, double lr);
 absl::StatusOr<double> BackwardAndStep(const at::Tensor& loss, comm::GradientSync* sync,
                                        torch::optim::Optimizer& optimizer, double lr);
 
-using NamedTensors = std::vector<std::pair<std::string, at::Tensor>>;
+using tensor::NamedTensors;
 
 // The optimizer's state for the named parameters, as "optim/<name>/<slot>" tensors (SGD's
 // momentum_buffer; Adam's and AdamW's step, exp_avg, exp_avg_sq), sharing storage; parameters

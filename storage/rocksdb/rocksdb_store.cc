@@ -41,7 +41,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
-#include "comm/dtype.h"
+#include "tensor/dtype.h"
 #include "storage/checkpoint_store.h"
 #include "storage/crc32c.h"
 #include "storage/proto/checkpoint.pb.h"
@@ -245,7 +245,7 @@ class RocksDbStore final : public CheckpointStore {
       const auto* data = static_cast<const char*>(t.data_ptr());
       pb::TensorEntry* e = m.add_tensors();
       e->set_name(name);
-      e->set_dtype(comm::DtypeName(t.scalar_type()));
+      e->set_dtype(tensor::DtypeName(t.scalar_type()));
       for (int64_t d : t.sizes()) e->add_shape(d);
       e->set_bytes(nbytes);
       uint32_t crc = 0;
@@ -425,7 +425,7 @@ class RocksDbStore final : public CheckpointStore {
     const rocksdb::Slice upper_slice(upper);
     ro.iterate_upper_bound = &upper_slice;
     std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(ro, chunks()));
-    auto dtype = comm::DtypeFromName(e.dtype());
+    auto dtype = tensor::DtypeFromName(e.dtype());
     if (!dtype.ok()) {
       r.status = absl::DataLossError(absl::StrCat("checkpoint ", m.id(), ": tensor ", e.name(), ": ",
                                                   dtype.status().message()));

@@ -23,7 +23,7 @@
 #include "coordinator/service.h"
 #include "storage/checkpoint_store.h"
 #include "tests/test_util.h"
-#include "worker/checkpointing.h"
+#include "runtime/checkpointer.h"
 
 namespace allround {
 namespace {
@@ -628,18 +628,18 @@ TEST(Defect12, AWorkerRefusesToResumeFromACoordinatorCheckpointByName) {
     auto store = storage::OpenCheckpointStore(job.checkpoint.dir);
     ASSERT_TRUE(store.ok());
     storage::CheckpointInfo info;
-    info.mode = worker::kCoordinatorMode;
+    info.mode = runtime::kCoordinatorMode;
     auto saved = (*store)->Save("fed.coordinator", info, {{"model/w", torch::ones({3})}});
     ASSERT_TRUE(saved.ok());
     id = *saved;
   }
-  auto r = worker::ReadCheckpointForResume(job, id);
+  auto r = runtime::ReadCheckpointForResume(job, id);
   ASSERT_FALSE(r.ok());
   EXPECT_EQ(r.status().code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_THAT(std::string(r.status().message()), HasSubstr("was written by allround-coordinator"));
   EXPECT_THAT(std::string(r.status().message()), HasSubstr("model.init"));
   // auto looks only at the worker's own run, which has none: a fresh start, as before.
-  auto fresh = worker::ReadCheckpointForResume(job, "auto");
+  auto fresh = runtime::ReadCheckpointForResume(job, "auto");
   ASSERT_TRUE(fresh.ok());
   EXPECT_FALSE(fresh->has_value());
 }

@@ -10,5 +10,5 @@ export PYTHONPATH="$HERE/no_pypi${PYTHONPATH:+:$PYTHONPATH}"
 if "$PY" -c 'import safetensors' 2>/dev/null; then
   echo "FAIL: safetensors still imports with $HERE/no_pypi first on PYTHONPATH"; echo "0 passed, 1 failed"; exit 1
 fi
-echo "safetensors hidden from $PY; running federated_test.sh"
-exec bash "$HERE/../federated_test.sh" "$@"
+echo "safetensors hidden from $PY; running federated_test.py"
+exec /usr/bin/python3 "$HERE/../federated_test.py" "$@"

@@ -1,0 +1,218 @@
+#include "runtime/trainer.h"
+
+#include <ATen/ATen.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "algorithms/modes/registry.h"
+#include "comm/reducer.h"
+#include "common/log.h"
+#include "common/random.h"
+#include "algorithms/augment/image_ops.h"
+#include "data/sampler.h"
+
+namespace allround::runtime {
+
+namespace {
+
+double Now() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+std::string Duration(double s) {
+  const int64_t t = static_cast<int64_t>(std::llround(std::max(0.0, s)));
+  if (t >= 3600) return absl::StrFormat("%dh%02dm", t / 3600, (t / 60) % 60);
+  if (t >= 60) return absl::StrFormat("%dm%02ds", t / 60, t % 60);
+  return absl::StrFormat("%ds", t);
+}
+
+bool Semi(const data::TrainingData& data) { return data.labeled_inputs.defined(); }
+
+// The batch the epoch's sampler order is cut into: the unlabelled mu x B in a semi-supervised job.
+int64_t MainBatch(const Job& job, const data::TrainingData& data) {
+  return Semi(data) ? job.train.batch_size * job.semi.mu : job.train.batch_size;
+}
+
+int64_t StepsPerEpoch(const Job& job, const data::TrainingData& data, const comm::Communicator& comm) {
+  data::DistributedSampler sampler(data.train_targets.size(0), comm.rank(), comm.size(), job.seed, true,
+                                   data::DistributedSampler::Mode::kEven);
+  const int64_t batch = MainBatch(job, data);
+  return (sampler.ShardSize() + batch - 1) / batch;
+}
+
+}  // namespace
+
+namespace {
+
+int64_t TotalSteps(const Job& job, int64_t steps_per_epoch) {
+  const int64_t all = steps_per_epoch * job.train.epochs;
+  return job.train.max_steps > 0 ? std::min(all, job.train.max_steps) : all;
+}
+
+}  // namespace
+
+Trainer::Trainer(const Job& job, data::TrainingData data, modes::LearningMode* mode, comm::Communicator* comm,
+                 comm::GradientSync* sync)
+    : job_(job),
+      data_(std::move(data)),
+      mode_(mode),
+      comm_(comm),
+      sync_(sync),
+      steps_per_epoch_(StepsPerEpoch(job, data_, *comm)),
+      total_steps_(TotalSteps(job, steps_per_epoch_)),
+      schedule_(job.schedule, job.optimizer.lr, steps_per_epoch_, total_steps_) {
+  // The whole dataset moves to the device once (Fashion-MNIST: ~220 MB as float32).
+  const at::Device device = comm->device();
+  if (device != data_.train_inputs.device()) {
+    for (at::Tensor* t : {&data_.train_inputs, &data_.train_targets, &data_.test_inputs, &data_.test_targets,
+                          &data_.labeled_inputs, &data_.labeled_targets}) {
+      if (t->defined()) *t = t->to(device);
+    }
+  }
+}
+
+absl::StatusOr<runtime::RoundResult> Trainer::Execute(const runtime::RoundAssignment& round) {
+  const double start = Now();
+  data::DistributedSampler sampler(data_.train_targets.size(0), comm_->rank(), comm_->size(), job_.seed,
+                                   /*shuffle=*/true, data::DistributedSampler::Mode::kEven);
+  const std::vector<int64_t> order = sampler.Indices(round.epoch);
+  const at::Tensor index = at::from_blob(const_cast<int64_t*>(order.data()), {static_cast<int64_t>(order.size())},
+                                         at::kLong).to(data_.train_inputs.device());
+  const data::PixelScale scale = data::PixelScaleOf(job_.data);
+  const double fill = -scale.mean / scale.std;  // a black pixel, in the inputs' scale
+  // A resumed epoch skips the steps it already took; the order itself depends on the epoch only.
+  const int64_t first = position_.epoch == round.epoch ? position_.step_in_epoch : 0;
+  position_.epoch = round.epoch;
+  position_.step_in_epoch = first;
+
+  runtime::RoundResult result;
+  double loss_sum = 0.0;
+  last_progress_ = Now();
+  for (int64_t s = first; s < steps_per_epoch_; ++s) {
+    if (round.step_budget > 0 && result.steps >= round.step_budget) break;
+    const int64_t main_batch = MainBatch(job_, data_);
+    const int64_t begin = s * main_batch;
+    const int64_t len = std::min<int64_t>(main_batch, static_cast<int64_t>(order.size()) - begin);
+    const at::Tensor idx = index.narrow(0, begin, len);
+    const uint64_t where = (static_cast<uint64_t>(comm_->rank()) << 32) | static_cast<uint64_t>(s);
+    modes::Batch batch;
+    if (Semi(data_)) {
+      // The unlabelled images of this step, and B labelled ones drawn with replacement.
+      batch.unlabeled = data_.train_inputs.index_select(0, idx);
+      Rng pick(DeriveSeed(job_.seed, "labeled-batch", static_cast<uint64_t>(round.epoch), where));
+      std::vector<int64_t> labeled(job_.train.batch_size);
+      for (auto& i : labeled) i = static_cast<int64_t>(pick.UniformInt(data_.labeled_targets.size(0)));
+      const at::Tensor lidx = at::tensor(labeled, at::kLong).to(data_.labeled_inputs.device());
+      batch.inputs = data_.labeled_inputs.index_select(0, lidx);
+      batch.targets = data_.labeled_targets.index_select(0, lidx);
+      batch.seed = DeriveSeed(job_.seed, "views", static_cast<uint64_t>(round.epoch), where);
+    } else {
+      batch.inputs = data_.train_inputs.index_select(0, idx);
+      batch.targets = data_.train_targets.index_select(0, idx);
+    }
+    // Augmentation draws from (seed, epoch, rank, step): no generator state to carry across a resume.
+    // (Seeding a generator per step is not free; without augmentation there is none to seed.)
+    if (job_.data.augment != "none") {
+      Rng augment_rng(DeriveSeed(job_.seed, "augment", static_cast<uint64_t>(round.epoch),
+                                 (static_cast<uint64_t>(comm_->rank()) << 32) | static_cast<uint64_t>(s)));
+      batch.inputs = augment::AugmentBatch(batch.inputs, job_.data.augment, augment_rng, 2, fill);
+    }
+    const double local = total_steps_ > 0 ? static_cast<double>(position_.global_step) / static_cast<double>(total_steps_) : 0;
+    batch.progress = progress_begin_ + (progress_end_ - progress_begin_) * local;
+    if (batch.seed == 0) {
+      batch.seed = DeriveSeed(job_.seed, "step", static_cast<uint64_t>(round.epoch), where);
+    }
+    if (auto st = SyncBuffers(*comm_, *mode_); !st.ok()) return st;
+    auto step = mode_->TrainStep(batch, schedule_.At(position_.global_step), sync_);
+    if (!step.ok()) {
+      return absl::Status(step.status().code(), absl::StrCat("epoch ", round.epoch + 1, " step ", s + 1, ": ",
+                                                             step.status().message()));
+    }
+    ++position_.global_step;
+    ++position_.step_in_epoch;
+    ++result.steps;
+    result.examples += step->examples * comm_->size();
+    loss_sum += step->loss;
+    MaybePrintProgress(round, s + 1, loss_sum / static_cast<double>(result.steps), Now() - start, result.examples);
+    if (step_hook_) {
+      if (auto st = step_hook_(position_); !st.ok()) return st;
+    }
+  }
+  if (position_.step_in_epoch >= steps_per_epoch_) {
+    position_.epoch = round.epoch + 1;
+    position_.step_in_epoch = 0;
+  }
+  result.seconds = Now() - start;
+  result.mean_loss = result.steps > 0 ? loss_sum / static_cast<double>(result.steps) : 0.0;
+  return result;
+}
+
+void Trainer::MaybePrintProgress(const runtime::RoundAssignment& round, int64_t step_in_epoch, double loss,
+                                 double elapsed, int64_t examples) {
+  if (comm_->rank() != 0 || job_.train.progress_every_s <= 0) return;
+  const double now = Now();
+  if (now - last_progress_ < job_.train.progress_every_s) return;
+  last_progress_ = now;
+  const double rate = elapsed > 0 ? static_cast<double>(examples) / elapsed : 0.0;
+  const double step_s = elapsed / static_cast<double>(std::max<int64_t>(1, step_in_epoch));
+  const int64_t total = TotalSteps(job_, steps_per_epoch_);
+  const double eta = step_s * static_cast<double>(std::max<int64_t>(0, total - position_.global_step));
+  log::Info("epoch {}/{} step {}/{} loss {:.4f} lr {:.3g} {:.0f} samples/s ETA {}", round.epoch + 1,
+            job_.train.epochs, step_in_epoch, steps_per_epoch_, loss, schedule_.At(position_.global_step), rate,
+            Duration(eta));
+  std::fflush(stderr);
+}
+
+absl::Status SyncBuffers(comm::Communicator& comm, modes::LearningMode& mode) {
+  if (comm.size() == 1) return absl::OkStatus();
+  const std::vector<at::Tensor> buffers = mode.Buffers();
+  if (buffers.empty()) return absl::OkStatus();
+  return comm::BroadcastFromRoot(comm, buffers);
+}
+
+absl::StatusOr<runtime::Metrics> Trainer::Evaluate() {
+  if (auto s = SyncBuffers(*comm_, *mode_); !s.ok()) return s;
+  // Contiguous shards of the test set; shard sizes differ by at most one and cover it exactly.
+  const int64_t n = data_.test_targets.size(0);
+  const int64_t w = comm_->size(), r = comm_->rank();
+  const int64_t begin = r * (n / w) + std::min(r, n % w);
+  const int64_t len = n / w + (r < n % w ? 1 : 0);
+  auto sums = mode_->Evaluate(data_.test_inputs.narrow(0, begin, len), data_.test_targets.narrow(0, begin, len),
+                              job_.train.eval_batch_size);
+  if (!sums.ok()) return sums.status();
+  at::Tensor scalars = at::tensor({sums->loss_sum, static_cast<double>(sums->examples)}, at::kDouble).to(comm_->device());
+  if (auto s = comm_->AllReduce(scalars, comm::ReduceOp::kSum)->Wait(comm_->timeout()); !s.ok()) return s;
+  const double examples = scalars[1].item<double>();
+  runtime::Metrics out{{"test_loss", examples > 0 ? scalars[0].item<double>() / examples : 0.0}};
+  // Classification figures for the modes that classify (a generative mode leaves confusion empty).
+  if (sums->confusion.defined()) {
+    sums->confusion = sums->confusion.to(comm_->device());
+    if (auto s = comm_->AllReduce(sums->confusion, comm::ReduceOp::kSum)->Wait(comm_->timeout()); !s.ok()) return s;
+    last_report_ = metrics::Report(metrics::ToConfusion(sums->confusion));
+    out.emplace_back("test_accuracy", last_report_.accuracy);
+    out.emplace_back("macro_precision", last_report_.macro_precision);
+    out.emplace_back("macro_recall", last_report_.macro_recall);
+    out.emplace_back("macro_f1", last_report_.macro_f1);
+  }
+  // Monitors: means over each rank's shard, weighted by the shards' sizes (every rank reports the
+  // same keys), so the figure is the whole test set's whatever the number of ranks.
+  for (const auto& [key, value] : sums->monitors) {
+    at::Tensor v = at::tensor({value * static_cast<double>(sums->examples)}, at::kDouble).to(comm_->device());
+    if (auto s = comm_->AllReduce(v, comm::ReduceOp::kSum)->Wait(comm_->timeout()); !s.ok()) return s;
+    out.emplace_back(key, examples > 0 ? v.item<double>() / examples : 0.0);
+  }
+  // Further evaluators' accuracies (DINO's linear probe): correct counts summed over ranks.
+  for (const auto& [key, correct] : sums->extra_correct) {
+    at::Tensor v = at::tensor({static_cast<double>(correct)}, at::kDouble).to(comm_->device());
+    if (auto s = comm_->AllReduce(v, comm::ReduceOp::kSum)->Wait(comm_->timeout()); !s.ok()) return s;
+    out.emplace_back(key, examples > 0 ? v.item<double>() / examples : 0.0);
+  }
+  return out;
+}
+
+}  // namespace allround::runtime

@@ -1,0 +1,72 @@
+"""Federated averaging over gRPC on loopback: a coordinator and 3 site processes (Dirichlet non-IID
+partitions, so the sites hold different numbers of examples), 3 rounds. Every global model the
+coordinator produced equals, to float precision, the example-weighted mean of the updates the
+sites submitted in that round (weighted_mean_check.py, computed independently); a site with a
+wrong token, and one training another model, are refused with a clear error. The coordinator
+takes a free port (--listen 127.0.0.1:0); the results come from its summary.json and
+metrics.jsonl, not from its log.
+
+Usage: federated_test.py COORDINATOR WORKER [JOB FLAGS...]  (e.g. --strategy.name fedprox ...)"""
+import os
+import subprocess
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "harness"))
+from allround_harness import Checks, Run, read_json, read_metrics, skip, start_coordinator  # noqa: E402
+
+COORD, WORKER, EXTRA = sys.argv[1], sys.argv[2], sys.argv[3:]
+DATA = "/usr/share/datasets/fashion-mnist"
+PY = os.path.join(os.environ.get("ALLROUND_VENV", "/opt/allround-venv"), "bin", "python3")
+if not os.path.isdir(DATA):
+    skip(f"no {DATA}")
+
+JOB = ["--data.train_limit", "3000", "--data.test_limit", "500", "--threads", "1", "--federated.rounds", "3",
+       "--federated.min_sites", "3", "--federated.min_available", "3", "--partition.scheme", "dirichlet",
+       "--partition.sites", "3", "--partition.beta", "0.5", "--train.progress_every_s", "0",
+       "--checkpoint.enabled", "false", *EXTRA]
+checks = Checks()
+with Run("federated") as run:
+    os.makedirs(run.path("models"))
+    os.makedirs(run.path("updates"))
+    with open(run.path("tokens"), "w") as f:
+        f.write("a tokA\nb tokB\nc tokC\n")
+    os.chmod(run.path("tokens"), 0o600)
+    coord, port = start_coordinator(run, COORD, [*JOB, "--tokens", run.path("tokens"), "--insecure",
+                                                 "--dump-models", run.path("models"), "--run_dir", run.path("run"),
+                                                 "--summary-json", run.path("summary.json")])
+    site_flags = [*JOB, "--coordinator", f"127.0.0.1:{port}", "--insecure"]
+
+    # Before the real sites start: the coordinator cannot finish without them.
+    bad = run.start("mallory", [WORKER, *site_flags, "--site", "mallory", "--token", "guess", "--site-index", "0"])
+    rc = bad.wait(120)
+    checks.check("a site with a wrong token is refused with a clear error",
+                 rc not in (0, None) and "site 'mallory': unknown site or bad token" in bad.err(), bad.err_tail())
+    mlp = run.start("mlp", [WORKER, *site_flags, "--site", "a", "--token", "tokA", "--site-index", "0",
+                            "--model.name", "mlp"])
+    rc = mlp.wait(120)
+    checks.check("a site training another model than the job's is refused at Join, naming the difference",
+                 rc not in (0, None) and "site 'a' trains another model than the job's: 6 tensors at the site" in mlp.err(),
+                 mlp.err_tail())
+
+    sites = [run.start(f"site-{s}", [WORKER, *site_flags, "--site", s, "--token", f"tok{s.upper()}",
+                                     "--site-index", str(i), "--dump-updates", run.path("updates")])
+             for i, s in enumerate("abc")]
+    rc = coord.wait(300)
+    print(coord.out(), end="")
+    summary = read_json(run.path("summary.json")) if os.path.exists(run.path("summary.json")) else {}
+    checks.check("the coordinator finished 3 rounds", rc == 0 and summary.get("rounds") == 3,
+                 f"exit {rc}, summary {summary}\n{coord.err_tail()}")
+    records = read_metrics(run.path("run")) if os.path.exists(run.path("run", "metrics.jsonl")) else []
+    checks.check("metrics.jsonl has one record per round, each from the 3 sites",
+                 [r.get("round") for r in records] == [1, 2, 3]
+                 and all(sorted(r.get("site_names", [])) == ["a", "b", "c"] for r in records),
+                 str(records)[:400])
+    codes = [s.wait(60) for s in sites]
+    checks.check("every site was told to stop and exited 0",
+                 codes == [0, 0, 0] and all("coordinator says stop" in s.err() for s in sites), f"exit codes {codes}")
+    mean = subprocess.run([PY, os.path.join(os.path.dirname(os.path.abspath(__file__)), "weighted_mean_check.py"),
+                           run.dir, "3", "3", "--non-iid"], capture_output=True, text=True)
+    print(mean.stdout, end="")
+    checks.check("each global model is the example-weighted mean of its round's submitted updates",
+                 mean.returncode == 0, mean.stderr[-400:])
+sys.exit(checks.exit_code())
