@@ -32,9 +32,9 @@ at::Tensor Hinge(const at::Tensor& logits, const at::Tensor& targets) {
   return at::multi_margin_loss(logits, targets, 1, 1.0);
 }
 
-std::map<std::string, LossFn>& Losses() {
-  static auto* losses = new std::map<std::string, LossFn>;
-  return *losses;
+TypedRegistry<LossFn>& Losses() {
+  static auto* registry = new TypedRegistry<LossFn>("loss", "loss");
+  return *registry;
 }
 
 [[maybe_unused]] const bool kRegistered = [] {
@@ -47,21 +47,14 @@ std::map<std::string, LossFn>& Losses() {
 
 }  // namespace
 
-bool RegisterLoss(ComponentInfo info, LossFn loss) {
-  info.kind = "loss";
-  const std::string name = info.name;
-  RegisterComponent(std::move(info));
-  Losses()[name] = loss;
-  return true;
-}
+bool RegisterLoss(ComponentInfo info, LossFn loss) { return Losses().Register(std::move(info), loss); }
 
 std::vector<std::string> LossNames() { return ComponentNames("loss"); }
 
 absl::StatusOr<LossFn> FindLoss(const std::string& name) {
-  auto it = Losses().find(name);
-  if (it != Losses().end()) return it->second;
-  return absl::InvalidArgumentError(absl::StrCat("unknown loss '", name, "' (known: ",
-                                                 absl::StrJoin(LossNames(), ", "), ")"));
+  auto loss = Losses().Get(name);
+  if (!loss.ok()) return loss.status();
+  return **loss;
 }
 
 }  // namespace allround::losses

@@ -23,7 +23,7 @@ int Iterations(int64_t bytes) { return bytes <= (1 << 20) ? 200 : bytes <= (16 <
 
 int main(int argc, char** argv) {
   using namespace allround;
-  auto context = comm::InitComm("mpi", &argc, &argv);
+  auto context = comm::InitComm("mpi", "cpu", &argc, &argv);
   if (!context.ok()) {
     std::fprintf(stderr, "allreduce bench: %s\n", std::string(context.status().message()).c_str());
     return 1;

@@ -98,7 +98,7 @@ int main(int argc, char** argv) {
                  "prints the Reducer's overhead");
   CLI11_PARSE(app, argc, argv);
 
-  auto context = comm::InitComm(device == "cuda" ? "nccl" : "auto", &argc, &argv);
+  auto context = comm::InitComm("auto", device, &argc, &argv);
   if (!context.ok()) {
     std::fprintf(stderr, "error: %s\n", std::string(context.status().message()).c_str());
     return 1;

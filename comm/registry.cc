@@ -6,11 +6,13 @@
 
 #include <cstdlib>
 #include <cstring>
+#include <functional>
 #include <initializer_list>
 #include <string>
 
 #include "comm/checked_communicator.h"
 #include "comm/rendezvous.h"
+#include "common/registry.h"
 
 #if defined(ALLROUND_HAVE_MPI)
 #include "comm/mpi/mpi_communicator.h"
@@ -158,6 +160,85 @@ absl::StatusOr<int> GpuOfRank(int rank, int world, int devices) {
   return local % devices;
 }
 
+namespace {
+
+// Each backend registers its name, help and factory here (common/registry.h, kind "backend"), in
+// every build: a job that names a backend this build lacks still parses, and InitComm says how to
+// get it. The #ifs for optional backends stay in this file.
+struct BackendRequest {
+  std::string device;  // the job's device: "auto" takes NCCL for "cuda"
+  int* argc;
+  char*** argv;
+  std::chrono::milliseconds timeout;
+};
+using BackendFactory = std::function<absl::StatusOr<std::unique_ptr<CommContext>>(const BackendRequest&)>;
+
+TypedRegistry<BackendFactory>& Backends() {
+  static auto* registry = new TypedRegistry<BackendFactory>("backend", "communication backend");
+  return *registry;
+}
+
+absl::StatusOr<std::unique_ptr<CommContext>> InitLocal(const BackendRequest&) {
+  return std::unique_ptr<CommContext>(std::make_unique<LocalContext>());
+}
+
+absl::StatusOr<std::unique_ptr<CommContext>> InitMpi(const BackendRequest& request) {
+#if defined(ALLROUND_HAVE_MPI)
+  auto env = MpiEnvironment::Init(request.argc, request.argv);
+  if (!env.ok()) return env.status();
+  auto comm = MakeMpiCommunicator(env->get());
+  if (!comm.ok()) return comm.status();
+  return std::unique_ptr<CommContext>(std::make_unique<MpiContext>(*std::move(env), *std::move(comm)));
+#else
+  return absl::FailedPreconditionError("this build has no MPI backend (install libopenmpi-dev and rebuild)");
+#endif
+}
+
+absl::StatusOr<std::unique_ptr<CommContext>> InitNccl(const BackendRequest& request) {
+#if defined(ALLROUND_HAVE_NCCL)
+  return NcclContext::Init(request.argc, request.argv, request.timeout);
+#else
+  return absl::FailedPreconditionError("this build has no NCCL backend (build where the CUDA toolkit and NCCL are)");
+#endif
+}
+
+bool LaunchedByMpirun() {
+#if defined(ALLROUND_HAVE_MPI)
+  return MpiEnvironment::LaunchedByMpirun();
+#else
+  return false;
+#endif
+}
+
+std::string BuiltIn(bool built) { return built ? "" : " (not in this build)"; }
+
+[[maybe_unused]] const bool kRegistered = [] {
+  Backends().Register({"backend", "auto", "nccl for device cuda; else mpi when launched by mpirun; else local", {}},
+                      [](const BackendRequest& request) {
+                        if (request.device == "cuda") return InitNccl(request);
+                        return LaunchedByMpirun() ? InitMpi(request) : InitLocal(request);
+                      });
+  Backends().Register({"backend", "local", "one process, no collectives to run", {}}, &InitLocal);
+#if defined(ALLROUND_HAVE_MPI)
+  constexpr bool kMpi = true;
+#else
+  constexpr bool kMpi = false;
+#endif
+#if defined(ALLROUND_HAVE_NCCL)
+  constexpr bool kNccl = true;
+#else
+  constexpr bool kNccl = false;
+#endif
+  Backends().Register({"backend", "mpi", "Open MPI's collectives on CPU tensors, ranks from mpirun" + BuiltIn(kMpi), {}},
+                      &InitMpi);
+  Backends().Register({"backend", "nccl",
+                       "NCCL on CUDA tensors, ranks from mpirun or torchrun-style variables" + BuiltIn(kNccl), {}},
+                      &InitNccl);
+  return true;
+}();
+
+}  // namespace
+
 std::string AvailableBackends() {
   std::string out = "local";
 #if defined(ALLROUND_HAVE_MPI)
@@ -169,33 +250,11 @@ std::string AvailableBackends() {
   return out;
 }
 
-absl::StatusOr<std::unique_ptr<CommContext>> InitComm(const std::string& backend, int* argc, char*** argv,
-                                                      std::chrono::milliseconds timeout) {
-  if (backend == "nccl") {
-#if defined(ALLROUND_HAVE_NCCL)
-    return NcclContext::Init(argc, argv, timeout);
-#else
-    return absl::FailedPreconditionError("this build has no NCCL backend (build where the CUDA toolkit and NCCL are)");
-#endif
-  }
-  if (backend != "auto" && backend != "local" && backend != "mpi") {
-    return absl::InvalidArgumentError(absl::StrCat("unknown communication backend '", backend,
-                                                   "' (known: auto, ", AvailableBackends(), ")"));
-  }
-#if defined(ALLROUND_HAVE_MPI)
-  if (backend == "mpi" || (backend == "auto" && MpiEnvironment::LaunchedByMpirun())) {
-    auto env = MpiEnvironment::Init(argc, argv);
-    if (!env.ok()) return env.status();
-    auto comm = MakeMpiCommunicator(env->get());
-    if (!comm.ok()) return comm.status();
-    return std::unique_ptr<CommContext>(std::make_unique<MpiContext>(*std::move(env), *std::move(comm)));
-  }
-#else
-  if (backend == "mpi") {
-    return absl::FailedPreconditionError("this build has no MPI backend (install libopenmpi-dev and rebuild)");
-  }
-#endif
-  return std::unique_ptr<CommContext>(std::make_unique<LocalContext>());
+absl::StatusOr<std::unique_ptr<CommContext>> InitComm(const std::string& backend, const std::string& device,
+                                                      int* argc, char*** argv, std::chrono::milliseconds timeout) {
+  auto factory = Backends().Get(backend);
+  if (!factory.ok()) return factory.status();
+  return (**factory)(BackendRequest{device, argc, argv, timeout});
 }
 
 }  // namespace allround::comm

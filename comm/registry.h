@@ -1,10 +1,12 @@
 #ifndef ALLROUND_COMM_REGISTRY_H_
 #define ALLROUND_COMM_REGISTRY_H_
 
-// Picks this process's Communicator at run time: "auto" takes MPI when the process was launched
-// by mpirun (and the MPI backend was built), else the single-process one; "mpi", "nccl" and
-// "local" ask for one by name, and an unavailable backend is an error that says how to get it. This file is
-// the only place that knows which backends were compiled in.
+// Picks this process's Communicator at run time. Each backend registers its name, help and factory
+// in registry.cc (common/registry.h, kind "backend"), so the job key comm.backend and --help list
+// them: "auto" takes NCCL for device cuda, MPI when the process was launched by mpirun (and the MPI
+// backend was built), else the single-process one; "mpi", "nccl" and "local" ask for one by name,
+// and one this build lacks is an error that says how to get it. registry.cc is the only file that
+// knows which backends were compiled in.
 
 #include <chrono>
 #include <memory>
@@ -24,8 +26,9 @@ class CommContext {
 
 // "nccl" takes its rank from mpirun (the unique id travels over MPI) or from torchrun-style
 // variables (over the TCP rendezvous), and its GPU from LOCAL_RANK / OMPI_COMM_WORLD_LOCAL_RANK.
-// `timeout` bounds the rendezvous and initialization.
-absl::StatusOr<std::unique_ptr<CommContext>> InitComm(const std::string& backend, int* argc, char*** argv,
+// `timeout` bounds the rendezvous and initialization. `device` is the job's ("cpu", "cuda").
+absl::StatusOr<std::unique_ptr<CommContext>> InitComm(const std::string& backend, const std::string& device,
+                                                      int* argc, char*** argv,
                                                       std::chrono::milliseconds timeout = std::chrono::minutes(5));
 
 // The GPU that NCCL rank `rank` of `world` takes on a machine with `devices` of them: its local

@@ -122,4 +122,9 @@ std::string ComponentsReading(const std::string& key) {
   return it == Get().readers.end() ? "" : absl::StrJoin(it->second, ", ");
 }
 
+absl::Status UnknownComponentError(const std::string& kind, const std::string& noun, const std::string& name) {
+  return absl::InvalidArgumentError(
+      absl::StrCat("unknown ", noun, " '", name, "' (known: ", absl::StrJoin(ComponentNames(kind), ", "), ")"));
+}
+
 }  // namespace allround

@@ -13,7 +13,9 @@
 // start-up (a programmer error, found by any test).
 
 #include <functional>
+#include <map>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -54,6 +56,46 @@ const ComponentKey* FindComponentKey(const std::string& key);
 std::vector<const ComponentKey*> ComponentKeys();
 // The names of the components that read `key` ("fedadam, fedyogi").
 std::string ComponentsReading(const std::string& key);
+
+// "unknown <noun> '<name>' (known: <the registered names of kind>)".
+absl::Status UnknownComponentError(const std::string& kind, const std::string& noun, const std::string& name);
+
+// The factories of one kind, by name: each layer's typed registry (strategies, learning modes,
+// models, losses, communicator backends) is one of these, beside its ComponentInfo. Same threading
+// rules as above: written during static initialization, read afterwards. Each layer keeps its
+// instance in a function-local static, so registration order across files does not matter.
+template <typename Entry>
+class TypedRegistry {
+ public:
+  // `kind` as in ComponentInfo ("strategy"); `noun` names it in errors ("learning mode").
+  TypedRegistry(std::string kind, std::string noun) : kind_(std::move(kind)), noun_(std::move(noun)) {}
+
+  // Registers `info` under this registry's kind (aborting on a duplicate name, as
+  // RegisterComponent does) and its entry. Returns true, to initialize a static.
+  bool Register(ComponentInfo info, Entry entry) {
+    info.kind = kind_;
+    std::string name = info.name;
+    RegisterComponent(std::move(info));
+    entries_[std::move(name)] = std::move(entry);
+    return true;
+  }
+
+  // The entry registered as `name`, or null.
+  const Entry* Find(const std::string& name) const {
+    auto it = entries_.find(name);
+    return it == entries_.end() ? nullptr : &it->second;
+  }
+
+  // The entry, or InvalidArgument "unknown <noun> '<name>' (known: a, b)".
+  absl::StatusOr<const Entry*> Get(const std::string& name) const {
+    if (const Entry* entry = Find(name)) return entry;
+    return UnknownComponentError(kind_, noun_, name);
+  }
+
+ private:
+  std::string kind_, noun_;
+  std::map<std::string, Entry> entries_;
+};
 
 }  // namespace allround
 

@@ -315,7 +315,7 @@ TEST(GanRanks, TwoBackwardStepEqualsOneProcess) {
 int main(int argc, char** argv) {
   ::testing::InitGoogleTest(&argc, argv);
   torch::set_num_threads(1);
-  auto context = allround::comm::InitComm("mpi", &argc, &argv);
+  auto context = allround::comm::InitComm("mpi", "cpu", &argc, &argv);
   if (!context.ok()) {
     std::fprintf(stderr, "%s\n", std::string(context.status().message()).c_str());
     return 1;

@@ -86,8 +86,7 @@ void AddSiteFlags(CLI::App& app, SiteOptions& site, int64_t& num_sites) {
 int RunProcess(const Job& job, bool federated, const SiteOptions& site, const runtime::ClusterRunOptions& run,
                int* argc, char*** argv) {
   if (job.device == "cuda") UseDeterministicKernels(job.deterministic);  // before any GPU work
-  const std::string backend = job.comm.backend == "auto" && job.device == "cuda" ? "nccl" : job.comm.backend;
-  auto context = comm::InitComm(backend, argc, argv,
+  auto context = comm::InitComm(job.comm.backend, job.device, argc, argv,
                                 std::chrono::milliseconds(static_cast<int64_t>(job.comm.timeout_s * 1000)));
   if (!context.ok()) {
     log::Error("{}", context.status().message());

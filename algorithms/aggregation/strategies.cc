@@ -259,17 +259,16 @@ StrategyFactory FromSpec() {
   return [](const Job& job) -> absl::StatusOr<std::unique_ptr<Strategy>> {
     StrategySpec spec;
     spec.name = job.strategy.name;
-    const auto number = [&](const char* key, double& field) {
-      if (FindComponentKey(key) != nullptr) field = JobNumber(job, key);
-    };
+    // Every key below is registered in this file, so each reads the job's value or its default.
+    const auto number = [&](const char* key, double& field) { field = JobNumber(job, key); };
     number("strategy.server_lr", spec.server_lr);
     number("strategy.momentum", spec.momentum);
     number("strategy.beta1", spec.beta1);
     number("strategy.beta2", spec.beta2);
     number("strategy.tau", spec.tau);
     number("strategy.trim_beta", spec.trim_beta);
-    if (FindComponentKey("strategy.byzantine") != nullptr) spec.byzantine = JobInteger(job, "strategy.byzantine");
-    if (FindComponentKey("strategy.multi_krum") != nullptr) spec.multi_krum = JobInteger(job, "strategy.multi_krum");
+    spec.byzantine = JobInteger(job, "strategy.byzantine");
+    spec.multi_krum = JobInteger(job, "strategy.multi_krum");
     return std::unique_ptr<Strategy>(std::make_unique<T>(spec));
   };
 }
@@ -304,28 +303,21 @@ StrategyFactory FromSpec() {
   return true;
 }();
 
-std::map<std::string, StrategyFactory>& Factories() {
-  static auto* factories = new std::map<std::string, StrategyFactory>;
-  return *factories;
+TypedRegistry<StrategyFactory>& Strategies() {
+  static auto* registry = new TypedRegistry<StrategyFactory>("strategy", "strategy");
+  return *registry;
 }
 
 }  // namespace
 
 bool RegisterStrategy(ComponentInfo info, StrategyFactory factory) {
-  info.kind = "strategy";
-  const std::string name = info.name;
-  RegisterComponent(std::move(info));
-  Factories()[name] = std::move(factory);
-  return true;
+  return Strategies().Register(std::move(info), std::move(factory));
 }
 
 absl::StatusOr<std::unique_ptr<Strategy>> MakeStrategy(const Job& job) {
-  auto it = Factories().find(job.strategy.name);
-  if (it == Factories().end()) {
-    return absl::InvalidArgumentError(absl::StrCat("unknown strategy '", job.strategy.name, "' (known: ",
-                                                   absl::StrJoin(ComponentNames("strategy"), ", "), ")"));
-  }
-  return it->second(job);
+  auto factory = Strategies().Get(job.strategy.name);
+  if (!factory.ok()) return factory.status();
+  return (**factory)(job);
 }
 
 }  // namespace allround::aggregation

@@ -169,9 +169,9 @@ class Vit final : public Network {
 };
 
 
-std::map<std::string, ModelFactory>& Factories() {
-  static auto* factories = new std::map<std::string, ModelFactory>;
-  return *factories;
+TypedRegistry<ModelFactory>& Models() {
+  static auto* registry = new TypedRegistry<ModelFactory>("model", "model");
+  return *registry;
 }
 
 // Each factory checks what its network needs of the input and the keys.
@@ -215,22 +215,15 @@ std::map<std::string, ModelFactory>& Factories() {
 }  // namespace
 
 bool RegisterModel(ComponentInfo info, ModelFactory factory) {
-  info.kind = "model";
-  const std::string name = info.name;
-  RegisterComponent(std::move(info));
-  Factories()[name] = std::move(factory);
-  return true;
+  return Models().Register(std::move(info), std::move(factory));
 }
 
 std::vector<std::string> ModelNames() { return ComponentNames("model"); }
 
 absl::StatusOr<std::shared_ptr<Network>> MakeModel(const ModelSpec& spec, const InputShape& input) {
-  auto it = Factories().find(spec.name);
-  if (it == Factories().end()) {
-    return absl::InvalidArgumentError(absl::StrCat("unknown model '", spec.name, "' (known: ",
-                                                   absl::StrJoin(ModelNames(), ", "), ")"));
-  }
-  return it->second(spec, input);
+  auto factory = Models().Get(spec.name);
+  if (!factory.ok()) return factory.status();
+  return (**factory)(spec, input);
 }
 
 int64_t CountParameters(const torch::nn::Module& module) {

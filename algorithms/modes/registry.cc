@@ -14,36 +14,29 @@ struct Registered {
   ModeFactory factory;
 };
 
-std::map<std::string, Registered>& Modes() {
-  static auto* modes = new std::map<std::string, Registered>;
-  return *modes;
+TypedRegistry<Registered>& Modes() {
+  static auto* registry = new TypedRegistry<Registered>("mode", "learning mode");
+  return *registry;
 }
 
 }  // namespace
 
 bool RegisterMode(ComponentInfo info, ModeNeeds needs, ModeFactory factory) {
-  info.kind = "mode";
-  const std::string name = info.name;
-  RegisterComponent(std::move(info));
-  Modes()[name] = {needs, std::move(factory)};
-  return true;
+  return Modes().Register(std::move(info), Registered{needs, std::move(factory)});
 }
 
 ModeNeeds NeedsOf(const std::string& mode) {
-  auto it = Modes().find(mode);
-  return it == Modes().end() ? ModeNeeds{} : it->second.needs;
+  const Registered* registered = Modes().Find(mode);
+  return registered == nullptr ? ModeNeeds{} : registered->needs;
 }
 
 absl::StatusOr<std::unique_ptr<LearningMode>> MakeLearningMode(const Job& job, const InputInfo& input,
                                                                at::Device device, const at::Tensor& bank_inputs,
                                                                const at::Tensor& bank_labels) {
-  auto it = Modes().find(job.mode);
-  if (it == Modes().end()) {
-    return absl::InvalidArgumentError(absl::StrCat("job key 'mode': unknown learning mode '", job.mode, "' (known: ",
-                                                   absl::StrJoin(ComponentNames("mode"), ", "), ")"));
-  }
-  const ModeNeeds& needs = it->second.needs;
-  return it->second.factory(ModeInputs{job, input, device, needs.eval_bank ? bank_inputs : at::Tensor(),
+  auto registered = Modes().Get(job.mode);
+  if (!registered.ok()) return absl::InvalidArgumentError(absl::StrCat("job key 'mode': ", registered.status().message()));
+  const ModeNeeds& needs = (*registered)->needs;
+  return (*registered)->factory(ModeInputs{job, input, device, needs.eval_bank ? bank_inputs : at::Tensor(),
                                        needs.eval_bank ? bank_labels : at::Tensor()});
 }
 
