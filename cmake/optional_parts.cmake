@@ -45,3 +45,17 @@ if(ALLROUND_WITH_NCCL)
     message(STATUS "allround: no CUDA toolkit with NCCL: NCCL backend off")
   endif()
 endif()
+
+# libsodium: the primitives of secure aggregation (privacy/: SecAgg+ key agreement, masks and
+# encrypted shares).
+set(ALLROUND_HAVE_SODIUM OFF)
+option(ALLROUND_WITH_SODIUM "Build secure aggregation when libsodium is found" ON)
+if(ALLROUND_WITH_SODIUM)
+  find_path(SODIUM_INCLUDE_DIR sodium.h)
+  find_library(SODIUM_LIBRARY sodium)
+  if(SODIUM_INCLUDE_DIR AND SODIUM_LIBRARY)
+    set(ALLROUND_HAVE_SODIUM ON)
+  else()
+    message(STATUS "allround: no libsodium: secure aggregation off (install libsodium-dev)")
+  endif()
+endif()

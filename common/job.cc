@@ -370,8 +370,8 @@ const std::vector<Key>& Keys() {
                 [](Job& j) -> auto& { return j.partition.file; }),
       IntKey<int64_t>("partition.min_per_site", "dirichlet: minimum examples per site",
                       [](Job& j) -> auto& { return j.partition.min_per_site; }, 0, kBig),
-      StringKey("comm.backend", "collectives backend", [](Job& j) -> auto& { return j.comm.backend; },
-                {"auto", "local", "mpi", "nccl"}),
+      ComponentNameKey("comm.backend", "collectives backend", [](Job& j) -> auto& { return j.comm.backend; },
+                       "backend"),
       DoubleKey("comm.timeout_s", "seconds before a collective fails", [](Job& j) -> auto& { return j.comm.timeout_s; },
                 0.001, 1e6),
       DoubleKey("comm.bucket_mb", "gradient bucket cap (MiB)", [](Job& j) -> auto& { return j.comm.bucket_mb; }, 1e-6, 1e5),
@@ -565,6 +565,13 @@ bool IsPlainName(const std::string& name) {
          });
 }
 
+namespace {
+std::vector<std::function<absl::Status(const Job&)>>& JobChecks() {
+  static auto* checks = new std::vector<std::function<absl::Status(const Job&)>>;
+  return *checks;
+}
+}  // namespace
+
 absl::Status ValidateJob(const Job& job) {
   // The name is a path component (runs/<name>) and the prefix of every checkpoint id (<name>/<round>).
   if (!IsPlainName(job.name)) {
@@ -627,7 +634,15 @@ absl::Status ValidateJob(const Job& job) {
   if (job.optimizer.beta1 >= 1 || job.optimizer.beta2 >= 1) {
     return absl::InvalidArgumentError("job keys 'optimizer.beta1/beta2': must be < 1");
   }
+  for (const auto& check : JobChecks()) {
+    if (auto s = check(job); !s.ok()) return s;
+  }
   return absl::OkStatus();
+}
+
+bool RegisterJobCheck(std::function<absl::Status(const Job&)> check) {
+  JobChecks().push_back(std::move(check));
+  return true;
 }
 
 absl::Status ApplyJobFlags(Job& job, const std::vector<std::string>& flags) {

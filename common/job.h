@@ -9,6 +9,7 @@
 
 #include <cstdint>
 #include <map>
+#include <functional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -249,6 +250,11 @@ absl::Status SetJobKey(Job& job, const std::string& key, const std::string& valu
 
 // Checks cross-key constraints (positive sizes, known names); the error names the key.
 absl::Status ValidateJob(const Job& job);
+
+// Registers a cross-key check that a component needs (the update pipeline refuses a strategy that
+// cannot work on a sum); ValidateJob runs every one after its own, in registration order. Call it
+// from a static initializer beside the component's code, as with common/registry.h. Returns true.
+bool RegisterJobCheck(std::function<absl::Status(const Job&)> check);
 
 // A name that can stand as one path component and one log token: 1..128 of letters, digits, '_',
 // '-' and '.', and not "." or "..". Job names (runs/<name>, checkpoint ids) and site names

@@ -22,6 +22,7 @@
 #include "coordinator/limits.h"
 #include "coordinator/round_manager.h"
 #include "coordinator/service.h"
+#include "privacy/update_pipeline.h"
 #include "data/datasets.h"
 #include "runtime/round_engine.h"
 #include "storage/run_directory.h"
@@ -78,6 +79,9 @@ absl::StatusOr<ServiceOptions> MakeServiceOptions(const Job& job, const ServerOp
     if (auto s = MakeFlagDirectory(o.dump_models, "--dump-models"); !s.ok()) return s;
   }
   out.local_epochs = job.federated.local_epochs;
+  auto pipeline = privacy::UpdatePipeline::Make(job, privacy::Side::kSite);
+  if (!pipeline.ok()) return pipeline.status();
+  out.site_pipeline = pipeline->Describe();
   return out;
 }
 

@@ -143,7 +143,7 @@ class RoundManager {
   std::vector<RoundRecord> history() const;
   // Refusals counted by reason ("wrong_round", "duplicate", "late", "not_participant",
   // "unknown_site", "bad_tensor", "non_finite", "bad_metrics", "bad_examples", "bad_name",
-  // "bad_model", and from the transport "bad_token", "bad_stream", "too_many_streams",
+  // "bad_model", and from the transport "bad_token", "bad_pipeline", "bad_stream", "too_many_streams",
   // "stream_timeout").
   std::map<std::string, int64_t> refusals() const;
 

@@ -137,6 +137,14 @@ grpc::Status CoordinatorService::Join(grpc::ServerContext*, const allround::v1::
     }
     model.push_back({spec.name(), *dtype, {spec.shape().begin(), spec.shape().end()}});
   }
+  if (req->site_pipeline() != options_.site_pipeline) {
+    manager_->CountRefusal("bad_pipeline");
+    return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
+                        absl::StrCat("join: site '", Echo(req->site_name(), options_.limits.max_echo_chars),
+                                     "' applies the update pipeline [",
+                                     Echo(req->site_pipeline(), options_.limits.max_echo_chars), "], the job's is [",
+                                     options_.site_pipeline, "] (job key pipeline.site must be the coordinator's)"));
+  }
   auto id = manager_->Join(req->site_name(), req->examples(), Now(), model);
   if (!id.ok()) return ToGrpc(id.status());
   log::Info("site '{}' joined as {} ({} examples)", req->site_name(), *id, req->examples());

@@ -33,6 +33,9 @@ struct ServiceOptions {
   Limits limits;  // max_update_bytes is taken as given (MakeLimits derives it from the model)
   // GetTask holds a WAIT answer this long, returning early when the round state changes.
   std::chrono::milliseconds long_poll{10000};
+  // The job's site pipeline as UpdatePipeline::Describe() gives it ("clip"); a site that joins with
+  // another is refused (bad_pipeline): its updates would not be what the job promises.
+  std::string site_pipeline;
 };
 
 class CoordinatorService final : public allround::v1::Coordinator::Service {

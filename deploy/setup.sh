@@ -23,6 +23,8 @@ PACKAGES=(
   openssl
   # checkpoints
   librocksdb-dev
+  # secure aggregation (privacy/): X25519, ChaCha20, XChaCha20-Poly1305
+  libsodium-dev
   # tests and micro-benchmarks
   libgtest-dev libgmock-dev libbenchmark-dev
   # small well-kept libraries

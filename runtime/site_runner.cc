@@ -29,6 +29,7 @@
 #include "storage/safetensors.h"
 #include "data/partition.h"
 #include "data/datasets.h"
+#include "privacy/update_pipeline.h"
 #include "runtime/trainer.h"
 
 namespace allround::runtime {
@@ -120,8 +121,10 @@ absl::Status BroadcastControl(comm::Communicator& group, at::Tensor& control) {
 
 class Site {
  public:
-  Site(Shared* shared, std::string name, std::string token, int64_t index, SiteData data)
-      : sh_(shared), name_(std::move(name)), token_(std::move(token)), index_(index), data_(std::move(data)) {
+  Site(Shared* shared, std::string name, std::string token, int64_t index, SiteData data,
+       privacy::UpdatePipeline pipeline)
+      : sh_(shared), name_(std::move(name)), token_(std::move(token)), index_(index), data_(std::move(data)),
+        pipeline_(std::move(pipeline)) {
     grpc::ChannelArguments args;
     args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);  // its own connection, even beside other sites
     args.SetMaxReceiveMessageSize(64 << 20);
@@ -207,6 +210,7 @@ class Site {
     req.set_protocol_version(1);
     req.set_token(token_);
     for (const auto& spec : sh_->model) *req.add_model() = spec;
+    req.set_site_pipeline(pipeline_.Describe());
     v1::JoinReply reply;
     grpc::Status s = stub_->Join(&ctx, req, &reply);
     if (s.ok()) {
@@ -269,6 +273,13 @@ class Site {
       if (!s.ok()) return s;
     }
     const int64_t examples = data_.train_y.size(0);
+    if (!pipeline_.empty()) {
+      // The pipeline works on the delta from the model this round started from (clip, ...).
+      auto piped = pipeline_.ApplyToWeights({sh_->job.seed, task.round(), name_}, *model, update,
+                                            static_cast<double>(examples));
+      if (!piped.ok()) return piped.status();
+      update = *std::move(piped);
+    }
     if (!sh_->options.dump_updates.empty()) {
       const std::string path = absl::StrCat(sh_->options.dump_updates, "/round-", task.round(), "-site-", name_,
                                             ".safetensors");
@@ -383,6 +394,7 @@ class Site {
   const std::string name_, token_;
   const int64_t index_;
   const SiteData data_;
+  const privacy::UpdatePipeline pipeline_;  // pipeline.site, this site's own
   std::unique_ptr<v1::Coordinator::Stub> stub_;
   std::atomic<int64_t> site_id_{0};
   std::chrono::milliseconds busy_backoff_{100};  // after a busy or unreachable coordinator mid-round
@@ -620,7 +632,9 @@ absl::Status RunSites(const Job& job, const SiteOptions& options, comm::Communic
       if (it == tokens.end()) return absl::NotFoundError(absl::StrCat("--tokens has no token for site '", name, "'"));
       token = it->second;
     }
-    sites.push_back(std::make_unique<Site>(&sh, name, token, i, std::move(site_data[k])));
+    auto pipeline = privacy::UpdatePipeline::Make(job, privacy::Side::kSite);  // each site its own steps' state
+    if (!pipeline.ok()) return pipeline.status();
+    sites.push_back(std::make_unique<Site>(&sh, name, token, i, std::move(site_data[k]), *std::move(pipeline)));
   }
   site_data.clear();
 

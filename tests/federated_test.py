@@ -6,6 +6,10 @@ wrong token, and one training another model, are refused with a clear error. The
 takes a free port (--listen 127.0.0.1:0); the results come from its summary.json and
 metrics.jsonl, not from its log.
 
+With `--pipeline.site clip --pipeline.clip_norm C` among the job flags, it also checks that every
+update a site submitted lies within C (L2, all floating-point tensors together) of the global model
+its round started from.
+
 Usage: federated_test.py COORDINATOR WORKER [JOB FLAGS...]  (e.g. --strategy.name fedprox ...)"""
 import os
 import subprocess
@@ -69,4 +73,25 @@ with Run("federated") as run:
     print(mean.stdout, end="")
     checks.check("each global model is the example-weighted mean of its round's submitted updates",
                  mean.returncode == 0, mean.stderr[-400:])
+    if "--pipeline.site" in EXTRA and "clip" in EXTRA[EXTRA.index("--pipeline.site") + 1]:
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        import glob
+        import numpy as np
+        from safetensors_np import load_file
+        bound = float(EXTRA[EXTRA.index("--pipeline.clip_norm") + 1])
+        norms = []
+        for r in range(3):
+            start = run.path("models", f"version-{r}.safetensors")
+            if not os.path.exists(start):
+                continue  # the initial model is not dumped
+            model = load_file(start)
+            for f in sorted(glob.glob(run.path("updates", f"round-{r}-site-*.safetensors"))):
+                update = load_file(f)
+                norms.append(float(np.sqrt(sum(np.sum((update[k].astype(np.float64) - model[k]) ** 2)
+                                               for k in update if update[k].dtype.kind == "f"))))
+        print(f"clip: {len(norms)} updates, largest distance from their round's start {max(norms or [0]):.6f} "
+              f"(clip_norm {bound})")
+        checks.check("every submitted update lies within pipeline.clip_norm of its round's start",
+                     len(norms) >= 6 and all(n <= bound * (1 + 1e-4) for n in norms)
+                     and max(norms) >= bound * 0.999, f"norms {norms}")
 sys.exit(checks.exit_code())

@@ -1,0 +1,52 @@
+// Site step `clip`: scales the whole update (every floating-point tensor together) so that its L2
+// norm is at most pipeline.clip_norm: delta * min(1, C / ||delta||). It bounds what one site can
+// move the global model by, the basis of site-level differential privacy (McMahan et al. 2018)
+// and of norm-bounding against scaled (Byzantine) updates. Computed in float64 whatever the
+// tensors' dtype, so the bound holds to rounding of the tensors' own type.
+
+#include <ATen/ATen.h>
+
+#include <cmath>
+
+#include "absl/strings/str_cat.h"
+#include "privacy/update_pipeline.h"
+
+namespace allround::privacy {
+namespace {
+
+class Clip final : public UpdateTransform {
+ public:
+  explicit Clip(double bound) : bound_(bound) {}
+  std::string name() const override { return "clip"; }
+
+  // Refuses, changing nothing, an update whose norm is not finite.
+  absl::Status Apply(const StepContext&, Update& update) override {
+    double squares = 0.0;
+    for (const auto& [name, t] : update.delta) {
+      squares += t.to(at::kDouble).square().sum().item<double>();
+    }
+    const double norm = std::sqrt(squares);
+    if (!std::isfinite(norm)) {
+      return absl::InvalidArgumentError(absl::StrCat("the update's L2 norm is not finite (", norm, ")"));
+    }
+    if (norm <= bound_) return absl::OkStatus();
+    const double scale = bound_ / norm;
+    for (auto& [name, t] : update.delta) t = t.mul(scale);
+    return absl::OkStatus();
+  }
+
+ private:
+  const double bound_;
+};
+
+[[maybe_unused]] const bool kRegistered = RegisterTransform(
+    Side::kSite,
+    {"", "clip", "scales the update so its L2 norm is at most pipeline.clip_norm",
+     {NumberKey("pipeline.clip_norm", 1.0, "clip: the bound C on the L2 norm of a site's update", 1e-12, 1e12)}},
+    TransformTraits{},
+    [](const Job& job) -> absl::StatusOr<std::unique_ptr<UpdateTransform>> {
+      return std::make_unique<Clip>(JobNumber(job, "pipeline.clip_norm"));
+    });
+
+}  // namespace
+}  // namespace allround::privacy
