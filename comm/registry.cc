@@ -239,17 +239,6 @@ std::string BuiltIn(bool built) { return built ? "" : " (not in this build)"; }
 
 }  // namespace
 
-std::string AvailableBackends() {
-  std::string out = "local";
-#if defined(ALLROUND_HAVE_MPI)
-  out += ", mpi";
-#endif
-#if defined(ALLROUND_HAVE_NCCL)
-  out += ", nccl";
-#endif
-  return out;
-}
-
 absl::StatusOr<std::unique_ptr<CommContext>> InitComm(const std::string& backend, const std::string& device,
                                                       int* argc, char*** argv, std::chrono::milliseconds timeout) {
   auto factory = Backends().Get(backend);

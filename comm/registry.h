@@ -40,9 +40,6 @@ absl::StatusOr<std::unique_ptr<CommContext>> InitComm(const std::string& backend
 // rank of that machine is. Without either (RANK alone, one rank per machine) it is rank % devices.
 absl::StatusOr<int> GpuOfRank(int rank, int world, int devices);
 
-// Backends compiled into this binary, e.g. "local, mpi".
-std::string AvailableBackends();
-
 }  // namespace allround::comm
 
 #endif  // ALLROUND_COMM_REGISTRY_H_

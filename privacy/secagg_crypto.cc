@@ -185,4 +185,16 @@ absl::StatusOr<std::string> DecryptShare(const Bytes32& agreed, const ShareAd& a
   return out;
 }
 
+absl::StatusOr<PublicKeys> ParsePublicKeys(std::string_view c_public_key, std::string_view s_public_key,
+                                           const std::string& who) {
+  auto c = ToBytes32(c_public_key, absl::StrCat(who, ": encryption key"));
+  if (!c.ok()) return c.status();
+  auto s = ToBytes32(s_public_key, absl::StrCat(who, ": masking key"));
+  if (!s.ok()) return s.status();
+  for (const Bytes32* key : {&*c, &*s}) {
+    if (auto st = CheckPublicKey(*key); !st.ok()) return absl::InvalidArgumentError(absl::StrCat(who, ": ", st.message()));
+  }
+  return PublicKeys{*c, *s};
+}
+
 }  // namespace allround::privacy

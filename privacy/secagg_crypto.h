@@ -45,6 +45,15 @@ absl::StatusOr<Bytes32> PublicKeyOf(const Bytes32& secret_key);
 // InvalidArgument for a public key of small order (one no agreement can use).
 absl::Status CheckPublicKey(const Bytes32& public_key);
 
+// A site's two advertised public keys (c: encryption, s: masking), each 32 bytes and passing
+// CheckPublicKey; InvalidArgument prefixed with `who` otherwise. Server and sites both parse them.
+struct PublicKeys {
+  Bytes32 c{};
+  Bytes32 s{};
+};
+absl::StatusOr<PublicKeys> ParsePublicKeys(std::string_view c_public_key, std::string_view s_public_key,
+                                           const std::string& who);
+
 // The key that `my_secret`'s owner and `their_public`'s owner share:
 // BLAKE2b-256(X25519(my_secret, their_public) || lower public key || higher public key), the public
 // keys ordered bytewise so both ends hash the same bytes. InvalidArgument when X25519 refuses

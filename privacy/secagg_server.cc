@@ -81,14 +81,9 @@ absl::Status SecAggServer::AddAdvertisement(const AdvertiseKeysMsg& msg) {
   const std::string who = absl::StrCat("secagg server: keys of site ", msg.site_id);
   if (!graph_.Contains(msg.site_id)) return absl::InvalidArgumentError(absl::StrCat(who, ", which was not sampled"));
   if (keys_.count(msg.site_id)) return absl::InvalidArgumentError(absl::StrCat(who, " sent twice"));
-  auto c = ToBytes32(msg.c_public_key, absl::StrCat(who, ": encryption key"));
-  if (!c.ok()) return c.status();
-  auto s = ToBytes32(msg.s_public_key, absl::StrCat(who, ": masking key"));
-  if (!s.ok()) return s.status();
-  for (const Bytes32* key : {&*c, &*s}) {
-    if (auto st = CheckPublicKey(*key); !st.ok()) return absl::InvalidArgumentError(absl::StrCat(who, ": ", st.message()));
-  }
-  keys_.emplace(msg.site_id, Keys{*c, *s});
+  auto keys = ParsePublicKeys(msg.c_public_key, msg.s_public_key, who);
+  if (!keys.ok()) return keys.status();
+  keys_.emplace(msg.site_id, Keys{keys->c, keys->s});
   return absl::OkStatus();
 }
 

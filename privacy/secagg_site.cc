@@ -81,14 +81,9 @@ absl::StatusOr<ShareKeysMsg> SecAggSite::ShareKeys(const NeighbourKeysMsg& keys)
     if (!graph_.AreNeighbours(id_, pk.site_id)) {
       return absl::InvalidArgumentError(absl::StrCat(who, ", which is not a neighbour"));
     }
-    auto c = ToBytes32(pk.c_public_key, absl::StrCat(who, ": encryption key"));
-    if (!c.ok()) return c.status();
-    auto s = ToBytes32(pk.s_public_key, absl::StrCat(who, ": masking key"));
-    if (!s.ok()) return s.status();
-    for (const Bytes32* key : {&*c, &*s}) {
-      if (auto st = CheckPublicKey(*key); !st.ok()) return absl::InvalidArgumentError(absl::StrCat(who, ": ", st.message()));
-    }
-    if (!peers.emplace(pk.site_id, Peer{*c, *s}).second) {
+    auto keys = ParsePublicKeys(pk.c_public_key, pk.s_public_key, who);
+    if (!keys.ok()) return keys.status();
+    if (!peers.emplace(pk.site_id, Peer{keys->c, keys->s}).second) {
       return absl::InvalidArgumentError(absl::StrCat(who, " given twice"));
     }
   }
