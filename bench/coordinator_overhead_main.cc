@@ -22,6 +22,7 @@
 #include "algorithms/compute_threads.h"
 #include "algorithms/modes/supervised.h"
 #include "comm/proto/federated.grpc.pb.h"
+#include "comm/wire.h"
 #include "coordinator/limits.h"
 #include "coordinator/round_manager.h"
 #include "coordinator/service.h"
@@ -62,7 +63,7 @@ void EchoSite(const std::string& address, int index, const std::atomic<bool>* st
     v1::JoinRequest req;
     req.set_site_name("echo-" + std::to_string(index));
     req.set_examples(600);
-    req.set_protocol_version(1);
+    req.set_protocol_version(allround::comm::kProtocolVersion);
     if (auto s = stub->Join(&ctx, req, &joined); !s.ok()) return fail("Join", s);
   }
   while (!*stop) {

@@ -28,12 +28,12 @@ using tensor::NamedTensors;
 
 std::vector<allround::v1::TensorChunk> EncodeTensors(const NamedTensors& tensors, uint64_t chunk_bytes = 1 << 20);
 
-// One tensor a stream must carry.
-struct TensorLayout {
-  std::string name;
-  at::ScalarType dtype;
-  std::vector<int64_t> shape;
-};
+using tensor::TensorLayout;
+
+// The federated protocol's version (JoinRequest.protocol_version); the coordinator refuses any
+// other at Join. 2: secure aggregation (TaskReply.secagg, SecAggSubmit); a version-1 site would
+// ignore a secure round's stages.
+inline constexpr uint32_t kProtocolVersion = 2;
 
 class TensorAssembler {
  public:

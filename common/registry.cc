@@ -1,5 +1,6 @@
 #include "common/registry.h"
 
+#include <algorithm>
 #include <cerrno>
 #include <cmath>
 #include <cstdio>
@@ -99,6 +100,11 @@ std::vector<std::string> ComponentNames(const std::string& kind) {
   std::vector<std::string> out;
   for (const ComponentInfo* c : Components(kind)) out.push_back(c->name);
   return out;
+}
+
+bool ComponentHasTrait(const std::string& kind, const std::string& name, const std::string& trait) {
+  const ComponentInfo* info = FindComponent(kind, name);
+  return info != nullptr && std::find(info->traits.begin(), info->traits.end(), trait) != info->traits.end();
 }
 
 const ComponentInfo* FindComponent(const std::string& kind, const std::string& name) {

@@ -41,7 +41,13 @@ struct ComponentInfo {
   std::string name;
   std::string help;
   std::vector<ComponentKey> keys;
+  // What other components may ask of this one (ComponentHasTrait), e.g. a strategy's
+  // "individual_updates": it looks at each site's update, so it cannot run on a secure sum.
+  std::vector<std::string> traits;
 };
+
+// Whether the component `name` of `kind` was registered with `trait` (false for an unknown one).
+bool ComponentHasTrait(const std::string& kind, const std::string& name, const std::string& trait);
 
 // Returns true, to initialize a static.
 bool RegisterComponent(ComponentInfo info);

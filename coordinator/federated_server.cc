@@ -82,6 +82,7 @@ absl::StatusOr<ServiceOptions> MakeServiceOptions(const Job& job, const ServerOp
   auto pipeline = privacy::UpdatePipeline::Make(job, privacy::Side::kSite);
   if (!pipeline.ok()) return pipeline.status();
   out.site_pipeline = pipeline->Describe();
+  out.secure_aggregation = privacy::SecureAggregationName(job);
   return out;
 }
 
@@ -94,6 +95,7 @@ RoundManagerOptions ManagerOptions(const Job& job) {
   rm.min_available = job.federated.min_available;
   rm.round_timeout = Millis(job.federated.round_timeout_s);
   rm.site_timeout = Millis(job.federated.site_timeout_s);
+  rm.secure = privacy::SecureAggregationFromJob(job);
   return rm;
 }
 
@@ -140,6 +142,9 @@ class FederatedRun final : public runtime::RoundExecutor, public runtime::RoundO
     const auto start = Clock::now();
     for (;;) {
       for (ClosedRound& c : manager_->TakeClosedRounds()) closed_.push_back(std::move(c));
+      for (const RoundRecord& r : manager_->TakeAbandonedRounds()) {
+        log::Warning("round index {} abandoned ({} sites sampled): {}", r.round, r.participants.size(), r.abandoned);
+      }
       if (!closed_.empty()) break;
       if (StopRequested()) return absl::CancelledError("stopped by signal");
       if (manager_->finished()) {
@@ -190,7 +195,7 @@ class FederatedRun final : public runtime::RoundExecutor, public runtime::RoundO
       names.push_back(name.ok() ? *name : "?");
     }
     last_ = {{"round", version}, {"sites", r.contributors}, {"site_names", names}, {"examples", r.examples},
-             {"closed_by_deadline", r.closed_by_deadline}, {"aggregate_s", r.aggregate_s},
+             {"closed_by_deadline", r.closed_by_deadline}, {"aggregate_s", r.aggregate_s}, {"secure", r.secure},
              {"time", std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count()}};
     std::string extra;
     for (const auto& [key, value] : eval) {
@@ -200,10 +205,10 @@ class FederatedRun final : public runtime::RoundExecutor, public runtime::RoundO
       extra += absl::StrFormat(" %s %.4f", key, value);
     }
     const std::string federated = FederatedEvaluation(r.site_metrics, version);
-    std::printf("round %lld/%lld:%s%s (%zu sites, %lld examples%s)\n", static_cast<long long>(version),
+    std::printf("round %lld/%lld:%s%s (%zu sites, %lld examples%s%s)\n", static_cast<long long>(version),
                 static_cast<long long>(job_.federated.rounds), extra.c_str(), federated.c_str(),
                 r.contributors.size(), static_cast<long long>(r.examples),
-                r.closed_by_deadline ? ", closed at the deadline" : "");
+                r.closed_by_deadline ? ", closed at the deadline" : "", r.secure ? ", secure sum" : "");
     std::fflush(stdout);
     if (auto s = dir_->AppendMetrics(last_.dump()); !s.ok()) return s;
     if (!checkpointer_ || job_.checkpoint.every_rounds <= 0) return absl::OkStatus();
@@ -234,6 +239,12 @@ class FederatedRun final : public runtime::RoundExecutor, public runtime::RoundO
     RoundManagerOptions rm = ManagerOptions(job_);
     // What a site can make the coordinator hold: the job's keys, and sizes from the model.
     rm.limits = MakeLimits(job_.federated, initial);
+    if (rm.secure.enabled) {
+      // The update stream carries the masked input's words instead of the model.
+      const int64_t words = static_cast<int64_t>(privacy::SecureVectorLength(initial));
+      const Limits masked = MakeLimits(job_.federated, {{"secagg/masked", at::empty({words}, at::kInt)}});
+      rm.limits.max_update_bytes = std::max(rm.limits.max_update_bytes, masked.max_update_bytes);
+    }
     limits_ = rm.limits;
     manager_ = std::make_unique<RoundManager>(rm, initial, *std::move(strategy));
     return absl::OkStatus();

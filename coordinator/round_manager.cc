@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <utility>
 #include <nlohmann/json.hpp>
 
 #include "absl/strings/str_cat.h"
@@ -74,7 +75,7 @@ absl::Status RoundManager::Heartbeat(int64_t site, Time now) {
 bool RoundManager::Alive(const Site& s, Time now) const { return now - s.last_seen <= options_.site_timeout; }
 
 void RoundManager::MaybeStartRound(Time now) {
-  if (current_ || rounds_done_ >= options_.rounds) return;
+  if (current_ || rounds_done_ >= options_.rounds || now < no_round_before_) return;
   std::vector<int64_t> alive;  // in name order (site_by_name_'s): ids follow the join order
   for (const auto& [name, id] : site_by_name_) {
     if (Alive(sites_.at(id), now)) alive.push_back(id);
@@ -89,12 +90,48 @@ void RoundManager::MaybeStartRound(Time now) {
   rng.Shuffle(alive);
   alive.resize(want);
   std::sort(alive.begin(), alive.end());
-  current_ = Round{next_round_index_++, alive, now + options_.round_timeout, {}, {}};
+  Round round{next_round_index_++, alive, now + options_.round_timeout, {}, {}, nullptr};
   Changed();
+  if (options_.secure.enabled && !StartSecure(round, now)) return;
+  current_ = std::move(round);
+}
+
+bool RoundManager::StartSecure(Round& round, Time now) {
+  SecureRoundConfig c;
+  c.secagg.round = static_cast<uint64_t>(round.index);
+  for (int64_t id : round.participants) {
+    c.secagg.sampled_ids.push_back(static_cast<uint32_t>(id));
+    c.max_weight = std::max(c.max_weight, sites_.at(id).examples);
+  }
+  const int64_t n = static_cast<int64_t>(round.participants.size());
+  const privacy::GraphShape shape = privacy::SecAggShapeFor(options_.secure, n);
+  c.secagg.degree = shape.degree;
+  c.secagg.threshold = shape.threshold;
+  c.secagg.graph_seed = DeriveSeed(options_.seed, "secagg-graph");
+  c.secagg.vector_length = privacy::SecureVectorLength(model_);
+  c.quantize = {options_.secure.clip_range, privacy::LevelsFor(n)};
+  c.stage_timeout = std::chrono::milliseconds(static_cast<int64_t>(options_.secure.stage_timeout_s * 1000));
+  auto started = SecureRound::Start(c, now, round.deadline);
+  if (!started.ok()) {
+    // Abandoned at once, and no new round for a stage's time: a config that cannot start (more
+    // shares asked than sites sampled) must not spin through round indices.
+    RoundRecord record;
+    record.round = round.index;
+    record.participants = round.participants;
+    record.secure = true;
+    record.abandoned = std::string(started.status().message());
+    history_.push_back(record);
+    abandoned_.push_back(std::move(record));
+    no_round_before_ = now + c.stage_timeout;
+    return false;
+  }
+  round.secure = std::shared_ptr<SecureRound>(*std::move(started));
+  return true;
 }
 
 void RoundManager::MaybeCloseRound(Time now) {
   if (!current_) return;
+  if (current_->secure) return MaybeCloseSecureRound(now);
   const bool all_in = current_->updates.size() == current_->participants.size();
   const bool expired = now >= current_->deadline;
   if (!all_in && !expired) return;
@@ -104,7 +141,10 @@ void RoundManager::MaybeCloseRound(Time now) {
   record.closed_by_deadline = !all_in;
   Changed();
   if (static_cast<int64_t>(current_->updates.size()) < options_.min_sites) {
-    history_.push_back(record);  // abandoned: too few updates by the deadline
+    record.abandoned = absl::StrCat("only ", current_->updates.size(), " updates by the deadline (federated.min_sites is ",
+                                    options_.min_sites, ")");
+    history_.push_back(record);
+    abandoned_.push_back(record);
     current_.reset();
     return;
   }
@@ -125,7 +165,13 @@ void RoundManager::MaybeCloseRound(Time now) {
   const auto start = std::chrono::steady_clock::now();
   auto next = strategy_->Aggregate(model_, updates);
   record.aggregate_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  if (!next.ok()) record.abandoned = std::string(next.status().message());
+  Commit(std::move(record), std::move(next));
+}
+
+void RoundManager::Commit(RoundRecord record, absl::StatusOr<NamedTensors> next) {
   history_.push_back(record);
+  if (!record.abandoned.empty()) abandoned_.push_back(record);
   current_.reset();
   if (next.ok()) {
     model_ = *std::move(next);
@@ -136,6 +182,55 @@ void RoundManager::MaybeCloseRound(Time now) {
     closed.model.assign(closed.state.begin(), closed.state.begin() + static_cast<int64_t>(model_.size()));
     closed_.push_back(std::move(closed));
   }
+}
+
+void RoundManager::MaybeCloseSecureRound(Time now) {
+  SecureRound& secure = *current_->secure;
+  const int stage = secure.stage();
+  const bool over = secure.Advance(now);
+  if (secure.stage() != stage) Changed();
+  if (!over) return;
+  RoundRecord record;
+  record.round = current_->index;
+  record.participants = current_->participants;
+  record.secure = true;
+  record.closed_by_deadline = now >= current_->deadline;
+  const auto start = std::chrono::steady_clock::now();
+  auto result = secure.Result();
+  absl::StatusOr<NamedTensors> next = absl::InternalError("the secure round ended without a result");
+  if (!result.ok()) {
+    next = result.status();
+  } else if (static_cast<int64_t>(result->counted.size()) < options_.min_sites) {
+    next = absl::AbortedError(absl::StrCat("only ", result->counted.size(), " masked inputs arrived (federated.min_sites is ",
+                                           options_.min_sites, ")"));
+  } else {
+    const SecureRoundConfig& config = secure.config();
+    auto decoded = privacy::DequantizeSum(model_, result->sum, static_cast<int64_t>(result->counted.size()),
+                                          config.quantize);
+    if (!decoded.ok()) {
+      next = decoded.status();
+    } else {
+      // One update, the decoded weighted mean: every sum-only strategy gives from it what it
+      // gives from the individual updates (each aggregates their example-weighted mean).
+      std::map<std::string, at::Tensor> mean(decoded->mean_delta.begin(), decoded->mean_delta.end());
+      aggregation::SiteUpdate update;
+      for (const auto& [name, t] : model_) {
+        auto it = mean.find(name);
+        update.weights.emplace_back(name, it == mean.end() ? t.clone() : t + it->second);
+      }
+      update.examples = std::max<int64_t>(1, std::llround(decoded->weight_sum * static_cast<double>(config.max_weight)));
+      record.examples = update.examples;
+      for (uint32_t id : result->counted) {
+        record.contributors.push_back(id);
+        for (const auto& [k, v] : current_->metrics[id]) record.site_metrics[k] += v;
+      }
+      next = strategy_->Aggregate(model_, {update});
+    }
+  }
+  record.aggregate_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  if (!next.ok()) record.abandoned = std::string(next.status().message());
+  Changed();
+  Commit(std::move(record), std::move(next));
 }
 
 void RoundManager::Changed() {
@@ -160,6 +255,17 @@ absl::StatusOr<Task> RoundManager::GetTask(int64_t site, Time now) {
   if (!current_) return Task{Task::Kind::kWait, 0, 0, "waiting for enough sites"};
   const auto& p = current_->participants;
   if (!std::binary_search(p.begin(), p.end(), site)) return Task{Task::Kind::kWait, 0, 0, "not sampled this round"};
+  if (current_->secure) {
+    auto secure = std::make_shared<Task::Secure>(
+        Task::Secure{current_->secure->StepFor(static_cast<uint32_t>(site)), current_->secure->config()});
+    switch (secure->step.kind) {
+      case SecureStep::Kind::kAdvertise:
+      case SecureStep::Kind::kShareKeys:
+      case SecureStep::Kind::kUnmask: return Task{Task::Kind::kSecure, current_->index, version_, "", secure};
+      case SecureStep::Kind::kMaskInput: return Task{Task::Kind::kTrain, current_->index, version_, "", secure};
+      default: return Task{Task::Kind::kWait, 0, 0, secure->step.reason};
+    }
+  }
   if (current_->updates.count(site)) return Task{Task::Kind::kWait, 0, 0, "update received; waiting for the round"};
   return Task{Task::Kind::kTrain, current_->index, version_, ""};
 }
@@ -175,21 +281,11 @@ absl::StatusOr<NamedTensors> RoundManager::Model(int64_t version) const {
 absl::Status RoundManager::SubmitUpdate(int64_t site, int64_t round, int64_t examples, NamedTensors weights, Time now,
                                         const std::map<std::string, double>& metrics) {
   std::lock_guard<std::mutex> lock(mu_);
-  if (!sites_.count(site)) return Refuse("unknown_site", absl::NotFoundError(absl::StrCat("unknown site ", site)));
-  sites_[site].last_seen = now;
-  MaybeCloseRound(now);
-  if (!current_ || current_->index != round) {
-    const bool late = !current_ || current_->index > round;
-    return Refuse(late ? "late" : "wrong_round",
-                  absl::FailedPreconditionError(absl::StrCat("update for round ", round, " refused: ",
-                                                             current_ ? absl::StrCat("round ", current_->index, " is open")
-                                                                      : "no round is open",
-                                                             late ? " (the round closed before it arrived)" : "")));
-  }
-  const auto& p = current_->participants;
-  if (!std::binary_search(p.begin(), p.end(), site)) {
-    return Refuse("not_participant", absl::PermissionDeniedError(
-                                         absl::StrCat("site ", site, " was not sampled for round ", round)));
+  if (auto s = CheckRoundCall(site, round, now, "update"); !s.ok()) return s;
+  if (current_->secure) {
+    return Refuse("bad_secagg", absl::FailedPreconditionError(
+                                    "this job aggregates securely (privacy.secure_aggregation): a site sends its "
+                                    "masked input, never its update"));
   }
   if (current_->updates.count(site)) {
     return Refuse("duplicate", absl::AlreadyExistsError(
@@ -214,6 +310,76 @@ absl::Status RoundManager::SubmitUpdate(int64_t site, int64_t round, int64_t exa
   MaybeCloseRound(now);
   MaybeStartRound(now);
   return absl::OkStatus();
+}
+
+absl::Status RoundManager::CheckRoundCall(int64_t site, int64_t round, Time now, const char* what) {
+  if (!sites_.count(site)) return Refuse("unknown_site", absl::NotFoundError(absl::StrCat("unknown site ", site)));
+  sites_[site].last_seen = now;
+  MaybeCloseRound(now);
+  if (!current_ || current_->index != round) {
+    const bool late = !current_ || current_->index > round;
+    return Refuse(late ? "late" : "wrong_round",
+                  absl::FailedPreconditionError(absl::StrCat(what, " for round ", round, " refused: ",
+                                                             current_ ? absl::StrCat("round ", current_->index, " is open")
+                                                                      : "no round is open",
+                                                             late ? " (the round closed before it arrived)" : "")));
+  }
+  const auto& p = current_->participants;
+  if (!std::binary_search(p.begin(), p.end(), site)) {
+    return Refuse("not_participant", absl::PermissionDeniedError(
+                                         absl::StrCat("site ", site, " was not sampled for round ", round)));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status RoundManager::CheckSecureCall(int64_t site, int64_t round, uint32_t named, Time now) {
+  if (auto s = CheckRoundCall(site, round, now, "secure aggregation message"); !s.ok()) return s;
+  if (!current_->secure) {
+    return Refuse("bad_secagg", absl::FailedPreconditionError(
+                                    "this job does not aggregate securely (privacy.secure_aggregation is none)"));
+  }
+  if (named != static_cast<uint64_t>(site)) {
+    return Refuse("bad_secagg", absl::PermissionDeniedError(absl::StrCat("site ", site, " sent a message naming site ",
+                                                                         named, " as its sender")));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status RoundManager::AfterSecureCall(absl::Status s, Time now) {
+  if (!s.ok()) return Refuse("bad_secagg", s);
+  MaybeCloseRound(now);
+  MaybeStartRound(now);
+  return absl::OkStatus();
+}
+
+absl::Status RoundManager::SecureAdvertise(int64_t site, const privacy::AdvertiseKeysMsg& msg, Time now) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (auto s = CheckSecureCall(site, static_cast<int64_t>(msg.round), msg.site_id, now); !s.ok()) return s;
+  return AfterSecureCall(current_->secure->Advertise(msg), now);
+}
+
+absl::Status RoundManager::SecureShareKeys(int64_t site, const privacy::ShareKeysMsg& msg, Time now) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (auto s = CheckSecureCall(site, static_cast<int64_t>(msg.round), msg.site_id, now); !s.ok()) return s;
+  return AfterSecureCall(current_->secure->ShareKeys(msg), now);
+}
+
+absl::Status RoundManager::SecureUnmask(int64_t site, const privacy::UnmaskResponse& msg, Time now) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (auto s = CheckSecureCall(site, static_cast<int64_t>(msg.round), msg.site_id, now); !s.ok()) return s;
+  return AfterSecureCall(current_->secure->Unmask(msg), now);
+}
+
+absl::Status RoundManager::SubmitMasked(int64_t site, int64_t round, std::vector<uint32_t> masked, Time now,
+                                        const std::map<std::string, double>& metrics) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (auto s = CheckSecureCall(site, round, static_cast<uint32_t>(site), now); !s.ok()) return s;
+  if (auto s = CheckMetrics(metrics); !s.ok()) return Refuse("bad_metrics", s);
+  privacy::MaskedInputMsg msg{static_cast<uint64_t>(round), static_cast<uint32_t>(site), std::move(masked)};
+  SecureRound* secure = current_->secure.get();
+  if (auto s = secure->MaskedInput(msg); !s.ok()) return Refuse("bad_secagg", s);
+  current_->metrics[site] = metrics;
+  return AfterSecureCall(absl::OkStatus(), now);
 }
 
 absl::Status RoundManager::CheckMetrics(const std::map<std::string, double>& metrics) const {
@@ -269,6 +435,11 @@ void RoundManager::WaitForChange(uint64_t seen, std::chrono::steady_clock::time_
   changed_cv_.wait_until(lock, until, [&] { return changes_ != seen; });
 }
 
+std::vector<RoundRecord> RoundManager::TakeAbandonedRounds() {
+  std::lock_guard<std::mutex> lock(mu_);
+  return std::exchange(abandoned_, {});
+}
+
 std::vector<ClosedRound> RoundManager::TakeClosedRounds() {
   std::lock_guard<std::mutex> lock(mu_);
   std::vector<ClosedRound> out(std::make_move_iterator(closed_.begin()), std::make_move_iterator(closed_.end()));
@@ -310,6 +481,8 @@ NamedTensors RoundManager::StateLocked() const {
                        {"contributors", r.contributors},
                        {"examples", r.examples},
                        {"closed_by_deadline", r.closed_by_deadline},
+                       {"abandoned", r.abandoned},
+                       {"secure", r.secure},
                        {"site_metrics", r.site_metrics}});
   }
   out.emplace_back(kRegistry, JsonTensor({{"sites", sites}, {"history", history}, {"refusals", refusals_}}));
@@ -367,6 +540,8 @@ absl::Status RoundManager::LoadState(const NamedTensors& state, Time now) {
       r.contributors = h["contributors"].get<std::vector<int64_t>>();
       r.examples = h["examples"];
       r.closed_by_deadline = h["closed_by_deadline"];
+      r.abandoned = h.value("abandoned", std::string());  // absent in checkpoints before secure aggregation
+      r.secure = h.value("secure", false);
       // A number per key; a null (an Inf that checkpoints written before the metric bounds held,
       // which nlohmann writes as null) is dropped rather than making the whole run unresumable.
       for (const auto& [k, v] : h["site_metrics"].items()) {

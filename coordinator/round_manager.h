@@ -30,6 +30,8 @@
 #include "absl/status/statusor.h"
 #include "algorithms/aggregation/strategy.h"
 #include "coordinator/limits.h"
+#include "coordinator/secure_round.h"
+#include "privacy/secure_aggregation.h"
 
 namespace allround::coordinator {
 
@@ -45,14 +47,24 @@ struct RoundManagerOptions {
   std::chrono::milliseconds round_timeout{std::chrono::minutes(10)};
   std::chrono::milliseconds site_timeout{std::chrono::seconds(60)};  // no heartbeat for this long: not alive
   Limits limits;  // examples, metrics and echo bounds (the stream bounds are the service's)
+  // Secure aggregation (privacy.secure_aggregation): each round runs SecAgg+ among its sampled
+  // sites, and the strategy sees one update, the decoded weighted mean.
+  privacy::SecureAggregationSpec secure;
 };
 
 struct Task {
-  enum class Kind { kTrain, kWait, kStop };
+  // kSecure: a stage of secure aggregation other than the masked input (secure->step says which);
+  // under secure aggregation kTrain carries the shares the site masks its input with.
+  enum class Kind { kTrain, kWait, kStop, kSecure };
   Kind kind = Kind::kWait;
-  int64_t round = 0;          // kTrain: the round to train
+  int64_t round = 0;          // kTrain, kSecure: the round
   int64_t model_version = 0;  // kTrain: the global model to fetch
   std::string reason;         // kWait / kStop: why
+  struct Secure {
+    SecureStep step;
+    SecureRoundConfig config;
+  };
+  std::shared_ptr<const Secure> secure;  // set under secure aggregation
 };
 
 struct RoundRecord {
@@ -61,7 +73,9 @@ struct RoundRecord {
   std::vector<int64_t> contributors;  // sites whose updates were aggregated, in aggregation (name) order
   int64_t examples = 0;
   bool closed_by_deadline = false;
-  double aggregate_s = 0.0;  // the strategy's time
+  std::string abandoned;     // why the round produced no model ("" when it did)
+  bool secure = false;       // aggregated by secure aggregation: contributors are the counted sites
+  double aggregate_s = 0.0;  // the strategy's time (under secure aggregation, unmasking included)
   // Federated evaluation: the contributors' reported metrics summed over sites (each site reports
   // sums, e.g. eval_examples, eval_correct, eval_loss_sum, so sums are example-weighted).
   std::map<std::string, double> site_metrics;
@@ -76,12 +90,7 @@ struct ClosedRound {
   NamedTensors state;  // State() as of the close (the model's tensors shared with `model`)
 };
 
-// One tensor of the model a site trains, as it describes it at Join.
-struct TensorLayout {
-  std::string name;
-  at::ScalarType dtype;
-  std::vector<int64_t> shape;
-};
+using tensor::TensorLayout;
 
 class RoundManager {
  public:
@@ -109,6 +118,17 @@ class RoundManager {
   absl::Status SubmitUpdate(int64_t site, int64_t round, int64_t examples, NamedTensors weights, Time now,
                             const std::map<std::string, double>& metrics = {});
 
+  // Secure aggregation's stage messages for `round` (the site id inside each must be `site`, whose
+  // token the caller checked). A refusal's status says why and counts as "bad_secagg" (or
+  // "late", "wrong_round", "not_participant"); the round goes on without the message.
+  absl::Status SecureAdvertise(int64_t site, const privacy::AdvertiseKeysMsg& msg, Time now);
+  absl::Status SecureShareKeys(int64_t site, const privacy::ShareKeysMsg& msg, Time now);
+  absl::Status SecureUnmask(int64_t site, const privacy::UnmaskResponse& msg, Time now);
+  // The masked input (privacy::SecureVectorLength(model) words) with the site's evaluation sums.
+  absl::Status SubmitMasked(int64_t site, int64_t round, std::vector<uint32_t> masked, Time now,
+                            const std::map<std::string, double>& metrics = {});
+  bool secure() const { return options_.secure.enabled; }
+
   // Counts a refusal made outside the manager (by the transport: bad token, malformed stream).
   void CountRefusal(const std::string& reason);
 
@@ -125,6 +145,8 @@ class RoundManager {
 
   // The rounds closed since the last call, oldest first, with a snapshot of each model.
   std::vector<ClosedRound> TakeClosedRounds();
+  // The rounds abandoned since the last call (each record's `abandoned` says why).
+  std::vector<RoundRecord> TakeAbandonedRounds();
 
   // The whole coordinator state for a checkpoint: the global model ("model/..."), the strategy's
   // state ("strategy/..."), counters, the site registry, the history and the refusal counts
@@ -159,11 +181,23 @@ class RoundManager {
     Time deadline;
     std::map<int64_t, aggregation::SiteUpdate> updates;  // by site id; aggregated in name order
     std::map<int64_t, std::map<std::string, double>> metrics;
+    std::shared_ptr<SecureRound> secure;  // under secure aggregation
   };
 
   bool Alive(const Site& s, Time now) const;
   void MaybeStartRound(Time now);
   void MaybeCloseRound(Time now);
+  // Under secure aggregation: starts the round's SecAgg+ (false when it cannot start: the round is
+  // then recorded as abandoned), advances its stages, and aggregates its decoded sum.
+  bool StartSecure(Round& round, Time now);
+  void MaybeCloseSecureRound(Time now);
+  // The checks every secure call shares: a known site, sampled for the open round `round`.
+  absl::Status CheckSecureCall(int64_t site, int64_t round, uint32_t named, Time now);
+  // Known site, last seen now, sampled for the open round `round` (else refused and counted).
+  absl::Status CheckRoundCall(int64_t site, int64_t round, Time now, const char* what);
+  // Records a closed round, and with a model, makes it the current one and queues it.
+  void Commit(RoundRecord record, absl::StatusOr<NamedTensors> next);
+  absl::Status AfterSecureCall(absl::Status s, Time now);
   absl::Status Refuse(const std::string& reason, absl::Status status);
   absl::Status CheckMetrics(const std::map<std::string, double>& metrics) const;
   void Changed();
@@ -179,9 +213,11 @@ class RoundManager {
   std::map<int64_t, Site> sites_;
   std::map<std::string, int64_t> site_by_name_;  // also the sampling and aggregation order
   std::optional<Round> current_;
+  Time no_round_before_{};  // after a secure round that could not start
   std::vector<RoundRecord> history_;
   std::map<std::string, int64_t> refusals_;
   std::deque<ClosedRound> closed_;
+  std::vector<RoundRecord> abandoned_;
   uint64_t changes_ = 0;
   mutable std::condition_variable changed_cv_;
 };

@@ -2,6 +2,7 @@
 
 #include <chrono>
 #include <cstdio>
+#include <cstring>
 
 #include "absl/strings/str_cat.h"
 #include "common/log.h"
@@ -12,7 +13,8 @@
 namespace allround::coordinator {
 namespace {
 
-constexpr uint32_t kProtocolVersion = 1;
+using comm::kProtocolVersion;
+constexpr char kMaskedTensor[] = "secagg/masked";
 
 Time Now() { return std::chrono::steady_clock::now(); }
 
@@ -27,12 +29,55 @@ bool SameToken(const std::string& expected, const std::string& presented) {
   return diff == 0;
 }
 
+// A site id from the wire; ids are uint32 in secure aggregation's messages.
+absl::StatusOr<uint32_t> WireId(int64_t id) {
+  if (id <= 0 || id > int64_t{UINT32_MAX}) return absl::InvalidArgumentError(absl::StrCat("site id ", id, " is out of range"));
+  return static_cast<uint32_t>(id);
+}
+
+void FillSecAgg(const Task::Secure& secure, allround::v1::SecAggTask* out) {
+  using allround::v1::SecAggTask;
+  const SecureRoundConfig& c = secure.config;
+  switch (secure.step.kind) {
+    case SecureStep::Kind::kAdvertise: out->set_stage(SecAggTask::ADVERTISE); break;
+    case SecureStep::Kind::kShareKeys: out->set_stage(SecAggTask::SHARE_KEYS); break;
+    case SecureStep::Kind::kMaskInput: out->set_stage(SecAggTask::MASK_INPUT); break;
+    case SecureStep::Kind::kUnmask: out->set_stage(SecAggTask::UNMASK); break;
+    default: out->set_stage(SecAggTask::NONE);
+  }
+  for (uint32_t id : c.secagg.sampled_ids) out->add_sampled(id);
+  out->set_degree(c.secagg.degree);
+  out->set_threshold(c.secagg.threshold);
+  out->set_graph_seed(c.secagg.graph_seed);
+  out->set_vector_length(c.secagg.vector_length);
+  out->set_clip_range(c.quantize.clip_range);
+  out->set_levels(c.quantize.levels);
+  out->set_max_weight(c.max_weight);
+  for (const auto& peer : secure.step.keys.neighbours) {
+    auto* p = out->add_neighbours();
+    p->set_site_id(peer.site_id);
+    p->set_c_public_key(peer.c_public_key);
+    p->set_s_public_key(peer.s_public_key);
+  }
+  for (const auto& share : secure.step.relayed.shares) {
+    auto* p = out->add_shares();
+    p->set_sender(share.sender);
+    p->set_receiver(share.receiver);
+    p->set_ciphertext(share.ciphertext);
+  }
+  for (uint32_t id : secure.step.unmask.survivors) out->add_survivors(id);
+  for (uint32_t id : secure.step.unmask.dropouts) out->add_dropouts(id);
+}
+
 }  // namespace
 
 CoordinatorService::CoordinatorService(RoundManager* manager, ServiceOptions options)
     : manager_(manager), options_(std::move(options)) {
-  for (const auto& [name, t] : manager_->ModelLayoutTensors()) {
-    layout_.push_back({name, t.scalar_type(), t.sizes().vec()});
+  const auto model = manager_->ModelLayoutTensors();
+  if (manager_->secure()) {
+    layout_.push_back({kMaskedTensor, at::kInt, {static_cast<int64_t>(privacy::SecureVectorLength(model))}});
+  } else {
+    for (const auto& [name, t] : model) layout_.push_back({name, t.scalar_type(), t.sizes().vec()});
   }
 }
 
@@ -113,9 +158,11 @@ grpc::Status CoordinatorService::CheckToken(int64_t site, const std::string& tok
 grpc::Status CoordinatorService::Join(grpc::ServerContext*, const allround::v1::JoinRequest* req,
                                       allround::v1::JoinReply* reply) {
   if (req->protocol_version() != kProtocolVersion) {
+    manager_->CountRefusal("bad_protocol");
     return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
-                        absl::StrCat("protocol version ", req->protocol_version(), " (coordinator speaks ",
-                                     kProtocolVersion, ")"));
+                        absl::StrCat("join: the site speaks protocol version ", req->protocol_version(),
+                                     ", this coordinator version ", kProtocolVersion,
+                                     " (version 2 added secure aggregation): upgrade the site's allround"));
   }
   if (!options_.tokens.empty()) {
     auto it = options_.tokens.find(req->site_name());
@@ -145,6 +192,16 @@ grpc::Status CoordinatorService::Join(grpc::ServerContext*, const allround::v1::
                                      Echo(req->site_pipeline(), options_.limits.max_echo_chars), "], the job's is [",
                                      options_.site_pipeline, "] (job key pipeline.site must be the coordinator's)"));
   }
+  // Unset is none: a client that does not name it asks for nothing secure.
+  const std::string& secure = req->secure_aggregation().empty() ? std::string("none") : req->secure_aggregation();
+  if (secure != options_.secure_aggregation) {
+    manager_->CountRefusal("bad_privacy");
+    return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
+                        absl::StrCat("join: site '", Echo(req->site_name(), options_.limits.max_echo_chars),
+                                     "' has privacy.secure_aggregation ",
+                                     Echo(secure, options_.limits.max_echo_chars), ", the job's is ",
+                                     options_.secure_aggregation, " (the keys must be the coordinator's)"));
+  }
   auto id = manager_->Join(req->site_name(), req->examples(), Now(), model);
   if (!id.ok()) return ToGrpc(id.status());
   log::Info("site '{}' joined as {} ({} examples)", req->site_name(), *id, req->examples());
@@ -169,8 +226,10 @@ grpc::Status CoordinatorService::GetTask(grpc::ServerContext* ctx, const allroun
   switch (task->kind) {
     case Task::Kind::kTrain: reply->set_kind(allround::v1::TaskReply::TRAIN); break;
     case Task::Kind::kStop: reply->set_kind(allround::v1::TaskReply::STOP); break;
+    case Task::Kind::kSecure: reply->set_kind(allround::v1::TaskReply::SECAGG); break;
     default: reply->set_kind(allround::v1::TaskReply::WAIT);
   }
+  if (task->secure != nullptr) FillSecAgg(*task->secure, reply->mutable_secagg());
   reply->set_round(task->round);
   reply->set_model_version(task->model_version);
   reply->set_reason(task->reason);
@@ -279,7 +338,65 @@ grpc::Status CoordinatorService::SubmitUpdate(grpc::ServerContext* ctx,
   auto tensors = assembler.Finish();
   absl::Status s = tensors.status();
   if (!s.ok()) manager_->CountRefusal("bad_stream");
-  if (s.ok()) s = manager_->SubmitUpdate(site, round, examples, *std::move(tensors), Now(), metrics);
+  if (s.ok() && manager_->secure()) {
+    // The words' bits, as the layout checked: one int32 tensor of the masked input's length.
+    const at::Tensor& words = (*tensors)[0].second;
+    std::vector<uint32_t> masked(static_cast<size_t>(words.numel()));
+    std::memcpy(masked.data(), words.data_ptr<int32_t>(), masked.size() * sizeof(uint32_t));
+    s = manager_->SubmitMasked(site, round, std::move(masked), Now(), metrics);
+  } else if (s.ok()) {
+    s = manager_->SubmitUpdate(site, round, examples, *std::move(tensors), Now(), metrics);
+  }
+  reply->set_accepted(s.ok());
+  reply->set_reason(std::string(s.message()));
+  return ToGrpc(s);
+}
+
+grpc::Status CoordinatorService::SecAggSubmit(grpc::ServerContext*, const allround::v1::SecAggMessage* req,
+                                              allround::v1::SubmitReply* reply) {
+  using allround::v1::SecAggTask;
+  if (auto s = CheckToken(req->site_id(), req->token()); !s.ok()) return s;
+  const auto refuse = [&](const absl::Status& s) {
+    manager_->CountRefusal("bad_secagg");
+    return ToGrpc(s);
+  };
+  auto site = WireId(req->site_id());
+  if (!site.ok()) return refuse(site.status());
+  const uint64_t round = req->round() < 0 ? UINT64_MAX : static_cast<uint64_t>(req->round());
+  absl::Status s;
+  switch (req->stage()) {
+    case SecAggTask::ADVERTISE:
+      s = manager_->SecureAdvertise(req->site_id(), {round, *site, req->c_public_key(), req->s_public_key()}, Now());
+      break;
+    case SecAggTask::SHARE_KEYS: {
+      privacy::ShareKeysMsg msg{round, *site, {}};
+      for (const auto& share : req->shares()) {
+        auto sender = WireId(share.sender()), receiver = WireId(share.receiver());
+        if (!sender.ok() || !receiver.ok()) return refuse(sender.ok() ? receiver.status() : sender.status());
+        msg.shares.push_back({*sender, *receiver, share.ciphertext()});
+      }
+      s = manager_->SecureShareKeys(req->site_id(), msg, Now());
+      break;
+    }
+    case SecAggTask::UNMASK: {
+      privacy::UnmaskResponse msg{round, *site, {}};
+      for (const auto& share : req->revealed()) {
+        auto owner = WireId(share.owner());
+        if (!owner.ok()) return refuse(owner.status());
+        if (share.kind() != static_cast<uint32_t>(privacy::ShareKind::kSelfMaskSeed) &&
+            share.kind() != static_cast<uint32_t>(privacy::ShareKind::kMaskingKey)) {
+          return refuse(absl::InvalidArgumentError(absl::StrCat("unmasking share of kind ", share.kind())));
+        }
+        msg.shares.push_back({*owner, static_cast<privacy::ShareKind>(share.kind()), share.share()});
+      }
+      s = manager_->SecureUnmask(req->site_id(), msg, Now());
+      break;
+    }
+    default:
+      return refuse(absl::InvalidArgumentError(
+          absl::StrCat("secure aggregation message of stage ", static_cast<int>(req->stage()),
+                       " (a site sends ADVERTISE, SHARE_KEYS or UNMASK; its masked input goes through SubmitUpdate)")));
+  }
   reply->set_accepted(s.ok());
   reply->set_reason(std::string(s.message()));
   return ToGrpc(s);

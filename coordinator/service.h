@@ -33,6 +33,8 @@ struct ServiceOptions {
   Limits limits;  // max_update_bytes is taken as given (MakeLimits derives it from the model)
   // GetTask holds a WAIT answer this long, returning early when the round state changes.
   std::chrono::milliseconds long_poll{10000};
+  // The job's privacy.secure_aggregation; a site that joins with another is refused (bad_privacy).
+  std::string secure_aggregation = "none";
   // The job's site pipeline as UpdatePipeline::Describe() gives it ("clip"); a site that joins with
   // another is refused (bad_pipeline): its updates would not be what the job promises.
   std::string site_pipeline;
@@ -50,6 +52,8 @@ class CoordinatorService final : public allround::v1::Coordinator::Service {
                             allround::v1::SubmitReply*) override;
   grpc::Status Heartbeat(grpc::ServerContext*, const allround::v1::HeartbeatRequest*,
                          allround::v1::HeartbeatReply*) override;
+  grpc::Status SecAggSubmit(grpc::ServerContext*, const allround::v1::SecAggMessage*,
+                            allround::v1::SubmitReply*) override;
 
   // Before the server shuts down for a restart: every poll, held or new, is answered UNAVAILABLE
   // within half a second (not cancelled by the shutdown), so the sites keep retrying until the
@@ -81,7 +85,9 @@ class CoordinatorService final : public allround::v1::Coordinator::Service {
 
   RoundManager* manager_;
   const ServiceOptions options_;
-  std::vector<comm::TensorLayout> layout_;  // the model every update must be
+  // What every update stream must carry: the model, or under secure aggregation one tensor
+  // "secagg/masked" of the masked input's words (int32, the bits of the uint32 words).
+  std::vector<comm::TensorLayout> layout_;
   std::atomic<bool> stopping_{false};
   std::atomic<int64_t> open_streams_{0};
   std::mutex unauthenticated_mu_;

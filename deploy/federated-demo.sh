@@ -5,14 +5,15 @@
 # accuracy (centralized on the test set, and federated on the sites' own held-out splits) and
 # leaves the run, with its checkpoints, in runs/federated_fmnist. Extra arguments are job flags
 # for every process (e.g. --federated.rounds 5 --strategy.name fedprox --strategy.proximal_mu 0.01).
-# PORT (default 50051) picks the coordinator's port.
+# PORT (default 50051) picks the coordinator's port; JOB another job file (e.g.
+# JOB=deploy/jobs/federated_secagg.yaml, the same federation under secure aggregation).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
 bash deploy/setup.sh
 bash deploy/build.sh
-JOB=deploy/jobs/federated_fmnist.yaml
-RUN=runs/federated_fmnist
+JOB=${JOB:-deploy/jobs/federated_fmnist.yaml}
+RUN=runs/$(basename "$JOB" .yaml)
 PORT=${PORT:-50051}
 SITES=4
 mkdir -p "$RUN"

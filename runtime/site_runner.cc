@@ -7,6 +7,7 @@
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <cstring>
 #include <cstdio>
 #include <map>
 #include <memory>
@@ -29,7 +30,9 @@
 #include "storage/safetensors.h"
 #include "data/partition.h"
 #include "data/datasets.h"
+#include "privacy/secure_aggregation.h"
 #include "privacy/update_pipeline.h"
+#include "runtime/secure_site.h"
 #include "runtime/trainer.h"
 
 namespace allround::runtime {
@@ -149,6 +152,12 @@ class Site {
         if (auto s = TellGroup(kGroupWait, task); !s.ok()) return s;
         continue;  // the coordinator held the poll already
       }
+      if (task.kind() == v1::TaskReply::SECAGG) {
+        // A stage of secure aggregation: a refusal either way (a doctored request, a stale stage)
+        // costs this site its part in the round, not its run; the next task comes as usual.
+        if (auto s = SecureStage(task); !s.ok()) log::Warning("round {}: secure aggregation: {}", task.round(), s.message());
+        continue;
+      }
       coordinator_said_no_ = false;
       if (auto s = TrainRound(task); !s.ok()) {
         // The coordinator refused or was unreachable mid-round (it restarts), or had all its
@@ -207,7 +216,8 @@ class Site {
     v1::JoinRequest req;
     req.set_site_name(name_);
     req.set_examples(data_.train_y.size(0));
-    req.set_protocol_version(1);
+    req.set_protocol_version(comm::kProtocolVersion);
+    req.set_secure_aggregation(privacy::SecureAggregationName(sh_->job));
     req.set_token(token_);
     for (const auto& spec : sh_->model) *req.add_model() = spec;
     req.set_site_pipeline(pipeline_.Describe());
@@ -260,7 +270,57 @@ class Site {
     return assembler.Finish();
   }
 
+  // Sends one secure aggregation message, retrying while the coordinator is unreachable; an
+  // answer that it has it already (a retried call) is success.
+  absl::Status SendSecure(v1::SecAggMessage msg) {
+    msg.set_site_id(site_id_.load());
+    msg.set_token(token_);
+    absl::Status s = WithRetry([&] {
+      grpc::ClientContext ctx;
+      ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+      v1::SubmitReply reply;
+      return stub_->SecAggSubmit(&ctx, msg, &reply);
+    });
+    return s.code() == absl::StatusCode::kAlreadyExists ? absl::OkStatus() : s;
+  }
+
+  absl::Status SecureStage(const v1::TaskReply& task) {
+    const v1::SecAggTask& st = task.secagg();
+    absl::StatusOr<v1::SecAggMessage> msg;
+    if (st.stage() == v1::SecAggTask::ADVERTISE) {
+      // Fresh keys for every round; a new ADVERTISE of the same round (this site restarted its
+      // poll) starts over, which the coordinator refuses if it has this site's keys already.
+      secure_.reset();
+      masked_.clear();
+      auto session = SecureSiteSession::Start(task.round(), st, site_id_.load());
+      if (!session.ok()) return session.status();
+      secure_ = *std::move(session);
+      msg = secure_->Advertise();
+    } else if (secure_ == nullptr || secure_->round() != task.round()) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "asked for stage ", v1::SecAggTask::Stage_Name(st.stage()), " of round ", task.round(),
+          " without this site's keys of that round (it restarted?): it sits this round out"));
+    } else if (st.stage() == v1::SecAggTask::SHARE_KEYS) {
+      msg = secure_->ShareKeys(st);
+    } else if (st.stage() == v1::SecAggTask::UNMASK) {
+      msg = secure_->Unmask(st);
+    } else {
+      return absl::InvalidArgumentError(absl::StrCat("unexpected stage ", static_cast<int>(st.stage())));
+    }
+    if (!msg.ok()) return msg.status();
+    return SendSecure(*std::move(msg));
+  }
+
   absl::Status TrainRound(const v1::TaskReply& task) {
+    const bool secure = task.has_secagg() && task.secagg().stage() == v1::SecAggTask::MASK_INPUT;
+    if (secure && !masked_.empty() && masked_round_ == task.round()) {
+      // Masked already, the submission failed: the same words again (the state machine masks once).
+      return SubmitMasked(task, masked_metrics_);
+    }
+    if (secure && (secure_ == nullptr || secure_->round() != task.round())) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("round ", task.round(), ": no secure aggregation keys of this round (restarted?)"));
+    }
     log::Info("round {}: training model version {}", task.round(), task.model_version());
     auto model = FetchModel(task);
     if (!model.ok()) return model.status();
@@ -285,7 +345,29 @@ class Site {
                                             ".safetensors");
       if (auto s = storage::WriteSafetensors(path, update, {{"examples", std::to_string(examples)}}); !s.ok()) return s;
     }
-    return Submit(task, examples, metrics, update);
+    if (!secure) return Submit(task, examples, metrics, update);
+    // Quantized and masked: what leaves the site is uniform-looking words whose sum over the
+    // round's sites is the only thing the coordinator can learn.
+    std::map<std::string, at::Tensor> base(model->begin(), model->end());
+    storage::NamedTensors delta;
+    for (const auto& [name, t] : update) {
+      if (at::isFloatingType(t.scalar_type()) && base.count(name)) delta.emplace_back(name, t - base[name].to(t.device()));
+    }
+    auto masked = secure_->MaskInput(task.secagg(), *model, delta, examples,
+                                     DeriveSeed(sh_->job.seed, "secagg-rounding", static_cast<uint64_t>(index_),
+                                                static_cast<uint64_t>(task.round())));
+    if (!masked.ok()) return masked.status();
+    masked_ = *std::move(masked);
+    masked_round_ = task.round();
+    masked_metrics_ = metrics;
+    return SubmitMasked(task, metrics);
+  }
+
+  absl::Status SubmitMasked(const v1::TaskReply& task, const std::map<std::string, double>& metrics) {
+    at::Tensor words = at::empty({static_cast<int64_t>(masked_.size())}, at::kInt);
+    std::memcpy(words.data_ptr<int32_t>(), masked_.data(), masked_.size() * sizeof(uint32_t));
+    // The example count stays at the site: its weight travels inside the masked words.
+    return Submit(task, 0, metrics, {{"secagg/masked", words}});
   }
 
   // Federated evaluation of the global model on the site's own test split, then local training:
@@ -386,7 +468,7 @@ class Site {
       coordinator_said_no_ = true;
       return s;
     }
-    log::Info("round {} update accepted ({} examples)", task.round(), examples);
+    log::Info("round {} {} accepted ({} examples)", task.round(), examples > 0 ? "update" : "masked input", examples);
     return absl::OkStatus();
   }
 
@@ -398,6 +480,10 @@ class Site {
   std::unique_ptr<v1::Coordinator::Stub> stub_;
   std::atomic<int64_t> site_id_{0};
   std::chrono::milliseconds busy_backoff_{100};  // after a busy or unreachable coordinator mid-round
+  std::unique_ptr<SecureSiteSession> secure_;   // this round's secure aggregation, in memory only
+  std::vector<uint32_t> masked_;                // the masked input, kept until it is accepted
+  int64_t masked_round_ = -1;
+  std::map<std::string, double> masked_metrics_;
   std::atomic<bool> joined_{false};
   bool coordinator_said_no_ = false;  // the last round's failure came from the coordinator
 };

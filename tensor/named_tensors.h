@@ -22,6 +22,14 @@ namespace allround::tensor {
 
 using NamedTensors = std::vector<std::pair<std::string, at::Tensor>>;
 
+// One tensor a model or a stream must have (a site's model as it describes it at Join; what a
+// tensor stream must carry).
+struct TensorLayout {
+  std::string name;
+  at::ScalarType dtype;
+  std::vector<int64_t> shape;
+};
+
 // "[3, 4] float32": a tensor's shape and dtype as errors show them.
 std::string Describe(const at::Tensor& t);
 

@@ -51,7 +51,7 @@ class CoordinatorServiceTest : public ::testing::Test {
     req.set_site_name(name);
     req.set_token(token);
     req.set_examples(name == "a" ? 100 : 300);
-    req.set_protocol_version(1);
+    req.set_protocol_version(allround::comm::kProtocolVersion);
     v1::JoinReply reply;
     grpc::Status s = stub_->Join(&ctx, req, &reply);
     *id = reply.site_id();

@@ -10,6 +10,10 @@ With `--pipeline.site clip --pipeline.clip_norm C` among the job flags, it also 
 update a site submitted lies within C (L2, all floating-point tensors together) of the global model
 its round started from.
 
+With `--privacy.secure_aggregation secagg+` (or secagg), every round must say it was a secure sum,
+a site joining without secure aggregation is refused, and the weighted-mean check above holds too:
+with 3 sites the quantization step (2 c / floor((2^32 - 1) / 3)) is far below float precision.
+
 Usage: federated_test.py COORDINATOR WORKER [JOB FLAGS...]  (e.g. --strategy.name fedprox ...)"""
 import os
 import subprocess
@@ -52,6 +56,17 @@ with Run("federated") as run:
                  rc not in (0, None) and "site 'a' trains another model than the job's: 6 tensors at the site" in mlp.err(),
                  mlp.err_tail())
 
+    secure = "--privacy.secure_aggregation" in EXTRA
+    if secure:
+        plain_flags = [f for f in site_flags]
+        i = plain_flags.index("--privacy.secure_aggregation")
+        plain_flags[i + 1] = "none"
+        plain = run.start("plain", [WORKER, *plain_flags, "--site", "a", "--token", "tokA", "--site-index", "0"])
+        rc = plain.wait(120)
+        checks.check("a site without secure aggregation is refused at Join, naming the key",
+                     rc not in (0, None) and "has privacy.secure_aggregation none, the job's is" in plain.err(),
+                     plain.err_tail())
+
     sites = [run.start(f"site-{s}", [WORKER, *site_flags, "--site", s, "--token", f"tok{s.upper()}",
                                      "--site-index", str(i), "--dump-updates", run.path("updates")])
              for i, s in enumerate("abc")]
@@ -65,6 +80,9 @@ with Run("federated") as run:
                  [r.get("round") for r in records] == [1, 2, 3]
                  and all(sorted(r.get("site_names", [])) == ["a", "b", "c"] for r in records),
                  str(records)[:400])
+    if secure:
+        checks.check("every round was aggregated as a secure sum", records and all(r.get("secure") for r in records),
+                     str(records)[:400])
     codes = [s.wait(60) for s in sites]
     checks.check("every site was told to stop and exited 0",
                  codes == [0, 0, 0] and all("coordinator says stop" in s.err() for s in sites), f"exit codes {codes}")

@@ -12,6 +12,7 @@
 #include <cmath>
 
 #include "comm/proto/federated.grpc.pb.h"
+#include "comm/wire.h"
 #include "coordinator/round_manager.h"
 #include "coordinator/service.h"
 
@@ -192,7 +193,7 @@ TEST(UpdatePipeline, TheCoordinatorRefusesASiteWhosePipelineIsNotTheJobs) {
     v1::JoinRequest req;
     req.set_site_name("a");
     req.set_examples(10);
-    req.set_protocol_version(1);
+    req.set_protocol_version(allround::comm::kProtocolVersion);
     req.set_site_pipeline(pipeline);
     v1::JoinReply reply;
     return stub->Join(&ctx, req, &reply);

@@ -273,6 +273,10 @@ StrategyFactory FromSpec() {
   };
 }
 
+// The trait of strategies that look at each site's update (common/registry.h): refused where the
+// coordinator only learns the sum (secure aggregation).
+constexpr char kIndividual[] = "individual_updates";
+
 [[maybe_unused]] const bool kRegistered = [] {
   RegisterStrategy({"strategy", "fedavg", "the example-weighted mean of the sites' weights (McMahan et al. 2017)", {}},
                    [](const Job&) -> absl::StatusOr<std::unique_ptr<Strategy>> { return std::make_unique<FedAvg>(); });
@@ -291,14 +295,16 @@ StrategyFactory FromSpec() {
     RegisterStrategy({"strategy", name, "adaptive server optimizer (Reddi et al. 2021)", {ServerLr(), Beta1(), Beta2(), Tau()}},
                      FromSpec<ServerOptimizer>());
   }
-  RegisterStrategy({"strategy", "median", "coordinate-wise median of the sites' weights (Yin et al. 2018)", {}},
+  RegisterStrategy({"strategy", "median", "coordinate-wise median of the sites' weights (Yin et al. 2018)", {}, {kIndividual}},
                    FromSpec<Robust>());
   RegisterStrategy({"strategy", "trimmed_mean", "coordinate-wise mean after trimming each end (Yin et al. 2018)",
-                    {NumberKey("strategy.trim_beta", 0.1, "fraction cut at each end", 0, 0.4999)}},
+                    {NumberKey("strategy.trim_beta", 0.1, "fraction cut at each end", 0, 0.4999)},
+                    {kIndividual}},
                    FromSpec<Robust>());
   RegisterStrategy({"strategy", "krum", "the update closest to its n - f - 2 neighbours (Blanchard et al. 2017)",
                     {IntegerKey("strategy.byzantine", 0, "f: the sites that may lie", 0, int64_t{1} << 40),
-                     IntegerKey("strategy.multi_krum", 1, "m: the best updates averaged", 1, int64_t{1} << 40)}},
+                     IntegerKey("strategy.multi_krum", 1, "m: the best updates averaged", 1, int64_t{1} << 40)},
+                    {kIndividual}},
                    FromSpec<Krum>());
   return true;
 }();

@@ -81,7 +81,7 @@ class Server {
     req.set_site_name(name);
     req.set_token(token);
     req.set_examples(examples);
-    req.set_protocol_version(1);
+    req.set_protocol_version(allround::comm::kProtocolVersion);
     v1::JoinReply reply;
     grpc::Status s = stub_->Join(&ctx, req, &reply);
     if (id != nullptr) *id = reply.site_id();

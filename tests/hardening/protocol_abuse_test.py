@@ -429,7 +429,7 @@ class Suite:
                 pass
 
     def honest_join(self):
-        req = self.pb.JoinRequest(site_name="a", examples=FAKE_EXAMPLES, protocol_version=1, token=self.tokens["a"])
+        req = self.pb.JoinRequest(site_name="a", examples=FAKE_EXAMPLES, protocol_version=2, token=self.tokens["a"])
         for name, dtype, shape in self.layout or []:
             req.model.add(name=name, dtype=dtype, shape=shape)
         reply = self.stub.Join(req, timeout=15)
@@ -460,11 +460,12 @@ class Suite:
         pb, a = self.pb, self.tokens["a"]
 
         def join(what, echo_char=None, max_len=None, **kw):
-            req = pb.JoinRequest(**{"protocol_version": 1, "examples": 100, **kw})
+            req = pb.JoinRequest(**{"protocol_version": 2, "examples": 100, **kw})
             self.probe(what, lambda: self.refused(*self.unary("Join", req, timeout=30), echo_char, max_len))
 
         join("protocol version 0 is refused", site_name="a", token=a, protocol_version=0)
-        join("protocol version 2 is refused", site_name="a", token=a, protocol_version=2)
+        join("protocol version 1 (before secure aggregation) is refused", site_name="a", token=a, protocol_version=1)
+        join("protocol version 3 is refused", site_name="a", token=a, protocol_version=3)
         join("protocol version 2^32-1 is refused", site_name="a", token=a, protocol_version=(1 << 32) - 1)
         join("a bad token is refused", site_name="a", token="tokA-wrong")
         join("an empty token is refused", site_name="a", token="")
@@ -552,7 +553,7 @@ class Suite:
             return
 
         def join_layout(what, layout, echo_char=None):
-            req = pb.JoinRequest(site_name="a", examples=FAKE_EXAMPLES, protocol_version=1, token=a)
+            req = pb.JoinRequest(site_name="a", examples=FAKE_EXAMPLES, protocol_version=2, token=a)
             for name, dtype, shape in layout:
                 req.model.add(name=name, dtype=dtype, shape=shape)
             self.probe(what, lambda: self.refused(*self.unary("Join", req, timeout=30), echo_char))
