@@ -10,6 +10,13 @@
 
 namespace allround::comm {
 
+absl::StatusOr<uint32_t> SecAggSiteId(int64_t id) {
+  if (id <= 0 || id > int64_t{UINT32_MAX}) {
+    return absl::InvalidArgumentError(absl::StrCat("secure aggregation: site id ", id, " is out of range"));
+  }
+  return static_cast<uint32_t>(id);
+}
+
 TensorAssembler::TensorAssembler(const std::vector<TensorLayout>* expected, size_t max_echo_chars)
     : max_total_bytes_(0), max_echo_chars_(max_echo_chars), layout_(expected) {
   for (const auto& t : *expected) {

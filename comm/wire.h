@@ -35,6 +35,10 @@ using tensor::TensorLayout;
 // ignore a secure round's stages.
 inline constexpr uint32_t kProtocolVersion = 2;
 
+// A site id read from a secure-aggregation message, where ids are uint32 and 0 means no site:
+// anything outside [1, 2^32-1] is InvalidArgument.
+absl::StatusOr<uint32_t> SecAggSiteId(int64_t id);
+
 class TensorAssembler {
  public:
   explicit TensorAssembler(uint64_t max_total_bytes, size_t max_echo_chars = 128)

@@ -1,6 +1,7 @@
 #include "coordinator/federated_server.h"
 
 #include <grpcpp/grpcpp.h>
+#include <sys/resource.h>
 #include <torch/torch.h>
 
 #include <chrono>
@@ -96,6 +97,8 @@ RoundManagerOptions ManagerOptions(const Job& job) {
   rm.round_timeout = Millis(job.federated.round_timeout_s);
   rm.site_timeout = Millis(job.federated.site_timeout_s);
   rm.secure = privacy::SecureAggregationFromJob(job);
+  rm.compute_threads = job.threads > 0 ? static_cast<int>(job.threads)
+                                        : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   return rm;
 }
 
@@ -132,6 +135,12 @@ class FederatedRun final : public runtime::RoundExecutor, public runtime::RoundO
     json summary = last_;
     summary["rounds"] = manager_->rounds_done();
     summary["refusals"] = manager_->refusals();
+    // The coordinator's own CPU (all its threads: serving, aggregation, evaluation), for operators
+    // sizing a machine and for bench/secagg's cost of unmasking.
+    rusage usage{};
+    getrusage(RUSAGE_SELF, &usage);
+    summary["cpu_s"] = static_cast<double>(usage.ru_utime.tv_sec + usage.ru_stime.tv_sec) +
+                       static_cast<double>(usage.ru_utime.tv_usec + usage.ru_stime.tv_usec) * 1e-6;
     if (auto s = dir_->WriteFile("summary.json", summary.dump(2) + "\n"); !s.ok()) return s;
     if (options_.summary_json.empty()) return absl::OkStatus();
     return storage::WriteFileAtomically(options_.summary_json, summary.dump(2) + "\n");

@@ -175,7 +175,7 @@ bool SecureRound::Advance(Time now) {
         m.Next(Impl::kUnmask, *out, m.requests, now + m.config.stage_timeout);
         break;
       }
-      case Impl::kUnmask: m.End(m.server->Finish()); break;
+      case Impl::kUnmask: m.End(m.server->Finish(m.config.unmask_threads)); break;
       default: return true;
     }
   }

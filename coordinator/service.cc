@@ -29,12 +29,6 @@ bool SameToken(const std::string& expected, const std::string& presented) {
   return diff == 0;
 }
 
-// A site id from the wire; ids are uint32 in secure aggregation's messages.
-absl::StatusOr<uint32_t> WireId(int64_t id) {
-  if (id <= 0 || id > int64_t{UINT32_MAX}) return absl::InvalidArgumentError(absl::StrCat("site id ", id, " is out of range"));
-  return static_cast<uint32_t>(id);
-}
-
 void FillSecAgg(const Task::Secure& secure, allround::v1::SecAggTask* out) {
   using allround::v1::SecAggTask;
   const SecureRoundConfig& c = secure.config;
@@ -360,7 +354,7 @@ grpc::Status CoordinatorService::SecAggSubmit(grpc::ServerContext*, const allrou
     manager_->CountRefusal("bad_secagg");
     return ToGrpc(s);
   };
-  auto site = WireId(req->site_id());
+  auto site = comm::SecAggSiteId(req->site_id());
   if (!site.ok()) return refuse(site.status());
   const uint64_t round = req->round() < 0 ? UINT64_MAX : static_cast<uint64_t>(req->round());
   absl::Status s;
@@ -371,7 +365,7 @@ grpc::Status CoordinatorService::SecAggSubmit(grpc::ServerContext*, const allrou
     case SecAggTask::SHARE_KEYS: {
       privacy::ShareKeysMsg msg{round, *site, {}};
       for (const auto& share : req->shares()) {
-        auto sender = WireId(share.sender()), receiver = WireId(share.receiver());
+        auto sender = comm::SecAggSiteId(share.sender()), receiver = comm::SecAggSiteId(share.receiver());
         if (!sender.ok() || !receiver.ok()) return refuse(sender.ok() ? receiver.status() : sender.status());
         msg.shares.push_back({*sender, *receiver, share.ciphertext()});
       }
@@ -381,7 +375,7 @@ grpc::Status CoordinatorService::SecAggSubmit(grpc::ServerContext*, const allrou
     case SecAggTask::UNMASK: {
       privacy::UnmaskResponse msg{round, *site, {}};
       for (const auto& share : req->revealed()) {
-        auto owner = WireId(share.owner());
+        auto owner = comm::SecAggSiteId(share.owner());
         if (!owner.ok()) return refuse(owner.status());
         if (share.kind() != static_cast<uint32_t>(privacy::ShareKind::kSelfMaskSeed) &&
             share.kind() != static_cast<uint32_t>(privacy::ShareKind::kMaskingKey)) {

@@ -3,7 +3,9 @@
 #include <sodium.h>
 
 #include <algorithm>
+#include <atomic>
 #include <string>
+#include <thread>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -259,7 +261,7 @@ absl::Status SecAggServer::AddUnmaskResponse(const UnmaskResponse& msg) {
   return absl::OkStatus();
 }
 
-absl::StatusOr<AggregateResult> SecAggServer::Finish() {
+absl::StatusOr<AggregateResult> SecAggServer::Finish(int threads) {
   if (auto s = CheckMessage(config_.round, Stage::kUnmask, "finish"); !s.ok()) return s;
   std::vector<Mask> masks;
   auto wipe = [&masks] {
@@ -312,10 +314,21 @@ absl::StatusOr<AggregateResult> SecAggServer::Finish() {
     sodium_memzero(sk->data(), sk->size());
   }
   const uint64_t stream = MaskStreamId(config_.round);
-  for (size_t first = 0; first < sum_.size(); first += kSliceWords) {
-    auto slice = absl::MakeSpan(sum_).subspan(first, kSliceWords);
-    for (const Mask& m : masks) AddMask(m.seed, stream, m.subtract, slice, first);
-  }
+  // Slice by slice (every mask over one slice while it is in cache), the slices shared out among
+  // the threads by a counter; slices are disjoint, so any interleaving gives the same words.
+  const size_t slices = (sum_.size() + kSliceWords - 1) / kSliceWords;
+  std::atomic<size_t> next{0};
+  auto work = [&] {
+    for (size_t i = next++; i < slices; i = next++) {
+      auto slice = absl::MakeSpan(sum_).subspan(i * kSliceWords, kSliceWords);
+      for (const Mask& m : masks) AddMask(m.seed, stream, m.subtract, slice, i * kSliceWords);
+    }
+  };
+  std::vector<std::thread> helpers;
+  const size_t extra = std::min(slices, static_cast<size_t>(std::max(1, threads))) - std::min<size_t>(slices, 1);
+  for (size_t i = 0; i < extra; ++i) helpers.emplace_back(work);
+  work();
+  for (std::thread& t : helpers) t.join();
   wipe();
   stage_ = Stage::kDone;
   AggregateResult result;

@@ -24,7 +24,8 @@
 //
 // Not thread-safe: one caller drives a round. Does no I/O and never blocks. Memory: one sum vector
 // (masked inputs are added as they arrive) plus O(n * k) small messages. Finish costs one ChaCha20
-// expansion of vector_length words per survivor and per (dropout, surviving neighbour) pair.
+// expansion of vector_length words per survivor and per (dropout, surviving neighbour) pair,
+// spread over Finish's threads.
 
 #include <cstdint>
 #include <map>
@@ -51,7 +52,9 @@ class SecAggServer {
   absl::Status AddMaskedInput(const MaskedInputMsg& msg);
   absl::StatusOr<std::vector<UnmaskRequest>> CloseMaskedInput();
   absl::Status AddUnmaskResponse(const UnmaskResponse& msg);
-  absl::StatusOr<AggregateResult> Finish();
+  // Removes the masks on `threads` threads (each takes whole slices of the vector, so the result
+  // is the same for any count).
+  absl::StatusOr<AggregateResult> Finish(int threads = 1);
 
   // OK, or the Aborted status with which the round was abandoned.
   const absl::Status& status() const { return status_; }

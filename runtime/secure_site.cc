@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "absl/strings/str_cat.h"
+#include "comm/wire.h"
 #include "privacy/secagg_quantize.h"
 #include "privacy/secagg_site.h"
 
@@ -10,13 +11,6 @@ namespace allround::runtime {
 namespace {
 
 namespace v1 = allround::v1;
-
-absl::StatusOr<uint32_t> Id(int64_t id) {
-  if (id <= 0 || id > int64_t{UINT32_MAX}) {
-    return absl::InvalidArgumentError(absl::StrCat("secure aggregation: site id ", id, " is out of range"));
-  }
-  return static_cast<uint32_t>(id);
-}
 
 v1::SecAggMessage Message(int64_t round, v1::SecAggTask::Stage stage) {
   v1::SecAggMessage msg;
@@ -35,13 +29,13 @@ SecureSiteSession::~SecureSiteSession() = default;
 
 absl::StatusOr<std::unique_ptr<SecureSiteSession>> SecureSiteSession::Start(int64_t round, const v1::SecAggTask& task,
                                                                             int64_t site_id) {
-  auto id = Id(site_id);
+  auto id = comm::SecAggSiteId(site_id);
   if (!id.ok()) return id.status();
   if (round < 0) return absl::InvalidArgumentError(absl::StrCat("secure aggregation: round ", round));
   privacy::SecAggConfig config;
   config.round = static_cast<uint64_t>(round);
   for (int64_t s : task.sampled()) {
-    auto sid = Id(s);
+    auto sid = comm::SecAggSiteId(s);
     if (!sid.ok()) return sid.status();
     config.sampled_ids.push_back(*sid);
   }
@@ -75,7 +69,7 @@ absl::StatusOr<v1::SecAggMessage> SecureSiteSession::Advertise() {
 absl::StatusOr<v1::SecAggMessage> SecureSiteSession::ShareKeys(const v1::SecAggTask& task) {
   privacy::NeighbourKeysMsg keys{static_cast<uint64_t>(round_), id_, {}};
   for (const auto& peer : task.neighbours()) {
-    auto pid = Id(peer.site_id());
+    auto pid = comm::SecAggSiteId(peer.site_id());
     if (!pid.ok()) return pid.status();
     keys.neighbours.push_back({*pid, peer.c_public_key(), peer.s_public_key()});
   }
@@ -97,7 +91,7 @@ absl::StatusOr<std::vector<uint32_t>> SecureSiteSession::MaskInput(const v1::Sec
                                                                    uint64_t seed) {
   privacy::RelayedSharesMsg relayed{static_cast<uint64_t>(round_), id_, {}};
   for (const auto& share : task.shares()) {
-    auto sender = Id(share.sender()), receiver = Id(share.receiver());
+    auto sender = comm::SecAggSiteId(share.sender()), receiver = comm::SecAggSiteId(share.receiver());
     if (!sender.ok() || !receiver.ok()) return sender.ok() ? receiver.status() : sender.status();
     relayed.shares.push_back({*sender, *receiver, share.ciphertext()});
   }
@@ -113,12 +107,12 @@ absl::StatusOr<std::vector<uint32_t>> SecureSiteSession::MaskInput(const v1::Sec
 absl::StatusOr<v1::SecAggMessage> SecureSiteSession::Unmask(const v1::SecAggTask& task) {
   privacy::UnmaskRequest request{static_cast<uint64_t>(round_), id_, {}, {}};
   for (int64_t s : task.survivors()) {
-    auto id = Id(s);
+    auto id = comm::SecAggSiteId(s);
     if (!id.ok()) return id.status();
     request.survivors.push_back(*id);
   }
   for (int64_t s : task.dropouts()) {
-    auto id = Id(s);
+    auto id = comm::SecAggSiteId(s);
     if (!id.ok()) return id.status();
     request.dropouts.push_back(*id);
   }

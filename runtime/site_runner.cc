@@ -146,6 +146,8 @@ class Site {
       if (task.kind() == v1::TaskReply::STOP) {
         if (auto s = TellGroup(kGroupStop, task); !s.ok()) return s;
         log::Info("coordinator says stop ({})", task.reason());
+        log::Info("traffic: sent {} bytes, received {} bytes (protocol messages, without gRPC framing)",
+                  sent_bytes_.load(), received_bytes_.load());
         return absl::OkStatus();
       }
       if (task.kind() == v1::TaskReply::WAIT) {
@@ -187,6 +189,7 @@ class Site {
     req.set_token(token_);
     v1::HeartbeatReply reply;
     stub_->Heartbeat(&ctx, req, &reply);  // best effort: a failure shows in the next real call
+    Count(req, reply);
   }
 
  private:
@@ -223,6 +226,7 @@ class Site {
     req.set_site_pipeline(pipeline_.Describe());
     v1::JoinReply reply;
     grpc::Status s = stub_->Join(&ctx, req, &reply);
+    Count(req, reply);
     if (s.ok()) {
       site_id_ = reply.site_id();
       joined_ = true;
@@ -236,7 +240,9 @@ class Site {
     v1::TaskRequest req;
     req.set_site_id(site_id_.load());
     req.set_token(token_);
-    return stub_->GetTask(&ctx, req, task);
+    grpc::Status s = stub_->GetTask(&ctx, req, task);
+    Count(req, *task);
+    return s;
   }
 
   // Under mpirun, the other ranks of the group follow rank 0's tasks (FollowGroup).
@@ -259,7 +265,9 @@ class Site {
     comm::TensorAssembler assembler(uint64_t{1} << 34);
     v1::TensorChunk chunk;
     absl::Status bad;
+    Count(fetch, v1::FetchRequest());
     while (reader->Read(&chunk)) {
+      Count(v1::FetchRequest(), chunk);
       if (bad.ok()) bad = assembler.Add(chunk);
     }
     if (auto s = FromGrpc(reader->Finish(), "fetching the model"); !s.ok()) {
@@ -279,7 +287,9 @@ class Site {
       grpc::ClientContext ctx;
       ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
       v1::SubmitReply reply;
-      return stub_->SecAggSubmit(&ctx, msg, &reply);
+      grpc::Status s = stub_->SecAggSubmit(&ctx, msg, &reply);
+      Count(msg, reply);
+      return s;
     });
     return s.code() == absl::StatusCode::kAlreadyExists ? absl::OkStatus() : s;
   }
@@ -461,15 +471,25 @@ class Site {
         first = false;
       }
       *msg.mutable_chunk() = std::move(c);
+      Count(msg, v1::SubmitReply());
       if (!writer->Write(msg)) break;
     }
     writer->WritesDone();
-    if (auto s = FromGrpc(writer->Finish(), "submitting the update"); !s.ok()) {
+    grpc::Status finished = writer->Finish();
+    Count(v1::UpdateChunk(), reply);
+    if (auto s = FromGrpc(finished, "submitting the update"); !s.ok()) {
       coordinator_said_no_ = true;
       return s;
     }
     log::Info("round {} {} accepted ({} examples)", task.round(), examples > 0 ? "update" : "masked input", examples);
     return absl::OkStatus();
+  }
+
+  // Counts the protocol messages' bytes both ways (what bench/secagg compares between plain and
+  // secure rounds; gRPC's framing and TLS add a little to both).
+  void Count(const google::protobuf::Message& sent, const google::protobuf::Message& received) {
+    sent_bytes_ += sent.ByteSizeLong();
+    received_bytes_ += received.ByteSizeLong();
   }
 
   Shared* sh_;
@@ -485,6 +505,7 @@ class Site {
   int64_t masked_round_ = -1;
   std::map<std::string, double> masked_metrics_;
   std::atomic<bool> joined_{false};
+  std::atomic<uint64_t> sent_bytes_{0}, received_bytes_{0};  // Heartbeat runs on its own thread
   bool coordinator_said_no_ = false;  // the last round's failure came from the coordinator
 };
 

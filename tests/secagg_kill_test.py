@@ -8,6 +8,10 @@ sends no shares itself):
   A: 2 before keys, 2 after shares      -> the round completes with the 6 survivors' sum
   B: 4 after the masked input           -> the round completes with all 10 sites' sum
   C: 4 before keys, 1 after shares      -> 5 masked inputs < t: abandoned with the reason
+  D: 4 after shares                     -> exactly t survivors: the 6 survivors' sum
+  E: 2 after the masked input           -> all 10 sites' sum
+  F: none                               -> all 10 sites' sum
+so that 0, 2 and 4 sites die at each stage (with the abandoned round where fewer than t remain).
 
 "The right sum" is checked against the sites' own dumped updates: the new global model is their
 example-weighted mean over exactly the counted sites, to 1e-6. A kill decided on a site's log line
@@ -17,8 +21,10 @@ so rather than pass on a different scenario.
 Usage: secagg_kill_test.py COORDINATOR WORKER"""
 import glob
 import os
+import re
 import signal
 import sys
+import time
 
 import numpy as np
 
@@ -32,14 +38,31 @@ DATA = "/usr/share/datasets/fashion-mnist"
 if not os.path.isdir(DATA):
     skip(f"no {DATA}")
 SITES, T = 10, 6
-JOB = ["--data.train_limit", "3000", "--data.test_limit", "200", "--threads", "1", "--federated.rounds", "1",
+JOB = ["--data.train_limit", "3000", "--data.test_limit", "200", "--threads", "1", "--federated.rounds", "1", "--federated.local_epochs", "5",
        "--federated.min_sites", str(T), "--federated.min_available", str(SITES), "--partition.sites", str(SITES),
        "--federated.round_timeout_s", "40", "--federated.site_eval_fraction", "0", "--train.progress_every_s", "0",
        "--checkpoint.enabled", "false", "--privacy.secure_aggregation", "secagg+", "--privacy.secagg.threshold",
        str(T), "--privacy.secagg.stage_timeout_s", "5"]
+# A site logs this once its shares went out and the masked-input task came: it then fetches the
+# model and trains for seconds (local_epochs 5) before its masked input leaves.
 AFTER_SHARES = r"round 0: training model version 0"
 AFTER_MASKED = r"round 0 masked input accepted"
 checks = Checks()
+
+
+def kill_on_line(sites, which, pattern, timeout=120):
+    """SIGKILLs each of `which` as soon as `pattern` shows in its log, watching all of them at once
+    (so one site's kill never waits on another's); returns those killed."""
+    regex, waiting, killed = re.compile(pattern), set(which), []
+    deadline = time.monotonic() + timeout
+    while waiting and time.monotonic() < deadline:
+        for i in sorted(waiting):
+            if regex.search(sites[i].err()) or sites[i].poll() is not None:
+                sites[i].kill()
+                waiting.discard(i)
+                killed.append(i)
+        time.sleep(0.02)
+    return killed
 
 
 def scenario(label, before_keys, after_shares, after_masked, expect_counted):
@@ -68,15 +91,9 @@ def scenario(label, before_keys, after_shares, after_masked, expect_counted):
         for i in before_keys:
             sites[i].kill()
         start(SITES - 1)
-        killed_late = []
-        for i in after_shares:
-            if sites[i].wait_for(AFTER_SHARES, 120):
-                sites[i].kill()
-                if "masked input accepted" in sites[i].err():
-                    killed_late.append(i)
-        for i in after_masked:
-            if sites[i].wait_for(AFTER_MASKED, 120):
-                sites[i].kill()
+        killed_late = [i for i in kill_on_line(sites, after_shares, AFTER_SHARES)
+                       if "masked input accepted" in sites[i].err()]
+        kill_on_line(sites, after_masked, AFTER_MASKED)
         checks.check(f"{label}: every site killed after its shares was killed before its masked input went out",
                      not killed_late, f"late: {killed_late}")
         if expect_counted is None:
@@ -123,4 +140,7 @@ def scenario(label, before_keys, after_shares, after_masked, expect_counted):
 scenario("A", before_keys=[0, 1], after_shares=[2, 3], after_masked=[], expect_counted=range(4, 10))
 scenario("B", before_keys=[], after_shares=[], after_masked=[0, 1, 2, 3], expect_counted=range(10))
 scenario("C", before_keys=[0, 1, 2, 3], after_shares=[4], after_masked=[], expect_counted=None)
+scenario("D", before_keys=[], after_shares=[0, 1, 2, 3], after_masked=[], expect_counted=range(4, 10))
+scenario("E", before_keys=[], after_shares=[], after_masked=[8, 9], expect_counted=range(10))
+scenario("F", before_keys=[], after_shares=[], after_masked=[], expect_counted=range(10))
 sys.exit(checks.exit_code())

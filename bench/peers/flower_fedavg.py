@@ -6,7 +6,10 @@ Partitions: `shards` (federated_overhead: IID shards of a permutation seeded 1, 
 or NIID-Bench's as Flower's baseline (adap/flower baselines/niid_bench) draws them, with numpy
 default_rng(--partition-seed, 42 there): `iid`, `dirichlet` (--beta) and `labels`
 (--labels-per-site), with pixels in [0, 1] as its ToTensor gives them (--scale).
---seed S seeds each site's batch order from (S, round, site).
+--seed S seeds each site's batch order from (S, round, site). --secagg K,T runs the rounds through
+Flower's SecAgg+ workflow (SecAggPlusWorkflow on the server, secaggplus_mod on the clients, as
+Flower's secure-aggregation example wires them) with each key shared K ways (K - 1 neighbours and
+the site itself) and threshold T, Flower's default clipping and quantization.
 Prints each round's test accuracy and mean loss as round_accuracy=R:X and round_loss=R:X, the
 seconds between the evaluations after round 1 and after the last round divided by (rounds - 1) as
 s_per_round=X, and the final accuracy=X. --write-partition FILE and --write-init FILE write the
@@ -40,6 +43,8 @@ p.add_argument("--seed", type=int, default=None,
 p.add_argument("--scale", default=None, choices=["unit", "standardize"],
                help="pixels (default: standardize for shards, unit for NIID-Bench's partitions)")
 p.add_argument("--data", default="/usr/share/datasets/fashion-mnist")
+p.add_argument("--secagg", metavar="K,T", default=None,
+               help="Flower's SecAgg+ workflow with num_shares K and reconstruction_threshold T")
 p.add_argument("--times", default="/tmp/flower_times.json")
 p.add_argument("--write-partition", metavar="FILE",
                help="write each site's example indices (allround's partition.file) and exit")
@@ -226,8 +231,30 @@ def server_fn(context: Context):
     return ServerAppComponents(strategy=strategy, config=ServerConfig(num_rounds=a.rounds))
 
 
+def secagg_apps():
+    """Flower's SecAgg+ workflow around the same FedAvg strategy (the plain apps otherwise)."""
+    if a.secagg is None:
+        return ServerApp(server_fn=server_fn), ClientApp(client_fn=client_fn)
+    from flwr.client.mod import secaggplus_mod
+    from flwr.server import LegacyContext
+    from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
+
+    shares, threshold = (int(v) for v in a.secagg.split(","))
+    server = ServerApp()
+
+    @server.main()
+    def main(grid, context):
+        components = server_fn(context)
+        context = LegacyContext(context=context, config=components.config, strategy=components.strategy)
+        DefaultWorkflow(fit_workflow=SecAggPlusWorkflow(num_shares=shares, reconstruction_threshold=threshold))(
+            grid, context)
+
+    return server, ClientApp(client_fn=client_fn, mods=[secaggplus_mod])
+
+
 if __name__ == "__main__":
-    run_simulation(server_app=ServerApp(server_fn=server_fn), client_app=ClientApp(client_fn=client_fn),
+    server_app, client_app = secagg_apps()
+    run_simulation(server_app=server_app, client_app=client_app,
                    num_supernodes=a.sites,
                    backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
                                    "init_args": {"num_cpus": a.cpus, "include_dashboard": False}})
