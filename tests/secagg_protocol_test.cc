@@ -84,7 +84,7 @@ class Round {
     return absl::OkStatus();
   }
 
-  absl::StatusOr<AggregateResult> Run(const Drops& d) {
+  absl::StatusOr<AggregateResult> Run(const Drops& d, int threads = 1) {
     if (auto s = RunToUnmask(d); !s.ok()) return s;
     for (const auto& r : requests_) {
       if (d.after_masked.count(r.recipient)) continue;
@@ -92,7 +92,7 @@ class Round {
       if (!msg.ok()) return Unexpected(msg.status());
       if (auto s = server_->AddUnmaskResponse(*msg); !s.ok()) return Unexpected(s);
     }
-    return server_->Finish();
+    return server_->Finish(threads);
   }
 
   // The plain sum mod 2^32 of `ids`' inputs, computed here independently.
@@ -226,6 +226,21 @@ TEST(SecaggProtocol, SparseGraphDropoutsAtEveryStage) {
   ExpectRound(config, {{}, {}, {}, at({0, 2, 5, 7})}, nullptr, "4 spread after masked input");
   // b of 0: only 7, 8, 9 answer.
   ExpectRound(config, {{}, {}, {}, at({0, 1, 2, 3})}, "cannot recover the self-mask seed", "4 adjacent after masked input");
+}
+
+// Finish shares the vector's slices among threads: the sum is the same exact one for any count,
+// also when the last slice is partial and there are more threads than slices.
+TEST(SecaggProtocol, UnmaskingOnManyThreadsGivesTheSameExactSum) {
+  const size_t length = 3 * (size_t{1} << 16) + 123;  // three whole slices and a partial one
+  for (int threads : {1, 2, 3, 8}) {
+    SCOPED_TRACE(threads);
+    Round round(Config(7, 4, 3, length));
+    Drops d;
+    d.after_share = round.AtRing({2});
+    auto result = round.Run(d, threads);
+    ASSERT_TRUE(result.ok()) << result.status();
+    EXPECT_EQ(result->sum, round.PlainSum(round.AllBut(d.after_share)));
+  }
 }
 
 TEST(SecaggProtocol, SiteThatDropsAfterMaskedInputIsCounted) {
