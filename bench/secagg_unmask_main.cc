@@ -6,7 +6,8 @@
 // are stand-ins: uniform words of the model's length, which cost the server exactly what real
 // ones do (it adds them and removes masks whatever they hold; tests/secagg_protocol_test.cc checks
 // the sum), and which keep the set-up from spending N * (k + 1) mask expansions per repeat.
-// `--dropouts D` drops D sites after their shares, so their pairwise masks are rebuilt too.
+// `--dropouts D` drops D sites after their shares (spread evenly around the ring), so their
+// pairwise masks are rebuilt too.
 // Prints one line per repeat and the median as unmask_s=X (and sum_inputs_s=X: adding the masked
 // inputs as they arrive, which the coordinator does during the round).
 //   secagg_unmask_bench --sites 500 [--model fedavg_cnn | --length L] [--dropouts 0] [--threads 2] [--repeats 3]
@@ -75,10 +76,13 @@ absl::StatusOr<Timing> OneRound(const privacy::SecAggConfig& config, int dropout
   }
   auto relayed = (*server)->CloseShareKeys();
   if (!relayed.ok()) return relayed.status();
-  // The first `dropouts` sites of the graph's ring never send their masked input.
+  // `dropouts` sites spread evenly around the graph's ring never send their masked input (the
+  // ring is a random permutation, so this is where random dropouts fall on average; a block of
+  // adjacent ones would take more than k + 1 - t holders from the sites beside it).
   std::set<uint32_t> gone;
-  for (int i = 0; i < dropouts && i < static_cast<int>((*server)->graph().ring().size()); ++i) {
-    gone.insert((*server)->graph().ring()[i]);
+  const auto& ring = (*server)->graph().ring();
+  for (int i = 0; i < dropouts && i < static_cast<int>(ring.size()); ++i) {
+    gone.insert(ring[static_cast<size_t>(i) * ring.size() / static_cast<size_t>(dropouts)]);
   }
   Timing timing;
   privacy::MaskedInputMsg input{config.round, 0, std::vector<uint32_t>(config.vector_length)};

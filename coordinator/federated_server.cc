@@ -97,8 +97,10 @@ RoundManagerOptions ManagerOptions(const Job& job) {
   rm.round_timeout = Millis(job.federated.round_timeout_s);
   rm.site_timeout = Millis(job.federated.site_timeout_s);
   rm.secure = privacy::SecureAggregationFromJob(job);
-  rm.compute_threads = job.threads > 0 ? static_cast<int>(job.threads)
-                                        : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  // Unmasking runs at a round's close, when the sites wait for their next task: all the cores,
+  // whatever the job's `threads` (LibTorch's and OpenBLAS's pools, whose spinning threads would
+  // otherwise compete with sites training on the same machine).
+  rm.compute_threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   return rm;
 }
 

@@ -50,7 +50,7 @@ struct RoundManagerOptions {
   // Secure aggregation (privacy.secure_aggregation): each round runs SecAgg+ among its sampled
   // sites, and the strategy sees one update, the decoded weighted mean.
   privacy::SecureAggregationSpec secure;
-  int compute_threads = 1;  // the job's `threads`: unmasking a secure round uses them
+  int compute_threads = 1;  // threads that unmask a secure round (allround-coordinator: the cores)
 };
 
 struct Task {

@@ -35,7 +35,7 @@ struct SecureRoundConfig {
   privacy::QuantizeParams quantize;  // what the sites quantize with (and the coordinator decodes)
   int64_t max_weight = 1;            // W: the largest example count the sampled sites declared
   std::chrono::milliseconds stage_timeout{30000};
-  int unmask_threads = 1;            // Finish's threads (the coordinator's `threads`)
+  int unmask_threads = 1;            // Finish's threads
 };
 
 // What a sampled site is to do now.

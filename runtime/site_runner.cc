@@ -571,59 +571,44 @@ absl::StatusOr<std::vector<int64_t>> ParseSiteIndices(const std::string& spec) {
   return out;
 }
 
-absl::Status RunSites(const Job& job, const SiteOptions& options, comm::Communicator* group) {
-  if (group != nullptr && group->size() <= 1) group = nullptr;
-  auto indices = ParseSiteIndices(options.site_indices);
-  if (!indices.ok()) return indices.status();
-  if (group != nullptr && indices->size() != 1) {
-    return absl::InvalidArgumentError("under mpirun the worker group is one site: give one --site-index");
-  }
-  if (!options.data_dir.empty() && indices->size() != 1) {
-    return absl::InvalidArgumentError("--data DIR is one site's own data: give one --site-index (or none)");
-  }
-  if (options.site_threads < 1) return absl::InvalidArgumentError("--site-threads must be at least 1");
-  if (!options.dump_updates.empty()) {
-    if (auto s = MakeFlagDirectory(options.dump_updates, "--dump-updates"); !s.ok()) return s;
-  }
+namespace {
 
-  const bool many = indices->size() > 1;
-  if (options.site_name.empty() && !many) return absl::InvalidArgumentError("--site NAME is required with --coordinator");
-  // One site: its name; many: "<name>-<index>". Names go into file names (--dump-updates) and logs.
-  const auto site_name = [&](int64_t i) {
-    return many ? absl::StrCat(options.site_name.empty() ? "site" : options.site_name, "-", i) : options.site_name;
-  };
-  for (int64_t i : *indices) {
-    if (!IsPlainName(site_name(i))) {
-      return absl::InvalidArgumentError(absl::StrCat("--site '", options.site_name, "': the site name '", site_name(i),
-                                                     "' is not ", kPlainNameRule));
-    }
-  }
-
-  Shared sh;
-  sh.job = job;
-  sh.options = options;
-  sh.group = group;
-  sh.many = many;
+// The channel credentials the flags ask for.
+absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> SiteCredentials(const SiteOptions& options) {
   if (!options.tls_ca.empty()) {
     if (options.insecure) return absl::InvalidArgumentError("--insecure and --tls-ca exclude each other");
     auto ca = ReadPemFile(options.tls_ca, "--tls-ca", "CERTIFICATE");
     if (!ca.ok()) return ca.status();
     grpc::SslCredentialsOptions ssl;
     ssl.pem_root_certs = *ca;
-    sh.credentials = grpc::SslCredentials(ssl);
-  } else if (options.insecure) {
-    sh.credentials = grpc::InsecureChannelCredentials();
-  } else {
-    return absl::InvalidArgumentError(
-        "give --tls-ca FILE (the CA that signed the coordinator's certificate), or --insecure for plain text");
+    return grpc::SslCredentials(ssl);
   }
-  std::map<std::string, std::string> tokens;
-  std::string one_token = options.token;
+  if (options.insecure) return grpc::InsecureChannelCredentials();
+  return absl::InvalidArgumentError(
+      "give --tls-ca FILE (the CA that signed the coordinator's certificate), or --insecure for plain text");
+}
+
+// Each hosted site's token: from --tokens by name, else the one of --token-file or --token.
+struct SiteTokens {
+  std::string one;
+  std::map<std::string, std::string> by_name;
+
+  absl::StatusOr<std::string> For(const std::string& name) const {
+    if (by_name.empty()) return one;
+    auto it = by_name.find(name);
+    if (it == by_name.end()) return absl::NotFoundError(absl::StrCat("--tokens has no token for site '", name, "'"));
+    return it->second;
+  }
+};
+
+absl::StatusOr<SiteTokens> ReadSiteTokens(const SiteOptions& options) {
+  SiteTokens tokens;
+  tokens.one = options.token;
   if (!options.token_file.empty()) {
     if (!options.token.empty()) return absl::InvalidArgumentError("give --token-file or --token, not both");
     auto read = ReadTokenFile(options.token_file, "--token-file");
     if (!read.ok()) return read.status();
-    one_token = *std::move(read);
+    tokens.one = *std::move(read);
   } else if (!options.token.empty()) {
     log::Warning("--token is visible to every user of this machine (ps); put it in a file of mode 600 and give "
                  "--token-file");
@@ -631,12 +616,17 @@ absl::Status RunSites(const Job& job, const SiteOptions& options, comm::Communic
   if (!options.tokens_file.empty()) {
     auto read = ReadTokensFile(options.tokens_file, "--tokens");
     if (!read.ok()) return read.status();
-    tokens = *std::move(read);
+    tokens.by_name = *std::move(read);
   }
+  return tokens;
+}
 
-  // The data: the job's, read once and partitioned, or the site's own directory.
-  // Semi-supervised: the job's labelled subset is chosen over the whole training set, and each
-  // site keeps the labels that fall in its share; the rest of its share is its unlabelled pool.
+// The hosted sites' data: the job's, read once and partitioned, or the site's own directory.
+// Semi-supervised: the job's labelled subset is chosen over the whole training set, and each
+// site keeps the labels that fall in its share; the rest of its share is its unlabelled pool.
+absl::StatusOr<std::vector<SiteData>> LoadSiteData(const Job& job, const SiteOptions& options,
+                                                   const std::vector<int64_t>& indices, bool log_holdings,
+                                                   modes::InputInfo* info) {
   const bool semi = modes::NeedsOf(job.mode).unlabeled;
   Job data_job = job;
   if (!options.data_dir.empty()) data_job.data.dir = options.data_dir;
@@ -667,7 +657,7 @@ absl::Status RunSites(const Job& job, const SiteOptions& options, comm::Communic
   std::vector<SiteData> site_data;
   if (!options.data_dir.empty()) {
     auto d = with_labels({data->train_inputs, data->train_targets, data->test_inputs, data->test_targets},
-                         at::arange(data->train_targets.size(0), at::kLong), (*indices)[0]);
+                         at::arange(data->train_targets.size(0), at::kLong), indices[0]);
     if (!d.ok()) return d.status();
     site_data.push_back(*std::move(d));
   } else {
@@ -675,7 +665,7 @@ absl::Status RunSites(const Job& job, const SiteOptions& options, comm::Communic
     std::vector<int64_t> y(labels.data_ptr<int64_t>(), labels.data_ptr<int64_t>() + labels.numel());
     auto parts = data::MakePartition(y, data->info.num_classes, job.partition, job.seed);
     if (!parts.ok()) return parts.status();
-    for (int64_t i : *indices) {
+    for (int64_t i : indices) {
       if (i >= static_cast<int64_t>(parts->size())) {
         return absl::InvalidArgumentError(absl::StrCat("--site-index ", i, " outside the job's ", parts->size(),
                                                        " sites (partition.sites)"));
@@ -688,7 +678,7 @@ absl::Status RunSites(const Job& job, const SiteOptions& options, comm::Communic
       site_data.push_back(*std::move(d));
     }
   }
-  if ((group == nullptr || group->rank() == 0) && job.data.name != "text") {
+  if (log_holdings && job.data.name != "text") {
     // What each hosted site holds, so a non-IID run's log says which labels went where.
     for (size_t k = 0; k < site_data.size(); ++k) {
       if (site_data[k].train_y.dim() != 1) continue;
@@ -697,19 +687,21 @@ absl::Status RunSites(const Job& job, const SiteOptions& options, comm::Communic
       for (int64_t c = 0; c < counts.size(0); ++c) {
         if (const int64_t n = counts[c].item<int64_t>(); n > 0) absl::StrAppend(&held, held.empty() ? "" : " ", c, ":", n);
       }
-      log::Info("site index {}: {} training examples, by label {}", (*indices)[k], site_data[k].train_y.size(0),
-                held);
+      log::Info("site index {}: {} training examples, by label {}", indices[k], site_data[k].train_y.size(0), held);
     }
   }
-  const modes::InputInfo info = data->info;
-  sh.info = info;
-  data = absl::InternalError("released");  // the sites hold what they need
+  *info = data->info;
+  return site_data;
+}
 
-  // Training slots: one per concurrently training site (one for a group).
-  const int slots = group != nullptr ? 1 : std::min<int>(options.site_threads, static_cast<int>(indices->size()));
+// Training slots (one per concurrently training site; one for a group), the group's reducer and
+// the model's layout for Join, into `sh`.
+absl::Status PrepareTraining(const Job& job, int64_t hosted, Shared* sh) {
+  comm::Communicator* group = sh->group;
+  const int slots = group != nullptr ? 1 : static_cast<int>(std::min<int64_t>(sh->options.site_threads, hosted));
   std::vector<std::unique_ptr<modes::LearningMode>> modes;
   for (int k = 0; k < slots; ++k) {
-    auto mode = modes::MakeLearningMode(job, info, group != nullptr ? group->device() : at::Device(at::kCPU));
+    auto mode = modes::MakeLearningMode(job, sh->info, group != nullptr ? group->device() : at::Device(at::kCPU));
     if (!mode.ok()) return mode.status();
     modes.push_back(*std::move(mode));
   }
@@ -717,35 +709,22 @@ absl::Status RunSites(const Job& job, const SiteOptions& options, comm::Communic
     comm::ReducerOptions ro;
     ro.bucket_bytes = static_cast<int64_t>(job.comm.bucket_mb * (1 << 20));
     ro.first_bucket_bytes = static_cast<int64_t>(job.comm.first_bucket_mb * (1 << 20));
-    sh.reducer = std::make_unique<comm::Reducer>(modes[0]->TrainableParameters(), group, ro);
+    sh->reducer = std::make_unique<comm::Reducer>(modes[0]->TrainableParameters(), group, ro);
   }
   for (const auto& [name, t] : modes::ModelTensors(modes[0]->State())) {
     v1::TensorSpec spec;
     spec.set_name(name);
     spec.set_dtype(tensor::DtypeName(t.scalar_type()));
     for (int64_t d : t.sizes()) spec.add_shape(d);
-    sh.model.push_back(std::move(spec));
+    sh->model.push_back(std::move(spec));
   }
-  sh.slots = std::make_unique<TrainingSlots>(std::move(modes));
-  if (group != nullptr && group->rank() != 0) return FollowGroup(&sh, (*indices)[0], site_data[0]);
+  sh->slots = std::make_unique<TrainingSlots>(std::move(modes));
+  return absl::OkStatus();
+}
 
-  std::vector<std::unique_ptr<Site>> sites;
-  for (size_t k = 0; k < indices->size(); ++k) {
-    const int64_t i = (*indices)[k];
-    const std::string name = site_name(i);
-    std::string token = one_token;
-    if (!tokens.empty()) {
-      auto it = tokens.find(name);
-      if (it == tokens.end()) return absl::NotFoundError(absl::StrCat("--tokens has no token for site '", name, "'"));
-      token = it->second;
-    }
-    auto pipeline = privacy::UpdatePipeline::Make(job, privacy::Side::kSite);  // each site its own steps' state
-    if (!pipeline.ok()) return pipeline.status();
-    sites.push_back(std::make_unique<Site>(&sh, name, token, i, std::move(site_data[k]), *std::move(pipeline)));
-  }
-  site_data.clear();
-
-  // Heartbeats keep training sites alive at the coordinator (polling ones are seen anyway).
+// Runs the hosted sites to the end, each on its own thread (one: this one), with a heartbeat
+// thread that keeps the training ones alive at the coordinator (polling ones are seen anyway).
+absl::Status RunHostedSites(const Job& job, bool many, std::vector<std::unique_ptr<Site>>& sites) {
   std::atomic<bool> done{false};
   const auto beat = std::chrono::milliseconds(
       std::clamp<int64_t>(static_cast<int64_t>(job.federated.site_timeout_s * 1000 / 3), 200, 10000));
@@ -783,6 +762,65 @@ absl::Status RunSites(const Job& job, const SiteOptions& options, comm::Communic
     }
   }
   return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::Status RunSites(const Job& job, const SiteOptions& options, comm::Communicator* group) {
+  if (group != nullptr && group->size() <= 1) group = nullptr;
+  auto indices = ParseSiteIndices(options.site_indices);
+  if (!indices.ok()) return indices.status();
+  if (group != nullptr && indices->size() != 1) {
+    return absl::InvalidArgumentError("under mpirun the worker group is one site: give one --site-index");
+  }
+  if (!options.data_dir.empty() && indices->size() != 1) {
+    return absl::InvalidArgumentError("--data DIR is one site's own data: give one --site-index (or none)");
+  }
+  if (options.site_threads < 1) return absl::InvalidArgumentError("--site-threads must be at least 1");
+  if (!options.dump_updates.empty()) {
+    if (auto s = MakeFlagDirectory(options.dump_updates, "--dump-updates"); !s.ok()) return s;
+  }
+
+  const bool many = indices->size() > 1;
+  if (options.site_name.empty() && !many) return absl::InvalidArgumentError("--site NAME is required with --coordinator");
+  // One site: its name; many: "<name>-<index>". Names go into file names (--dump-updates) and logs.
+  const auto site_name = [&](int64_t i) {
+    return many ? absl::StrCat(options.site_name.empty() ? "site" : options.site_name, "-", i) : options.site_name;
+  };
+  for (int64_t i : *indices) {
+    if (!IsPlainName(site_name(i))) {
+      return absl::InvalidArgumentError(absl::StrCat("--site '", options.site_name, "': the site name '", site_name(i),
+                                                     "' is not ", kPlainNameRule));
+    }
+  }
+
+  Shared sh;
+  sh.job = job;
+  sh.options = options;
+  sh.group = group;
+  sh.many = many;
+  auto credentials = SiteCredentials(options);
+  if (!credentials.ok()) return credentials.status();
+  sh.credentials = *std::move(credentials);
+  auto tokens = ReadSiteTokens(options);
+  if (!tokens.ok()) return tokens.status();
+  auto site_data = LoadSiteData(job, options, *indices, group == nullptr || group->rank() == 0, &sh.info);
+  if (!site_data.ok()) return site_data.status();
+  if (auto s = PrepareTraining(job, static_cast<int64_t>(indices->size()), &sh); !s.ok()) return s;
+  if (group != nullptr && group->rank() != 0) return FollowGroup(&sh, (*indices)[0], (*site_data)[0]);
+
+  std::vector<std::unique_ptr<Site>> sites;
+  for (size_t k = 0; k < indices->size(); ++k) {
+    const int64_t i = (*indices)[k];
+    const std::string name = site_name(i);
+    auto token = tokens->For(name);
+    if (!token.ok()) return token.status();
+    auto pipeline = privacy::UpdatePipeline::Make(job, privacy::Side::kSite);  // each site its own steps' state
+    if (!pipeline.ok()) return pipeline.status();
+    sites.push_back(std::make_unique<Site>(&sh, name, *token, i, std::move((*site_data)[k]), *std::move(pipeline)));
+  }
+  site_data->clear();
+  return RunHostedSites(job, many, sites);
 }
 
 }  // namespace allround::runtime
