@@ -16,6 +16,7 @@ with 3 sites the quantization step (2 c / floor((2^32 - 1) / 3)) is far below fl
 
 Usage: federated_test.py COORDINATOR WORKER [JOB FLAGS...]  (e.g. --strategy.name fedprox ...)"""
 import os
+import re
 import subprocess
 import sys
 
@@ -86,6 +87,11 @@ with Run("federated") as run:
     codes = [s.wait(60) for s in sites]
     checks.check("every site was told to stop and exited 0",
                  codes == [0, 0, 0] and all("coordinator says stop" in s.err() for s in sites), f"exit codes {codes}")
+    # What bench/secagg reads: each site's protocol bytes both ways, and the coordinator's CPU seconds.
+    traffic = [re.search(r"traffic: sent (\d+) bytes, received (\d+) bytes", s.err()) for s in sites]
+    checks.check("every site logged the bytes it sent and received",
+                 all(t and int(t.group(1)) > 0 and int(t.group(2)) > 0 for t in traffic), str([t and t.groups() for t in traffic]))
+    checks.check("the summary gives the coordinator's CPU seconds", summary.get("cpu_s", 0) > 0, str(summary))
     mean = subprocess.run([PY, os.path.join(os.path.dirname(os.path.abspath(__file__)), "weighted_mean_check.py"),
                            run.dir, "3", "3", "--non-iid"], capture_output=True, text=True)
     print(mean.stdout, end="")
