@@ -111,7 +111,7 @@ bool RoundManager::StartSecure(Round& round, Time now) {
   c.secagg.vector_length = privacy::SecureVectorLength(model_);
   c.quantize = {options_.secure.clip_range, privacy::LevelsFor(n)};
   c.stage_timeout = std::chrono::milliseconds(static_cast<int64_t>(options_.secure.stage_timeout_s * 1000));
-  c.unmask_threads = static_cast<int>(std::max<int64_t>(1, options_.compute_threads));
+  c.unmask_threads = options_.compute_threads;
   auto started = SecureRound::Start(c, now, round.deadline);
   if (!started.ok()) {
     // Abandoned at once, and no new round for a stage's time: a config that cannot start (more

@@ -324,9 +324,10 @@ absl::StatusOr<AggregateResult> SecAggServer::Finish(int threads) {
       for (const Mask& m : masks) AddMask(m.seed, stream, m.subtract, slice, i * kSliceWords);
     }
   };
+  // This thread works too; no more threads than slices.
+  const size_t workers = std::min(slices, static_cast<size_t>(std::max(1, threads)));
   std::vector<std::thread> helpers;
-  const size_t extra = std::min(slices, static_cast<size_t>(std::max(1, threads))) - std::min<size_t>(slices, 1);
-  for (size_t i = 0; i < extra; ++i) helpers.emplace_back(work);
+  for (size_t i = 1; i < workers; ++i) helpers.emplace_back(work);
   work();
   for (std::thread& t : helpers) t.join();
   wipe();

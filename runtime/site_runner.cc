@@ -189,7 +189,8 @@ class Site {
     req.set_token(token_);
     v1::HeartbeatReply reply;
     stub_->Heartbeat(&ctx, req, &reply);  // best effort: a failure shows in the next real call
-    Count(req, reply);
+    Sent(req);
+    Received(reply);
   }
 
  private:
@@ -226,7 +227,8 @@ class Site {
     req.set_site_pipeline(pipeline_.Describe());
     v1::JoinReply reply;
     grpc::Status s = stub_->Join(&ctx, req, &reply);
-    Count(req, reply);
+    Sent(req);
+    Received(reply);
     if (s.ok()) {
       site_id_ = reply.site_id();
       joined_ = true;
@@ -241,7 +243,8 @@ class Site {
     req.set_site_id(site_id_.load());
     req.set_token(token_);
     grpc::Status s = stub_->GetTask(&ctx, req, task);
-    Count(req, *task);
+    Sent(req);
+    Received(*task);
     return s;
   }
 
@@ -265,9 +268,9 @@ class Site {
     comm::TensorAssembler assembler(uint64_t{1} << 34);
     v1::TensorChunk chunk;
     absl::Status bad;
-    Count(fetch, v1::FetchRequest());
+    Sent(fetch);
     while (reader->Read(&chunk)) {
-      Count(v1::FetchRequest(), chunk);
+      Received(chunk);
       if (bad.ok()) bad = assembler.Add(chunk);
     }
     if (auto s = FromGrpc(reader->Finish(), "fetching the model"); !s.ok()) {
@@ -288,7 +291,8 @@ class Site {
       ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
       v1::SubmitReply reply;
       grpc::Status s = stub_->SecAggSubmit(&ctx, msg, &reply);
-      Count(msg, reply);
+      Sent(msg);
+      Received(reply);
       return s;
     });
     return s.code() == absl::StatusCode::kAlreadyExists ? absl::OkStatus() : s;
@@ -471,12 +475,12 @@ class Site {
         first = false;
       }
       *msg.mutable_chunk() = std::move(c);
-      Count(msg, v1::SubmitReply());
+      Sent(msg);
       if (!writer->Write(msg)) break;
     }
     writer->WritesDone();
     grpc::Status finished = writer->Finish();
-    Count(v1::UpdateChunk(), reply);
+    Received(reply);
     if (auto s = FromGrpc(finished, "submitting the update"); !s.ok()) {
       coordinator_said_no_ = true;
       return s;
@@ -487,10 +491,8 @@ class Site {
 
   // Counts the protocol messages' bytes both ways (what bench/secagg compares between plain and
   // secure rounds; gRPC's framing and TLS add a little to both).
-  void Count(const google::protobuf::Message& sent, const google::protobuf::Message& received) {
-    sent_bytes_ += sent.ByteSizeLong();
-    received_bytes_ += received.ByteSizeLong();
-  }
+  void Sent(const google::protobuf::Message& msg) { sent_bytes_ += msg.ByteSizeLong(); }
+  void Received(const google::protobuf::Message& msg) { received_bytes_ += msg.ByteSizeLong(); }
 
   Shared* sh_;
   const std::string name_, token_;
