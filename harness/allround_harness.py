@@ -124,10 +124,12 @@ class Run:
         return p
 
 
-def start_coordinator(run, coordinator, args, name="coord", timeout=120):
+def start_coordinator(run, coordinator, args, name="coord", timeout=120, port=0):
     """Starts allround-coordinator on a free loopback port (--listen 127.0.0.1:0) and returns
-    (proc, port) once it listens. Raises RuntimeError with its last lines if it never does."""
-    p = run.start(name, [coordinator, *args, "--listen", "127.0.0.1:0"])
+    (proc, port) once it listens. Raises RuntimeError with its last lines if it never does.
+    `port` other than 0 listens there instead: a coordinator restarted where its sites already
+    look for it (take that port with free_port() before the first start)."""
+    p = run.start(name, [coordinator, *args, "--listen", f"127.0.0.1:{port}"])
     m = p.wait_for(r"listening on 127\.0\.0\.1:(\d+)", timeout)
     if not m:
         p.kill()
@@ -151,6 +153,29 @@ def read_metrics(run_dir):
     """The records of RUN_DIR/metrics.jsonl, in order."""
     with open(os.path.join(run_dir, "metrics.jsonl")) as f:
         return [json.loads(line) for line in f if line.strip()]
+
+
+def wait_for_record(run_dir, round_, timeout, proc=None):
+    """The record of `round_` in RUN_DIR/metrics.jsonl once the coordinator wrote it (the last
+    such record: a resumed run may write a round again), waiting up to `timeout` s; None if it
+    never comes or `proc`, when given, ends first. A line still being written is not read."""
+    path = os.path.join(run_dir, "metrics.jsonl")
+    deadline = time.monotonic() + timeout
+    while True:
+        # Whether to give up is decided before reading, so a record written just before the
+        # process ended is still found.
+        last_try = (proc is not None and proc.poll() is not None) or time.monotonic() > deadline
+        try:
+            with open(path) as f:
+                lines = f.read().split("\n")[:-1]
+        except FileNotFoundError:
+            lines = []
+        found = [r for r in (json.loads(line) for line in lines if line.strip()) if r.get("round") == round_]
+        if found:
+            return found[-1]
+        if last_try:
+            return None
+        time.sleep(0.1)
 
 
 class Checks:
@@ -230,6 +255,15 @@ def append_results(bench, rows, results_dir=None):
     return path
 
 
+def record_results(bench, rows):
+    """append_results where ALLROUND_RESULTS says, as the record command does: unset writes to
+    bench/results/, a directory writes there, 'none' writes nothing. The file's path, or None."""
+    where = os.environ.get("ALLROUND_RESULTS")
+    if where == "none":
+        return None
+    return append_results(bench, rows, where or None)
+
+
 def skip(reason):
     print(f"{reason}: skipped")
     sys.exit(SKIP)
@@ -242,11 +276,9 @@ def main(argv):
     if len(argv) < 3 or argv[1] != "record" or not all("=" in a for a in argv[3:]):
         print(main.__doc__, file=sys.stderr)
         return 2
-    where = os.environ.get("ALLROUND_RESULTS")
-    if where == "none":
-        return 0
-    row = dict(a.split("=", 1) for a in argv[3:])
-    print(f"recorded in {append_results(argv[2], [row], where)}", file=sys.stderr)
+    path = record_results(argv[2], [dict(a.split("=", 1) for a in argv[3:])])
+    if path:
+        print(f"recorded in {path}", file=sys.stderr)
     return 0
 
 

@@ -1,5 +1,6 @@
 """The harness's own checks: processes and their output files, waiting for a line, the kill of a
-whole session, the result rows (header, stamp, a refused mismatch), and the record command."""
+whole session, waiting for a metrics record, the result rows (header, stamp, a refused mismatch),
+and the record command."""
 import csv
 import os
 import subprocess
@@ -22,6 +23,12 @@ with h.Run("harness") as run:
     checks.check("kill ends the process and what it started", sleeper.poll() is not None)
     kept = run.dir
 checks.check("leaving the run removes its directory", not os.path.exists(kept))
+
+with tempfile.TemporaryDirectory() as d:
+    with open(os.path.join(d, "metrics.jsonl"), "w") as f:
+        f.write('{"round": 1, "x": 1}\n{"round": 2, "x": 2}\n{"round": 2, "x": 3}\n{"round": 3, "x"')
+    checks.check("wait_for_record gives a round's last record and skips a line still being written",
+                 h.wait_for_record(d, 2, 1)["x"] == 3 and h.wait_for_record(d, 3, 0.3) is None)
 
 with tempfile.TemporaryDirectory() as d:
     path = h.append_results("demo", [{"run": 1, "x": 2.5}, {"run": 2, "x": 3.0}], d)
