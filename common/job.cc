@@ -10,6 +10,7 @@
 #include <fstream>
 #include <functional>
 #include <map>
+#include <optional>
 #include <set>
 #include <sstream>
 
@@ -133,34 +134,12 @@ template <typename Field>
 Key BoolKey(std::string name, std::string help, Field field) {
   Key k{name, help, nullptr, nullptr};
   k.set = [name, field](Job& j, const std::string& v) -> absl::Status {
-    if (v == "true" || v == "1" || v == "yes") {
-      field(j) = true;
-    } else if (v == "false" || v == "0" || v == "no") {
-      field(j) = false;
-    } else {
-      return BadValue(name, v, "true or false");
-    }
+    const std::optional<bool> b = ParseBoolText(v);
+    if (!b.has_value()) return BadValue(name, v, "true or false");
+    field(j) = *b;
     return absl::OkStatus();
   };
   k.get = [field](const Job& j) { return field(const_cast<Job&>(j)) ? "true" : "false"; };
-  return k;
-}
-
-template <typename Field>
-Key IntListKey(std::string name, std::string help, Field field) {
-  Key k{name, help, nullptr, nullptr};
-  k.set = [name, field](Job& j, const std::string& v) -> absl::Status {
-    std::vector<int64_t> out;
-    for (absl::string_view part : absl::StrSplit(v, ',', absl::SkipWhitespace())) {
-      auto i = ParseInt(name, std::string(absl::StripAsciiWhitespace(part)));
-      if (!i.ok()) return i.status();
-      if (*i <= 0) return BadValue(name, v, "positive integers");
-      out.push_back(*i);
-    }
-    field(j) = out;
-    return absl::OkStatus();
-  };
-  k.get = [field](const Job& j) { return absl::StrJoin(field(const_cast<Job&>(j)), ","); };
   return k;
 }
 
@@ -217,20 +196,6 @@ const std::vector<Key>& Keys() {
       ComponentNameKey("mode", "learning mode", [](Job& j) -> auto& { return j.mode; }, "mode"),
       ComponentNameKey("loss", "loss function", [](Job& j) -> auto& { return j.loss; }, "loss"),
       ComponentNameKey("model.name", "model architecture", [](Job& j) -> auto& { return j.model.name; }, "model"),
-      IntListKey("model.hidden", "mlp hidden layer widths, e.g. 200,200",
-                 [](Job& j) -> auto& { return j.model.hidden; }),
-      IntKey<int64_t>("model.width", "resnet: channels of the first stage",
-                      [](Job& j) -> auto& { return j.model.width; }, 1, 1024),
-      IntKey<int64_t>("model.fc", "fedavg_cnn: units of the fully connected hidden layer",
-                      [](Job& j) -> auto& { return j.model.fc; }, 1, 1 << 16),
-      IntKey<int64_t>("model.patch", "vit: side of the square patches", [](Job& j) -> auto& { return j.model.patch; },
-                      1, 1024),
-      IntKey<int64_t>("model.dim", "vit: token width", [](Job& j) -> auto& { return j.model.dim; }, 1, 65536),
-      IntKey<int64_t>("model.depth", "vit: transformer blocks", [](Job& j) -> auto& { return j.model.depth; }, 1,
-                      256),
-      IntKey<int64_t>("model.heads", "vit: attention heads", [](Job& j) -> auto& { return j.model.heads; }, 1, 1024),
-      IntKey<int64_t>("model.mlp_dim", "vit: hidden width of each block's MLP",
-                      [](Job& j) -> auto& { return j.model.mlp_dim; }, 1, 1 << 20),
       StringKey("model.init", "initial weights from a safetensors file (fine-tuning)",
                 [](Job& j) -> auto& { return j.model.init; }),
       StringKey("data.name", "dataset: fashion_mnist, or text (plain-text files under data.dir, e.g. "
@@ -250,81 +215,12 @@ const std::vector<Key>& Keys() {
                       [](Job& j) -> auto& { return j.data.labels_per_class; }, 0, kBig),
       IntKey<int64_t>("train.eval_every", "evaluate on the test set after every K-th epoch (and the last)",
                       [](Job& j) -> auto& { return j.train.eval_every; }, 1, kBig),
-      IntKey<int64_t>("dino.embed_dim", "backbone feature size", [](Job& j) -> auto& { return j.dino.embed_dim; }, 1,
-                      65536),
-      IntKey<int64_t>("dino.hidden_dim", "head hidden size", [](Job& j) -> auto& { return j.dino.hidden_dim; }, 1,
-                      65536),
-      IntKey<int64_t>("dino.bottleneck_dim", "head bottleneck", [](Job& j) -> auto& { return j.dino.bottleneck_dim; },
-                      1, 65536),
-      IntKey<int64_t>("dino.out_dim", "head output (prototypes)", [](Job& j) -> auto& { return j.dino.out_dim; }, 2,
-                      1 << 20),
-      BoolKey("dino.head_bn", "batch norm in the head's hidden layers", [](Job& j) -> auto& { return j.dino.head_bn; }),
-      IntKey<int64_t>("dino.local_crops", "local views per image", [](Job& j) -> auto& { return j.dino.local_crops; },
-                      0, 64),
-      IntKey<int64_t>("dino.local_size", "local views' side in pixels",
-                      [](Job& j) -> auto& { return j.dino.local_size; }, 4, 1024),
-      DoubleKey("dino.student_temp", "student temperature", [](Job& j) -> auto& { return j.dino.student_temp; },
-                1e-4, 100),
-      DoubleKey("dino.teacher_temp", "teacher temperature", [](Job& j) -> auto& { return j.dino.teacher_temp; },
-                1e-4, 100),
-      DoubleKey("dino.warmup_teacher_temp", "teacher temperature at the start",
-                [](Job& j) -> auto& { return j.dino.warmup_teacher_temp; }, 1e-4, 100),
-      DoubleKey("dino.warmup_fraction", "fraction of the run the teacher temperature warms up over",
-                [](Job& j) -> auto& { return j.dino.warmup_fraction; }, 0, 1),
-      DoubleKey("dino.momentum", "teacher EMA momentum at the start (cosine to 1)",
-                [](Job& j) -> auto& { return j.dino.momentum; }, 0, 1),
-      DoubleKey("dino.center_momentum", "momentum of the teacher-output center",
-                [](Job& j) -> auto& { return j.dino.center_momentum; }, 0, 1),
-      IntKey<int64_t>("dino.knn_k", "k-NN evaluation: neighbours", [](Job& j) -> auto& { return j.dino.knn_k; }, 1,
-                      100000),
-      DoubleKey("dino.knn_temp", "k-NN evaluation: vote temperature", [](Job& j) -> auto& { return j.dino.knn_temp; },
-                1e-4, 100),
-      IntKey<int64_t>("dino.knn_bank", "k-NN evaluation: labelled training images voting",
-                      [](Job& j) -> auto& { return j.dino.knn_bank; }, 1, kBig),
-      StringKey("dino.knn_features", "k-NN evaluation features", [](Job& j) -> auto& { return j.dino.knn_features; },
-                {"backbone", "pixels"}),
-      IntKey<int64_t>("dino.probe_steps", "linear probe: full-batch Adam steps on the k-NN bank (0: no probe)",
-                      [](Job& j) -> auto& { return j.dino.probe_steps; }, 0, 1000000),
-      DoubleKey("dino.probe_lr", "linear probe: Adam learning rate", [](Job& j) -> auto& { return j.dino.probe_lr; },
-                1e-6, 10),
-      IntKey<int64_t>("vae.latent", "vae: latent dimensions", [](Job& j) -> auto& { return j.vae.latent; }, 1, 4096),
-      IntKey<int64_t>("vae.hidden", "vae: hidden width of encoder and decoder",
-                      [](Job& j) -> auto& { return j.vae.hidden; }, 1, 65536),
-      DoubleKey("vae.denoise_std", "vae: > 0 trains a denoising autoencoder with this input noise",
-                [](Job& j) -> auto& { return j.vae.denoise_std; }, 0, 10),
-      IntKey<int64_t>("gan.noise_dim", "gan: generator input size", [](Job& j) -> auto& { return j.gan.noise_dim; },
-                      1, 65536),
-      IntKey<int64_t>("gan.width", "gan: channels of the first discriminator layer",
-                      [](Job& j) -> auto& { return j.gan.width; }, 1, 4096),
-      IntKey<int64_t>("gan.eval_samples", "gan: generated images the Frechet distance compares",
-                      [](Job& j) -> auto& { return j.gan.eval_samples; }, 2, kBig),
-      BoolKey("gan.batch_norm", "gan: batch norm in generator and discriminator",
-              [](Job& j) -> auto& { return j.gan.batch_norm; }),
-      StringKey("gan.init", "gan: initial weights, DCGAN's N(0, 0.02) or LibTorch's defaults",
-                [](Job& j) -> auto& { return j.gan.init; }, {"dcgan", "torch"}),
-      IntKey<int64_t>("gan.classifier_epochs", "gan: epochs of the evaluation classifier",
-                      [](Job& j) -> auto& { return j.gan.classifier_epochs; }, 1, 1000),
-      DoubleKey("gan.ema", "gan: decay of the generator's weight average that is evaluated (0: none)",
-                [](Job& j) -> auto& { return j.gan.ema; }, 0, 0.999999),
-      IntKey<int64_t>("gan.classifier_features", "gan: penultimate width of the evaluation classifier (the "
-                      "features the Frechet distance compares)",
-                      [](Job& j) -> auto& { return j.gan.classifier_features; }, 1, 1 << 16),
       IntKey<int64_t>("text.vocab_size", "text: BPE vocabulary size", [](Job& j) -> auto& { return j.text.vocab_size; },
                       260, 1 << 20),
       IntKey<int64_t>("text.seq_len", "text: tokens per sequence", [](Job& j) -> auto& { return j.text.seq_len; }, 4,
                       4096),
       DoubleKey("text.test_fraction", "text: documents held out", [](Job& j) -> auto& { return j.text.test_fraction; },
                 0.0, 0.9),
-      IntKey<int64_t>("mlm.layers", "mlm: transformer layers", [](Job& j) -> auto& { return j.mlm.layers; }, 1, 64),
-      IntKey<int64_t>("mlm.hidden", "mlm: hidden size", [](Job& j) -> auto& { return j.mlm.hidden; }, 2, 8192),
-      IntKey<int64_t>("mlm.heads", "mlm: attention heads", [](Job& j) -> auto& { return j.mlm.heads; }, 1, 128),
-      DoubleKey("mlm.mask_prob", "mlm: share of tokens selected for prediction",
-                [](Job& j) -> auto& { return j.mlm.mask_prob; }, 0.01, 0.9),
-      IntKey<int64_t>("semi.mu", "unlabelled images per labelled one in a step",
-                      [](Job& j) -> auto& { return j.semi.mu; }, 1, 1024),
-      DoubleKey("semi.tau", "confidence a pseudo-label needs", [](Job& j) -> auto& { return j.semi.tau; }, 0.0, 1.0),
-      DoubleKey("semi.lambda_u", "weight of the unlabelled loss", [](Job& j) -> auto& { return j.semi.lambda_u; },
-                0.0, 1e6),
       IntKey<int64_t>("data.test_limit", "evaluate on the first N test examples (0: all)",
                       [](Job& j) -> auto& { return j.data.test_limit; }, 0, kBig),
       StringKey("optimizer.name", "optimizer", [](Job& j) -> auto& { return j.optimizer.name; },
@@ -416,6 +312,10 @@ const std::vector<Key>& Keys() {
                       [](Job& j) -> auto& { return j.federated.max_echo_chars; }, 8, 1 << 20),
       ComponentNameKey("strategy.name", "aggregation strategy", [](Job& j) -> auto& { return j.strategy.name; },
                        "strategy"),
+      BoolKey("tensorboard.enabled", "write TensorBoard event files into the run directory",
+              [](Job& j) -> auto& { return j.tensorboard.enabled; }),
+      BoolKey("tensorboard.histograms", "TensorBoard: histograms of the weights (and update norms) each round",
+              [](Job& j) -> auto& { return j.tensorboard.histograms; }),
       StringKey("run_dir", "where metrics and outputs go ({name}: the job's name)",
                 [](Job& j) -> auto& { return j.run_dir; }),
   };
@@ -525,6 +425,12 @@ int64_t JobInteger(const Job& job, const std::string& key) {
   return static_cast<int64_t>(std::strtoll(JobParam(job, key).c_str(), nullptr, 10));
 }
 
+bool JobBool(const Job& job, const std::string& key) { return ParseBoolText(JobParam(job, key)).value_or(false); }
+
+std::vector<int64_t> JobIntegers(const Job& job, const std::string& key) {
+  return ParseIntegerListText(JobParam(job, key)).value_or(std::vector<int64_t>{});
+}
+
 absl::StatusOr<Job> ParseJobYaml(const std::string& text, const std::string& origin) {
   Job job;
   YAML::Node root;
@@ -579,23 +485,8 @@ absl::Status ValidateJob(const Job& job) {
         "job key 'name': bad value '", job.name, "' (", kPlainNameRule,
         "; it names the run directory and the checkpoints)"));
   }
-  if (job.model.name == "mlp" && job.model.hidden.empty()) {
-    return absl::InvalidArgumentError("job key 'model.hidden': an mlp needs at least one layer");
-  }
-  if (job.mode == "mlm" && job.mlm.hidden % job.mlm.heads != 0) {
-    return absl::InvalidArgumentError(absl::StrCat("job key 'mlm.hidden': ", job.mlm.hidden,
-                                                   " is not a multiple of mlm.heads (", job.mlm.heads, ")"));
-  }
   if (job.data.name == "text" && job.data.augment != "none") {
     return absl::InvalidArgumentError("job key 'data.augment': text takes no image augmentation (give none)");
-  }
-  if ((job.mode == "mlm") != (job.data.name == "text")) {
-    return absl::InvalidArgumentError("job keys 'mode' and 'data.name': the mlm mode trains on text, and text "
-                                      "data needs the mlm mode");
-  }
-  if (job.model.name == "vit" && job.model.dim % job.model.heads != 0) {
-    return absl::InvalidArgumentError(absl::StrCat("job key 'model.dim': ", job.model.dim,
-                                                   " is not a multiple of model.heads (", job.model.heads, ")"));
   }
   if (job.data.scale == "unit" && job.mode != "supervised") {
     // The other image modes undo the standardization to build views and samples (modes::kImageMean).

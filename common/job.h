@@ -19,16 +19,10 @@
 
 namespace allround {
 
-struct ModelSpec {
-  std::string name = "simple_cnn";   // mlp | simple_cnn | fedavg_cnn | resnet | vit
-  std::vector<int64_t> hidden = {200, 200};  // mlp only
-  int64_t width = 16;                // resnet only: channels of the first stage
-  int64_t fc = 512;                  // fedavg_cnn: units of the fully connected hidden layer
-  int64_t patch = 7;                 // vit: side of the square patches (must divide the image)
-  int64_t dim = 64;                  // vit: token width
-  int64_t depth = 4;                 // vit: transformer blocks
-  int64_t heads = 4;                 // vit: attention heads (dim a multiple of them)
-  int64_t mlp_dim = 128;             // vit: hidden width of each block's MLP
+// The model's own keys (model.hidden, model.width, ...) are registered beside each model
+// (algorithms/models/networks.cc) and held in Job::params; models::ModelSpecFromJob reads them.
+struct ModelJobSpec {
+  std::string name = "simple_cnn";   // a registered model (mlp | simple_cnn | fedavg_cnn | resnet | vit)
   std::string init;                  // initial weights: a safetensors file (e.g. from PyTorch)
 };
 
@@ -114,77 +108,17 @@ struct StrategyJobSpec {
   std::string name = "fedavg";
 };
 
-// Semi-supervised modes (fixmatch, pseudolabel): per step B labelled and mu x B unlabelled
-// images; pseudo-labels where the weak view's probability >= tau; unlabelled loss weight lambda_u.
-struct SemiSpec {
-  int64_t mu = 7;
-  double tau = 0.95;
-  double lambda_u = 1.0;
-};
-
-// DINO (self-distillation): student and EMA teacher of the same backbone (model.name, emitting
-// embed_dim features) with a 3-layer MLP head (hidden, bottleneck, a weight-normalized last layer
-// of out_dim); multi-crop with 2 global and local_crops local views.
-struct DinoSpec {
-  int64_t embed_dim = 128;
-  int64_t hidden_dim = 256;
-  int64_t bottleneck_dim = 64;
-  int64_t out_dim = 1024;
-  bool head_bn = true;               // batch norm in the head's hidden layers (DINO's use_bn, for CNNs)
-  int64_t local_crops = 4;
-  int64_t local_size = 28;           // local crops are resized to this (CNN backbones need 28)
-  double student_temp = 0.1;
-  double teacher_temp = 0.04;
-  double warmup_teacher_temp = 0.04;  // teacher temperature at the start, linear to teacher_temp
-  double warmup_fraction = 0.0;       // over this fraction of the run
-  double momentum = 0.996;            // teacher EMA momentum, cosine to 1 over the run
-  double center_momentum = 0.9;
-  int64_t knn_k = 20;
-  double knn_temp = 0.07;
-  int64_t knn_bank = 10000;           // labelled training images the k-NN evaluation votes with
-  std::string knn_features = "backbone";  // backbone (the teacher's) | pixels (the baseline)
-  int64_t probe_steps = 300;          // linear probe on the same features and bank: full-batch Adam steps (0: off)
-  double probe_lr = 0.05;
-};
-
-// The VAE mode (Kingma & Welling 2014): MLP encoder and decoder, Bernoulli likelihood on pixels.
-struct VaeSpec {
-  int64_t latent = 16;
-  int64_t hidden = 400;
-  double denoise_std = 0.0;          // > 0: a denoising autoencoder instead (Gaussian noise of this std
-                                     // on the input pixels, clean target, no KL)
-};
-
-// The GAN mode: DCGAN for 28x28 images.
-struct GanSpec {
-  int64_t noise_dim = 100;
-  int64_t width = 64;                // discriminator channels w, 2w; generator 2w, w
-  int64_t eval_samples = 10000;      // generated images the Frechet distance compares
-  int64_t classifier_epochs = 2;     // the evaluation classifier's training on the labelled bank
-  int64_t classifier_features = 128; // its penultimate width: the features the distance compares
-  double ema = 0;                    // evaluate (and sample) an exponential moving average of the
-                                     // generator's weights with this decay per step (e.g. 0.999);
-                                     // 0: the generator itself. In 10 epochs of the shipped job (from
-                                     // LibTorch's initial weights) the average did not beat it
-                                     // (Frechet distance 8.09 vs 7.54).
-  bool batch_norm = true;            // in both networks (DCGAN's); off, a step under N ranks equals
-                                     // one process's step on the N batches together
-  std::string init = "dcgan";        // initial weights: "dcgan" (Radford et al.: every convolution and
-                                     // linear weight N(0, 0.02), batch-norm scales N(1, 0.02), biases
-                                     // 0), or "torch" (LibTorch's defaults)
-};
-
-// Text corpora (data.name text) and the masked-LM mode.
+// Text corpora (data.name text).
 struct TextSpec {
   int64_t vocab_size = 8000;         // the BPE tokenizer's, trained on the training documents
   int64_t seq_len = 64;              // tokens per sequence ([CLS] first; padded, longer documents split)
   double test_fraction = 0.1;        // documents held out (seeded)
 };
-struct MlmSpec {
-  int64_t layers = 2;
-  int64_t hidden = 128;
-  int64_t heads = 2;
-  double mask_prob = 0.15;           // tokens selected; of them 80% [MASK], 10% random, 10% unchanged
+
+// TensorBoard event files in the run directory (observe/run_board.h).
+struct TensorBoardSpec {
+  bool enabled = true;
+  bool histograms = true;            // of the model's weights (and the sites' update norms) each round
 };
 
 struct PartitionSpec {
@@ -211,7 +145,7 @@ struct Job {
   std::string device = "cpu";        // cpu | cuda (one GPU per rank; NCCL between ranks)
   bool deterministic = true;         // cuda: deterministic kernels, so a rerun or resume matches
   std::string loss = "cross_entropy";  // cross_entropy | l1 | mse | hinge
-  ModelSpec model;
+  ModelJobSpec model;
   DataSpec data;
   OptimizerSpec optimizer;
   ScheduleSpec schedule;
@@ -221,15 +155,12 @@ struct Job {
   CheckpointSpec checkpoint;
   FederatedSpec federated;
   StrategyJobSpec strategy;
-  SemiSpec semi;
-  DinoSpec dino;
-  VaeSpec vae;
-  GanSpec gan;
   TextSpec text;
-  MlmSpec mlm;
+  TensorBoardSpec tensorboard;
   std::string run_dir = "runs/{name}";  // {name} is replaced by the job's name
-  // The keys components register beside their code (common/registry.h) that the job sets; a key
-  // not here has its registered default.
+  // The keys components register beside their code (common/registry.h) that the job sets: a
+  // strategy's (strategy.server_lr), a model's (model.hidden), a learning mode's (dino.out_dim,
+  // semi.mu, ...). A key not here has its registered default.
   std::map<std::string, std::string> params;
 };
 
@@ -238,6 +169,8 @@ struct Job {
 std::string JobParam(const Job& job, const std::string& key);
 double JobNumber(const Job& job, const std::string& key);
 int64_t JobInteger(const Job& job, const std::string& key);
+bool JobBool(const Job& job, const std::string& key);                      // a BooleanKey's
+std::vector<int64_t> JobIntegers(const Job& job, const std::string& key);  // an IntegerListKey's
 
 // Parses YAML text into a Job on top of the defaults. `origin` names the text in errors.
 absl::StatusOr<Job> ParseJobYaml(const std::string& text, const std::string& origin);

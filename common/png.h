@@ -13,6 +13,14 @@
 
 namespace allround {
 
+// An 8-bit grayscale picture a run shows (a sample grid, a confusion matrix): written as a PNG file
+// and into the TensorBoard event file. `name` is its kind ("samples", "reconstructions").
+struct GrayImage {
+  std::string name;
+  int64_t width = 0, height = 0;
+  std::vector<uint8_t> pixels;  // height rows of width bytes
+};
+
 // The PNG file's bytes; `pixels` holds height rows of width bytes. Fails on a size mismatch.
 absl::StatusOr<std::string> EncodeGrayPng(int64_t width, int64_t height, const std::vector<uint8_t>& pixels);
 

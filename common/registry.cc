@@ -7,9 +7,12 @@
 #include <cstdlib>
 #include <map>
 #include <memory>
+#include <optional>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
 
 namespace allround {
 namespace {
@@ -70,6 +73,63 @@ ComponentKey IntegerKey(std::string key, int64_t default_value, std::string help
     return absl::OkStatus();
   };
   return k;
+}
+
+ComponentKey ChoiceKey(std::string key, std::string default_value, std::string help, std::vector<std::string> allowed) {
+  ComponentKey k{key, std::move(default_value), std::move(help), nullptr};
+  k.check = [key, allowed](const std::string& v) -> absl::Status {
+    if (std::find(allowed.begin(), allowed.end(), v) != allowed.end()) return absl::OkStatus();
+    return absl::InvalidArgumentError(
+        absl::StrCat("job key '", key, "': bad value '", v, "' (one of: ", absl::StrJoin(allowed, ", "), ")"));
+  };
+  return k;
+}
+
+ComponentKey BooleanKey(std::string key, bool default_value, std::string help) {
+  ComponentKey k{key, default_value ? "true" : "false", std::move(help), nullptr};
+  k.check = [key](const std::string& v) -> absl::Status {
+    if (ParseBoolText(v).has_value()) return absl::OkStatus();
+    return absl::InvalidArgumentError(absl::StrCat("job key '", key, "': bad value '", v, "' (true or false)"));
+  };
+  return k;
+}
+
+ComponentKey IntegerListKey(std::string key, const std::vector<int64_t>& default_value, std::string help, int64_t lo,
+                            int64_t hi) {
+  ComponentKey k{key, absl::StrJoin(default_value, ","), std::move(help), nullptr};
+  k.check = [key, lo, hi](const std::string& v) -> absl::Status {
+    const auto bad = [&] {
+      return absl::InvalidArgumentError(absl::StrCat("job key '", key, "': bad value '", v,
+                                                     "' (one or more comma-separated integers between ", lo, " and ",
+                                                     hi, ")"));
+    };
+    const auto list = ParseIntegerListText(v);
+    if (!list.has_value() || list->empty()) return bad();
+    for (int64_t i : *list) {
+      if (i < lo || i > hi) return bad();
+    }
+    return absl::OkStatus();
+  };
+  return k;
+}
+
+std::optional<bool> ParseBoolText(const std::string& v) {
+  if (v == "true" || v == "1" || v == "yes") return true;
+  if (v == "false" || v == "0" || v == "no") return false;
+  return std::nullopt;
+}
+
+std::optional<std::vector<int64_t>> ParseIntegerListText(const std::string& v) {
+  std::vector<int64_t> out;
+  for (absl::string_view part : absl::StrSplit(v, ',', absl::SkipWhitespace())) {
+    const std::string item(absl::StripAsciiWhitespace(part));
+    char* end = nullptr;
+    errno = 0;
+    const long long i = std::strtoll(item.c_str(), &end, 10);
+    if (item.empty() || *end != '\0' || errno != 0) return std::nullopt;
+    out.push_back(static_cast<int64_t>(i));
+  }
+  return out;
 }
 
 bool RegisterComponent(ComponentInfo info) {

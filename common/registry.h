@@ -12,8 +12,10 @@
 // of one kind with the same name, or one key registered twice with different defaults, abort at
 // start-up (a programmer error, found by any test).
 
+#include <cstdint>
 #include <functional>
 #include <map>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -35,6 +37,18 @@ struct ComponentKey {
 // Keys with a range: the text must parse, and lie in [lo, hi]; the error names the key.
 ComponentKey NumberKey(std::string key, double default_value, std::string help, double lo, double hi);
 ComponentKey IntegerKey(std::string key, int64_t default_value, std::string help, int64_t lo, int64_t hi);
+// One of `allowed` ("backbone" or "pixels").
+ComponentKey ChoiceKey(std::string key, std::string default_value, std::string help, std::vector<std::string> allowed);
+// true or false (1/0 and yes/no are taken too); read it with JobBool (common/job.h).
+ComponentKey BooleanKey(std::string key, bool default_value, std::string help);
+// One or more comma-separated integers, each in [lo, hi] ("200,200"); read it with JobIntegers.
+ComponentKey IntegerListKey(std::string key, const std::vector<int64_t>& default_value, std::string help, int64_t lo,
+                            int64_t hi);
+
+// The texts BooleanKey and IntegerListKey take: a bool, a list of integers (no range check); nullopt
+// for anything else.
+std::optional<bool> ParseBoolText(const std::string& v);
+std::optional<std::vector<int64_t>> ParseIntegerListText(const std::string& v);
 
 struct ComponentInfo {
   std::string kind;  // "strategy", "mode", "model", "loss", "backend"

@@ -35,7 +35,7 @@ bool Semi(const data::TrainingData& data) { return data.labeled_inputs.defined()
 
 // The batch the epoch's sampler order is cut into: the unlabelled mu x B in a semi-supervised job.
 int64_t MainBatch(const Job& job, const data::TrainingData& data) {
-  return Semi(data) ? job.train.batch_size * job.semi.mu : job.train.batch_size;
+  return Semi(data) ? job.train.batch_size * JobInteger(job, "semi.mu") : job.train.batch_size;
 }
 
 int64_t StepsPerEpoch(const Job& job, const data::TrainingData& data, const comm::Communicator& comm) {

@@ -131,7 +131,7 @@ TEST(Losses, MatchHandComputation) {
 }
 
 int64_t Count(const std::string& name) {
-  ModelSpec spec;
+  models::ModelSpec spec;
   spec.name = name;
   auto m = models::MakeModel(spec, {});
   EXPECT_TRUE(m.ok()) << m.status();
@@ -142,7 +142,7 @@ TEST(Models, ParameterCounts) {
   EXPECT_EQ(Count("simple_cnn"), 44426);     // NIID-Bench SimpleCNN
   EXPECT_EQ(Count("fedavg_cnn"), 1663370);   // McMahan et al. 2017, Table/Sec. 3
   {
-    ModelSpec narrow;  // the GAN's evaluation classifier: a 128-unit hidden layer
+    models::ModelSpec narrow;  // the GAN's evaluation classifier: a 128-unit hidden layer
     narrow.name = "fedavg_cnn";
     narrow.fc = 128;
     auto m = models::MakeModel(narrow, {});
@@ -161,7 +161,7 @@ TEST(Models, ParameterCounts) {
 }
 
 TEST(Models, VitPatchesAndErrors) {
-  ModelSpec spec;
+  models::ModelSpec spec;
   spec.name = "vit";
   spec.patch = 4;
   auto m = models::MakeModel(spec, {});
@@ -204,13 +204,13 @@ TEST(Transformer, AttentionAveragesAndIgnoresPadding) {
 
 TEST(Models, ForwardShapesAndUnknownName) {
   for (const auto& name : models::ModelNames()) {
-    ModelSpec spec;
+    models::ModelSpec spec;
     spec.name = name;
     auto m = models::MakeModel(spec, {});
     ASSERT_TRUE(m.ok());
     EXPECT_EQ((*m)->forward(torch::randn({3, 1, 28, 28})).sizes().vec(), (std::vector<int64_t>{3, 10})) << name;
   }
-  ModelSpec bad;
+  models::ModelSpec bad;
   bad.name = "vgg";
   auto m = models::MakeModel(bad, {});
   ASSERT_FALSE(m.ok());
@@ -255,7 +255,7 @@ modes::Batch Blobs(int64_t n, uint64_t seed) {
 TEST(SupervisedMode, LearnsAndIsDeterministic) {
   Job job;
   job.model.name = "mlp";
-  job.model.hidden = {32};
+  EXPECT_TRUE(SetJobKey(job, "model.hidden", "32").ok());
   job.optimizer.name = "sgd";
   job.optimizer.momentum = 0.9;
   modes::InputInfo info{1, 28, 28, 2};
@@ -299,7 +299,7 @@ TEST(SupervisedMode, RefusesBadBatchesAndChangesNothing) {
 TEST(SupervisedMode, OptimizerStateLoadsOnlyIntoItsOwnKind) {
   Job job;
   job.model.name = "mlp";
-  job.model.hidden = {8};
+  EXPECT_TRUE(SetJobKey(job, "model.hidden", "8").ok());
   modes::InputInfo info{1, 28, 28, 2};
   const modes::Batch batch = Blobs(32, 1);
   auto trained = [&](const std::string& optimizer) {
@@ -394,7 +394,7 @@ namespace {
 TEST(SupervisedMode, ProximalTermPullsTowardsTheReference) {
   Job job;
   job.model.name = "mlp";
-  job.model.hidden = {8};
+  EXPECT_TRUE(SetJobKey(job, "model.hidden", "8").ok());
   job.optimizer.momentum = 0;
   job.optimizer.weight_decay = 0;
   modes::InputInfo info{1, 28, 28, 10};

@@ -27,7 +27,7 @@ using comm::testing::Sgd;
 
 std::shared_ptr<models::Network> SimpleCnn() {
   torch::manual_seed(7);
-  ModelSpec spec;
+  models::ModelSpec spec;
   spec.name = "simple_cnn";
   auto model = *models::MakeModel(spec, {});
   // Double precision: in float, rounding differences between one batch of 8 and two of 4 (~1e-8)
@@ -218,8 +218,8 @@ TEST(DinoRanks, TeacherAndCenterStayIdenticalAcrossRanks) {
   Job job;
   job.mode = "dino";
   job.model.name = "simple_cnn";
-  job.dino.out_dim = 64;
-  job.dino.local_crops = 2;
+  EXPECT_TRUE(SetJobKey(job, "dino.out_dim", "64").ok());
+  EXPECT_TRUE(SetJobKey(job, "dino.local_crops", "2").ok());
   job.optimizer.name = "adamw";
   auto made = modes::MakeDinoMode(job, modes::InputInfo{}, at::Device(at::kCPU), at::Tensor(), at::Tensor());
   ASSERT_TRUE(made.ok()) << made.status();
@@ -277,10 +277,10 @@ TEST(GanRanks, TwoBackwardStepEqualsOneProcess) {
   const int n = g_comm->size(), r = g_comm->rank();
   Job job;
   job.mode = "gan";
-  job.gan.batch_norm = false;
-  job.gan.init = "torch";
-  job.gan.width = 8;
-  job.gan.noise_dim = 16;
+  EXPECT_TRUE(SetJobKey(job, "gan.batch_norm", "false").ok());
+  EXPECT_TRUE(SetJobKey(job, "gan.init", "torch").ok());
+  EXPECT_TRUE(SetJobKey(job, "gan.width", "8").ok());
+  EXPECT_TRUE(SetJobKey(job, "gan.noise_dim", "16").ok());
   job.optimizer.name = "sgd";
   job.optimizer.momentum = 0.9;
   auto dist = modes::MakeGanMode(job, modes::InputInfo{}, at::Device(at::kCPU), at::Tensor(), at::Tensor());

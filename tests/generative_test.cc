@@ -136,8 +136,8 @@ Job VaeJob() {
   job.mode = "vae";
   job.optimizer.name = "adam";
   job.optimizer.lr = 1e-3;
-  job.vae.latent = 4;
-  job.vae.hidden = 32;
+  EXPECT_TRUE(SetJobKey(job, "vae.latent", "4").ok());
+  EXPECT_TRUE(SetJobKey(job, "vae.hidden", "32").ok());
   return job;
 }
 
@@ -175,7 +175,7 @@ TEST(Vae, TrainsEvaluatesDeterministicallyAndWritesGrids) {
 
 TEST(Vae, DenoisingVariantHasNoKlAndNoSamples) {
   Job job = VaeJob();
-  job.vae.denoise_std = 0.3;
+  EXPECT_TRUE(SetJobKey(job, "vae.denoise_std", "0.3").ok());
   auto mode = modes::MakeVaeMode(job, modes::InputInfo{}, at::Device(at::kCPU));
   ASSERT_TRUE(mode.ok());
   const at::Tensor x = torch::zeros({8, 1, 28, 28});
@@ -198,11 +198,11 @@ bool IsBatchNormStatistic(const std::string& name) {
 TEST(Gan, StepsBothNetworksEvaluatesByFrechetDistanceAndWritesSamples) {
   Job job;
   job.mode = "gan";
-  job.gan.width = 8;
-  job.gan.noise_dim = 16;
-  job.gan.eval_samples = 64;
-  job.gan.classifier_epochs = 1;
-  job.gan.ema = 0.999;
+  EXPECT_TRUE(SetJobKey(job, "gan.width", "8").ok());
+  EXPECT_TRUE(SetJobKey(job, "gan.noise_dim", "16").ok());
+  EXPECT_TRUE(SetJobKey(job, "gan.eval_samples", "64").ok());
+  EXPECT_TRUE(SetJobKey(job, "gan.classifier_epochs", "1").ok());
+  EXPECT_TRUE(SetJobKey(job, "gan.ema", "0.999").ok());
   job.optimizer.name = "adam";
   job.optimizer.lr = 2e-4;
   job.optimizer.beta1 = 0.5;
@@ -235,11 +235,12 @@ TEST(Gan, StepsBothNetworksEvaluatesByFrechetDistanceAndWritesSamples) {
   EXPECT_FALSE(torch::equal(after.at("model/discriminator.fc.weight"), before.at("model/discriminator.fc.weight")));
   // The evaluated generator is the weights' moving average: decay * old + (1 - decay) * new, for
   // every parameter; it is in the checkpoint, but not trained (no optimizer state, not counted).
+  const double ema = modes::GanSpecFromJob(job).ema;
   for (const auto& [name, t] : after) {
     if (name.rfind("model/generator_ema.", 0) != 0 || IsBatchNormStatistic(name)) continue;
     const std::string trained = "model/generator." + name.substr(std::string("model/generator_ema.").size());
     EXPECT_TRUE(torch::equal(before.at(name), before.at(trained))) << name;  // starts as a copy
-    EXPECT_TRUE(torch::allclose(t, job.gan.ema * before.at(name) + (1 - job.gan.ema) * after.at(trained), 1e-6, 1e-7))
+    EXPECT_TRUE(torch::allclose(t, ema * before.at(name) + (1 - ema) * after.at(trained), 1e-6, 1e-7))
         << name;
   }
   EXPECT_EQ(after.count("model/generator_ema.fc.weight"), 1u);
@@ -288,7 +289,7 @@ TEST(Gan, StartsFromDcganInitializationUnlessAskedForLibTorchs) {
   EXPECT_EQ(scales, 3);   // G: bn0, bn1; D: bn2
   EXPECT_EQ(biases, 9);
   // gan.init torch keeps LibTorch's defaults (uniform, biases not 0); a third value is refused.
-  job.gan.init = "torch";
+  EXPECT_TRUE(SetJobKey(job, "gan.init", "torch").ok());
   auto torch_init = modes::MakeGanMode(job, modes::InputInfo{}, at::Device(at::kCPU), at::Tensor(), at::Tensor());
   ASSERT_TRUE(torch_init.ok()) << torch_init.status();
   const auto state = (*torch_init)->State();
@@ -330,7 +331,7 @@ TEST(Mlm, LossAtInitialisationIsNearLogVocabularyAndFalls) {
   Job job;
   job.mode = "mlm";
   job.data.name = "text";
-  job.mlm.hidden = 32;
+  EXPECT_TRUE(SetJobKey(job, "mlm.hidden", "32").ok());
   job.optimizer.name = "adamw";
   job.optimizer.lr = 3e-3;
   const int64_t vocab = 500, t = 16;

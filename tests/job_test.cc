@@ -5,6 +5,7 @@
 
 #include <set>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_split.h"
 
 #include "tests/test_util.h"
@@ -51,6 +52,14 @@ TEST(Job, RefusesBadValuesNamingTheKey) {
       {"model: {name: vgg}", "'model.name'"},
       {"optimizer: {nesterov: maybe}", "'optimizer.nesterov'"},
       {"model: {hidden: [10, x]}", "'model.hidden'"},
+      {"model: {hidden: [10, 0]}", "'model.hidden'"},
+      {"model: {heads: 0}", "'model.heads'"},
+      {"dino: {knn_features: raw}", "one of: backbone, pixels"},
+      {"dino: {head_bn: maybe}", "'dino.head_bn'"},
+      {"gan: {init: xavier}", "'gan.init'"},
+      {"mlm: {mask_prob: 0.95}", "'mlm.mask_prob'"},
+      {"semi: {mu: 0}", "'semi.mu'"},
+      {"vae: {latent: 1.5}", "'vae.latent'"},
       {"seed: -1", "'seed'"},
       {"data: {scale: minmax}", "'data.scale'"},
       {"partition: {site_labels: [[0, x]]}", "'partition.site_labels'"},
@@ -68,6 +77,50 @@ TEST(Job, RefusesBadValuesNamingTheKey) {
     ASSERT_FALSE(job.ok()) << yaml;
     EXPECT_THAT(std::string(job.status().message()), HasSubstr(want)) << yaml;
   }
+}
+
+// The keys of models and learning modes are registered beside their code (common/registry.h):
+// they parse, print, round-trip and are checked across keys like the Job's own.
+TEST(Job, ModelAndModeKeysComeFromTheirRegistrations) {
+  auto job = ParseJobYaml("mode: dino\nmodel: {name: vit, dim: 48, heads: 6}\n"
+                          "dino: {out_dim: 64, head_bn: no, knn_features: pixels}\n", "t.yaml");
+  ASSERT_TRUE(job.ok()) << job.status();
+  EXPECT_EQ(JobInteger(*job, "model.dim"), 48);
+  EXPECT_EQ(JobIntegers(*job, "model.hidden"), (std::vector<int64_t>{200, 200}));  // the mlp's default
+  EXPECT_FALSE(JobBool(*job, "dino.head_bn"));
+  EXPECT_EQ(JobParam(*job, "dino.knn_features"), "pixels");
+  EXPECT_TRUE(ValidateJob(*job).ok());
+  auto back = ParseJobYaml(JobToYaml(*job), "roundtrip");
+  ASSERT_TRUE(back.ok()) << back.status() << "\n" << JobToYaml(*job);
+  EXPECT_EQ(JobToYaml(*back), JobToYaml(*job));
+  EXPECT_EQ(JobInteger(*back, "dino.out_dim"), 64);
+
+  // Help and the unknown-key suggestions list them with the components that read them.
+  bool listed = false;
+  for (const auto& [key, help] : JobKeys()) listed |= key == "dino.knn_features" && absl::StrContains(help, "(dino)");
+  EXPECT_TRUE(listed);
+  EXPECT_THAT(std::string(ParseJobYaml("dino: {outdim: 3}", "t.yaml").status().message()), HasSubstr("dino.out_dim"));
+
+  // Cross-key checks the components registered.
+  Job bad = *job;
+  ASSERT_TRUE(SetJobKey(bad, "model.heads", "5").ok());
+  EXPECT_THAT(std::string(ValidateJob(bad).message()),
+              AllOf(HasSubstr("'model.dim'"), HasSubstr("48 is not a multiple of model.heads (5)")));
+  Job mlm;
+  mlm.mode = "mlm";
+  mlm.data.name = "text";
+  mlm.data.augment = "none";
+  EXPECT_TRUE(ValidateJob(mlm).ok());
+  ASSERT_TRUE(SetJobKey(mlm, "mlm.heads", "3").ok());
+  EXPECT_THAT(std::string(ValidateJob(mlm).message()), HasSubstr("'mlm.hidden': 128 is not a multiple of mlm.heads (3)"));
+  Job text;
+  text.data.name = "text";
+  text.data.augment = "none";
+  EXPECT_THAT(std::string(ValidateJob(text).message()),
+              AllOf(HasSubstr("mode 'supervised' does not train on text"), HasSubstr("a text mode (mlm)")));
+  text.mode = "mlm";
+  text.data.name = "fashion_mnist";
+  EXPECT_THAT(std::string(ValidateJob(text).message()), HasSubstr("mode 'mlm' trains on text"));
 }
 
 TEST(Job, UnitScaledPixelsAreForTheSupervisedModeOnly) {
@@ -144,7 +197,7 @@ TEST(Job, FlagsOverrideKeys) {
   ASSERT_TRUE(ApplyJobFlags(job, {"--optimizer.lr=0.5", "--train.epochs", "4", "--model.hidden=8,4"}).ok());
   EXPECT_DOUBLE_EQ(job.optimizer.lr, 0.5);
   EXPECT_EQ(job.train.epochs, 4);
-  EXPECT_EQ(job.model.hidden, (std::vector<int64_t>{8, 4}));
+  EXPECT_EQ(JobIntegers(job, "model.hidden"), (std::vector<int64_t>{8, 4}));
   EXPECT_THAT(std::string(ApplyJobFlags(job, {"--optimizer.learning_rate=1"}).message()),
               HasSubstr("--optimizer.learning_rate"));
   EXPECT_THAT(std::string(SetJobKey(job, "train.epochs", "0").message()), HasSubstr("'train.epochs'"));
@@ -154,14 +207,14 @@ TEST(Job, YamlRoundTripKeepsEveryKey) {
   Job job;
   job.name = "x";
   job.optimizer.lr = 0.123456789;
-  job.model.hidden = {5, 6, 7};
+  EXPECT_TRUE(SetJobKey(job, "model.hidden", "5,6,7").ok());
   job.schedule.name = "cosine";
   job.partition.beta = 0.25;
   auto back = ParseJobYaml(JobToYaml(job), "roundtrip");
   ASSERT_TRUE(back.ok()) << back.status() << "\n" << JobToYaml(job);
   EXPECT_EQ(JobToYaml(*back), JobToYaml(job));
   EXPECT_DOUBLE_EQ(back->optimizer.lr, 0.123456789);
-  EXPECT_EQ(back->model.hidden, job.model.hidden);
+  EXPECT_EQ(JobIntegers(*back, "model.hidden"), (std::vector<int64_t>{5, 6, 7}));
   // Each section is written once (data.test_limit joins data.dir's section rather than opening a
   // second data: that YAML readers other than ours would let replace the first).
   std::set<std::string> tops;

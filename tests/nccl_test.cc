@@ -63,7 +63,7 @@ TEST_F(Nccl, CheckedWrapperPassesMatchingCallsThrough) {
 
 TEST_F(Nccl, ReducerOnGpuLeavesAGroupOfOnesGradientsUnchanged) {
   torch::manual_seed(1);
-  ModelSpec spec;
+  models::ModelSpec spec;
   spec.name = "simple_cnn";
   auto model = *models::MakeModel(spec, {});
   model->to(torch::kCUDA);

@@ -89,7 +89,7 @@ Job SmallJob(const ScratchDir& dir) {
   job.name = "fault";
   job.data.dir = dir.path();
   job.model.name = "mlp";
-  job.model.hidden = {16};
+  EXPECT_TRUE(SetJobKey(job, "model.hidden", "16").ok());
   job.train.epochs = 5;
   job.train.batch_size = 16;
   job.train.progress_every_s = 0;

@@ -52,11 +52,11 @@ at::Tensor ImageGrid(const at::Tensor& images, int64_t cols) {
   return grid;
 }
 
-absl::Status WriteImageGridPng(const std::string& path, const at::Tensor& images, int64_t cols) {
+GrayImage ImageGridPicture(const std::string& name, const at::Tensor& images, int64_t cols) {
   const at::Tensor grid = ImageGrid(images.detach().cpu(), cols);
   const at::Tensor bytes = grid.mul(255).round().clamp(0, 255).to(at::kByte).contiguous();
-  std::vector<uint8_t> pixels(bytes.data_ptr<uint8_t>(), bytes.data_ptr<uint8_t>() + bytes.numel());
-  return WriteGrayPng(path, grid.size(1), grid.size(0), pixels);
+  return GrayImage{name, grid.size(1), grid.size(0),
+                   std::vector<uint8_t>(bytes.data_ptr<uint8_t>(), bytes.data_ptr<uint8_t>() + bytes.numel())};
 }
 
 at::Tensor Denormalize(const at::Tensor& x, double mean, double std) { return x * std + mean; }

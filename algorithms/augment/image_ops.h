@@ -17,6 +17,7 @@
 #include <utility>
 
 #include "absl/status/status.h"
+#include "common/png.h"
 #include "common/random.h"
 
 namespace allround::augment {
@@ -25,8 +26,8 @@ namespace allround::augment {
 // Tiles images [N, 1, H, W] (values in [0, 1]) `cols` to a row, 2 black pixels between and around
 // them: float [R*(H+2)+2, cols*(W+2)+2] for R = ceil(N / cols) rows.
 at::Tensor ImageGrid(const at::Tensor& images, int64_t cols);
-// ImageGrid written as an 8-bit grayscale PNG file.
-absl::Status WriteImageGridPng(const std::string& path, const at::Tensor& images, int64_t cols);
+// ImageGrid as an 8-bit grayscale picture named `name`.
+GrayImage ImageGridPicture(const std::string& name, const at::Tensor& images, int64_t cols);
 
 at::Tensor Denormalize(const at::Tensor& x, double mean, double std);
 at::Tensor Normalize(const at::Tensor& x, double mean, double std);

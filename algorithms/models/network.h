@@ -34,8 +34,26 @@ struct InputShape {
   int64_t num_classes = 10;
 };
 
-// Builds a model from the job's model keys (model.hidden, model.width, ...), or fails naming the
-// key at fault.
+// What a model is built from: its name and the keys its architecture reads. The job's model keys
+// (model.hidden, model.width, ...) are registered beside each model in networks.cc, with these
+// defaults; ModelSpecFromJob reads them. Code that builds a model of its own (the GAN's evaluation
+// classifier) fills one directly.
+struct ModelSpec {
+  std::string name = "simple_cnn";
+  std::vector<int64_t> hidden = {200, 200};  // mlp: hidden layer widths
+  int64_t width = 16;                // resnet: channels of the first stage
+  int64_t fc = 512;                  // fedavg_cnn: units of the fully connected hidden layer
+  int64_t patch = 7;                 // vit: side of the square patches (must divide the image)
+  int64_t dim = 64;                  // vit: token width
+  int64_t depth = 4;                 // vit: transformer blocks
+  int64_t heads = 4;                 // vit: attention heads (dim a multiple of them)
+  int64_t mlp_dim = 128;             // vit: hidden width of each block's MLP
+};
+
+// model.name and the registered model keys of `job`.
+ModelSpec ModelSpecFromJob(const Job& job);
+
+// Builds a model from its spec, or fails naming the key at fault.
 using ModelFactory = std::function<absl::StatusOr<std::shared_ptr<Network>>(const ModelSpec& spec,
                                                                            const InputShape& input)>;
 

@@ -174,11 +174,15 @@ TypedRegistry<ModelFactory>& Models() {
   return *registry;
 }
 
-// Each factory checks what its network needs of the input and the keys.
+// Each factory checks what its network needs of the input and the keys; each model registers the
+// keys it reads, with ModelSpec's defaults.
 [[maybe_unused]] const bool kRegistered = [] {
   using Made = absl::StatusOr<std::shared_ptr<Network>>;
-  RegisterModel({"model", "mlp", "fully connected, ReLU between (model.hidden)", {}},
+  const ModelSpec d;
+  RegisterModel({"model", "mlp", "fully connected, ReLU between (model.hidden)",
+                 {IntegerListKey("model.hidden", d.hidden, "mlp: hidden layer widths, e.g. 200,200", 1, 1 << 20)}},
                 [](const ModelSpec& spec, const InputShape& input) -> Made {
+                  if (spec.hidden.empty()) return absl::InvalidArgumentError("mlp: model.hidden names no layer");
                   return std::make_shared<Mlp>(input, spec.hidden);
                 });
   RegisterModel({"model", "simple_cnn", "two conv-pool stages and three linear layers (LeNet-like)", {}},
@@ -188,15 +192,22 @@ TypedRegistry<ModelFactory>& Models() {
                   }
                   return std::make_shared<SimpleCnn>(input);
                 });
-  RegisterModel({"model", "fedavg_cnn", "McMahan et al.'s CNN: two 5x5 conv-pool stages and model.fc units", {}},
+  RegisterModel({"model", "fedavg_cnn", "McMahan et al.'s CNN: two 5x5 conv-pool stages and model.fc units",
+                 {IntegerKey("model.fc", d.fc, "fedavg_cnn: units of the fully connected hidden layer", 1, 1 << 16)}},
                 [](const ModelSpec& spec, const InputShape& input) -> Made {
                   return std::make_shared<FedAvgCnn>(input, spec.fc);
                 });
-  RegisterModel({"model", "resnet", "a small ResNet of model.width channels", {}},
+  RegisterModel({"model", "resnet", "a small ResNet of model.width channels",
+                 {IntegerKey("model.width", d.width, "resnet: channels of the first stage", 1, 1024)}},
                 [](const ModelSpec& spec, const InputShape& input) -> Made {
                   return std::make_shared<ResNet>(input, spec.width);
                 });
-  RegisterModel({"model", "vit", "a vision transformer (model.patch, model.dim, model.depth, model.heads)", {}},
+  RegisterModel({"model", "vit", "a vision transformer (model.patch, model.dim, model.depth, model.heads)",
+                 {IntegerKey("model.patch", d.patch, "vit: side of the square patches", 1, 1024),
+                  IntegerKey("model.dim", d.dim, "vit: token width (a multiple of model.heads)", 1, 65536),
+                  IntegerKey("model.depth", d.depth, "vit: transformer blocks", 1, 256),
+                  IntegerKey("model.heads", d.heads, "vit: attention heads", 1, 1024),
+                  IntegerKey("model.mlp_dim", d.mlp_dim, "vit: hidden width of each block's MLP", 1, 1 << 20)}},
                 [](const ModelSpec& spec, const InputShape& input) -> Made {
                   if (spec.patch <= 0 || input.height % spec.patch != 0 || input.width % spec.patch != 0) {
                     return absl::InvalidArgumentError(absl::StrCat("vit: patch ", spec.patch, " does not divide ",
@@ -209,6 +220,14 @@ TypedRegistry<ModelFactory>& Models() {
                   }
                   return std::make_shared<Vit>(input, spec);
                 });
+  // Refused when the job is read, before anything is built or any site joins.
+  RegisterJobCheck([](const Job& job) -> absl::Status {
+    if (job.model.name != "vit") return absl::OkStatus();
+    const int64_t dim = JobInteger(job, "model.dim"), heads = JobInteger(job, "model.heads");
+    if (dim % heads == 0) return absl::OkStatus();
+    return absl::InvalidArgumentError(
+        absl::StrCat("job key 'model.dim': ", dim, " is not a multiple of model.heads (", heads, ")"));
+  });
   return true;
 }();
 
@@ -219,6 +238,20 @@ bool RegisterModel(ComponentInfo info, ModelFactory factory) {
 }
 
 std::vector<std::string> ModelNames() { return ComponentNames("model"); }
+
+ModelSpec ModelSpecFromJob(const Job& job) {
+  ModelSpec spec;
+  spec.name = job.model.name;
+  spec.hidden = JobIntegers(job, "model.hidden");
+  spec.width = JobInteger(job, "model.width");
+  spec.fc = JobInteger(job, "model.fc");
+  spec.patch = JobInteger(job, "model.patch");
+  spec.dim = JobInteger(job, "model.dim");
+  spec.depth = JobInteger(job, "model.depth");
+  spec.heads = JobInteger(job, "model.heads");
+  spec.mlp_dim = JobInteger(job, "model.mlp_dim");
+  return spec;
+}
 
 absl::StatusOr<std::shared_ptr<Network>> MakeModel(const ModelSpec& spec, const InputShape& input) {
   auto factory = Models().Get(spec.name);

@@ -74,12 +74,12 @@ class DinoMode final : public LearningMode {
  public:
   DinoMode(const Job& job, const InputInfo& input, std::shared_ptr<DinoNet> student, std::shared_ptr<DinoNet> teacher,
            std::unique_ptr<torch::optim::Optimizer> opt)
-      : spec_(job.dino),
+      : spec_(DinoSpecFromJob(job)),
         input_(input),
         student_(std::move(student)),
         teacher_(std::move(teacher)),
         optimizer_(std::move(opt)),
-        center_(torch::zeros({job.dino.out_dim}, teacher_->parameters()[0].options())) {}
+        center_(torch::zeros({spec_.out_dim}, teacher_->parameters()[0].options())) {}
 
   absl::StatusOr<StepResult> TrainStep(const Batch& batch, double lr, GradientSync* sync) override {
     if (batch.inputs.dim() != 4 || batch.inputs.size(1) != input_.channels || batch.inputs.size(2) != input_.height ||
@@ -295,17 +295,43 @@ LinearProbe FitLinearProbe(const at::Tensor& x, const at::Tensor& labels, int64_
   return probe;
 }
 
+DinoSpec DinoSpecFromJob(const Job& job) {
+  DinoSpec s;
+  s.embed_dim = JobInteger(job, "dino.embed_dim");
+  s.hidden_dim = JobInteger(job, "dino.hidden_dim");
+  s.bottleneck_dim = JobInteger(job, "dino.bottleneck_dim");
+  s.out_dim = JobInteger(job, "dino.out_dim");
+  s.head_bn = JobBool(job, "dino.head_bn");
+  s.local_crops = JobInteger(job, "dino.local_crops");
+  s.local_size = JobInteger(job, "dino.local_size");
+  s.student_temp = JobNumber(job, "dino.student_temp");
+  s.teacher_temp = JobNumber(job, "dino.teacher_temp");
+  s.warmup_teacher_temp = JobNumber(job, "dino.warmup_teacher_temp");
+  s.warmup_fraction = JobNumber(job, "dino.warmup_fraction");
+  s.momentum = JobNumber(job, "dino.momentum");
+  s.center_momentum = JobNumber(job, "dino.center_momentum");
+  s.knn_k = JobInteger(job, "dino.knn_k");
+  s.knn_temp = JobNumber(job, "dino.knn_temp");
+  s.knn_bank = JobInteger(job, "dino.knn_bank");
+  s.knn_features = JobParam(job, "dino.knn_features");
+  s.probe_steps = JobInteger(job, "dino.probe_steps");
+  s.probe_lr = JobNumber(job, "dino.probe_lr");
+  return s;
+}
+
 absl::StatusOr<std::unique_ptr<LearningMode>> MakeDinoMode(const Job& job, const InputInfo& input, at::Device device,
                                                            const at::Tensor& bank_inputs,
                                                            const at::Tensor& bank_labels) {
-  const models::InputShape shape{input.channels, input.height, input.width, job.dino.embed_dim};
+  const DinoSpec spec = DinoSpecFromJob(job);
+  const models::ModelSpec model = models::ModelSpecFromJob(job);
+  const models::InputShape shape{input.channels, input.height, input.width, spec.embed_dim};
   torch::manual_seed(DeriveSeed(job.seed, "model-init"));
-  auto backbone = models::MakeModel(job.model, shape);
+  auto backbone = models::MakeModel(model, shape);
   if (!backbone.ok()) return absl::InvalidArgumentError(absl::StrCat("job key 'model.name': ", backbone.status().message()));
-  auto student = std::make_shared<DinoNet>(*std::move(backbone), job.dino);
-  auto teacher_backbone = models::MakeModel(job.model, shape);
+  auto student = std::make_shared<DinoNet>(*std::move(backbone), spec);
+  auto teacher_backbone = models::MakeModel(model, shape);
   if (!teacher_backbone.ok()) return teacher_backbone.status();
-  auto teacher = std::make_shared<DinoNet>(*std::move(teacher_backbone), job.dino);
+  auto teacher = std::make_shared<DinoNet>(*std::move(teacher_backbone), spec);
   student->to(device);
   teacher->to(device);
   {
@@ -326,7 +352,33 @@ namespace {
 [[maybe_unused]] const bool kRegistered = [] {
   ModeNeeds needs;
   needs.eval_bank = true;
-  return RegisterMode({"mode", "dino", "self-distillation without labels (Caron et al. 2021); k-NN evaluation", {}},
+  const DinoSpec d;
+  constexpr int64_t kBig = int64_t{1} << 40;
+  std::vector<ComponentKey> keys = {
+      IntegerKey("dino.embed_dim", d.embed_dim, "backbone feature size", 1, 65536),
+      IntegerKey("dino.hidden_dim", d.hidden_dim, "head hidden size", 1, 65536),
+      IntegerKey("dino.bottleneck_dim", d.bottleneck_dim, "head bottleneck", 1, 65536),
+      IntegerKey("dino.out_dim", d.out_dim, "head output (prototypes)", 2, 1 << 20),
+      BooleanKey("dino.head_bn", d.head_bn, "batch norm in the head's hidden layers"),
+      IntegerKey("dino.local_crops", d.local_crops, "local views per image", 0, 64),
+      IntegerKey("dino.local_size", d.local_size, "local views' side in pixels", 4, 1024),
+      NumberKey("dino.student_temp", d.student_temp, "student temperature", 1e-4, 100),
+      NumberKey("dino.teacher_temp", d.teacher_temp, "teacher temperature", 1e-4, 100),
+      NumberKey("dino.warmup_teacher_temp", d.warmup_teacher_temp, "teacher temperature at the start", 1e-4, 100),
+      NumberKey("dino.warmup_fraction", d.warmup_fraction, "fraction of the run the teacher temperature warms up over",
+                0, 1),
+      NumberKey("dino.momentum", d.momentum, "teacher EMA momentum at the start (cosine to 1)", 0, 1),
+      NumberKey("dino.center_momentum", d.center_momentum, "momentum of the teacher-output center", 0, 1),
+      IntegerKey("dino.knn_k", d.knn_k, "k-NN evaluation: neighbours", 1, 100000),
+      NumberKey("dino.knn_temp", d.knn_temp, "k-NN evaluation: vote temperature", 1e-4, 100),
+      IntegerKey("dino.knn_bank", d.knn_bank, "k-NN evaluation: labelled training images voting", 1, kBig),
+      ChoiceKey("dino.knn_features", d.knn_features, "k-NN evaluation features", {"backbone", "pixels"}),
+      IntegerKey("dino.probe_steps", d.probe_steps, "linear probe: full-batch Adam steps on the k-NN bank (0: no probe)",
+                 0, 1000000),
+      NumberKey("dino.probe_lr", d.probe_lr, "linear probe: Adam learning rate", 1e-6, 10),
+  };
+  return RegisterMode({"mode", "dino", "self-distillation without labels (Caron et al. 2021); k-NN evaluation",
+                       std::move(keys)},
                       needs, [](const ModeInputs& in) {
                         return MakeDinoMode(in.job, in.input, in.device, in.bank_inputs, in.bank_labels);
                       });

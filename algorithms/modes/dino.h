@@ -30,6 +30,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -37,6 +38,32 @@
 #include "algorithms/modes/supervised.h"
 
 namespace allround::modes {
+
+// The mode's keys (dino.*), registered in dino.cc with these defaults.
+struct DinoSpec {
+  int64_t embed_dim = 128;
+  int64_t hidden_dim = 256;
+  int64_t bottleneck_dim = 64;
+  int64_t out_dim = 1024;
+  bool head_bn = true;               // batch norm in the head's hidden layers (DINO's use_bn, for CNNs)
+  int64_t local_crops = 4;
+  int64_t local_size = 28;           // local crops are resized to this (CNN backbones need 28)
+  double student_temp = 0.1;
+  double teacher_temp = 0.04;
+  double warmup_teacher_temp = 0.04;  // teacher temperature at the start, linear to teacher_temp
+  double warmup_fraction = 0.0;       // over this fraction of the run
+  double momentum = 0.996;            // teacher EMA momentum, cosine to 1 over the run
+  double center_momentum = 0.9;
+  int64_t knn_k = 20;
+  double knn_temp = 0.07;
+  int64_t knn_bank = 10000;           // labelled training images the k-NN evaluation votes with
+  std::string knn_features = "backbone";  // backbone (the teacher's) | pixels (the baseline)
+  int64_t probe_steps = 300;          // linear probe on the same features and bank: full-batch Adam steps (0: off)
+  double probe_lr = 0.05;
+};
+
+// The job's dino.* keys.
+DinoSpec DinoSpecFromJob(const Job& job);
 
 // The DINO loss: `student` holds V views' outputs stacked [V*B, K], `teacher` the 2 global views'
 // [2*B, K] (no gradient flows to it). Mean over the (teacher view i, student view v != i) pairs

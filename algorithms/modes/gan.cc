@@ -142,7 +142,7 @@ class GanMode final : public LearningMode {
  public:
   GanMode(const Job& job, const InputInfo& input, std::shared_ptr<GanNets> nets,
           std::unique_ptr<torch::optim::Optimizer> opt_g, std::unique_ptr<torch::optim::Optimizer> opt_d)
-      : spec_(job.gan),
+      : spec_(GanSpecFromJob(job)),
         seed_(job.seed),
         input_(input),
         nets_(std::move(nets)),
@@ -229,13 +229,13 @@ class GanMode final : public LearningMode {
     return sums;
   }
 
-  absl::Status WriteImages(const std::string& dir, int64_t epoch) override {
+  std::vector<GrayImage> Images() override {
     torch::NoGradGuard no_grad;
     nets_->eval();
     const auto options = nets_->parameters()[0].options();
     const torch::Tensor z = SeededNormal({100, spec_.noise_dim}, DeriveSeed(seed_, "gan-grid"), options);
     const torch::Tensor images = ((EvaluationGenerator().forward(z) + 1) / 2).clamp(0, 1);
-    return augment::WriteImageGridPng(absl::StrCat(dir, "/samples-epoch", epoch, ".png"), images, 10);
+    return {augment::ImageGridPicture("samples", images, 10)};
   }
 
   // The evaluation classifier: a CNN trained on these labelled images (seeded, so every rank
@@ -300,7 +300,7 @@ class GanMode final : public LearningMode {
   static constexpr int64_t kRecalibrationBatches = 20, kRecalibrationBatch = 500;
 
   std::shared_ptr<models::Network> TrainClassifier(const at::Tensor& inputs, const at::Tensor& labels) const {
-    ModelSpec spec;
+    models::ModelSpec spec;
     spec.name = "fedavg_cnn";
     spec.fc = spec_.classifier_features;
     std::shared_ptr<models::Network> net;
@@ -352,14 +352,27 @@ class GanMode final : public LearningMode {
 
 }  // namespace
 
+GanSpec GanSpecFromJob(const Job& job) {
+  GanSpec s;
+  s.noise_dim = JobInteger(job, "gan.noise_dim");
+  s.width = JobInteger(job, "gan.width");
+  s.eval_samples = JobInteger(job, "gan.eval_samples");
+  s.classifier_epochs = JobInteger(job, "gan.classifier_epochs");
+  s.classifier_features = JobInteger(job, "gan.classifier_features");
+  s.ema = JobNumber(job, "gan.ema");
+  s.batch_norm = JobBool(job, "gan.batch_norm");
+  s.init = JobParam(job, "gan.init");
+  return s;
+}
+
 absl::StatusOr<std::unique_ptr<LearningMode>> MakeGanMode(const Job& job, const InputInfo& input, at::Device device,
                                                           const at::Tensor& bank_inputs, const at::Tensor& bank_labels) {
   if (input.channels != 1 || input.height != 28 || input.width != 28) {
     return absl::InvalidArgumentError("gan: the DCGAN here is for 1 x 28 x 28 images");
   }
+  const GanSpec spec = GanSpecFromJob(job);
   torch::manual_seed(DeriveSeed(job.seed, "model-init"));
-  auto nets = std::make_shared<GanNets>(job.gan.noise_dim, job.gan.width, job.gan.batch_norm, job.gan.init == "dcgan",
-                                         job.gan.ema > 0);
+  auto nets = std::make_shared<GanNets>(spec.noise_dim, spec.width, spec.batch_norm, spec.init == "dcgan", spec.ema > 0);
   nets->to(device);
   auto opt_g = optim::MakeOptimizer(job.optimizer, nets->g->parameters());
   if (!opt_g.ok()) return absl::InvalidArgumentError(absl::StrCat("job key 'optimizer.name': ", opt_g.status().message()));
@@ -375,7 +388,24 @@ namespace {
   ModeNeeds needs;
   needs.own_networks = true;
   needs.eval_bank = true;
-  return RegisterMode({"mode", "gan", "DCGAN (Radford et al. 2016), scored by a classifier trained on the bank", {}},
+  const GanSpec d;
+  std::vector<ComponentKey> keys = {
+      IntegerKey("gan.noise_dim", d.noise_dim, "gan: generator input size", 1, 65536),
+      IntegerKey("gan.width", d.width, "gan: channels of the first discriminator layer", 1, 4096),
+      IntegerKey("gan.eval_samples", d.eval_samples, "gan: generated images the Frechet distance compares", 2,
+                 int64_t{1} << 40),
+      BooleanKey("gan.batch_norm", d.batch_norm, "gan: batch norm in generator and discriminator"),
+      ChoiceKey("gan.init", d.init, "gan: initial weights, DCGAN's N(0, 0.02) or LibTorch's defaults",
+                {"dcgan", "torch"}),
+      IntegerKey("gan.classifier_epochs", d.classifier_epochs, "gan: epochs of the evaluation classifier", 1, 1000),
+      NumberKey("gan.ema", d.ema, "gan: decay of the generator's weight average that is evaluated (0: none)", 0,
+                0.999999),
+      IntegerKey("gan.classifier_features", d.classifier_features,
+                 "gan: penultimate width of the evaluation classifier (the features the Frechet distance compares)", 1,
+                 1 << 16),
+  };
+  return RegisterMode({"mode", "gan", "DCGAN (Radford et al. 2016), scored by a classifier trained on the bank",
+                       std::move(keys)},
                       needs, [](const ModeInputs& in) {
                         return MakeGanMode(in.job, in.input, in.device, in.bank_inputs, in.bank_labels);
                       });

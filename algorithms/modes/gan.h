@@ -32,12 +32,35 @@
 #include <ATen/core/Tensor.h>
 
 #include <memory>
+#include <string>
 
 #include "absl/status/statusor.h"
 #include "algorithms/modes/learning_mode.h"
 #include "algorithms/modes/supervised.h"
 
 namespace allround::modes {
+
+// The mode's keys (gan.*), registered in gan.cc with these defaults: DCGAN for 28x28 images.
+struct GanSpec {
+  int64_t noise_dim = 100;
+  int64_t width = 64;                // discriminator channels w, 2w; generator 2w, w
+  int64_t eval_samples = 10000;      // generated images the Frechet distance compares
+  int64_t classifier_epochs = 2;     // the evaluation classifier's training on the labelled bank
+  int64_t classifier_features = 128; // its penultimate width: the features the distance compares
+  double ema = 0;                    // evaluate (and sample) an exponential moving average of the
+                                     // generator's weights with this decay per step (e.g. 0.999);
+                                     // 0: the generator itself. In 10 epochs of the shipped job (from
+                                     // LibTorch's initial weights) the average did not beat it
+                                     // (Frechet distance 8.09 vs 7.54).
+  bool batch_norm = true;            // in both networks (DCGAN's); off, a step under N ranks equals
+                                     // one process's step on the N batches together
+  std::string init = "dcgan";        // initial weights: "dcgan" (Radford et al.: every convolution and
+                                     // linear weight N(0, 0.02), batch-norm scales N(1, 0.02), biases
+                                     // 0), or "torch" (LibTorch's defaults)
+};
+
+// The job's gan.* keys.
+GanSpec GanSpecFromJob(const Job& job);
 
 absl::StatusOr<std::unique_ptr<LearningMode>> MakeGanMode(const Job& job, const InputInfo& input, at::Device device,
                                                           const at::Tensor& bank_inputs, const at::Tensor& bank_labels);

@@ -40,4 +40,15 @@ at::Tensor ProximalTerm::Penalty(const std::vector<at::Tensor>& params) const {
   return 0.5 * mu_ * prox;
 }
 
+absl::Status LearningMode::WriteImages(const std::string& dir, int64_t epoch) {
+  for (const GrayImage& image : Images()) {
+    if (auto s = WriteGrayPng(absl::StrCat(dir, "/", image.name, "-epoch", epoch, ".png"), image.width, image.height,
+                              image.pixels);
+        !s.ok()) {
+      return s;
+    }
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace allround::modes

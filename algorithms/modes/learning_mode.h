@@ -20,6 +20,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "comm/gradient_sync.h"
+#include "common/png.h"
 #include "tensor/named_tensors.h"
 
 namespace allround::modes {
@@ -94,9 +95,11 @@ class LearningMode {
   // evaluate by their own predictions ignore them.
   virtual void SetEvaluationBank(const at::Tensor& inputs, const at::Tensor& labels) {}
 
-  // Generative modes write PNG grids of the last evaluation (reconstructions, samples) into `dir`
-  // as <what>-epoch<N>.png; rank 0 calls it after each evaluation. Others write nothing.
-  virtual absl::Status WriteImages(const std::string& dir, int64_t epoch) { return absl::OkStatus(); }
+  // Generative modes' pictures of the last evaluation (reconstructions, samples); others have none.
+  // Rank 0 (and the coordinator) takes them after each evaluation.
+  virtual std::vector<GrayImage> Images() { return {}; }
+  // Images() written into `dir` as <name>-epoch<N>.png.
+  absl::Status WriteImages(const std::string& dir, int64_t epoch);
 };
 
 // FedProx's term for a mode's parameters: (mu / 2) sum ||w - w_ref||^2, w_ref taken by name from

@@ -50,7 +50,7 @@ class MlmMode final : public SingleNetworkMode {
  public:
   MlmMode(const Job& job, const InputInfo& input, std::shared_ptr<BertMlm> net,
           std::unique_ptr<torch::optim::Optimizer> opt)
-      : SingleNetworkMode(net, std::move(opt)), spec_(job.mlm), seed_(job.seed), input_(input), net_(std::move(net)) {}
+      : SingleNetworkMode(net, std::move(opt)), spec_(MlmSpecFromJob(job)), seed_(job.seed), input_(input), net_(std::move(net)) {}
 
   absl::StatusOr<StepResult> TrainStep(const Batch& batch, double lr, GradientSync* sync) override {
     if (auto s = CheckRows(batch.inputs); !s.ok()) return s;
@@ -148,17 +148,27 @@ MaskedTokens MaskTokens(const at::Tensor& ids, int64_t vocab, double prob, uint6
   return m;
 }
 
+MlmSpec MlmSpecFromJob(const Job& job) {
+  MlmSpec s;
+  s.layers = JobInteger(job, "mlm.layers");
+  s.hidden = JobInteger(job, "mlm.hidden");
+  s.heads = JobInteger(job, "mlm.heads");
+  s.mask_prob = JobNumber(job, "mlm.mask_prob");
+  return s;
+}
+
 absl::StatusOr<std::unique_ptr<LearningMode>> MakeMlmMode(const Job& job, const InputInfo& input, at::Device device,
                                                           const at::Tensor& train_rows) {
   if (input.width != 1 || input.num_classes <= kFirstRealToken) {
     return absl::InvalidArgumentError("mlm: needs rows of token ids (data.name text)");
   }
-  if (job.mlm.hidden % job.mlm.heads != 0) {
-    return absl::InvalidArgumentError(absl::StrCat("mlm: hidden ", job.mlm.hidden, " is not a multiple of heads ",
-                                                   job.mlm.heads));
+  const MlmSpec spec = MlmSpecFromJob(job);
+  if (spec.hidden % spec.heads != 0) {
+    return absl::InvalidArgumentError(absl::StrCat("mlm: hidden ", spec.hidden, " is not a multiple of heads ",
+                                                   spec.heads));
   }
   torch::manual_seed(DeriveSeed(job.seed, "model-init"));
-  auto net = std::make_shared<BertMlm>(input.num_classes, input.height, job.mlm);
+  auto net = std::make_shared<BertMlm>(input.num_classes, input.height, spec);
   net->to(device);
   auto opt = optim::MakeOptimizer(job.optimizer, net->parameters());
   if (!opt.ok()) return absl::InvalidArgumentError(absl::StrCat("job key 'optimizer.name': ", opt.status().message()));
@@ -172,7 +182,24 @@ namespace {
   ModeNeeds needs;
   needs.own_networks = true;
   needs.eval_bank = true;
-  return RegisterMode({"mode", "mlm", "BERT masked language modelling on text (Devlin et al. 2019)", {}}, needs,
+  needs.text = true;
+  const MlmSpec d;
+  std::vector<ComponentKey> keys = {
+      IntegerKey("mlm.layers", d.layers, "mlm: transformer layers", 1, 64),
+      IntegerKey("mlm.hidden", d.hidden, "mlm: hidden size (a multiple of mlm.heads)", 2, 8192),
+      IntegerKey("mlm.heads", d.heads, "mlm: attention heads", 1, 128),
+      NumberKey("mlm.mask_prob", d.mask_prob, "mlm: share of tokens selected for prediction", 0.01, 0.9),
+  };
+  // Refused when the job is read, before any data is loaded or any site joins.
+  RegisterJobCheck([](const Job& job) -> absl::Status {
+    if (job.mode != "mlm") return absl::OkStatus();
+    const int64_t hidden = JobInteger(job, "mlm.hidden"), heads = JobInteger(job, "mlm.heads");
+    if (hidden % heads == 0) return absl::OkStatus();
+    return absl::InvalidArgumentError(
+        absl::StrCat("job key 'mlm.hidden': ", hidden, " is not a multiple of mlm.heads (", heads, ")"));
+  });
+  return RegisterMode({"mode", "mlm", "BERT masked language modelling on text (Devlin et al. 2019)", std::move(keys)},
+                      needs,
                       [](const ModeInputs& in) { return MakeMlmMode(in.job, in.input, in.device, in.bank_inputs); });
 }();
 }  // namespace

@@ -33,6 +33,17 @@ struct MaskedTokens {
 };
 MaskedTokens MaskTokens(const at::Tensor& ids, int64_t vocab, double prob, uint64_t seed);
 
+// The mode's keys (mlm.*), registered in mlm.cc with these defaults.
+struct MlmSpec {
+  int64_t layers = 2;
+  int64_t hidden = 128;              // a multiple of heads
+  int64_t heads = 2;
+  double mask_prob = 0.15;           // tokens selected; of them 80% [MASK], 10% random, 10% unchanged
+};
+
+// The job's mlm.* keys.
+MlmSpec MlmSpecFromJob(const Job& job);
+
 // input.height is the sequence length, input.num_classes the vocabulary size.
 absl::StatusOr<std::unique_ptr<LearningMode>> MakeMlmMode(const Job& job, const InputInfo& input, at::Device device,
                                                           const at::Tensor& train_rows);

@@ -19,6 +19,21 @@ TypedRegistry<Registered>& Modes() {
   return *registry;
 }
 
+// A mode for text reads text, and text is read by such a mode only.
+[[maybe_unused]] const bool kTextCheck = RegisterJobCheck([](const Job& job) -> absl::Status {
+  const Registered* registered = Modes().Find(job.mode);
+  if (registered == nullptr || registered->needs.text == (job.data.name == "text")) return absl::OkStatus();
+  std::vector<std::string> text_modes;
+  for (const ComponentInfo* info : Components("mode")) {
+    if (const Registered* r = Modes().Find(info->name); r != nullptr && r->needs.text) text_modes.push_back(info->name);
+  }
+  return absl::InvalidArgumentError(absl::StrCat("job keys 'mode' and 'data.name': mode '", job.mode, "' ",
+                                                 registered->needs.text ? "trains on text (give data.name text)"
+                                                                        : "does not train on text",
+                                                 "; text data needs a text mode (", absl::StrJoin(text_modes, ", "),
+                                                 ")"));
+});
+
 }  // namespace
 
 bool RegisterMode(ComponentInfo info, ModeNeeds needs, ModeFactory factory) {

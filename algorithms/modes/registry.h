@@ -33,6 +33,8 @@ struct ModeNeeds {
   // It evaluates with labelled training images (k-NN voting, a linear probe): the run gives it
   // its training set as the bank (or SetEvaluationBank later, a site its own share).
   bool eval_bank = false;
+  // It trains on rows of token ids (data.name text), and text data needs such a mode.
+  bool text = false;
 };
 
 // What a mode is made from.

@@ -32,7 +32,7 @@ absl::StatusOr<std::unique_ptr<LearningMode>> MakeSemiSupervisedMode(const Job& 
     return absl::InvalidArgumentError(absl::StrCat("job key 'mode': '", job.mode, "' is not semi-supervised"));
   }
   const bool fixmatch = job.mode == "fixmatch";
-  const double tau = job.semi.tau, lambda_u = job.semi.lambda_u;
+  const double tau = JobNumber(job, "semi.tau"), lambda_u = JobNumber(job, "semi.lambda_u");
   BatchLossFn loss = [fixmatch, tau, lambda_u](models::Network& model, const losses::LossFn&,
                                                const Batch& batch) -> absl::StatusOr<torch::Tensor> {
     if (!batch.unlabeled.defined() || batch.unlabeled.size(0) == 0) {
@@ -60,10 +60,16 @@ namespace {
   ModeNeeds needs;
   needs.unlabeled = true;
   const auto make = [](const ModeInputs& in) { return MakeSemiSupervisedMode(in.job, in.input, in.device); };
-  RegisterMode({"mode", "fixmatch", "semi-supervised: weak-view pseudo-labels teach strong views (Sohn et al. 2020)", {}},
+  const std::vector<ComponentKey> keys = {
+      IntegerKey("semi.mu", 7, "unlabelled images per labelled one in a step", 1, 1024),
+      NumberKey("semi.tau", 0.95, "confidence a pseudo-label needs", 0.0, 1.0),
+      NumberKey("semi.lambda_u", 1.0, "weight of the unlabelled loss", 0.0, 1e6),
+  };
+  RegisterMode({"mode", "fixmatch", "semi-supervised: weak-view pseudo-labels teach strong views (Sohn et al. 2020)",
+                keys},
                needs, make);
-  RegisterMode({"mode", "pseudolabel", "semi-supervised: confident pseudo-labels on weak views (Lee 2013)", {}}, needs,
-               make);
+  RegisterMode({"mode", "pseudolabel", "semi-supervised: confident pseudo-labels on weak views (Lee 2013)", keys},
+               needs, make);
   return true;
 }();
 }  // namespace

@@ -35,7 +35,9 @@ struct FixMatchLoss {
 FixMatchLoss ComputeFixMatchLoss(const at::Tensor& labeled, const at::Tensor& targets, const at::Tensor& weak,
                                  const at::Tensor& strong, double tau, double lambda_u);
 
-// job.mode "fixmatch" or "pseudolabel"; job.semi holds mu, tau and lambda_u.
+// job.mode "fixmatch" or "pseudolabel", with the keys both register in semi_supervised.cc: per
+// step B labelled and semi.mu x B unlabelled images (the trainer cuts the batches); pseudo-labels
+// where the weak view's probability >= semi.tau; the unlabelled loss weighted by semi.lambda_u.
 absl::StatusOr<std::unique_ptr<LearningMode>> MakeSemiSupervisedMode(const Job& job, const InputInfo& input,
                                                                      at::Device device = at::Device(at::kCPU));
 

@@ -105,7 +105,7 @@ absl::StatusOr<std::unique_ptr<LearningMode>> MakeClassifierMode(const Job& job,
   auto loss = losses::FindLoss(job.loss);
   if (!loss.ok()) return absl::InvalidArgumentError(absl::StrCat("job key 'loss': ", loss.status().message()));
   torch::manual_seed(DeriveSeed(job.seed, "model-init"));
-  auto model = models::MakeModel(job.model, {input.channels, input.height, input.width, input.num_classes});
+  auto model = models::MakeModel(models::ModelSpecFromJob(job), {input.channels, input.height, input.width, input.num_classes});
   if (!model.ok()) return absl::InvalidArgumentError(absl::StrCat("job key 'model.name': ", model.status().message()));
   (*model)->to(device);  // before the optimizer takes the parameters
   auto opt = optim::MakeOptimizer(job.optimizer, (*model)->parameters());

@@ -39,7 +39,7 @@ class VaeMode final : public SingleNetworkMode {
  public:
   VaeMode(const Job& job, const InputInfo& input, std::shared_ptr<VaeNet> net,
           std::unique_ptr<torch::optim::Optimizer> opt)
-      : SingleNetworkMode(net, std::move(opt)), spec_(job.vae), seed_(job.seed), input_(input), net_(std::move(net)) {}
+      : SingleNetworkMode(net, std::move(opt)), spec_(VaeSpecFromJob(job)), seed_(job.seed), input_(input), net_(std::move(net)) {}
 
   absl::StatusOr<StepResult> TrainStep(const Batch& batch, double lr, GradientSync* sync) override {
     if (auto s = CheckInputs(batch.inputs); !s.ok()) return s;
@@ -83,22 +83,19 @@ class VaeMode final : public SingleNetworkMode {
     return sums;
   }
 
-  absl::Status WriteImages(const std::string& dir, int64_t epoch) override {
-    if (!preview_.defined()) return absl::OkStatus();
+  std::vector<GrayImage> Images() override {
+    if (!preview_.defined()) return {};
     // Originals in the top row, their reconstructions under them.
     const torch::Tensor pairs = torch::cat({preview_, preview_recon_}, 0);
-    if (auto s = augment::WriteImageGridPng(absl::StrCat(dir, "/reconstructions-epoch", epoch, ".png"), pairs,
-                                            preview_.size(0));
-        !s.ok()) {
-      return s;
-    }
-    if (spec_.denoise_std > 0) return absl::OkStatus();
+    std::vector<GrayImage> out = {augment::ImageGridPicture("reconstructions", pairs, preview_.size(0))};
+    if (spec_.denoise_std > 0) return out;
     torch::NoGradGuard no_grad;
     const auto options = net_->parameters()[0].options();
     const torch::Tensor z = SeededNormal({64, spec_.latent}, DeriveSeed(seed_, "vae-samples"), options);
     const torch::Tensor samples =
         torch::sigmoid(net_->Decode(z)).view({64, input_.channels, input_.height, input_.width}).cpu();
-    return augment::WriteImageGridPng(absl::StrCat(dir, "/samples-epoch", epoch, ".png"), samples, 8);
+    out.push_back(augment::ImageGridPicture("samples", samples, 8));
+    return out;
   }
 
  private:
@@ -154,9 +151,18 @@ VaeTerms NegativeElboTerms(const at::Tensor& logits, const at::Tensor& target, c
   return t;
 }
 
+VaeSpec VaeSpecFromJob(const Job& job) {
+  VaeSpec s;
+  s.latent = JobInteger(job, "vae.latent");
+  s.hidden = JobInteger(job, "vae.hidden");
+  s.denoise_std = JobNumber(job, "vae.denoise_std");
+  return s;
+}
+
 absl::StatusOr<std::unique_ptr<LearningMode>> MakeVaeMode(const Job& job, const InputInfo& input, at::Device device) {
+  const VaeSpec spec = VaeSpecFromJob(job);
   torch::manual_seed(DeriveSeed(job.seed, "model-init"));
-  auto net = std::make_shared<VaeNet>(input.channels * input.height * input.width, job.vae.hidden, job.vae.latent);
+  auto net = std::make_shared<VaeNet>(input.channels * input.height * input.width, spec.hidden, spec.latent);
   net->to(device);
   auto opt = optim::MakeOptimizer(job.optimizer, net->parameters());
   if (!opt.ok()) return absl::InvalidArgumentError(absl::StrCat("job key 'optimizer.name': ", opt.status().message()));
@@ -167,7 +173,13 @@ namespace {
 [[maybe_unused]] const bool kRegistered = [] {
   ModeNeeds needs;
   needs.own_networks = true;
-  return RegisterMode({"mode", "vae", "variational autoencoder (Kingma and Welling 2014)", {}}, needs,
+  const VaeSpec d;
+  std::vector<ComponentKey> keys = {
+      IntegerKey("vae.latent", d.latent, "vae: latent dimensions", 1, 4096),
+      IntegerKey("vae.hidden", d.hidden, "vae: hidden width of encoder and decoder", 1, 65536),
+      NumberKey("vae.denoise_std", d.denoise_std, "vae: > 0 trains a denoising autoencoder with this input noise", 0, 10),
+  };
+  return RegisterMode({"mode", "vae", "variational autoencoder (Kingma and Welling 2014)", std::move(keys)}, needs,
                       [](const ModeInputs& in) { return MakeVaeMode(in.job, in.input, in.device); });
 }();
 }  // namespace

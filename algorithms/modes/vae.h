@@ -34,6 +34,18 @@ struct VaeTerms {
 VaeTerms NegativeElboTerms(const at::Tensor& logits, const at::Tensor& target, const at::Tensor& mu,
                            const at::Tensor& logvar);
 
+// The mode's keys (vae.*), registered in vae.cc with these defaults: MLP encoder and decoder,
+// Bernoulli likelihood on pixels.
+struct VaeSpec {
+  int64_t latent = 16;
+  int64_t hidden = 400;
+  double denoise_std = 0.0;          // > 0: a denoising autoencoder instead (Gaussian noise of this std
+                                     // on the input pixels, clean target, no KL)
+};
+
+// The job's vae.* keys.
+VaeSpec VaeSpecFromJob(const Job& job);
+
 absl::StatusOr<std::unique_ptr<LearningMode>> MakeVaeMode(const Job& job, const InputInfo& input, at::Device device);
 
 }  // namespace allround::modes
