@@ -59,3 +59,50 @@ if(ALLROUND_WITH_SODIUM)
     message(STATUS "allround: no libsodium: secure aggregation off (install libsodium-dev)")
   endif()
 endif()
+
+# TensorBoard's message definitions (observe/): the Event and Summary messages of its event files,
+# taken from the `tensorboard` Python package that deploy/setup.sh installs into the venv, and
+# compiled by protoc. Without the package, runs write no event files (and say so).
+# The venv's python (deploy/setup.sh) also runs the tests that read what allround writes with its
+# readers' own Python packages.
+if(DEFINED ENV{ALLROUND_VENV})
+  set(ALLROUND_VENV_PYTHON "$ENV{ALLROUND_VENV}/bin/python3")
+else()
+  set(ALLROUND_VENV_PYTHON "/opt/allround-venv/bin/python3")
+endif()
+set(ALLROUND_HAVE_TENSORBOARD OFF)
+option(ALLROUND_WITH_TENSORBOARD "Write TensorBoard event files when the tensorboard package is found" ON)
+if(ALLROUND_WITH_TENSORBOARD)
+  set(ALLROUND_TB_DESC_DIR ${PROJECT_BINARY_DIR}/observe/descriptors)
+  if(EXISTS ${ALLROUND_VENV_PYTHON})
+    execute_process(COMMAND ${ALLROUND_VENV_PYTHON} ${PROJECT_SOURCE_DIR}/observe/tensorboard_descriptors.py
+                            ${ALLROUND_TB_DESC_DIR}
+                    RESULT_VARIABLE tb_rc ERROR_VARIABLE tb_err OUTPUT_QUIET)
+    if(tb_rc EQUAL 0)
+      set(ALLROUND_HAVE_TENSORBOARD ON)
+    else()
+      string(STRIP "${tb_err}" tb_err)
+      message(STATUS "allround: ${tb_err}: TensorBoard event files off (deploy/setup.sh installs it)")
+    endif()
+  else()
+    message(STATUS "allround: no ${ALLROUND_VENV_PYTHON}: TensorBoard event files off (run deploy/setup.sh)")
+  endif()
+endif()
+
+# Prometheus metrics and the status page of the coordinator (--metrics-listen): prometheus-cpp's
+# registry and text format, served by cpp-httplib (Debian: prometheus-cpp-dev, libcpp-httplib-dev).
+set(ALLROUND_HAVE_PROMETHEUS OFF)
+option(ALLROUND_WITH_PROMETHEUS "Serve Prometheus metrics and a status page when prometheus-cpp and cpp-httplib are found" ON)
+if(ALLROUND_WITH_PROMETHEUS)
+  find_package(prometheus-cpp CONFIG QUIET)
+  find_package(PkgConfig QUIET)
+  if(PkgConfig_FOUND)
+    pkg_check_modules(HTTPLIB QUIET IMPORTED_TARGET cpp-httplib)
+  endif()
+  if(TARGET prometheus-cpp::core AND HTTPLIB_FOUND)
+    set(ALLROUND_HAVE_PROMETHEUS ON)
+  else()
+    message(STATUS "allround: no prometheus-cpp or cpp-httplib: metrics and status page off "
+                   "(install prometheus-cpp-dev libcpp-httplib-dev)")
+  endif()
+endif()

@@ -11,6 +11,7 @@
 #include <nlohmann/json.hpp>
 #include <thread>
 
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -26,6 +27,9 @@
 #include "privacy/update_pipeline.h"
 #include "data/datasets.h"
 #include "runtime/round_engine.h"
+#include "coordinator/run_watch.h"
+#include "observe/http_server.h"
+#include "observe/run_board.h"
 #include "storage/run_directory.h"
 #include "storage/safetensors.h"
 
@@ -123,9 +127,14 @@ class FederatedRun final : public runtime::RoundExecutor, public runtime::RoundO
     service_options->proximal_mu = proximal_mu_;
     if (auto s = Resume(); !s.ok()) return s;
     if (auto s = Listen(*credentials, *service_options); !s.ok()) return s;
+    if (auto s = ServeWatch(); !s.ok()) return s;
     auto dir = storage::RunDirectory::Open(ResolvedRunDir(job_));
     if (!dir.ok()) return dir.status();
     dir_ = std::make_unique<storage::RunDirectory>(*std::move(dir));
+    auto board = observe::RunBoard::Open(job_, dir_->path(), "coordinator");
+    if (!board.ok()) return board.status();
+    board_ = *std::move(board);
+    if (auto s = board_.JobText(job_); !s.ok()) return s;
     InstallStopHandlers();
     runtime::RoundPlan plan{job_.federated.rounds, 0, manager_->rounds_done(), 0, 1};
     auto out = runtime::RunRounds(plan, *this, *this);
@@ -144,8 +153,11 @@ class FederatedRun final : public runtime::RoundExecutor, public runtime::RoundO
     summary["cpu_s"] = static_cast<double>(usage.ru_utime.tv_sec + usage.ru_stime.tv_sec) +
                        static_cast<double>(usage.ru_utime.tv_usec + usage.ru_stime.tv_usec) * 1e-6;
     if (auto s = dir_->WriteFile("summary.json", summary.dump(2) + "\n"); !s.ok()) return s;
-    if (options_.summary_json.empty()) return absl::OkStatus();
-    return storage::WriteFileAtomically(options_.summary_json, summary.dump(2) + "\n");
+    if (!options_.summary_json.empty()) {
+      if (auto s = storage::WriteFileAtomically(options_.summary_json, summary.dump(2) + "\n"); !s.ok()) return s;
+    }
+    Linger();
+    return absl::OkStatus();
   }
 
   // Waits for the manager to close the next round (the sites' calls do the work).
@@ -184,8 +196,10 @@ class FederatedRun final : public runtime::RoundExecutor, public runtime::RoundO
     auto sums = mode_->Evaluate(data_.test_inputs, data_.test_targets, job_.train.eval_batch_size);
     if (!sums.ok()) return sums.status();
     runtime::Metrics out{{"test_loss", sums->loss_sum / std::max<int64_t>(1, sums->examples)}};
+    last_confusion_.clear();
     if (sums->confusion.defined()) {  // a mode that classifies
       const auto report = metrics::Report(metrics::ToConfusion(sums->confusion));
+      last_confusion_ = report.confusion;
       out.emplace_back("test_accuracy", report.accuracy);
       out.emplace_back("macro_f1", report.macro_f1);
     }
@@ -196,7 +210,7 @@ class FederatedRun final : public runtime::RoundExecutor, public runtime::RoundO
     return out;
   }
 
-  absl::Status OnRound(const runtime::RoundAssignment&, const runtime::RoundResult&,
+  absl::Status OnRound(const runtime::RoundAssignment&, const runtime::RoundResult& result,
                        const runtime::Metrics& eval) override {
     const int64_t version = current_.version;
     const RoundRecord& r = current_.record;
@@ -222,6 +236,16 @@ class FederatedRun final : public runtime::RoundExecutor, public runtime::RoundO
                 r.closed_by_deadline ? ", closed at the deadline" : "", r.secure ? ", secure sum" : "");
     std::fflush(stdout);
     if (auto s = dir_->AppendMetrics(last_.dump()); !s.ok()) return s;
+    if (auto s = Show(version, r); !s.ok()) return s;
+#ifdef ALLROUND_HAVE_PROMETHEUS
+    if (watch_) {
+      std::map<std::string, double> figures;
+      for (const auto& [key, value] : last_.items()) {
+        if (value.is_number()) figures[key] = value.get<double>();
+      }
+      watch_->OnRound(r, version, result.seconds, figures);
+    }
+#endif
     if (!checkpointer_ || job_.checkpoint.every_rounds <= 0) return absl::OkStatus();
     if (version % job_.checkpoint.every_rounds != 0 && version != job_.federated.rounds) return absl::OkStatus();
     return Save(version, current_.state);
@@ -301,6 +325,69 @@ class FederatedRun final : public runtime::RoundExecutor, public runtime::RoundO
     return absl::OkStatus();
   }
 
+  // --metrics-linger-s: the final state stays on the metrics and status page for a last scrape.
+  void Linger() {
+#ifdef ALLROUND_HAVE_PROMETHEUS
+    if (!http_ || options_.metrics_linger_s <= 0) return;
+    log::Info("the run is over; metrics and status page stay up for {} s (SIGTERM ends it)", options_.metrics_linger_s);
+    const auto until = Clock::now() + std::chrono::duration<double>(options_.metrics_linger_s);
+    while (Clock::now() < until && !StopRequested()) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+#endif
+  }
+
+  // The operator's metrics and status page, when asked for (--metrics-listen).
+  absl::Status ServeWatch() {
+    if (options_.metrics_listen.empty()) return absl::OkStatus();
+#ifndef ALLROUND_HAVE_PROMETHEUS
+    return absl::UnimplementedError(
+        "--metrics-listen: this build has no metrics server (install prometheus-cpp-dev and libcivetweb-dev, as "
+        "deploy/setup.sh does, then rebuild)");
+#else
+    if (!IsLoopbackAddress(options_.metrics_listen) && options_.status_token.empty()) {
+      return absl::InvalidArgumentError(absl::StrCat("--metrics-listen ", options_.metrics_listen,
+                                                     " is beyond loopback: give --status-token too"));
+    }
+    watch_ = std::make_unique<RunWatch>(job_.name, job_.federated.rounds, manager_.get());
+    watch_->set_service(service_.get());
+    RunWatch* watch = watch_.get();
+    auto http = observe::HttpServer::Start(
+        options_.metrics_listen,
+        {{"/metrics", [watch] { return observe::HttpResponse{200, "text/plain; version=0.0.4; charset=utf-8",
+                                                             watch->MetricsText()}; }},
+         {"/", [watch] { return observe::HttpResponse{200, "text/html; charset=utf-8", watch->StatusHtml()}; }}},
+        options_.status_token);
+    if (!http.ok()) {
+      return absl::Status(http.status().code(), absl::StrCat("--metrics-listen: ", http.status().message()));
+    }
+    http_ = *std::move(http);
+    const std::string host = options_.metrics_listen.substr(0, options_.metrics_listen.rfind(':'));
+    log::Info("metrics on http://{}:{}/metrics, status page on http://{}:{}/", host, http_->port(), host, http_->port());
+    return absl::OkStatus();
+#endif
+  }
+
+  // The round in TensorBoard: the numbers of its metrics record and the refusals so far as
+  // scalars, histograms of the global model and of the sites' update norms, the mode's pictures of
+  // the global model (a GAN's samples) and the confusion matrix.
+  absl::Status Show(int64_t version, const RoundRecord& r) {
+    if (!board_.on()) return absl::OkStatus();
+    std::vector<std::pair<std::string, double>> scalars;
+    for (const auto& [key, value] : last_.items()) {
+      if (value.is_number() && key != "round" && key != "time") scalars.emplace_back(key, value.get<double>());
+    }
+    scalars.emplace_back("sites", static_cast<double>(r.contributors.size()));
+    for (const auto& [reason, count] : manager_->refusals()) {
+      scalars.emplace_back(absl::StrCat("refusals/", reason), static_cast<double>(count));
+    }
+    if (auto s = board_.Scalars(version, scalars); !s.ok()) return s;
+    const NamedTensors& model = current_.version > 0 ? current_.model : modes::ModelTensors(manager_->State());
+    if (auto s = board_.Weights(version, model); !s.ok()) return s;
+    if (auto s = board_.Values("update_norms", version, r.update_norms); !s.ok()) return s;
+    if (auto s = board_.Pictures(version, mode_->Images()); !s.ok()) return s;
+    if (auto s = board_.ConfusionMatrix(version, last_confusion_); !s.ok()) return s;
+    return board_.Flush();
+  }
+
   // The sites' own test splits, on the model the round started from, weighted by their example
   // counts (the sites report sums): into last_, and the round line's words.
   std::string FederatedEvaluation(const std::map<std::string, double>& m, int64_t version) {
@@ -367,6 +454,12 @@ class FederatedRun final : public runtime::RoundExecutor, public runtime::RoundO
   std::unique_ptr<CoordinatorService> service_;
   std::unique_ptr<grpc::Server> server_;
   std::unique_ptr<storage::RunDirectory> dir_;
+  observe::RunBoard board_;
+#ifdef ALLROUND_HAVE_PROMETHEUS
+  std::unique_ptr<RunWatch> watch_;              // --metrics-listen
+  std::unique_ptr<observe::HttpServer> http_;    // serves watch_; declared after it, so stopped first
+#endif
+  std::vector<std::vector<int64_t>> last_confusion_;  // of the last evaluation (empty: not a classifier)
   std::deque<ClosedRound> closed_;
   ClosedRound current_;
   Limits limits_;
@@ -376,6 +469,12 @@ class FederatedRun final : public runtime::RoundExecutor, public runtime::RoundO
 };
 
 }  // namespace
+
+bool IsLoopbackAddress(const std::string& host_port) {
+  std::string host = host_port.substr(0, host_port.rfind(':'));
+  if (host.size() >= 2 && host.front() == '[' && host.back() == ']') host = host.substr(1, host.size() - 2);
+  return host == "localhost" || host == "::1" || absl::StartsWith(host, "127.");
+}
 
 absl::Status Serve(const Job& job, const ServerOptions& options) { return FederatedRun(job, options).Run(); }
 

@@ -29,9 +29,17 @@ struct ServerOptions {
   std::string resume = "none";             // none | auto | a coordinator checkpoint id
   std::string dump_models;                 // a directory: every global model version as safetensors
   std::string summary_json;                // also write the summary here
+  // Prometheus metrics (/metrics) and the status page (/) on HOST:PORT (coordinator/run_watch.h);
+  // empty: not served. Beyond loopback only with a status token, which every request must carry.
+  std::string metrics_listen;
+  std::string status_token;
+  double metrics_linger_s = 0;  // after the last round, keep serving them this long (a last scrape)
   runtime::StoreOpener stores = runtime::DiskStores();
   std::function<void(int port)> on_listening;  // called once the server listens (port 0's pick)
 };
+
+// Whether HOST:PORT's host is this machine's loopback (127.0.0.0/8, localhost, ::1).
+bool IsLoopbackAddress(const std::string& host_port);
 
 // Serves the job's rounds to their end, or until a stop signal (then OK, with the state saved).
 absl::Status Serve(const Job& job, const ServerOptions& options);

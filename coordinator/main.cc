@@ -29,6 +29,15 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--dump-models", flags.dump_models, "write every global model version to this directory");
   app.add_option("--summary-json", flags.summary_json, "write the final metrics here as one JSON object");
+  app.add_option("--metrics-listen", flags.metrics_listen,
+                 "serve Prometheus metrics (/metrics) and a status page (/) on HOST:PORT (port 0: a free one); "
+                 "loopback unless --status-token is given");
+  app.add_option("--status-token", flags.status_token,
+                 "a secret every metrics and status request must carry (Authorization: Bearer, or ?token=); "
+                 "needed to listen beyond loopback");
+  app.add_option("--metrics-linger-s", flags.metrics_linger_s,
+                 "after the last round, keep serving metrics and the status page this many seconds (or until "
+                 "SIGTERM), so a last scrape sees the final state");
   JobFlags job_flags(app);
   if (auto code = ParseCommandLine(app, argc, argv, "allround-coordinator")) return *code;
   auto job = job_flags.Resolve(job_path);

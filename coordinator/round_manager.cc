@@ -15,6 +15,21 @@
 #include "common/random.h"
 
 namespace allround::coordinator {
+namespace {
+
+// ||weights - global|| over the floating-point tensors (matched by position: a validated update has
+// the model's layout), in double.
+double UpdateNorm(const NamedTensors& global, const NamedTensors& weights) {
+  double sum = 0;
+  for (size_t i = 0; i < global.size() && i < weights.size(); ++i) {
+    const at::Tensor& g = global[i].second;
+    if (!at::isFloatingType(g.scalar_type())) continue;
+    sum += (weights[i].second - g).pow(2).sum(at::kDouble).item<double>();
+  }
+  return std::sqrt(sum);
+}
+
+}  // namespace
 
 RoundManager::RoundManager(RoundManagerOptions options, NamedTensors initial_model,
                            std::unique_ptr<aggregation::Strategy> strategy)
@@ -161,6 +176,7 @@ void RoundManager::MaybeCloseRound(Time now) {
       record.examples = std::numeric_limits<int64_t>::max();
     }
     for (const auto& [k, v] : current_->metrics[id]) record.site_metrics[k] += v;  // bounded: finite
+    record.update_norms.push_back(UpdateNorm(model_, u.weights));
     updates.push_back(std::move(u));
   }
   const auto start = std::chrono::steady_clock::now();
@@ -286,26 +302,26 @@ absl::Status RoundManager::SubmitUpdate(int64_t site, int64_t round, int64_t exa
   if (current_->secure) {
     return Refuse("bad_secagg", absl::FailedPreconditionError(
                                     "this job aggregates securely (privacy.secure_aggregation): a site sends its "
-                                    "masked input, never its update"));
+                                    "masked input, never its update"), site);
   }
   if (current_->updates.count(site)) {
     return Refuse("duplicate", absl::AlreadyExistsError(
-                                   absl::StrCat("site ", site, " already submitted an update for round ", round)));
+                                   absl::StrCat("site ", site, " already submitted an update for round ", round)), site);
   }
   if (examples <= 0 || examples > sites_[site].examples) {
     return Refuse("bad_examples", absl::InvalidArgumentError(absl::StrCat(
                                       "update from site ", site, " claims ", examples,
-                                      " examples; it declared ", sites_[site].examples, " at Join")));
+                                      " examples; it declared ", sites_[site].examples, " at Join")), site);
   }
   if (std::string bad = tensor::LayoutMismatch(weights, model_); !bad.empty()) {
-    return Refuse("bad_tensor", absl::InvalidArgumentError(bad));
+    return Refuse("bad_tensor", absl::InvalidArgumentError(bad), site);
   }
   for (const auto& [name, t] : weights) {
     if (!tensor::AllFinite(t)) {
-      return Refuse("non_finite", absl::InvalidArgumentError(absl::StrCat("tensor ", name, " holds NaN or Inf")));
+      return Refuse("non_finite", absl::InvalidArgumentError(absl::StrCat("tensor ", name, " holds NaN or Inf")), site);
     }
   }
-  if (auto s = CheckMetrics(metrics); !s.ok()) return Refuse("bad_metrics", s);
+  if (auto s = CheckMetrics(metrics); !s.ok()) return Refuse("bad_metrics", s, site);
   current_->updates[site] = aggregation::SiteUpdate{site, examples, std::move(weights)};
   current_->metrics[site] = metrics;
   MaybeCloseRound(now);
@@ -323,12 +339,12 @@ absl::Status RoundManager::CheckRoundCall(int64_t site, int64_t round, Time now,
                   absl::FailedPreconditionError(absl::StrCat(what, " for round ", round, " refused: ",
                                                              current_ ? absl::StrCat("round ", current_->index, " is open")
                                                                       : "no round is open",
-                                                             late ? " (the round closed before it arrived)" : "")));
+                                                             late ? " (the round closed before it arrived)" : "")), site);
   }
   const auto& p = current_->participants;
   if (!std::binary_search(p.begin(), p.end(), site)) {
     return Refuse("not_participant", absl::PermissionDeniedError(
-                                         absl::StrCat("site ", site, " was not sampled for round ", round)));
+                                         absl::StrCat("site ", site, " was not sampled for round ", round)), site);
   }
   return absl::OkStatus();
 }
@@ -337,11 +353,11 @@ absl::Status RoundManager::CheckSecureCall(int64_t site, int64_t round, uint32_t
   if (auto s = CheckRoundCall(site, round, now, "secure aggregation message"); !s.ok()) return s;
   if (!current_->secure) {
     return Refuse("bad_secagg", absl::FailedPreconditionError(
-                                    "this job does not aggregate securely (privacy.secure_aggregation is none)"));
+                                    "this job does not aggregate securely (privacy.secure_aggregation is none)"), site);
   }
   if (named != static_cast<uint64_t>(site)) {
     return Refuse("bad_secagg", absl::PermissionDeniedError(absl::StrCat("site ", site, " sent a message naming site ",
-                                                                         named, " as its sender")));
+                                                                         named, " as its sender")), site);
   }
   return absl::OkStatus();
 }
@@ -375,10 +391,10 @@ absl::Status RoundManager::SubmitMasked(int64_t site, int64_t round, std::vector
                                         const std::map<std::string, double>& metrics) {
   std::lock_guard<std::mutex> lock(mu_);
   if (auto s = CheckSecureCall(site, round, static_cast<uint32_t>(site), now); !s.ok()) return s;
-  if (auto s = CheckMetrics(metrics); !s.ok()) return Refuse("bad_metrics", s);
+  if (auto s = CheckMetrics(metrics); !s.ok()) return Refuse("bad_metrics", s, site);
   privacy::MaskedInputMsg msg{static_cast<uint64_t>(round), static_cast<uint32_t>(site), std::move(masked)};
   SecureRound* secure = current_->secure.get();
-  if (auto s = secure->MaskedInput(msg); !s.ok()) return Refuse("bad_secagg", s);
+  if (auto s = secure->MaskedInput(msg); !s.ok()) return Refuse("bad_secagg", s, site);
   current_->metrics[site] = metrics;
   return AfterSecureCall(absl::OkStatus(), now);
 }
@@ -412,6 +428,27 @@ std::vector<std::pair<std::string, at::Tensor>> RoundManager::ModelLayoutTensors
 absl::Status RoundManager::Refuse(const std::string& reason, absl::Status status) {
   ++refusals_[reason];
   return status;
+}
+
+absl::Status RoundManager::Refuse(const std::string& reason, absl::Status status, int64_t site) {
+  if (auto it = sites_.find(site); it != sites_.end()) ++it->second.refusals;
+  return Refuse(reason, std::move(status));
+}
+
+std::vector<SiteStatus> RoundManager::Sites(Time now) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  std::map<int64_t, int64_t> contributed;
+  for (const RoundRecord& r : history_) {
+    if (!r.abandoned.empty()) continue;
+    for (int64_t id : r.contributors) ++contributed[id];
+  }
+  std::vector<SiteStatus> out;
+  for (const auto& [name, id] : site_by_name_) {
+    const Site& s = sites_.at(id);
+    out.push_back(SiteStatus{id, s.name, s.examples, Alive(s, now),
+                             std::chrono::duration<double>(now - s.last_seen).count(), contributed[id], s.refusals});
+  }
+  return out;
 }
 
 void RoundManager::CountRefusal(const std::string& reason) {

@@ -80,6 +80,10 @@ struct RoundRecord {
   // Federated evaluation: the contributors' reported metrics summed over sites (each site reports
   // sums, e.g. eval_examples, eval_correct, eval_loss_sum, so sums are example-weighted).
   std::map<std::string, double> site_metrics;
+  // The L2 norm of each contributor's update minus the round's global model (floating-point
+  // tensors together), in contributor order; empty under secure aggregation, where no update is
+  // seen. For the run's TensorBoard histogram; not checkpointed.
+  std::vector<double> update_norms;
 };
 
 // A round that produced a new global model, queued for the caller to evaluate and checkpoint
@@ -92,6 +96,17 @@ struct ClosedRound {
 };
 
 using tensor::TensorLayout;
+
+// One joined site as an operator sees it (the status page's table).
+struct SiteStatus {
+  int64_t id = 0;
+  std::string name;
+  int64_t examples = 0;               // declared at Join
+  bool alive = false;
+  double seconds_since_seen = 0;      // since its last call
+  int64_t rounds_contributed = 0;     // closed rounds whose aggregate counted it
+  int64_t refusals = 0;               // of its own calls (an unknown caller's are not a site's)
+};
 
 class RoundManager {
  public:
@@ -169,12 +184,15 @@ class RoundManager {
   // "bad_model", and from the transport "bad_token", "bad_pipeline", "bad_stream", "too_many_streams",
   // "stream_timeout").
   std::map<std::string, int64_t> refusals() const;
+  // Every joined site, in name order.
+  std::vector<SiteStatus> Sites(Time now) const;
 
  private:
   struct Site {
     std::string name;
     int64_t examples = 0;
     Time last_seen;
+    int64_t refusals = 0;
   };
   struct Round {
     int64_t index = 0;
@@ -200,6 +218,8 @@ class RoundManager {
   void Commit(RoundRecord record, absl::StatusOr<NamedTensors> next);
   absl::Status AfterSecureCall(absl::Status s, Time now);
   absl::Status Refuse(const std::string& reason, absl::Status status);
+  // A refusal of a known site's call: counted for the site too.
+  absl::Status Refuse(const std::string& reason, absl::Status status, int64_t site);
   absl::Status CheckMetrics(const std::map<std::string, double>& metrics) const;
   void Changed();
   NamedTensors StateLocked() const;

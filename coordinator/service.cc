@@ -149,8 +149,26 @@ grpc::Status CoordinatorService::CheckToken(int64_t site, const std::string& tok
   return grpc::Status::OK;
 }
 
+class CoordinatorService::Traffic {
+ public:
+  Traffic(CoordinatorService* service, const google::protobuf::Message& request, const google::protobuf::Message* reply)
+      : service_(service), reply_(reply) {
+    service_->bytes_received_ += request.ByteSizeLong();
+  }
+  ~Traffic() {
+    if (reply_ != nullptr) service_->bytes_sent_ += reply_->ByteSizeLong();
+  }
+  Traffic(const Traffic&) = delete;
+  Traffic& operator=(const Traffic&) = delete;
+
+ private:
+  CoordinatorService* service_;
+  const google::protobuf::Message* reply_;
+};
+
 grpc::Status CoordinatorService::Join(grpc::ServerContext*, const allround::v1::JoinRequest* req,
                                       allround::v1::JoinReply* reply) {
+  Traffic traffic(this, *req, reply);
   if (req->protocol_version() != kProtocolVersion) {
     manager_->CountRefusal("bad_protocol");
     return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
@@ -205,6 +223,7 @@ grpc::Status CoordinatorService::Join(grpc::ServerContext*, const allround::v1::
 
 grpc::Status CoordinatorService::GetTask(grpc::ServerContext* ctx, const allround::v1::TaskRequest* req,
                                          allround::v1::TaskReply* reply) {
+  Traffic traffic(this, *req, reply);
   if (auto s = CheckToken(req->site_id(), req->token()); !s.ok()) return s;
   // Long poll: hold a WAIT until the round state changes, the poll time is up, or the site leaves.
   const Time until = Now() + options_.long_poll;
@@ -234,6 +253,7 @@ grpc::Status CoordinatorService::GetTask(grpc::ServerContext* ctx, const allroun
 
 grpc::Status CoordinatorService::FetchModel(grpc::ServerContext* ctx, const allround::v1::FetchRequest* req,
                                             grpc::ServerWriter<allround::v1::TensorChunk>* writer) {
+  Traffic traffic(this, *req, nullptr);
   if (auto s = CheckToken(req->site_id(), req->token()); !s.ok()) return s;
   StreamSlot slot(this);
   if (!slot.ok()) {
@@ -245,6 +265,7 @@ grpc::Status CoordinatorService::FetchModel(grpc::ServerContext* ctx, const allr
   // A site that stops reading blocks Write (flow control): it gets stream_idle per chunk.
   auto watch = watchdog_.Watch(ctx, options_.limits.stream_idle, options_.limits.stream_max);
   for (const auto& chunk : **chunks) {
+    bytes_sent_ += chunk.ByteSizeLong();
     if (!writer->Write(chunk)) {
       if (watch->expired()) {
         return Refused("stream_timeout", grpc::StatusCode::DEADLINE_EXCEEDED,
@@ -274,6 +295,7 @@ grpc::Status CoordinatorService::SubmitUpdate(grpc::ServerContext* ctx,
                                               grpc::ServerReader<allround::v1::UpdateChunk>* reader,
                                               allround::v1::SubmitReply* reply) {
   const Limits& limits = options_.limits;
+  Traffic traffic(this, allround::v1::UpdateChunk(), reply);  // the chunks are counted as they are read
   // Until the first message names the site and its token, the stream may be anyone's: it waits
   // in a pool of its own, so streams that never authenticate cannot take the sites' slots.
   UnauthenticatedSlot pending(this, PeerHost(ctx->peer()));
@@ -307,6 +329,7 @@ grpc::Status CoordinatorService::SubmitUpdate(grpc::ServerContext* ctx,
   uint64_t bytes = 0;
   comm::TensorAssembler assembler(&layout_, limits.max_echo_chars);
   do {
+    bytes_received_ += msg.ByteSizeLong();
     // An empty message still counts: a stream cannot go on forever on messages of no bytes.
     bytes += std::max<uint64_t>(msg.ByteSizeLong(), Limits::kMinMessageBytes);
     if (bytes > limits.max_update_bytes) {
@@ -349,6 +372,7 @@ grpc::Status CoordinatorService::SubmitUpdate(grpc::ServerContext* ctx,
 grpc::Status CoordinatorService::SecAggSubmit(grpc::ServerContext*, const allround::v1::SecAggMessage* req,
                                               allround::v1::SubmitReply* reply) {
   using allround::v1::SecAggTask;
+  Traffic traffic(this, *req, reply);
   if (auto s = CheckToken(req->site_id(), req->token()); !s.ok()) return s;
   const auto refuse = [&](const absl::Status& s) {
     manager_->CountRefusal("bad_secagg");
@@ -397,7 +421,8 @@ grpc::Status CoordinatorService::SecAggSubmit(grpc::ServerContext*, const allrou
 }
 
 grpc::Status CoordinatorService::Heartbeat(grpc::ServerContext*, const allround::v1::HeartbeatRequest* req,
-                                           allround::v1::HeartbeatReply*) {
+                                           allround::v1::HeartbeatReply* reply) {
+  Traffic traffic(this, *req, reply);
   if (auto s = CheckToken(req->site_id(), req->token()); !s.ok()) return s;
   return ToGrpc(manager_->Heartbeat(req->site_id(), Now()));
 }

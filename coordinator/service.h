@@ -60,6 +60,11 @@ class CoordinatorService final : public allround::v1::Coordinator::Service {
   // restarted coordinator answers.
   void StopServing() { stopping_ = true; }
 
+  // Protocol bytes received from and sent to sites so far (serialized messages, every call, the
+  // refused ones too), for the operator's metrics.
+  uint64_t bytes_received() const { return bytes_received_.load(); }
+  uint64_t bytes_sent() const { return bytes_sent_.load(); }
+
   // FetchModel and SubmitUpdate streams open now (at most limits.max_streams hold a slot).
   int64_t open_streams() const { return open_streams_.load(); }
   // Update streams waiting for their first message (a pool of their own).
@@ -90,6 +95,9 @@ class CoordinatorService final : public allround::v1::Coordinator::Service {
   std::vector<comm::TensorLayout> layout_;
   std::atomic<bool> stopping_{false};
   std::atomic<int64_t> open_streams_{0};
+  std::atomic<uint64_t> bytes_received_{0}, bytes_sent_{0};
+  // Counts a unary call: its request now, its reply when the handler returns.
+  class Traffic;
   std::mutex unauthenticated_mu_;
   int64_t unauthenticated_ = 0;
   std::map<std::string, int> unauthenticated_by_peer_;

@@ -25,6 +25,9 @@ PACKAGES=(
   librocksdb-dev
   # secure aggregation (privacy/): X25519, ChaCha20, XChaCha20-Poly1305
   libsodium-dev
+  # the coordinator's Prometheus metrics and status page (--metrics-listen); the status page's
+  # test renders it in headless Chromium
+  prometheus-cpp-dev libcpp-httplib-dev chromium
   # tests and micro-benchmarks
   libgtest-dev libgmock-dev libbenchmark-dev
   # small well-kept libraries
@@ -60,6 +63,16 @@ if [[ ! -x "$VENV/bin/python3" ]]; then
 fi
 if ! "$VENV/bin/python3" -c 'import safetensors' 2>/dev/null; then
   $SUDO "$VENV/bin/pip" install -q safetensors || echo "setup: warning: safetensors not installed (no PyPI?)"
+fi
+# TensorBoard: its message definitions are compiled into the build (observe/), and the tests read
+# the event files back with its own reader. "numpy<2" keeps Debian's numpy, which Debian's torch needs.
+if ! "$VENV/bin/python3" -c 'import tensorboard.compat.proto.event_pb2' 2>/dev/null; then
+  $SUDO "$VENV/bin/pip" install -q tensorboard "numpy<2" ||
+    echo "setup: warning: tensorboard not installed (no PyPI?): runs will write no event files"
+fi
+# The metrics test parses /metrics with the Prometheus project's own Python parser.
+if ! "$VENV/bin/python3" -c 'import prometheus_client' 2>/dev/null; then
+  $SUDO "$VENV/bin/pip" install -q prometheus-client || echo "setup: warning: prometheus-client not installed (no PyPI?)"
 fi
 # Benchmark peers only (bench/federated_overhead, bench/fedavg_niid --peer flower): Flower's simulation engine, in a venv of its own
 # so that its numpy pin (Debian's torch 1.13 needs numpy < 2) does not touch the main one.

@@ -21,6 +21,7 @@
 #include "data/datasets.h"
 #include "runtime/round_engine.h"
 #include "runtime/trainer.h"
+#include "observe/run_board.h"
 #include "storage/run_directory.h"
 
 namespace allround::runtime {
@@ -88,8 +89,13 @@ class ClusterRun final : public RoundObserver {
   absl::Status OnRound(const RoundAssignment& round, const RoundResult& result, const Metrics& eval) override {
     rounds_done_ = round.round + 1;
     if (!eval.empty()) last_eval_ = eval;
+    std::vector<GrayImage> pictures;
     if (!eval.empty() && dir_) {  // a generative mode's sample grids
-      if (auto s = mode_->WriteImages(dir_->path(), round.epoch + 1); !s.ok()) return s;
+      pictures = mode_->Images();
+      for (const GrayImage& image : pictures) {
+        const std::string path = absl::StrCat(dir_->path(), "/", image.name, "-epoch", round.epoch + 1, ".png");
+        if (auto s = WriteGrayPng(path, image.width, image.height, image.pixels); !s.ok()) return s;
+      }
     }
     if (checkpointer_ && checkpointer_->DueAfterRound(rounds_done_) &&
         checkpointer_->last_saved_step() != trainer_->global_step()) {
@@ -111,7 +117,8 @@ class ClusterRun final : public RoundObserver {
                 static_cast<long long>(job_.train.epochs), result.mean_loss, EvalLine(eval).c_str(), result.seconds,
                 rec["samples_per_s"].get<double>());
     std::fflush(stdout);
-    return dir_->AppendMetrics(rec.dump());
+    if (auto s = dir_->AppendMetrics(rec.dump()); !s.ok()) return s;
+    return Show(round.epoch + 1, rec, pictures, !eval.empty());
   }
 
  private:
@@ -151,6 +158,10 @@ class ClusterRun final : public RoundObserver {
       if (!opened.ok()) return opened.status();
       dir_ = *std::move(opened);
       if (auto s = dir_->WriteFile("job.yaml", JobToYaml(job_)); !s.ok()) return s;
+      auto board = observe::RunBoard::Open(job_, dir_->path(), "worker");
+      if (!board.ok()) return board.status();
+      board_ = *std::move(board);
+      if (auto s = board_.JobText(job_); !s.ok()) return s;
       if (!data->tokenizer.empty()) {
         if (auto s = dir_->WriteFile("tokenizer.bpe", data->tokenizer); !s.ok()) return s;
       }
@@ -159,6 +170,23 @@ class ClusterRun final : public RoundObserver {
     trainer_ = std::make_unique<Trainer>(job_, *std::move(data), mode_.get(), &comm_, reducer_.get());
     if (leader_) PrintStart(train_n, test_n);
     return absl::OkStatus();
+  }
+
+  // The epoch's record in TensorBoard: its numbers as scalars, the weights, the pictures and, after
+  // an evaluation of a mode that classifies, the confusion matrix.
+  absl::Status Show(int64_t epoch, const json& rec, const std::vector<GrayImage>& pictures, bool evaluated) {
+    if (!board_.on()) return absl::OkStatus();
+    std::vector<std::pair<std::string, double>> scalars;
+    for (const auto& [key, value] : rec.items()) {
+      if (value.is_number() && key != "round" && key != "epoch" && key != "time") scalars.emplace_back(key, value.get<double>());
+    }
+    if (auto s = board_.Scalars(epoch, scalars); !s.ok()) return s;
+    if (auto s = board_.Weights(epoch, modes::ModelTensors(mode_->State())); !s.ok()) return s;
+    if (auto s = board_.Pictures(epoch, pictures); !s.ok()) return s;
+    if (evaluated) {
+      if (auto s = board_.ConfusionMatrix(epoch, trainer_->last_report().confusion); !s.ok()) return s;
+    }
+    return board_.Flush();
   }
 
   void PrintStart(int64_t train_n, int64_t test_n) const {
@@ -256,6 +284,7 @@ class ClusterRun final : public RoundObserver {
   std::unique_ptr<modes::LearningMode> mode_;
   std::unique_ptr<comm::Reducer> reducer_;
   std::optional<storage::RunDirectory> dir_;
+  observe::RunBoard board_;  // rank 0: TensorBoard
   std::unique_ptr<Trainer> trainer_;
   std::unique_ptr<Checkpointer> checkpointer_;
   at::Tensor tokenizer_;

@@ -1,0 +1,133 @@
+#include "observe/http_server.h"
+
+
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+
+#ifdef ALLROUND_HAVE_HTTPLIB
+#include <httplib.h>
+
+#include <thread>
+#endif
+
+namespace allround::observe {
+namespace {
+
+// Compares in time independent of where the first difference is (a token is a secret).
+bool SameSecret(const std::string& a, const std::string& b) {
+  if (a.size() != b.size()) return false;
+  unsigned char diff = 0;
+  for (size_t i = 0; i < a.size(); ++i) diff |= static_cast<unsigned char>(a[i] ^ b[i]);
+  return diff == 0;
+}
+
+}  // namespace
+
+HttpServer::HttpServer(std::map<std::string, HttpHandler> handlers, std::string token)
+    : handlers_(std::move(handlers)), token_(std::move(token)) {}
+
+HttpResponse HttpServer::Answer(const std::string& method, const std::string& path, const std::string& query,
+                                const std::string& authorization) const {
+  if (method != "GET" && method != "HEAD") return {405, "text/plain; charset=utf-8", "read-only: GET only\n"};
+  if (!token_.empty()) {
+    bool ok = absl::StartsWith(authorization, "Bearer ") && SameSecret(authorization.substr(7), token_);
+    for (absl::string_view part : absl::StrSplit(query, '&')) {
+      if (absl::StartsWith(part, "token=") && SameSecret(std::string(part.substr(6)), token_)) ok = true;
+    }
+    if (!ok) return {401, "text/plain; charset=utf-8", "give the status token (Authorization: Bearer, or ?token=)\n"};
+  }
+  auto it = handlers_.find(path);
+  if (it == handlers_.end()) return {404, "text/plain; charset=utf-8", "not found\n"};
+  return it->second();
+}
+
+#ifdef ALLROUND_HAVE_HTTPLIB
+
+bool HttpServerAvailable() { return true; }
+
+struct HttpServer::Impl {
+  httplib::Server server;
+  std::thread thread;
+};
+
+absl::StatusOr<std::unique_ptr<HttpServer>> HttpServer::Start(const std::string& listen,
+                                                              std::map<std::string, HttpHandler> handlers,
+                                                              std::string token) {
+  const size_t colon = listen.rfind(':');
+  int port = -1;
+  if (colon == std::string::npos || !absl::SimpleAtoi(listen.substr(colon + 1), &port) || port < 0 || port > 65535) {
+    return absl::InvalidArgumentError(absl::StrCat("'", listen, "' is not HOST:PORT"));
+  }
+  std::string host = listen.substr(0, colon);
+  if (host.size() >= 2 && host.front() == '[' && host.back() == ']') host = host.substr(1, host.size() - 2);
+  std::unique_ptr<HttpServer> server(new HttpServer(std::move(handlers), std::move(token)));
+  server->impl_ = std::make_unique<Impl>();
+  httplib::Server& http = server->impl_->server;
+  // Two threads answer; a client that stops sending is dropped after 10 s; one request per
+  // connection.
+  http.new_task_queue = [] { return new httplib::ThreadPool(2); };
+  http.set_read_timeout(std::chrono::seconds(10));
+  http.set_write_timeout(std::chrono::seconds(10));
+  http.set_keep_alive_max_count(1);
+  // SO_REUSEADDR only: cpp-httplib's default adds SO_REUSEPORT, with which a second process could
+  // silently bind the same port and take half the scrapes.
+  http.set_socket_options([](socket_t sock) {
+    int yes = 1;
+    setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof(yes));
+  });
+  const HttpServer* self = server.get();
+  const auto answer = [self](const httplib::Request& req, httplib::Response& res) {
+    const std::string query = req.has_param("token") ? "token=" + req.get_param_value("token") : "";
+    const HttpResponse r = self->Answer(req.method == "HEAD" ? "GET" : req.method, req.path, query,
+                                        req.get_header_value("Authorization"));
+    res.status = r.status;
+    res.set_header("Cache-Control", "no-store");
+    res.set_header("X-Content-Type-Options", "nosniff");
+    res.set_header("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'");
+    res.set_content(r.body, r.content_type.c_str());
+  };
+  http.Get(".*", answer);
+  http.Post(".*", answer);
+  http.Put(".*", answer);
+  http.Patch(".*", answer);
+  http.Delete(".*", answer);
+  http.Options(".*", answer);
+  const int bound = port == 0 ? http.bind_to_any_port(host) : (http.bind_to_port(host, port) ? port : -1);
+  if (bound <= 0) {
+    return absl::UnavailableError(absl::StrCat("cannot listen on ", listen, " (in use, or not an address here?)"));
+  }
+  server->port_ = bound;
+  server->impl_->thread = std::thread([&http] { http.listen_after_bind(); });
+  return server;
+}
+
+HttpServer::~HttpServer() {
+  if (!impl_) return;
+  impl_->server.stop();
+  if (impl_->thread.joinable()) impl_->thread.join();
+}
+
+#else  // no cpp-httplib
+
+bool HttpServerAvailable() { return false; }
+
+struct HttpServer::Impl {};
+
+absl::StatusOr<std::unique_ptr<HttpServer>> HttpServer::Start(const std::string&, std::map<std::string, HttpHandler>,
+                                                              std::string) {
+  return absl::UnimplementedError(
+      "this build has no HTTP server for metrics and the status page (install libcpp-httplib-dev and "
+      "prometheus-cpp-dev, as deploy/setup.sh does, then rebuild)");
+}
+
+HttpServer::~HttpServer() = default;
+
+#endif
+
+}  // namespace allround::observe
