@@ -27,7 +27,7 @@ PACKAGES=(
   libsodium-dev
   # the coordinator's Prometheus metrics and status page (--metrics-listen); the status page's
   # test renders it in headless Chromium
-  prometheus-cpp-dev libcpp-httplib-dev chromium
+  prometheus-cpp-dev libcpp-httplib-dev chromium python3-prometheus-client
   # tests and micro-benchmarks
   libgtest-dev libgmock-dev libbenchmark-dev
   # small well-kept libraries
@@ -69,10 +69,6 @@ fi
 if ! "$VENV/bin/python3" -c 'import tensorboard.compat.proto.event_pb2' 2>/dev/null; then
   $SUDO "$VENV/bin/pip" install -q tensorboard "numpy<2" ||
     echo "setup: warning: tensorboard not installed (no PyPI?): runs will write no event files"
-fi
-# The metrics test parses /metrics with the Prometheus project's own Python parser.
-if ! "$VENV/bin/python3" -c 'import prometheus_client' 2>/dev/null; then
-  $SUDO "$VENV/bin/pip" install -q prometheus-client || echo "setup: warning: prometheus-client not installed (no PyPI?)"
 fi
 # Benchmark peers only (bench/federated_overhead, bench/fedavg_niid --peer flower): Flower's simulation engine, in a venv of its own
 # so that its numpy pin (Debian's torch 1.13 needs numpy < 2) does not touch the main one.

@@ -1,8 +1,9 @@
 """The coordinator's Prometheus metrics and status page (--metrics-listen), read by the Prometheus
-project's own parser (prometheus_client, PyPI) and by headless Chromium:
+project's own parser (python3-prometheus-client) and by headless Chromium (Debian's chromium):
 
-A coordinator on loopback with a status token, 2 sites, 3 rounds, after a site with a wrong token
-was refused; it keeps serving for a last scrape (--metrics-linger-s). Then:
+A coordinator on loopback with a status token, 3 sites, 3 rounds, after a site with a wrong token
+was refused; it keeps serving for a last scrape (--metrics-linger-s). During the run (after round
+1), /metrics parses and the page lists the 3 sites with no more points than rounds closed. Then:
 - every request without the token is refused (401), with it as a bearer or ?token= it is served;
 - /metrics parses, and its figures are the run's own: rounds, model version, 3 observations of
   round and aggregation time (the latter's sum is metrics.jsonl's aggregate_s summed), 6 updates,
@@ -10,7 +11,9 @@ was refused; it keeps serving for a last scrape (--metrics-linger-s). Then:
   and the protocol bytes received equal to what the two sites say they sent;
 - the status page is well-formed HTML: the job's name, "round 3 of 3", a row per site with its
   rounds contributed and examples, two SVG charts whose accuracy line has a point per round; it
-  holds no token and refers to nothing outside itself; headless Chromium loads and renders it.
+  holds no token and refers to nothing outside itself; headless Chromium loads it (its DOM has the
+  3 sites and 3 points) and renders it: the screenshot is kept in $ALLROUND_ARTIFACTS (ctest sets
+  build/test-artifacts), as status_page.png.
 - a coordinator asked to serve them beyond loopback without a token refuses to start.
 
 Usage: watch_test.py COORDINATOR WORKER  (the venv's python3)"""
@@ -39,7 +42,7 @@ if not os.path.isdir(DATA):
 TOKEN = "status-secret-42"
 JOB = ["--name", "watchrun", "--data.train_limit", "900", "--data.test_limit", "200", "--threads", "1", "--checkpoint.enabled", "false",
        "--train.progress_every_s", "0", "--model.name", "mlp", "--model.hidden", "32", "--federated.rounds", "3",
-       "--federated.min_sites", "2", "--federated.min_available", "2", "--partition.sites", "2",
+       "--federated.min_sites", "3", "--federated.min_available", "3", "--partition.sites", "3",
        "--federated.site_eval_fraction", "0.1", "--tensorboard.enabled", "false"]
 checks = Checks()
 
@@ -95,7 +98,7 @@ class Page(html.parser.HTMLParser):
 
 with Run("watch") as run:
     with open(run.path("tokens"), "w") as f:
-        f.write("a tokA\nb tokB\n")
+        f.write("a tokA\nb tokB\nc tokC\n")
     os.chmod(run.path("tokens"), 0o600)
 
     refused = run.start("open", [COORD, *JOB, "--no-auth", "--insecure", "--listen", "127.0.0.1:0",
@@ -117,10 +120,30 @@ with Run("watch") as run:
     bad = run.start("mallory", [WORKER, *sites, "--site", "a", "--token", "guess", "--site-index", "0"])
     checks.check("a site with a wrong token is refused", bad.wait(120) not in (0, None), bad.err_tail())
     procs = [run.start(name, [WORKER, *sites, "--site", name, "--token", token, "--site-index", str(i)])
-             for i, (name, token) in enumerate((("a", "tokA"), ("b", "tokB")))]
+             for i, (name, token) in enumerate((("a", "tokA"), ("b", "tokB"), ("c", "tokC")))]
+
+    # During the run: after round 1, before the last.
+    early = wait_for_record(run_dir, 1, 300, coord)
+    status, text = get(f"{base}/metrics", f"Bearer {TOKEN}")
+    families = {f.name: f for f in text_string_to_metric_families(text)} if status == 200 else {}
+    rounds_now = families["allround_rounds"].samples[0].value if "allround_rounds" in families else -1
+    checks.check("during the run, /metrics parses and counts the 3 sites and the rounds closed so far",
+                 early is not None and families.get("allround_sites_joined") is not None and
+                 families["allround_sites_joined"].samples[0].value == 3 and 1 <= rounds_now <= 3, text[:300])
+    status, page = get(f"{base}/?token={TOKEN}")
+    parsed = Page()
+    parsed.feed(page)
+    shown = re.search(r"round (\d+) of 3", page)
+    accuracy_points = len(re.findall(r'data-name="test_accuracy"[^>]*points="([^"]*)"', page)[0].split()) \
+        if 'data-name="test_accuracy"' in page else 0
+    checks.check("during the run, the status page lists the 3 sites, with a point for each round its "
+                 "curve has seen (at most the rounds closed)",
+                 status == 200 and {r[0] for r in parsed.rows} == {"a", "b", "c"} and shown is not None and
+                 1 <= accuracy_points <= int(shown.group(1)), f"{parsed.rows} {shown} {accuracy_points}")
+
     record = wait_for_record(run_dir, 3, 300, coord)
     ok = record is not None and all(p.wait(120) == 0 for p in procs)
-    checks.check("3 rounds with both sites", ok and coord.wait_for(r"stay up for", 60) is not None, coord.err_tail())
+    checks.check("3 rounds with all 3 sites", ok and coord.wait_for(r"stay up for", 60) is not None, coord.err_tail())
     if not ok:
         sys.exit(checks.exit_code())
 
@@ -136,7 +159,8 @@ with Run("watch") as run:
     one = lambda name, **labels: metrics.get((name, tuple(sorted(labels.items()))))  # noqa: E731
     records = read_metrics(run_dir)
     summary = read_json(os.path.join(run_dir, "summary.json"))
-    checks.check("rounds, model version and round-time observations are the run's",
+    checks.check("rounds, model version and round-time observations match summary.json",
+                 one("allround_rounds_total") == summary["rounds"] and
                  (one("allround_rounds_total"), one("allround_model_version"),
                   one("allround_round_duration_seconds_count"), one("allround_aggregation_seconds_count"),
                   one("allround_rounds_abandoned_total")) == (3, 3, 3, 3, 0), str(metrics)[:600])
@@ -144,9 +168,9 @@ with Run("watch") as run:
     checks.check("the aggregation time's sum is metrics.jsonl's aggregate_s summed",
                  abs(one("allround_aggregation_seconds_sum") - aggregate) <= 1e-9 + 1e-9 * aggregate,
                  f"{one('allround_aggregation_seconds_sum')} vs {aggregate}")
-    checks.check("6 updates accepted, 2 sites joined and alive",
+    checks.check("9 updates accepted (summary's rounds x sites), 3 sites joined and alive",
                  (one("allround_updates_accepted_total"), one("allround_sites_joined"), one("allround_sites_alive"))
-                 == (6, 2, 2))
+                 == (summary["rounds"] * len(summary["sites"]), 3, 3) == (9, 3, 3))
     checks.check("the wrong token is counted by reason, as in the summary",
                  one("allround_refusals_total", reason="bad_token") == summary["refusals"]["bad_token"] == 1,
                  f"{one('allround_refusals_total', reason='bad_token')} {summary['refusals']}")
@@ -169,7 +193,7 @@ with Run("watch") as run:
     parsed.feed(page)
     rows = {r[0]: r for r in parsed.rows}
     checks.check("the status page names the run, its progress and each site",
-                 status == 200 and "watchrun" in parsed.title and "round 3 of 3" in page and set(rows) == {"a", "b"},
+                 status == 200 and "watchrun" in parsed.title and "round 3 of 3" in page and set(rows) == {"a", "b", "c"},
                  f"{parsed.title} {parsed.rows}")
     checks.check("a row per site: alive, 3 rounds contributed, its examples",
                  all(rows[n][1] == "yes" and rows[n][3] == "3" and int(rows[n][5]) > 0 for n in rows), str(rows))
@@ -183,21 +207,28 @@ with Run("watch") as run:
     checks.check("two well-formed SVG charts; the accuracy line has a point per round",
                  len(svgs) == 2 and len(points) == 3, f"{len(svgs)} svgs, points {points}")
     checks.check("the page holds no token and refers to nothing outside itself",
-                 TOKEN not in page and "tokA" not in page and "tokB" not in page and not parsed.urls, str(parsed.urls))
+                 TOKEN not in page and not any(t in page for t in ("tokA", "tokB", "tokC")) and not parsed.urls, str(parsed.urls))
 
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium:
-        shot = run.path("status.png")
+        artifacts = os.environ.get("ALLROUND_ARTIFACTS") or run.dir
+        os.makedirs(artifacts, exist_ok=True)
+        shot = os.path.join(artifacts, "status_page.png")
+        if os.path.exists(shot):
+            os.remove(shot)
         args = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
                 f"--user-data-dir={run.path('chromium')}"]
         dom = subprocess.run([*args, "--dump-dom", f"{base}/?token={TOKEN}"], capture_output=True, text=True,
                              timeout=120)
         subprocess.run([*args, f"--screenshot={shot}", "--window-size=1100,800", f"{base}/?token={TOKEN}"],
                        capture_output=True, timeout=120)
-        checks.check("headless Chromium loads the page: the sites table and both charts are in its DOM",
-                     'id="sites"' in dom.stdout and dom.stdout.count("<svg") == 2 and "polyline" in dom.stdout,
-                     dom.stderr[-500:])
-        checks.check("and renders it (a screenshot)", os.path.exists(shot) and os.path.getsize(shot) > 5000)
+        cells = re.findall(r"<tr[^>]*><td>([^<]*)</td>", dom.stdout)
+        line = re.search(r'data-name="test_accuracy"[^>]*points="([^"]*)"', dom.stdout)
+        checks.check("headless Chromium loads the page: its DOM lists the 3 sites, and the accuracy curve has a "
+                     "point per finished round",
+                     sorted(cells) == ["a", "b", "c"] and dom.stdout.count("<svg") == 2 and line is not None and
+                     len(line.group(1).split()) == 3, f"{cells} {line and line.group(1)} {dom.stderr[-300:]}")
+        checks.check(f"and renders it (screenshot kept: {shot})", os.path.exists(shot) and os.path.getsize(shot) > 5000)
     else:
         print("no chromium: the page was not rendered")
     coord.signal(15)
