@@ -4,6 +4,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "common/timeline.h"
 
 namespace allround::comm {
 
@@ -74,7 +75,10 @@ void Reducer::LaunchReady() {
   while (next_launch_ < num_buckets() && buckets_[next_launch_].pending == 0) Launch(next_launch_++);
 }
 
-void Reducer::Launch(int bucket) { buckets_[bucket].work = comm_->AllReduce(buckets_[bucket].flat, ReduceOp::kAverage); }
+void Reducer::Launch(int bucket) {
+  buckets_[bucket].launched_us = timeline::Active() != nullptr ? timeline::NowUs() : 0;
+  buckets_[bucket].work = comm_->AllReduce(buckets_[bucket].flat, ReduceOp::kAverage);
+}
 
 absl::Status Reducer::AverageAcrossGroup(at::Tensor& t) {
   return comm_->AllReduce(t, ReduceOp::kAverage)->Wait(comm_->timeout());
@@ -103,9 +107,17 @@ absl::Status Reducer::AfterBackward() {
   }
   LaunchReady();
   absl::Status status;
-  for (Bucket& bucket : buckets_) {
+  timeline::Recorder* timeline = timeline::Active();
+  for (size_t b = 0; b < buckets_.size(); ++b) {
+    Bucket& bucket = buckets_[b];
     absl::Status s = bucket.work->Wait(comm_->timeout());
     if (!s.ok() && status.ok()) status = s;
+    // From its launch (during backward, for all but the last buckets) to when its completion was
+    // seen here.
+    if (timeline != nullptr && bucket.launched_us > 0) {
+      timeline->Complete(absl::StrCat("allreduce bucket ", b), "comm", bucket.launched_us, timeline::NowUs(),
+                         absl::StrCat("\"bytes\": ", bucket.flat.numel() * bucket.flat.element_size()));
+    }
   }
   if (status.ok() && second_gradient_ >= 0) {
     // Every bucket was still reduced, so the ranks stay in step; .grad keeps the local sum.

@@ -63,6 +63,7 @@ class Reducer final : public GradientSync {
     std::vector<int64_t> offsets;    // element offset of each parameter in flat
     int pending = 0;                 // gradients not yet copied in this backward
     std::unique_ptr<Work> work;      // in flight
+    int64_t launched_us = 0;         // when, for the timeline (0: no timeline)
   };
 
   void OnGradient(int param, const at::Tensor& grad);

@@ -19,6 +19,7 @@
 #include "algorithms/modes/registry.h"
 #include "algorithms/metrics.h"
 #include "common/log.h"
+#include "common/timeline.h"
 #include "common/stop_signal.h"
 #include "common/text_file.h"
 #include "coordinator/limits.h"
@@ -187,6 +188,7 @@ class FederatedRun final : public runtime::RoundExecutor, public runtime::RoundO
   // The global model of the round just closed (the current one after a finished resumed run), on
   // the job's held-out set.
   absl::StatusOr<runtime::Metrics> Evaluate() override {
+    timeline::Span span("evaluate", "federated");
     const NamedTensors model = current_.version > 0 ? current_.model : modes::ModelTensors(manager_->State());
     if (!options_.dump_models.empty() && current_.version > 0) {
       const std::string path = absl::StrCat(options_.dump_models, "/version-", current_.version, ".safetensors");

@@ -11,6 +11,7 @@
 #include "common/cli.h"
 #include "common/job_cli.h"
 #include "common/log.h"
+#include "common/timeline.h"
 #include "coordinator/federated_server.h"
 
 int main(int argc, char** argv) {
@@ -35,6 +36,9 @@ int main(int argc, char** argv) {
   app.add_option("--status-token", flags.status_token,
                  "a secret every metrics and status request must carry (Authorization: Bearer, or ?token=); "
                  "needed to listen beyond loopback");
+  std::string timeline_path;
+  app.add_option("--timeline", timeline_path,
+                 "write a timeline of each round's aggregation and evaluation (Chrome trace-event JSON) to FILE");
   app.add_option("--metrics-linger-s", flags.metrics_linger_s,
                  "after the last round, keep serving metrics and the status page this many seconds (or until "
                  "SIGTERM), so a last scrape sees the final state");
@@ -46,10 +50,15 @@ int main(int argc, char** argv) {
     return 2;
   }
   absl::Status s;
+  timeline::FileSession timeline(timeline_path, 0, "coordinator");
   try {
     s = coordinator::Serve(*job, flags);
   } catch (const c10::Error& e) {
     s = absl::InternalError(e.what_without_backtrace());
+  }
+  if (auto w = timeline.Finish(); !w.ok()) {
+    log::Error("--timeline: {}", w.message());
+    if (s.ok()) s = w;
   }
   if (!s.ok()) {
     log::Error("{}", s.message());

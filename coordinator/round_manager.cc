@@ -12,6 +12,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/echo.h"
 #include "common/job.h"
+#include "common/timeline.h"
 #include "common/random.h"
 
 namespace allround::coordinator {
@@ -180,6 +181,7 @@ void RoundManager::MaybeCloseRound(Time now) {
     updates.push_back(std::move(u));
   }
   const auto start = std::chrono::steady_clock::now();
+  timeline::Span span("aggregate", "federated");
   auto next = strategy_->Aggregate(model_, updates);
   record.aggregate_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   if (!next.ok()) record.abandoned = std::string(next.status().message());
@@ -213,6 +215,7 @@ void RoundManager::MaybeCloseSecureRound(Time now) {
   record.secure = true;
   record.closed_by_deadline = now >= current_->deadline;
   const auto start = std::chrono::steady_clock::now();
+  timeline::Span span("unmask and aggregate", "federated");
   auto result = secure.Result();
   absl::StatusOr<NamedTensors> next = absl::InternalError("the secure round ended without a result");
   if (!result.ok()) {

@@ -17,6 +17,7 @@
 #include "algorithms/modes/registry.h"
 #include "comm/reducer.h"
 #include "common/log.h"
+#include "common/timeline.h"
 #include "common/stop_signal.h"
 #include "data/datasets.h"
 #include "runtime/round_engine.h"
@@ -233,6 +234,7 @@ class ClusterRun final : public RoundObserver {
 
   absl::Status Save(const TrainingPosition& pos) {
     if (!checkpointer_) return absl::OkStatus();
+    timeline::Span span("checkpoint save", "checkpoint");
     auto id = checkpointer_->SaveTraining(*mode_, pos, rounds_done_, last_eval_);
     if (!id.ok()) return id.status();
     log::Info("checkpoint {} saved (round {}, step {})", *id, rounds_done_, pos.global_step);

@@ -21,6 +21,7 @@
 #include "algorithms/modes/registry.h"
 #include "comm/communicator.h"
 #include "common/log.h"
+#include "common/timeline.h"
 #include "tensor/dtype.h"
 #include "comm/proto/federated.grpc.pb.h"
 #include "comm/reducer.h"
@@ -336,8 +337,10 @@ class Site {
           absl::StrCat("round ", task.round(), ": no secure aggregation keys of this round (restarted?)"));
     }
     log::Info("round {}: training model version {}", task.round(), task.model_version());
+    int64_t t = timeline::NowUs();
     auto model = FetchModel(task);
     if (!model.ok()) return model.status();
+    Spanned("fetch", task.round(), t);
     std::map<std::string, double> metrics;
     storage::NamedTensors update;
     {
@@ -346,6 +349,7 @@ class Site {
       sh_->slots->Release(mode);
       if (!s.ok()) return s;
     }
+    Spanned("train", task.round(), t);
     const int64_t examples = data_.train_y.size(0);
     if (!pipeline_.empty()) {
       // The pipeline works on the delta from the model this round started from (clip, ...).
@@ -359,7 +363,11 @@ class Site {
                                             ".safetensors");
       if (auto s = storage::WriteSafetensors(path, update, {{"examples", std::to_string(examples)}}); !s.ok()) return s;
     }
-    if (!secure) return Submit(task, examples, metrics, update);
+    if (!secure) {
+      auto submitted = Submit(task, examples, metrics, update);
+      Spanned("submit", task.round(), t);
+      return submitted;
+    }
     // Quantized and masked: what leaves the site is uniform-looking words whose sum over the
     // round's sites is the only thing the coordinator can learn.
     std::map<std::string, at::Tensor> base(model->begin(), model->end());
@@ -374,7 +382,18 @@ class Site {
     masked_ = *std::move(masked);
     masked_round_ = task.round();
     masked_metrics_ = metrics;
-    return SubmitMasked(task, metrics);
+    auto submitted = SubmitMasked(task, metrics);
+    Spanned("mask and submit", task.round(), t);
+    return submitted;
+  }
+
+  // The timeline's span "<what> (site S, round R)" from `since` to now; `since` moves to now.
+  void Spanned(const char* what, int64_t round, int64_t& since) const {
+    timeline::Recorder* recorder = timeline::Active();
+    if (recorder == nullptr) return;
+    const int64_t now = timeline::NowUs();
+    recorder->Complete(absl::StrCat(what, " (site ", name_, ", round ", round, ")"), "federated", since, now);
+    since = now;
   }
 
   absl::Status SubmitMasked(const v1::TaskReply& task, const std::map<std::string, double>& metrics) {

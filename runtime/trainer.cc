@@ -9,6 +9,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "common/timeline.h"
 #include "algorithms/modes/registry.h"
 #include "comm/reducer.h"
 #include "common/log.h"
@@ -128,6 +129,7 @@ absl::StatusOr<runtime::RoundResult> Trainer::Execute(const runtime::RoundAssign
       batch.seed = DeriveSeed(job_.seed, "step", static_cast<uint64_t>(round.epoch), where);
     }
     if (auto st = SyncBuffers(*comm_, *mode_); !st.ok()) return st;
+    timeline::MarkStepStart();
     auto step = mode_->TrainStep(batch, schedule_.At(position_.global_step), sync_);
     if (!step.ok()) {
       return absl::Status(step.status().code(), absl::StrCat("epoch ", round.epoch + 1, " step ", s + 1, ": ",

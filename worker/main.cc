@@ -19,6 +19,7 @@
 #include "common/job.h"
 #include "common/job_cli.h"
 #include "common/log.h"
+#include "common/timeline.h"
 #include "runtime/cluster_run.h"
 #include "runtime/site_runner.h"
 
@@ -84,7 +85,7 @@ void AddSiteFlags(CLI::App& app, SiteOptions& site, int64_t& num_sites) {
 // Sets up the job's communicator and runs this process's part: a site (or, under mpirun, a worker
 // group that is one site), or a cluster run. Returns the exit code.
 int RunProcess(const Job& job, bool federated, const SiteOptions& site, const runtime::ClusterRunOptions& run,
-               int* argc, char*** argv) {
+               const std::string& timeline_path, int* argc, char*** argv) {
   if (job.device == "cuda") UseDeterministicKernels(job.deterministic);  // before any GPU work
   auto context = comm::InitComm(job.comm.backend, job.device, argc, argv,
                                 std::chrono::milliseconds(static_cast<int64_t>(job.comm.timeout_s * 1000)));
@@ -94,6 +95,8 @@ int RunProcess(const Job& job, bool federated, const SiteOptions& site, const ru
   }
   comm::Communicator& comm = (*context)->comm();
   log::SetRank(comm.rank(), comm.size());
+  timeline::FileSession timeline(timeline_path, comm.rank(),
+                                 federated ? absl::StrCat("site ", site.site_name) : absl::StrCat("rank ", comm.rank()));
   absl::Status s;
   try {
     if (federated) {
@@ -110,6 +113,11 @@ int RunProcess(const Job& job, bool federated, const SiteOptions& site, const ru
     }
   } catch (const c10::Error& e) {
     s = absl::InternalError(e.what_without_backtrace());
+  }
+  // Written whatever the outcome: a failed run's timeline shows where it stopped.
+  if (auto w = timeline.Finish(); !w.ok()) {
+    log::Error("--timeline: {}", w.message());
+    if (s.ok()) s = w;
   }
   if (s.ok()) return 0;
   log::Error("{}", s.message());  // under mpirun the line says which rank
@@ -133,6 +141,10 @@ int main(int argc, char** argv) {
   bool print_job = false;
   app.add_option("job", job_path, "job file (YAML); without it the built-in default job runs");
   app.add_option("--summary-json", run.summary_path, "write the final metrics to this file as one JSON object");
+  std::string timeline_path;
+  app.add_option("--timeline", timeline_path,
+                 "write a step timeline (Chrome trace-event JSON: forward, backward, each bucket's allreduce, "
+                 "optimizer, checkpoints; a site's fetch, train, submit) to FILE; rank r > 0 writes FILE.rank<r>");
   app.add_flag("--print-job", print_job, "print the resolved job as YAML and exit");
   app.add_option("--resume", run.resume,
                  "none: start fresh; auto: continue from the run's latest checkpoint (fresh if none); "
@@ -161,5 +173,5 @@ int main(int argc, char** argv) {
     std::fputs(JobToYaml(*job).c_str(), stdout);
     return 0;
   }
-  return worker::RunProcess(*job, federated, site, run, &argc, &argv);
+  return worker::RunProcess(*job, federated, site, run, timeline_path, &argc, &argv);
 }

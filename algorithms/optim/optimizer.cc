@@ -7,6 +7,7 @@
 #include <type_traits>
 
 #include "absl/strings/str_cat.h"
+#include "common/timeline.h"
 
 namespace allround::optim {
 namespace {
@@ -59,13 +60,30 @@ absl::StatusOr<double> BackwardAndStep(const at::Tensor& loss, comm::GradientSyn
   if (!std::isfinite(value)) {
     return absl::FailedPreconditionError(absl::StrCat("loss is ", value, ": step skipped (learning rate too high?)"));
   }
+  timeline::Recorder* timeline = timeline::Active();
+  int64_t t = timeline != nullptr ? timeline::NowUs() : 0;
+  if (timeline != nullptr) {
+    // The step's forward: from the trainer's mark to here (the loss is computed: item() waited).
+    if (const int64_t start = timeline::TakeStepStart(); start > 0) timeline->Complete("forward", "step", start, t);
+  }
   if (sync != nullptr) sync->BeforeBackward();
   loss.backward();
+  if (timeline != nullptr) {
+    const int64_t end = timeline::NowUs();
+    timeline->Complete("backward", "step", t, end);
+    t = end;
+  }
   if (sync != nullptr) {
     if (auto s = sync->AfterBackward(); !s.ok()) return s;
+    if (timeline != nullptr) {
+      const int64_t end = timeline::NowUs();
+      timeline->Complete("gradient sync", "step", t, end);
+      t = end;
+    }
   }
   SetLearningRate(optimizer, lr);
   optimizer.step();
+  if (timeline != nullptr) timeline->Complete("optimizer", "step", t, timeline::NowUs());
   return value;
 }
 
