@@ -1,10 +1,13 @@
 #include "comm/reducer.h"
 
+#include <chrono>
+
 #include <torch/torch.h>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "common/timeline.h"
+#include "common/worker_metrics.h"
 
 namespace allround::comm {
 
@@ -108,6 +111,8 @@ absl::Status Reducer::AfterBackward() {
   LaunchReady();
   absl::Status status;
   timeline::Recorder* timeline = timeline::Active();
+  worker_metrics::Sink* metrics = worker_metrics::Active();
+  const auto wait_start = std::chrono::steady_clock::now();
   for (size_t b = 0; b < buckets_.size(); ++b) {
     Bucket& bucket = buckets_[b];
     absl::Status s = bucket.work->Wait(comm_->timeout());
@@ -118,6 +123,11 @@ absl::Status Reducer::AfterBackward() {
       timeline->Complete(absl::StrCat("allreduce bucket ", b), "comm", bucket.launched_us, timeline::NowUs(),
                          absl::StrCat("\"bytes\": ", bucket.flat.numel() * bucket.flat.element_size()));
     }
+  }
+  if (metrics != nullptr) {
+    int64_t bytes = 0;
+    for (const Bucket& bucket : buckets_) bytes += bucket.flat.numel() * static_cast<int64_t>(bucket.flat.element_size());
+    metrics->GradientSync(std::chrono::duration<double>(std::chrono::steady_clock::now() - wait_start).count(), bytes);
   }
   if (status.ok() && second_gradient_ >= 0) {
     // Every bucket was still reduced, so the ranks stay in step; .grad keeps the local sum.

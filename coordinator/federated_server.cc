@@ -345,7 +345,7 @@ class FederatedRun final : public runtime::RoundExecutor, public runtime::RoundO
         "--metrics-listen: this build has no metrics server (install prometheus-cpp-dev and libcivetweb-dev, as "
         "deploy/setup.sh does, then rebuild)");
 #else
-    if (!IsLoopbackAddress(options_.metrics_listen) && options_.status_token.empty()) {
+    if (!observe::IsLoopbackAddress(options_.metrics_listen) && options_.status_token.empty()) {
       return absl::InvalidArgumentError(absl::StrCat("--metrics-listen ", options_.metrics_listen,
                                                      " is beyond loopback: give --status-token too"));
     }
@@ -471,12 +471,6 @@ class FederatedRun final : public runtime::RoundExecutor, public runtime::RoundO
 };
 
 }  // namespace
-
-bool IsLoopbackAddress(const std::string& host_port) {
-  std::string host = host_port.substr(0, host_port.rfind(':'));
-  if (host.size() >= 2 && host.front() == '[' && host.back() == ']') host = host.substr(1, host.size() - 2);
-  return host == "localhost" || host == "::1" || absl::StartsWith(host, "127.");
-}
 
 absl::Status Serve(const Job& job, const ServerOptions& options) { return FederatedRun(job, options).Run(); }
 

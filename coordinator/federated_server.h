@@ -38,9 +38,6 @@ struct ServerOptions {
   std::function<void(int port)> on_listening;  // called once the server listens (port 0's pick)
 };
 
-// Whether HOST:PORT's host is this machine's loopback (127.0.0.0/8, localhost, ::1).
-bool IsLoopbackAddress(const std::string& host_port);
-
 // Serves the job's rounds to their end, or until a stop signal (then OK, with the state saved).
 absl::Status Serve(const Job& job, const ServerOptions& options);
 

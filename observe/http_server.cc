@@ -29,6 +29,12 @@ bool SameSecret(const std::string& a, const std::string& b) {
 
 }  // namespace
 
+bool IsLoopbackAddress(const std::string& host_port) {
+  std::string host = host_port.substr(0, host_port.rfind(':'));
+  if (host.size() >= 2 && host.front() == '[' && host.back() == ']') host = host.substr(1, host.size() - 2);
+  return host == "localhost" || host == "::1" || absl::StartsWith(host, "127.");
+}
+
 HttpServer::HttpServer(std::map<std::string, HttpHandler> handlers, std::string token)
     : handlers_(std::move(handlers)), token_(std::move(token)) {}
 

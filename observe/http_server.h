@@ -30,6 +30,10 @@ using HttpHandler = std::function<HttpResponse()>;
 
 bool HttpServerAvailable();
 
+// Whether HOST:PORT's host is this machine's loopback (127.0.0.0/8, localhost, ::1): beyond it,
+// the metrics and status servers want a token.
+bool IsLoopbackAddress(const std::string& host_port);
+
 class HttpServer {
  public:
   // Listens on `listen` (HOST:PORT; port 0 takes a free one) and serves each path of `handlers`

@@ -18,6 +18,7 @@
 #include "comm/reducer.h"
 #include "common/log.h"
 #include "common/timeline.h"
+#include "common/worker_metrics.h"
 #include "common/stop_signal.h"
 #include "data/datasets.h"
 #include "runtime/round_engine.h"
@@ -119,6 +120,7 @@ class ClusterRun final : public RoundObserver {
                 rec["samples_per_s"].get<double>());
     std::fflush(stdout);
     if (auto s = dir_->AppendMetrics(rec.dump()); !s.ok()) return s;
+    if (auto* metrics = worker_metrics::Active()) metrics->Epoch(round.epoch + 1, rec["samples_per_s"].get<double>());
     return Show(round.epoch + 1, rec, pictures, !eval.empty());
   }
 
@@ -235,9 +237,13 @@ class ClusterRun final : public RoundObserver {
   absl::Status Save(const TrainingPosition& pos) {
     if (!checkpointer_) return absl::OkStatus();
     timeline::Span span("checkpoint save", "checkpoint");
+    const auto start = std::chrono::steady_clock::now();
     auto id = checkpointer_->SaveTraining(*mode_, pos, rounds_done_, last_eval_);
     if (!id.ok()) return id.status();
     log::Info("checkpoint {} saved (round {}, step {})", *id, rounds_done_, pos.global_step);
+    if (auto* metrics = worker_metrics::Active()) {
+      metrics->Checkpoint(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+    }
     return absl::OkStatus();
   }
 

@@ -10,6 +10,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "common/timeline.h"
+#include "common/worker_metrics.h"
 #include "algorithms/modes/registry.h"
 #include "comm/reducer.h"
 #include "common/log.h"
@@ -130,6 +131,8 @@ absl::StatusOr<runtime::RoundResult> Trainer::Execute(const runtime::RoundAssign
     }
     if (auto st = SyncBuffers(*comm_, *mode_); !st.ok()) return st;
     timeline::MarkStepStart();
+    worker_metrics::Sink* metrics = worker_metrics::Active();
+    const double step_start = metrics != nullptr ? Now() : 0;
     auto step = mode_->TrainStep(batch, schedule_.At(position_.global_step), sync_);
     if (!step.ok()) {
       return absl::Status(step.status().code(), absl::StrCat("epoch ", round.epoch + 1, " step ", s + 1, ": ",
@@ -139,6 +142,7 @@ absl::StatusOr<runtime::RoundResult> Trainer::Execute(const runtime::RoundAssign
     ++position_.step_in_epoch;
     ++result.steps;
     result.examples += step->examples * comm_->size();
+    if (metrics != nullptr) metrics->Step(Now() - step_start, step->examples * comm_->size());
     loss_sum += step->loss;
     MaybePrintProgress(round, s + 1, loss_sum / static_cast<double>(result.steps), Now() - start, result.examples);
     if (step_hook_) {

@@ -19,7 +19,11 @@
 #include "common/job.h"
 #include "common/job_cli.h"
 #include "common/log.h"
+#include "common/stop_signal.h"
 #include "common/timeline.h"
+#include "common/worker_metrics.h"
+#include "observe/http_server.h"
+#include "observe/worker_metrics.h"
 #include "runtime/cluster_run.h"
 #include "runtime/site_runner.h"
 
@@ -84,8 +88,62 @@ void AddSiteFlags(CLI::App& app, SiteOptions& site, int64_t& num_sites) {
 
 // Sets up the job's communicator and runs this process's part: a site (or, under mpirun, a worker
 // group that is one site), or a cluster run. Returns the exit code.
+// What an operator may watch of this process: --timeline, --metrics-listen.
+struct WatchFlags {
+  std::string timeline;
+  std::string metrics_listen;
+  std::string status_token;
+  double metrics_linger_s = 0;
+};
+
+// Rank 0's Prometheus metrics (observe/worker_metrics.h) on --metrics-listen, loopback unless a
+// token is given; nothing without the flag or on other ranks.
+class WorkerWatch {
+ public:
+  absl::Status Start(const WatchFlags& flags, int rank) {
+    flags_ = flags;
+    if (flags.metrics_listen.empty() || rank != 0) return absl::OkStatus();
+    if (!observe::IsLoopbackAddress(flags.metrics_listen) && flags.status_token.empty()) {
+      return absl::InvalidArgumentError(absl::StrCat("--metrics-listen ", flags.metrics_listen,
+                                                     " is beyond loopback: give --status-token too"));
+    }
+    auto metrics = observe::MakeWorkerMetrics();
+    if (!metrics.ok()) return metrics.status();
+    metrics_ = *std::move(metrics);
+    observe::WorkerMetrics* m = metrics_.get();
+    auto http = observe::HttpServer::Start(
+        flags.metrics_listen,
+        {{"/metrics", [m] { return observe::HttpResponse{200, "text/plain; version=0.0.4; charset=utf-8", m->Text()}; }}},
+        flags.status_token);
+    if (!http.ok()) return absl::Status(http.status().code(), absl::StrCat("--metrics-listen: ", http.status().message()));
+    http_ = *std::move(http);
+    worker_metrics::SetActive(metrics_.get());
+    const std::string host = flags.metrics_listen.substr(0, flags.metrics_listen.rfind(':'));
+    log::Info("metrics on http://{}:{}/metrics", host, http_->port());
+    return absl::OkStatus();
+  }
+
+  // After the run: --metrics-linger-s keeps the final figures of a run that `succeeded` up for a
+  // last scrape; then nothing reports here any more.
+  void Finish(bool succeeded) {
+    if (http_ && succeeded && flags_.metrics_linger_s > 0) {
+      log::Info("the run is over; metrics stay up for {} s (SIGTERM ends it)", flags_.metrics_linger_s);
+      const auto until = std::chrono::steady_clock::now() + std::chrono::duration<double>(flags_.metrics_linger_s);
+      while (std::chrono::steady_clock::now() < until && !StopRequested()) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(100));
+      }
+    }
+    worker_metrics::SetActive(nullptr);
+  }
+
+ private:
+  WatchFlags flags_;
+  std::unique_ptr<observe::WorkerMetrics> metrics_;
+  std::unique_ptr<observe::HttpServer> http_;
+};
+
 int RunProcess(const Job& job, bool federated, const SiteOptions& site, const runtime::ClusterRunOptions& run,
-               const std::string& timeline_path, int* argc, char*** argv) {
+               const WatchFlags& watch_flags, int* argc, char*** argv) {
   if (job.device == "cuda") UseDeterministicKernels(job.deterministic);  // before any GPU work
   auto context = comm::InitComm(job.comm.backend, job.device, argc, argv,
                                 std::chrono::milliseconds(static_cast<int64_t>(job.comm.timeout_s * 1000)));
@@ -95,25 +153,29 @@ int RunProcess(const Job& job, bool federated, const SiteOptions& site, const ru
   }
   comm::Communicator& comm = (*context)->comm();
   log::SetRank(comm.rank(), comm.size());
-  timeline::FileSession timeline(timeline_path, comm.rank(),
+  timeline::FileSession timeline(watch_flags.timeline, comm.rank(),
                                  federated ? absl::StrCat("site ", site.site_name) : absl::StrCat("rank ", comm.rank()));
-  absl::Status s;
-  try {
-    if (federated) {
-      // Sites training side by side share the cores: unless the job says how many threads, each
-      // slot gets its share.
-      int threads = static_cast<int>(job.threads);
-      if (threads == 0 && site.site_threads > 1) {
-        threads = std::max(1, static_cast<int>(std::thread::hardware_concurrency()) / site.site_threads);
+  WorkerWatch watch;
+  absl::Status s = watch.Start(watch_flags, comm.rank());
+  if (s.ok()) {
+    try {
+      if (federated) {
+        // Sites training side by side share the cores: unless the job says how many threads, each
+        // slot gets its share.
+        int threads = static_cast<int>(job.threads);
+        if (threads == 0 && site.site_threads > 1) {
+          threads = std::max(1, static_cast<int>(std::thread::hardware_concurrency()) / site.site_threads);
+        }
+        SetComputeThreads(threads);
+        s = runtime::RunSites(job, site, &comm);
+      } else {
+        s = runtime::RunCluster(job, run, comm);
       }
-      SetComputeThreads(threads);
-      s = runtime::RunSites(job, site, &comm);
-    } else {
-      s = runtime::RunCluster(job, run, comm);
+    } catch (const c10::Error& e) {
+      s = absl::InternalError(e.what_without_backtrace());
     }
-  } catch (const c10::Error& e) {
-    s = absl::InternalError(e.what_without_backtrace());
   }
+  watch.Finish(s.ok());
   // Written whatever the outcome: a failed run's timeline shows where it stopped.
   if (auto w = timeline.Finish(); !w.ok()) {
     log::Error("--timeline: {}", w.message());
@@ -141,8 +203,15 @@ int main(int argc, char** argv) {
   bool print_job = false;
   app.add_option("job", job_path, "job file (YAML); without it the built-in default job runs");
   app.add_option("--summary-json", run.summary_path, "write the final metrics to this file as one JSON object");
-  std::string timeline_path;
-  app.add_option("--timeline", timeline_path,
+  worker::WatchFlags watch;
+  app.add_option("--metrics-listen", watch.metrics_listen,
+                 "rank 0 serves Prometheus metrics (/metrics: steps, step and allreduce times, allreduce bytes, "
+                 "checkpoint times, samples/s) on HOST:PORT (port 0: a free one); loopback unless --status-token");
+  app.add_option("--status-token", watch.status_token,
+                 "a secret every metrics request must carry (Authorization: Bearer, or ?token=)");
+  app.add_option("--metrics-linger-s", watch.metrics_linger_s,
+                 "after the run, keep serving metrics this many seconds (or until SIGTERM)");
+  app.add_option("--timeline", watch.timeline,
                  "write a step timeline (Chrome trace-event JSON: forward, backward, each bucket's allreduce, "
                  "optimizer, checkpoints; a site's fetch, train, submit) to FILE; rank r > 0 writes FILE.rank<r>");
   app.add_flag("--print-job", print_job, "print the resolved job as YAML and exit");
@@ -173,5 +242,5 @@ int main(int argc, char** argv) {
     std::fputs(JobToYaml(*job).c_str(), stdout);
     return 0;
   }
-  return worker::RunProcess(*job, federated, site, run, timeline_path, &argc, &argv);
+  return worker::RunProcess(*job, federated, site, run, watch, &argc, &argv);
 }
