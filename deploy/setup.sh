@@ -70,6 +70,10 @@ if ! "$VENV/bin/python3" -c 'import tensorboard.compat.proto.event_pb2' 2>/dev/n
   $SUDO "$VENV/bin/pip" install -q tensorboard "numpy<2" ||
     echo "setup: warning: tensorboard not installed (no PyPI?): runs will write no event files"
 fi
+# The privacy accountant's reference: Google's dp_accounting (tests/accountant_test.py).
+if ! "$VENV/bin/python3" -c 'import dp_accounting' 2>/dev/null; then
+  $SUDO "$VENV/bin/pip" install -q dp-accounting "numpy<2" || echo "setup: warning: dp-accounting not installed (no PyPI?)"
+fi
 # Benchmark peers only (bench/federated_overhead, bench/fedavg_niid --peer flower): Flower's simulation engine, in a venv of its own
 # so that its numpy pin (Debian's torch 1.13 needs numpy < 2) does not touch the main one.
 if [[ ${1:-} == --bench ]]; then
