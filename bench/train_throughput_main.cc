@@ -17,11 +17,13 @@
 #include <cstdio>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "algorithms/compute_threads.h"
 #include "algorithms/modes/supervised.h"
 #include "comm/communicator.h"
 #include "comm/reducer.h"
 #include "comm/registry.h"
+#include "common/timeline.h"
 #include "runtime/trainer.h"
 
 namespace allround {
@@ -92,6 +94,8 @@ int main(int argc, char** argv) {
   app.add_option("--device", device, "cpu or cuda");
   bool force_reducer = false;
   app.add_flag("--reducer", force_reducer, "use the Reducer even in a world of one (measures its overhead)");
+  std::string timeline_path;
+  app.add_option("--timeline", timeline_path, "record the step timeline (common/timeline.h) and write it here");
   int64_t ab_blocks = 0;
   app.add_option("--ab-blocks", ab_blocks,
                  "a world of one: K pairs of --steps blocks without and with the Reducer, in this process; "
@@ -140,12 +144,18 @@ int main(int argc, char** argv) {
     reducer = std::make_unique<comm::Reducer>((*mode)->TrainableParameters(), &comm);
   }
   runtime::Trainer trainer(job, *std::move(data), mode->get(), &comm, reducer.get());
+  // Recording from the warm-up on, as a run with --timeline does; written after the timing.
+  timeline::FileSession timeline(timeline_path, comm.rank(), absl::StrCat("rank ", comm.rank()));
   // Round 0 warms up (allocator, kernels); round 1 is timed.
   auto warm = trainer.Execute({0, 0, warmup});
   auto timed = trainer.Execute({1, 1, steps});
   // Each step reads its loss back (item()), so on a GPU the timing covers finished work.
   if (!warm.ok() || !timed.ok()) {
     std::fprintf(stderr, "error: training failed\n");
+    return 1;
+  }
+  if (auto s = timeline.Finish(); !s.ok()) {
+    std::fprintf(stderr, "error: %s\n", std::string(s.message()).c_str());
     return 1;
   }
   if (comm.rank() != 0) return 0;

@@ -3,7 +3,8 @@ project's own parser (python3-prometheus-client) and by headless Chromium (Debia
 
 A coordinator on loopback with a status token, 3 sites, 3 rounds, after a site with a wrong token
 was refused; it keeps serving for a last scrape (--metrics-linger-s). During the run (after round
-1), /metrics parses and the page lists the 3 sites with no more points than rounds closed. Then:
+1), /metrics parses and the page, read as HTML and as headless Chromium's DOM, lists the 3 sites
+with no more points than rounds closed. Then:
 - every request without the token is refused (401), with it as a bearer or ?token= it is served;
 - /metrics parses, and its figures are the run's own: rounds, model version, 3 observations of
   round and aggregation time (the latter's sum is metrics.jsonl's aggregate_s summed), 6 updates,
@@ -140,6 +141,19 @@ with Run("watch") as run:
                  "curve has seen (at most the rounds closed)",
                  status == 200 and {r[0] for r in parsed.rows} == {"a", "b", "c"} and shown is not None and
                  1 <= accuracy_points <= int(shown.group(1)), f"{parsed.rows} {shown} {accuracy_points}")
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    browser = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+               f"--user-data-dir={run.path('chromium')}"] if chromium else None
+    if browser:
+        dom = subprocess.run([*browser, "--dump-dom", f"{base}/?token={TOKEN}"], capture_output=True, text=True,
+                             timeout=120).stdout
+        cells = re.findall(r"<tr[^>]*><td>([^<]*)</td>", dom)
+        line = re.search(r'data-name="test_accuracy"[^>]*points="([^"]*)"', dom)
+        shown = re.search(r"round (\d+) of 3", dom)
+        checks.check("during the run, headless Chromium's DOM lists the 3 sites and a point for each round "
+                     "the page has seen",
+                     sorted(cells) == ["a", "b", "c"] and line is not None and shown is not None and
+                     1 <= len(line.group(1).split()) <= int(shown.group(1)), f"{cells} {line and line.group(1)}")
 
     record = wait_for_record(run_dir, 3, 300, coord)
     ok = record is not None and all(p.wait(120) == 0 for p in procs)
@@ -209,15 +223,13 @@ with Run("watch") as run:
     checks.check("the page holds no token and refers to nothing outside itself",
                  TOKEN not in page and not any(t in page for t in ("tokA", "tokB", "tokC")) and not parsed.urls, str(parsed.urls))
 
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    if chromium:
+    if browser:
         artifacts = os.environ.get("ALLROUND_ARTIFACTS") or run.dir
         os.makedirs(artifacts, exist_ok=True)
         shot = os.path.join(artifacts, "status_page.png")
         if os.path.exists(shot):
             os.remove(shot)
-        args = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-                f"--user-data-dir={run.path('chromium')}"]
+        args = browser
         dom = subprocess.run([*args, "--dump-dom", f"{base}/?token={TOKEN}"], capture_output=True, text=True,
                              timeout=120)
         subprocess.run([*args, f"--screenshot={shot}", "--window-size=1100,800", f"{base}/?token={TOKEN}"],
