@@ -45,6 +45,10 @@ void Recorder::Complete(const std::string& name, const char* cat, int64_t start_
                         const std::string& args) {
   const int t = ThreadId();
   std::lock_guard<std::mutex> lock(mu_);
+  if (events_.size() >= kMaxEvents) {
+    ++dropped_;
+    return;
+  }
   events_.push_back(Event{name, cat, start_us, std::max<int64_t>(0, end_us - start_us), t, args});
 }
 
@@ -57,8 +61,8 @@ std::string Recorder::Json() const {
   std::lock_guard<std::mutex> lock(mu_);
   std::string out = absl::StrCat("{\"displayTimeUnit\": \"ms\", \"traceEvents\": [\n",
                                  absl::StrFormat("{\"name\": \"process_name\", \"ph\": \"M\", \"pid\": %d, \"tid\": 0, "
-                                                 "\"args\": {\"name\": \"%s\"}}",
-                                                 pid_, JsonText(process_)));
+                                                 "\"args\": {\"name\": \"%s\", \"dropped_spans\": %d}}",
+                                                 pid_, JsonText(process_), dropped_));
   for (const Event& e : events_) {
     absl::StrAppendFormat(&out,
                           ",\n{\"name\": \"%s\", \"cat\": \"%s\", \"ph\": \"X\", \"ts\": %d, \"dur\": %d, "

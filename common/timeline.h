@@ -35,6 +35,9 @@ class Recorder {
   void Complete(const std::string& name, const char* cat, int64_t start_us, int64_t end_us,
                 const std::string& args = "");
   size_t size() const;
+  // At most this many spans are kept (about 100 bytes each); later ones are counted, not kept, and
+  // the file says how many were dropped.
+  static constexpr size_t kMaxEvents = 4000000;
 
   // The trace as JSON, and written to `path` (atomically).
   std::string Json() const;
@@ -52,6 +55,7 @@ class Recorder {
   const std::string process_;
   mutable std::mutex mu_;
   std::vector<Event> events_;
+  int64_t dropped_ = 0;
 };
 
 // The process's recorder, or null when no timeline is asked for.

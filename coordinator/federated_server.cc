@@ -106,6 +106,7 @@ RoundManagerOptions ManagerOptions(const Job& job) {
   // whatever the job's `threads` (LibTorch's and OpenBLAS's pools, whose spinning threads would
   // otherwise compete with sites training on the same machine).
   rm.compute_threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  rm.update_norms = job.tensorboard.enabled && job.tensorboard.histograms;  // only TensorBoard shows them
   return rm;
 }
 
@@ -238,9 +239,10 @@ class FederatedRun final : public runtime::RoundExecutor, public runtime::RoundO
                 r.closed_by_deadline ? ", closed at the deadline" : "", r.secure ? ", secure sum" : "");
     std::fflush(stdout);
     if (auto s = dir_->AppendMetrics(last_.dump()); !s.ok()) return s;
-    if (auto s = Show(version, r); !s.ok()) return s;
+    ShowBestEffort(version, r);
 #ifdef ALLROUND_HAVE_PROMETHEUS
-    if (watch_) {
+    // A round from StopBySignal has no duration of its own: it would skew the histogram and ETA.
+    if (watch_ && result.seconds > 0) {
       std::map<std::string, double> figures;
       for (const auto& [key, value] : last_.items()) {
         if (value.is_number()) figures[key] = value.get<double>();
@@ -342,7 +344,7 @@ class FederatedRun final : public runtime::RoundExecutor, public runtime::RoundO
     if (options_.metrics_listen.empty()) return absl::OkStatus();
 #ifndef ALLROUND_HAVE_PROMETHEUS
     return absl::UnimplementedError(
-        "--metrics-listen: this build has no metrics server (install prometheus-cpp-dev and libcivetweb-dev, as "
+        "--metrics-listen: this build has no metrics server (install prometheus-cpp-dev and libcpp-httplib-dev, as "
         "deploy/setup.sh does, then rebuild)");
 #else
     if (!observe::IsLoopbackAddress(options_.metrics_listen) && options_.status_token.empty()) {
@@ -366,6 +368,15 @@ class FederatedRun final : public runtime::RoundExecutor, public runtime::RoundO
     log::Info("metrics on http://{}:{}/metrics, status page on http://{}:{}/", host, http_->port(), host, http_->port());
     return absl::OkStatus();
 #endif
+  }
+
+  // TensorBoard is a view: a failed write (a full disk) is said once and ends the event file, not
+  // the run or its checkpoints.
+  void ShowBestEffort(int64_t version, const RoundRecord& r) {
+    if (auto s = Show(version, r); !s.ok()) {
+      log::Warning("TensorBoard event file {}: {}; no more events are written", board_.path(), s.message());
+      board_ = observe::RunBoard();
+    }
   }
 
   // The round in TensorBoard: the numbers of its metrics record and the refusals so far as

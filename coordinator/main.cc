@@ -11,6 +11,7 @@
 #include "common/cli.h"
 #include "common/job_cli.h"
 #include "common/log.h"
+#include "common/text_file.h"
 #include "common/timeline.h"
 #include "coordinator/federated_server.h"
 
@@ -35,7 +36,9 @@ int main(int argc, char** argv) {
                  "loopback unless --status-token is given");
   app.add_option("--status-token", flags.status_token,
                  "a secret every metrics and status request must carry (Authorization: Bearer, or ?token=); "
-                 "needed to listen beyond loopback");
+                 "needed to listen beyond loopback. Visible in ps: prefer --status-token-file");
+  std::string status_token_file;
+  app.add_option("--status-token-file", status_token_file, "the status token, alone in a private file (mode 600)");
   std::string timeline_path;
   app.add_option("--timeline", timeline_path,
                  "write a timeline of each round's aggregation and evaluation (Chrome trace-event JSON) to FILE");
@@ -44,6 +47,14 @@ int main(int argc, char** argv) {
                  "SIGTERM), so a last scrape sees the final state");
   JobFlags job_flags(app);
   if (auto code = ParseCommandLine(app, argc, argv, "allround-coordinator")) return *code;
+  if (!status_token_file.empty()) {
+    auto token = ReadTokenFile(status_token_file, "--status-token-file");
+    if (!token.ok() || !flags.status_token.empty()) {
+      log::Error("{}", token.ok() ? "give --status-token or --status-token-file, not both" : token.status().message());
+      return 2;
+    }
+    flags.status_token = *token;
+  }
   auto job = job_flags.Resolve(job_path);
   if (!job.ok()) {
     log::Error("{}", job.status().message());

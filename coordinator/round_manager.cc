@@ -177,7 +177,7 @@ void RoundManager::MaybeCloseRound(Time now) {
       record.examples = std::numeric_limits<int64_t>::max();
     }
     for (const auto& [k, v] : current_->metrics[id]) record.site_metrics[k] += v;  // bounded: finite
-    record.update_norms.push_back(UpdateNorm(model_, u.weights));
+    if (options_.update_norms) record.update_norms.push_back(UpdateNorm(model_, u.weights));
     updates.push_back(std::move(u));
   }
   const auto start = std::chrono::steady_clock::now();
@@ -365,8 +365,8 @@ absl::Status RoundManager::CheckSecureCall(int64_t site, int64_t round, uint32_t
   return absl::OkStatus();
 }
 
-absl::Status RoundManager::AfterSecureCall(absl::Status s, Time now) {
-  if (!s.ok()) return Refuse("bad_secagg", s);
+absl::Status RoundManager::AfterSecureCall(absl::Status s, int64_t site, Time now) {
+  if (!s.ok()) return Refuse("bad_secagg", s, site);
   MaybeCloseRound(now);
   MaybeStartRound(now);
   return absl::OkStatus();
@@ -375,19 +375,19 @@ absl::Status RoundManager::AfterSecureCall(absl::Status s, Time now) {
 absl::Status RoundManager::SecureAdvertise(int64_t site, const privacy::AdvertiseKeysMsg& msg, Time now) {
   std::lock_guard<std::mutex> lock(mu_);
   if (auto s = CheckSecureCall(site, static_cast<int64_t>(msg.round), msg.site_id, now); !s.ok()) return s;
-  return AfterSecureCall(current_->secure->Advertise(msg), now);
+  return AfterSecureCall(current_->secure->Advertise(msg), site, now);
 }
 
 absl::Status RoundManager::SecureShareKeys(int64_t site, const privacy::ShareKeysMsg& msg, Time now) {
   std::lock_guard<std::mutex> lock(mu_);
   if (auto s = CheckSecureCall(site, static_cast<int64_t>(msg.round), msg.site_id, now); !s.ok()) return s;
-  return AfterSecureCall(current_->secure->ShareKeys(msg), now);
+  return AfterSecureCall(current_->secure->ShareKeys(msg), site, now);
 }
 
 absl::Status RoundManager::SecureUnmask(int64_t site, const privacy::UnmaskResponse& msg, Time now) {
   std::lock_guard<std::mutex> lock(mu_);
   if (auto s = CheckSecureCall(site, static_cast<int64_t>(msg.round), msg.site_id, now); !s.ok()) return s;
-  return AfterSecureCall(current_->secure->Unmask(msg), now);
+  return AfterSecureCall(current_->secure->Unmask(msg), site, now);
 }
 
 absl::Status RoundManager::SubmitMasked(int64_t site, int64_t round, std::vector<uint32_t> masked, Time now,
@@ -399,7 +399,7 @@ absl::Status RoundManager::SubmitMasked(int64_t site, int64_t round, std::vector
   SecureRound* secure = current_->secure.get();
   if (auto s = secure->MaskedInput(msg); !s.ok()) return Refuse("bad_secagg", s, site);
   current_->metrics[site] = metrics;
-  return AfterSecureCall(absl::OkStatus(), now);
+  return AfterSecureCall(absl::OkStatus(), site, now);
 }
 
 absl::Status RoundManager::CheckMetrics(const std::map<std::string, double>& metrics) const {

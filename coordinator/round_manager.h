@@ -51,6 +51,7 @@ struct RoundManagerOptions {
   // sites, and the strategy sees one update, the decoded weighted mean.
   privacy::SecureAggregationSpec secure;
   int compute_threads = 1;  // threads that unmask a secure round (allround-coordinator: the cores)
+  bool update_norms = false;  // fill RoundRecord::update_norms (a pass over each update at the close)
 };
 
 struct Task {
@@ -216,7 +217,7 @@ class RoundManager {
   absl::Status CheckRoundCall(int64_t site, int64_t round, Time now, const char* what);
   // Records a closed round, and with a model, makes it the current one and queues it.
   void Commit(RoundRecord record, absl::StatusOr<NamedTensors> next);
-  absl::Status AfterSecureCall(absl::Status s, Time now);
+  absl::Status AfterSecureCall(absl::Status s, int64_t site, Time now);
   absl::Status Refuse(const std::string& reason, absl::Status status);
   // A refusal of a known site's call: counted for the site too.
   absl::Status Refuse(const std::string& reason, absl::Status status, int64_t site);

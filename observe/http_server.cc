@@ -1,6 +1,10 @@
 #include "observe/http_server.h"
 
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+
+#include <chrono>
 #include <cstring>
 #include <string>
 #include <vector>
@@ -32,7 +36,12 @@ bool SameSecret(const std::string& a, const std::string& b) {
 bool IsLoopbackAddress(const std::string& host_port) {
   std::string host = host_port.substr(0, host_port.rfind(':'));
   if (host.size() >= 2 && host.front() == '[' && host.back() == ']') host = host.substr(1, host.size() - 2);
-  return host == "localhost" || host == "::1" || absl::StartsWith(host, "127.");
+  if (host == "localhost") return true;
+  // Numeric addresses only: a name such as 127.0.0.1.example.com may resolve anywhere.
+  in_addr v4{};
+  if (inet_pton(AF_INET, host.c_str(), &v4) == 1) return (ntohl(v4.s_addr) >> 24) == 127;
+  in6_addr v6{};
+  return inet_pton(AF_INET6, host.c_str(), &v6) == 1 && IN6_IS_ADDR_LOOPBACK(&v6);
 }
 
 HttpServer::HttpServer(std::map<std::string, HttpHandler> handlers, std::string token)
@@ -81,6 +90,9 @@ absl::StatusOr<std::unique_ptr<HttpServer>> HttpServer::Start(const std::string&
   http.set_read_timeout(std::chrono::seconds(10));
   http.set_write_timeout(std::chrono::seconds(10));
   http.set_keep_alive_max_count(1);
+  // GET only: a request body is never read, so none may be large (an unread multi-GB body would
+  // otherwise be buffered whole before any check).
+  http.set_payload_max_length(1024);
   // SO_REUSEADDR only: cpp-httplib's default adds SO_REUSEPORT, with which a second process could
   // silently bind the same port and take half the scrapes.
   http.set_socket_options([](socket_t sock) {
@@ -110,6 +122,10 @@ absl::StatusOr<std::unique_ptr<HttpServer>> HttpServer::Start(const std::string&
   }
   server->port_ = bound;
   server->impl_->thread = std::thread([&http] { http.listen_after_bind(); });
+  // stop() only ends a loop that is running: wait for it, so that a server destroyed right away
+  // (the run failed just after) does not leave its thread listening forever.
+  for (int i = 0; i < 5000 && !http.is_running(); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  if (!http.is_running()) return absl::InternalError(absl::StrCat("the HTTP server on ", listen, " did not start"));
   return server;
 }
 

@@ -27,6 +27,18 @@ uint32_t MaskedCrc32c(const void* data, size_t n) {
 
 Histogram MakeHistogram(const float* values, int64_t n, int buckets) {
   Histogram h;
+  // Non-finite values (a diverged run) are left out: they have no bucket and would poison min/max.
+  std::vector<float> finite;
+  for (int64_t i = 0; i < n; ++i) {
+    if (std::isfinite(values[i])) continue;
+    finite.reserve(static_cast<size_t>(n));
+    for (int64_t k = 0; k < n; ++k) {
+      if (std::isfinite(values[k])) finite.push_back(values[k]);
+    }
+    values = finite.data();
+    n = static_cast<int64_t>(finite.size());
+    break;
+  }
   if (n <= 0) return h;
   h.min = h.max = values[0];
   for (int64_t i = 0; i < n; ++i) {

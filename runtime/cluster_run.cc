@@ -121,7 +121,13 @@ class ClusterRun final : public RoundObserver {
     std::fflush(stdout);
     if (auto s = dir_->AppendMetrics(rec.dump()); !s.ok()) return s;
     if (auto* metrics = worker_metrics::Active()) metrics->Epoch(round.epoch + 1, rec["samples_per_s"].get<double>());
-    return Show(round.epoch + 1, rec, pictures, !eval.empty());
+    // TensorBoard is a view: a failed write ends the event file, not the run (the other ranks
+    // would wait in the next epoch's collectives for a rank 0 that stopped).
+    if (auto s = Show(round.epoch + 1, rec, pictures, !eval.empty()); !s.ok()) {
+      log::Warning("TensorBoard event file {}: {}; no more events are written", board_.path(), s.message());
+      board_ = observe::RunBoard();
+    }
+    return absl::OkStatus();
   }
 
  private:

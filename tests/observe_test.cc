@@ -4,6 +4,7 @@
 
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -39,6 +40,12 @@ TEST(TensorBoard, HistogramBucketsHoldEveryValueOnce) {
   EXPECT_EQ(same.bucket, (std::vector<double>{3}));
   EXPECT_EQ(same.bucket_limit, (std::vector<double>{3}));
   EXPECT_EQ(MakeHistogram(std::vector<double>{}).num, 0);
+  // A diverged run's NaN and Inf weights are left out, not bucketed.
+  const Histogram diverged = MakeHistogram(std::vector<double>{1, std::nan(""), 3, INFINITY});
+  EXPECT_EQ(diverged.num, 2);
+  EXPECT_EQ(diverged.min, 1);
+  EXPECT_EQ(diverged.max, 3);
+  EXPECT_EQ(MakeHistogram(std::vector<double>{std::nan("")}).num, 0);
 }
 
 TEST(TensorBoard, ConfusionPictureShadesEachCellByItsRowShare) {
@@ -81,6 +88,17 @@ TEST(TensorBoard, AnEventFileStartsWithItsVersionRecord) {
 }  // namespace allround::observe
 
 namespace allround::observe {
+
+TEST(HttpServer, LoopbackMeansANumericLoopbackAddress) {
+  EXPECT_TRUE(IsLoopbackAddress("127.0.0.1:0"));
+  EXPECT_TRUE(IsLoopbackAddress("127.3.2.1:9464"));
+  EXPECT_TRUE(IsLoopbackAddress("localhost:9464"));
+  EXPECT_TRUE(IsLoopbackAddress("[::1]:9464"));
+  EXPECT_FALSE(IsLoopbackAddress("127.0.0.1.nip.io:80"));  // a name that may resolve anywhere
+  EXPECT_FALSE(IsLoopbackAddress("0.0.0.0:9464"));
+  EXPECT_FALSE(IsLoopbackAddress("10.1.2.3:9464"));
+  EXPECT_FALSE(IsLoopbackAddress("[::]:9464"));
+}
 
 // The rules every request of the metrics and status server passes, whatever the transport.
 TEST(HttpServer, AnswersGetOnlyWithTheTokenAndOnlyItsPaths) {

@@ -109,9 +109,13 @@ with Run("watch") as run:
                  rc not in (0, None) and "give --status-token" in refused.err(), refused.err_tail())
 
     run_dir = run.path("run")
+    with open(run.path("status.token"), "w") as f:  # a file, not the command line, which ps shows
+        f.write(TOKEN + "\n")
+    os.chmod(run.path("status.token"), 0o600)
     coord, port = start_coordinator(run, COORD, [*JOB, "--tokens", run.path("tokens"), "--insecure",
                                                  "--run_dir", run_dir, "--metrics-listen", "127.0.0.1:0",
-                                                 "--status-token", TOKEN, "--metrics-linger-s", "600"])
+                                                 "--status-token-file", run.path("status.token"),
+                                                 "--metrics-linger-s", "600"])
     m = coord.wait_for(r"metrics on http://127\.0\.0\.1:(\d+)/metrics", 60)
     checks.check("the coordinator says where its metrics are", m is not None, coord.err_tail())
     if m is None:

@@ -20,6 +20,7 @@
 #include "common/job_cli.h"
 #include "common/log.h"
 #include "common/stop_signal.h"
+#include "common/text_file.h"
 #include "common/timeline.h"
 #include "common/worker_metrics.h"
 #include "observe/http_server.h"
@@ -127,6 +128,7 @@ class WorkerWatch {
   // last scrape; then nothing reports here any more.
   void Finish(bool succeeded) {
     if (http_ && succeeded && flags_.metrics_linger_s > 0) {
+      InstallStopHandlers();  // a site's run installs none: SIGTERM must end the linger, not the process
       log::Info("the run is over; metrics stay up for {} s (SIGTERM ends it)", flags_.metrics_linger_s);
       const auto until = std::chrono::steady_clock::now() + std::chrono::duration<double>(flags_.metrics_linger_s);
       while (std::chrono::steady_clock::now() < until && !StopRequested()) {
@@ -175,12 +177,13 @@ int RunProcess(const Job& job, bool federated, const SiteOptions& site, const ru
       s = absl::InternalError(e.what_without_backtrace());
     }
   }
-  watch.Finish(s.ok());
-  // Written whatever the outcome: a failed run's timeline shows where it stopped.
+  // Written whatever the outcome (a failed run's timeline shows where it stopped), and before any
+  // linger.
   if (auto w = timeline.Finish(); !w.ok()) {
     log::Error("--timeline: {}", w.message());
     if (s.ok()) s = w;
   }
+  watch.Finish(s.ok());
   if (s.ok()) return 0;
   log::Error("{}", s.message());  // under mpirun the line says which rank
   std::fflush(stderr);
@@ -208,7 +211,10 @@ int main(int argc, char** argv) {
                  "rank 0 serves Prometheus metrics (/metrics: steps, step and allreduce times, allreduce bytes, "
                  "checkpoint times, samples/s) on HOST:PORT (port 0: a free one); loopback unless --status-token");
   app.add_option("--status-token", watch.status_token,
-                 "a secret every metrics request must carry (Authorization: Bearer, or ?token=)");
+                 "a secret every metrics request must carry (Authorization: Bearer, or ?token=); visible in ps: "
+                 "prefer --status-token-file");
+  std::string status_token_file;
+  app.add_option("--status-token-file", status_token_file, "the status token, alone in a private file (mode 600)");
   app.add_option("--metrics-linger-s", watch.metrics_linger_s,
                  "after the run, keep serving metrics this many seconds (or until SIGTERM)");
   app.add_option("--timeline", watch.timeline,
@@ -225,6 +231,14 @@ int main(int argc, char** argv) {
   JobFlags job_flags(app);
   if (auto code = ParseCommandLine(app, argc, argv, "allround-worker")) return *code;
 
+  if (!status_token_file.empty()) {
+    auto token = ReadTokenFile(status_token_file, "--status-token-file");
+    if (!token.ok() || !watch.status_token.empty()) {
+      log::Error("{}", token.ok() ? "give --status-token or --status-token-file, not both" : token.status().message());
+      return 2;
+    }
+    watch.status_token = *token;
+  }
   absl::StatusOr<Job> job = job_flags.Resolve(job_path);
   if (!job.ok()) {
     if (worker::RankFromEnvironment() == 0) {
