@@ -3,11 +3,14 @@
 #include <spdlog/pattern_formatter.h>
 #include <spdlog/sinks/stdout_sinks.h>
 
+#include <algorithm>
 #include <atomic>
+#include <cmath>
 #include <memory>
 #include <mutex>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 
 namespace allround::log {
 namespace {
@@ -82,5 +85,12 @@ void SetRank(int r, int size) { rank.store(size > 1 ? r : -1); }
 
 SiteScope::SiteScope(std::string name) : previous_(std::move(site)) { site = std::move(name); }
 SiteScope::~SiteScope() { site = std::move(previous_); }
+
+std::string ShortDuration(double seconds) {
+  const int64_t t = static_cast<int64_t>(std::llround(std::max(0.0, seconds)));
+  if (t >= 3600) return absl::StrFormat("%dh%02dm", t / 3600, (t / 60) % 60);
+  if (t >= 60) return absl::StrFormat("%dm%02ds", t / 60, t % 60);
+  return absl::StrFormat("%ds", t);
+}
 
 }  // namespace allround::log

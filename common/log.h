@@ -43,6 +43,9 @@ absl::Status SetLevel(const std::string& level);
 // This process is rank `rank` of `size`: with size > 1, every line says "rank R".
 void SetRank(int rank, int size);
 
+// A duration as progress lines and the status page show it: "45s", "3m07s", "2h05m".
+std::string ShortDuration(double seconds);
+
 // While alive, the calling thread's lines say "site NAME" (a site runner hosts many sites; each
 // logs from its own threads). Nests: the innermost wins.
 class SiteScope {

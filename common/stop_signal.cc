@@ -3,6 +3,8 @@
 #include <signal.h>
 
 #include <atomic>
+#include <chrono>
+#include <thread>
 
 namespace allround {
 namespace {
@@ -23,5 +25,13 @@ void InstallStopHandlers() {
 }
 
 bool StopRequested() { return g_stop.load(); }
+
+void WaitUnlessStopped(double seconds) {
+  InstallStopHandlers();
+  const auto until = std::chrono::steady_clock::now() + std::chrono::duration<double>(seconds);
+  while (std::chrono::steady_clock::now() < until && !StopRequested()) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+}
 
 }  // namespace allround

@@ -14,6 +14,10 @@ void InstallStopHandlers();
 // Whether SIGTERM or SIGINT arrived since InstallStopHandlers.
 bool StopRequested();
 
+// Waits `seconds`, or less when SIGTERM or SIGINT arrives (installing the handlers if need be):
+// a finished run that keeps serving its metrics for a last scrape.
+void WaitUnlessStopped(double seconds);
+
 }  // namespace allround
 
 #endif  // ALLROUND_COMMON_STOP_SIGNAL_H_

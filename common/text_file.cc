@@ -103,4 +103,18 @@ absl::StatusOr<std::map<std::string, std::string>> ReadTokensFile(const std::str
   return out;
 }
 
+bool SameToken(const std::string& expected, const std::string& presented) {
+  if (expected.size() != presented.size()) return false;
+  unsigned char diff = 0;
+  for (size_t i = 0; i < expected.size(); ++i) diff |= static_cast<unsigned char>(expected[i] ^ presented[i]);
+  return diff == 0;
+}
+
+absl::StatusOr<std::string> TokenFromFlags(const std::string& value, const std::string& value_flag,
+                                           const std::string& path, const std::string& path_flag) {
+  if (path.empty()) return value;
+  if (!value.empty()) return absl::InvalidArgumentError(absl::StrCat("give ", value_flag, " or ", path_flag, ", not both"));
+  return ReadTokenFile(path, path_flag);
+}
+
 }  // namespace allround

@@ -32,6 +32,15 @@ absl::Status CheckPrivateFile(const std::string& path, const std::string& flag);
 // line is visible to every user of the machine in ps.
 absl::StatusOr<std::string> ReadTokenFile(const std::string& path, const std::string& flag);
 
+// Compares a presented token (or other secret) with the expected one in time that depends on
+// their lengths only, so a caller cannot learn a token's prefix from how fast a guess is refused.
+bool SameToken(const std::string& expected, const std::string& presented);
+
+// One token from either a flag's value or a private file (ReadTokenFile): the file's when
+// `path` is given, the value's otherwise; both at once is an error naming the two flags.
+absl::StatusOr<std::string> TokenFromFlags(const std::string& value, const std::string& value_flag,
+                                           const std::string& path, const std::string& path_flag);
+
 // "name token" lines (blank lines skipped): name -> token. Refuses a file open to other users, a
 // malformed line, a repeated name and an empty file.
 absl::StatusOr<std::map<std::string, std::string>> ReadTokensFile(const std::string& path, const std::string& flag);

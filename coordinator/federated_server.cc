@@ -92,6 +92,16 @@ absl::StatusOr<ServiceOptions> MakeServiceOptions(const Job& job, const ServerOp
   return out;
 }
 
+// The numbers of a metrics record (round, examples, test_accuracy, ...): what a checkpoint's info,
+// TensorBoard and the operator's metrics take from it.
+std::map<std::string, double> Figures(const json& record) {
+  std::map<std::string, double> out;
+  for (const auto& [key, value] : record.items()) {
+    if (value.is_number()) out[key] = value.get<double>();
+  }
+  return out;
+}
+
 RoundManagerOptions ManagerOptions(const Job& job) {
   RoundManagerOptions rm;
   rm.seed = job.seed;
@@ -242,13 +252,7 @@ class FederatedRun final : public runtime::RoundExecutor, public runtime::RoundO
     ShowBestEffort(version, r);
 #ifdef ALLROUND_HAVE_PROMETHEUS
     // A round from StopBySignal has no duration of its own: it would skew the histogram and ETA.
-    if (watch_ && result.seconds > 0) {
-      std::map<std::string, double> figures;
-      for (const auto& [key, value] : last_.items()) {
-        if (value.is_number()) figures[key] = value.get<double>();
-      }
-      watch_->OnRound(r, version, result.seconds, figures);
-    }
+    if (watch_ && result.seconds > 0) watch_->OnRound(r, version, result.seconds, Figures(last_));
 #endif
     if (!checkpointer_ || job_.checkpoint.every_rounds <= 0) return absl::OkStatus();
     if (version % job_.checkpoint.every_rounds != 0 && version != job_.federated.rounds) return absl::OkStatus();
@@ -334,8 +338,7 @@ class FederatedRun final : public runtime::RoundExecutor, public runtime::RoundO
 #ifdef ALLROUND_HAVE_PROMETHEUS
     if (!http_ || options_.metrics_linger_s <= 0) return;
     log::Info("the run is over; metrics and status page stay up for {} s (SIGTERM ends it)", options_.metrics_linger_s);
-    const auto until = Clock::now() + std::chrono::duration<double>(options_.metrics_linger_s);
-    while (Clock::now() < until && !StopRequested()) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    WaitUnlessStopped(options_.metrics_linger_s);
 #endif
   }
 
@@ -347,25 +350,16 @@ class FederatedRun final : public runtime::RoundExecutor, public runtime::RoundO
         "--metrics-listen: this build has no metrics server (install prometheus-cpp-dev and libcpp-httplib-dev, as "
         "deploy/setup.sh does, then rebuild)");
 #else
-    if (!observe::IsLoopbackAddress(options_.metrics_listen) && options_.status_token.empty()) {
-      return absl::InvalidArgumentError(absl::StrCat("--metrics-listen ", options_.metrics_listen,
-                                                     " is beyond loopback: give --status-token too"));
-    }
     watch_ = std::make_unique<RunWatch>(job_.name, job_.federated.rounds, manager_.get());
     watch_->set_service(service_.get());
     RunWatch* watch = watch_.get();
-    auto http = observe::HttpServer::Start(
+    auto http = observe::StartMetricsServer(
         options_.metrics_listen,
-        {{"/metrics", [watch] { return observe::HttpResponse{200, "text/plain; version=0.0.4; charset=utf-8",
-                                                             watch->MetricsText()}; }},
+        {{"/metrics", [watch] { return observe::PrometheusText(watch->MetricsText()); }},
          {"/", [watch] { return observe::HttpResponse{200, "text/html; charset=utf-8", watch->StatusHtml()}; }}},
         options_.status_token);
-    if (!http.ok()) {
-      return absl::Status(http.status().code(), absl::StrCat("--metrics-listen: ", http.status().message()));
-    }
+    if (!http.ok()) return http.status();
     http_ = *std::move(http);
-    const std::string host = options_.metrics_listen.substr(0, options_.metrics_listen.rfind(':'));
-    log::Info("metrics on http://{}:{}/metrics, status page on http://{}:{}/", host, http_->port(), host, http_->port());
     return absl::OkStatus();
 #endif
   }
@@ -385,8 +379,8 @@ class FederatedRun final : public runtime::RoundExecutor, public runtime::RoundO
   absl::Status Show(int64_t version, const RoundRecord& r) {
     if (!board_.on()) return absl::OkStatus();
     std::vector<std::pair<std::string, double>> scalars;
-    for (const auto& [key, value] : last_.items()) {
-      if (value.is_number() && key != "round" && key != "time") scalars.emplace_back(key, value.get<double>());
+    for (const auto& [key, value] : Figures(last_)) {
+      if (key != "round" && key != "time") scalars.emplace_back(key, value);
     }
     scalars.emplace_back("sites", static_cast<double>(r.contributors.size()));
     for (const auto& [reason, count] : manager_->refusals()) {
@@ -420,9 +414,7 @@ class FederatedRun final : public runtime::RoundExecutor, public runtime::RoundO
   absl::Status Save(int64_t version, const NamedTensors& state) {
     storage::CheckpointInfo info;
     info.round = version;
-    for (const auto& [k, v] : last_.items()) {
-      if (v.is_number()) info.metrics[k] = v.get<double>();
-    }
+    for (const auto& [key, value] : Figures(last_)) info.metrics[key] = value;
     auto id = checkpointer_->Save(std::move(info), state);
     if (!id.ok()) return id.status();
     last_saved_ = version;

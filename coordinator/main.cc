@@ -47,14 +47,12 @@ int main(int argc, char** argv) {
                  "SIGTERM), so a last scrape sees the final state");
   JobFlags job_flags(app);
   if (auto code = ParseCommandLine(app, argc, argv, "allround-coordinator")) return *code;
-  if (!status_token_file.empty()) {
-    auto token = ReadTokenFile(status_token_file, "--status-token-file");
-    if (!token.ok() || !flags.status_token.empty()) {
-      log::Error("{}", token.ok() ? "give --status-token or --status-token-file, not both" : token.status().message());
-      return 2;
-    }
-    flags.status_token = *token;
+  auto status_token = TokenFromFlags(flags.status_token, "--status-token", status_token_file, "--status-token-file");
+  if (!status_token.ok()) {
+    log::Error("{}", status_token.status().message());
+    return 2;
   }
+  flags.status_token = *status_token;
   auto job = job_flags.Resolve(job_path);
   if (!job.ok()) {
     log::Error("{}", job.status().message());

@@ -14,6 +14,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_replace.h"
+#include "common/log.h"
 #include "coordinator/service.h"
 
 namespace allround::coordinator {
@@ -26,13 +27,6 @@ void CatchUp(prometheus::Counter& counter, double total) {
 
 std::string Escape(const std::string& s) {
   return absl::StrReplaceAll(s, {{"&", "&amp;"}, {"<", "&lt;"}, {">", "&gt;"}, {"\"", "&quot;"}, {"'", "&#39;"}});
-}
-
-std::string Duration(double s) {
-  const int64_t t = static_cast<int64_t>(std::llround(std::max(0.0, s)));
-  if (t >= 3600) return absl::StrFormat("%dh%02dm", t / 3600, (t / 60) % 60);
-  if (t >= 60) return absl::StrFormat("%dm%02ds", t / 60, t % 60);
-  return absl::StrFormat("%ds", t);
 }
 
 }  // namespace
@@ -177,7 +171,7 @@ std::string RunWatch::StatusHtml() {
     double mean = 0;
     for (double s : round_seconds_) mean += s;
     mean /= static_cast<double>(round_seconds_.size());
-    eta = Duration(mean * static_cast<double>(rounds_ - done));
+    eta = log::ShortDuration(mean * static_cast<double>(rounds_ - done));
   } else if (done >= rounds_) {
     eta = "done";
   }
@@ -206,7 +200,7 @@ std::string RunWatch::StatusHtml() {
       "<th>last heard</th><th>rounds contributed</th><th>refusals</th><th>examples</th></tr>\n");
   for (const SiteStatus& s : sites) {
     absl::StrAppend(&html, "<tr", s.alive ? "" : " class=\"dead\"", "><td>", Escape(s.name), "</td><td>",
-                    s.alive ? "yes" : "no", "</td><td>", Duration(s.seconds_since_seen), " ago</td><td>",
+                    s.alive ? "yes" : "no", "</td><td>", log::ShortDuration(s.seconds_since_seen), " ago</td><td>",
                     s.rounds_contributed, "</td><td>", s.refusals, "</td><td>", s.examples, "</td></tr>\n");
   }
   return html + "</table>\n</body></html>\n";

@@ -6,6 +6,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/log.h"
+#include "common/text_file.h"
 #include "tensor/dtype.h"
 #include "comm/wire.h"
 #include "common/echo.h"
@@ -17,17 +18,6 @@ using comm::kProtocolVersion;
 constexpr char kMaskedTensor[] = "secagg/masked";
 
 Time Now() { return std::chrono::steady_clock::now(); }
-
-// Compares a presented token with the expected one in time that depends on their lengths only, so
-// a caller cannot learn a token's prefix from how fast a wrong guess is refused.
-bool SameToken(const std::string& expected, const std::string& presented) {
-  if (expected.size() != presented.size()) return false;
-  unsigned char diff = 0;
-  for (size_t i = 0; i < expected.size(); ++i) {
-    diff |= static_cast<unsigned char>(expected[i] ^ presented[i]);
-  }
-  return diff == 0;
-}
 
 void FillSecAgg(const Task::Secure& secure, allround::v1::SecAggTask* out) {
   using allround::v1::SecAggTask;
@@ -151,9 +141,10 @@ grpc::Status CoordinatorService::CheckToken(int64_t site, const std::string& tok
 
 class CoordinatorService::Traffic {
  public:
-  Traffic(CoordinatorService* service, const google::protobuf::Message& request, const google::protobuf::Message* reply)
+  // `request` null: a stream, whose messages are counted as they are read.
+  Traffic(CoordinatorService* service, const google::protobuf::Message* request, const google::protobuf::Message* reply)
       : service_(service), reply_(reply) {
-    service_->bytes_received_ += request.ByteSizeLong();
+    if (request != nullptr) service_->bytes_received_ += request->ByteSizeLong();
   }
   ~Traffic() {
     if (reply_ != nullptr) service_->bytes_sent_ += reply_->ByteSizeLong();
@@ -168,7 +159,7 @@ class CoordinatorService::Traffic {
 
 grpc::Status CoordinatorService::Join(grpc::ServerContext*, const allround::v1::JoinRequest* req,
                                       allround::v1::JoinReply* reply) {
-  Traffic traffic(this, *req, reply);
+  Traffic traffic(this, req, reply);
   if (req->protocol_version() != kProtocolVersion) {
     manager_->CountRefusal("bad_protocol");
     return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
@@ -223,7 +214,7 @@ grpc::Status CoordinatorService::Join(grpc::ServerContext*, const allround::v1::
 
 grpc::Status CoordinatorService::GetTask(grpc::ServerContext* ctx, const allround::v1::TaskRequest* req,
                                          allround::v1::TaskReply* reply) {
-  Traffic traffic(this, *req, reply);
+  Traffic traffic(this, req, reply);
   if (auto s = CheckToken(req->site_id(), req->token()); !s.ok()) return s;
   // Long poll: hold a WAIT until the round state changes, the poll time is up, or the site leaves.
   const Time until = Now() + options_.long_poll;
@@ -253,7 +244,7 @@ grpc::Status CoordinatorService::GetTask(grpc::ServerContext* ctx, const allroun
 
 grpc::Status CoordinatorService::FetchModel(grpc::ServerContext* ctx, const allround::v1::FetchRequest* req,
                                             grpc::ServerWriter<allround::v1::TensorChunk>* writer) {
-  Traffic traffic(this, *req, nullptr);
+  Traffic traffic(this, req, nullptr);
   if (auto s = CheckToken(req->site_id(), req->token()); !s.ok()) return s;
   StreamSlot slot(this);
   if (!slot.ok()) {
@@ -295,7 +286,7 @@ grpc::Status CoordinatorService::SubmitUpdate(grpc::ServerContext* ctx,
                                               grpc::ServerReader<allround::v1::UpdateChunk>* reader,
                                               allround::v1::SubmitReply* reply) {
   const Limits& limits = options_.limits;
-  Traffic traffic(this, allround::v1::UpdateChunk(), reply);  // the chunks are counted as they are read
+  Traffic traffic(this, nullptr, reply);  // the chunks are counted as they are read
   // Until the first message names the site and its token, the stream may be anyone's: it waits
   // in a pool of its own, so streams that never authenticate cannot take the sites' slots.
   UnauthenticatedSlot pending(this, PeerHost(ctx->peer()));
@@ -372,7 +363,7 @@ grpc::Status CoordinatorService::SubmitUpdate(grpc::ServerContext* ctx,
 grpc::Status CoordinatorService::SecAggSubmit(grpc::ServerContext*, const allround::v1::SecAggMessage* req,
                                               allround::v1::SubmitReply* reply) {
   using allround::v1::SecAggTask;
-  Traffic traffic(this, *req, reply);
+  Traffic traffic(this, req, reply);
   if (auto s = CheckToken(req->site_id(), req->token()); !s.ok()) return s;
   const auto refuse = [&](const absl::Status& s) {
     manager_->CountRefusal("bad_secagg");
@@ -422,7 +413,7 @@ grpc::Status CoordinatorService::SecAggSubmit(grpc::ServerContext*, const allrou
 
 grpc::Status CoordinatorService::Heartbeat(grpc::ServerContext*, const allround::v1::HeartbeatRequest* req,
                                            allround::v1::HeartbeatReply* reply) {
-  Traffic traffic(this, *req, reply);
+  Traffic traffic(this, req, reply);
   if (auto s = CheckToken(req->site_id(), req->token()); !s.ok()) return s;
   return ToGrpc(manager_->Heartbeat(req->site_id(), Now()));
 }

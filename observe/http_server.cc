@@ -13,6 +13,8 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "common/log.h"
+#include "common/text_file.h"
 
 #ifdef ALLROUND_HAVE_HTTPLIB
 #include <httplib.h>
@@ -21,17 +23,6 @@
 #endif
 
 namespace allround::observe {
-namespace {
-
-// Compares in time independent of where the first difference is (a token is a secret).
-bool SameSecret(const std::string& a, const std::string& b) {
-  if (a.size() != b.size()) return false;
-  unsigned char diff = 0;
-  for (size_t i = 0; i < a.size(); ++i) diff |= static_cast<unsigned char>(a[i] ^ b[i]);
-  return diff == 0;
-}
-
-}  // namespace
 
 bool IsLoopbackAddress(const std::string& host_port) {
   std::string host = host_port.substr(0, host_port.rfind(':'));
@@ -44,6 +35,29 @@ bool IsLoopbackAddress(const std::string& host_port) {
   return inet_pton(AF_INET6, host.c_str(), &v6) == 1 && IN6_IS_ADDR_LOOPBACK(&v6);
 }
 
+HttpResponse PrometheusText(std::string body) {
+  return HttpResponse{200, "text/plain; version=0.0.4; charset=utf-8", std::move(body)};
+}
+
+absl::StatusOr<std::unique_ptr<HttpServer>> StartMetricsServer(const std::string& listen,
+                                                               std::map<std::string, HttpHandler> handlers,
+                                                               const std::string& token) {
+  if (!IsLoopbackAddress(listen) && token.empty()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--metrics-listen ", listen, " is beyond loopback: give --status-token too"));
+  }
+  const bool status_page = handlers.count("/") > 0;
+  auto server = HttpServer::Start(listen, std::move(handlers), token);
+  if (!server.ok()) {
+    return absl::Status(server.status().code(), absl::StrCat("--metrics-listen: ", server.status().message()));
+  }
+  const std::string host = listen.substr(0, listen.rfind(':'));
+  const int port = (*server)->port();
+  log::Info("metrics on http://{}:{}/metrics{}", host, port,
+            status_page ? absl::StrCat(", status page on http://", host, ":", port, "/") : "");
+  return server;
+}
+
 HttpServer::HttpServer(std::map<std::string, HttpHandler> handlers, std::string token)
     : handlers_(std::move(handlers)), token_(std::move(token)) {}
 
@@ -51,9 +65,9 @@ HttpResponse HttpServer::Answer(const std::string& method, const std::string& pa
                                 const std::string& authorization) const {
   if (method != "GET" && method != "HEAD") return {405, "text/plain; charset=utf-8", "read-only: GET only\n"};
   if (!token_.empty()) {
-    bool ok = absl::StartsWith(authorization, "Bearer ") && SameSecret(authorization.substr(7), token_);
+    bool ok = absl::StartsWith(authorization, "Bearer ") && SameToken(token_, authorization.substr(7));
     for (absl::string_view part : absl::StrSplit(query, '&')) {
-      if (absl::StartsWith(part, "token=") && SameSecret(std::string(part.substr(6)), token_)) ok = true;
+      if (absl::StartsWith(part, "token=") && SameToken(token_, std::string(part.substr(6)))) ok = true;
     }
     if (!ok) return {401, "text/plain; charset=utf-8", "give the status token (Authorization: Bearer, or ?token=)\n"};
   }

@@ -34,6 +34,18 @@ bool HttpServerAvailable();
 // the metrics and status servers want a token.
 bool IsLoopbackAddress(const std::string& host_port);
 
+// A Prometheus text-format response (the content type scrapers expect).
+HttpResponse PrometheusText(std::string body);
+
+class HttpServer;
+
+// The server of `--metrics-listen` (the coordinator's and the worker's): refused beyond loopback
+// without a token, and errors prefixed with the flag. Logs where /metrics (and the status page "/",
+// when among the handlers) are served.
+absl::StatusOr<std::unique_ptr<HttpServer>> StartMetricsServer(const std::string& listen,
+                                                               std::map<std::string, HttpHandler> handlers,
+                                                               const std::string& token);
+
 class HttpServer {
  public:
   // Listens on `listen` (HOST:PORT; port 0 takes a free one) and serves each path of `handlers`

@@ -26,13 +26,6 @@ double Now() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 
-std::string Duration(double s) {
-  const int64_t t = static_cast<int64_t>(std::llround(std::max(0.0, s)));
-  if (t >= 3600) return absl::StrFormat("%dh%02dm", t / 3600, (t / 60) % 60);
-  if (t >= 60) return absl::StrFormat("%dm%02ds", t / 60, t % 60);
-  return absl::StrFormat("%ds", t);
-}
-
 bool Semi(const data::TrainingData& data) { return data.labeled_inputs.defined(); }
 
 // The batch the epoch's sampler order is cut into: the unlabelled mu x B in a semi-supervised job.
@@ -170,7 +163,7 @@ void Trainer::MaybePrintProgress(const runtime::RoundAssignment& round, int64_t 
   const double eta = step_s * static_cast<double>(std::max<int64_t>(0, total - position_.global_step));
   log::Info("epoch {}/{} step {}/{} loss {:.4f} lr {:.3g} {:.0f} samples/s ETA {}", round.epoch + 1,
             job_.train.epochs, step_in_epoch, steps_per_epoch_, loss, schedule_.At(position_.global_step), rate,
-            Duration(eta));
+            log::ShortDuration(eta));
   std::fflush(stderr);
 }
 

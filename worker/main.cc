@@ -104,23 +104,15 @@ class WorkerWatch {
   absl::Status Start(const WatchFlags& flags, int rank) {
     flags_ = flags;
     if (flags.metrics_listen.empty() || rank != 0) return absl::OkStatus();
-    if (!observe::IsLoopbackAddress(flags.metrics_listen) && flags.status_token.empty()) {
-      return absl::InvalidArgumentError(absl::StrCat("--metrics-listen ", flags.metrics_listen,
-                                                     " is beyond loopback: give --status-token too"));
-    }
     auto metrics = observe::MakeWorkerMetrics();
     if (!metrics.ok()) return metrics.status();
     metrics_ = *std::move(metrics);
     observe::WorkerMetrics* m = metrics_.get();
-    auto http = observe::HttpServer::Start(
-        flags.metrics_listen,
-        {{"/metrics", [m] { return observe::HttpResponse{200, "text/plain; version=0.0.4; charset=utf-8", m->Text()}; }}},
-        flags.status_token);
-    if (!http.ok()) return absl::Status(http.status().code(), absl::StrCat("--metrics-listen: ", http.status().message()));
+    auto http = observe::StartMetricsServer(
+        flags.metrics_listen, {{"/metrics", [m] { return observe::PrometheusText(m->Text()); }}}, flags.status_token);
+    if (!http.ok()) return http.status();
     http_ = *std::move(http);
     worker_metrics::SetActive(metrics_.get());
-    const std::string host = flags.metrics_listen.substr(0, flags.metrics_listen.rfind(':'));
-    log::Info("metrics on http://{}:{}/metrics", host, http_->port());
     return absl::OkStatus();
   }
 
@@ -128,12 +120,8 @@ class WorkerWatch {
   // last scrape; then nothing reports here any more.
   void Finish(bool succeeded) {
     if (http_ && succeeded && flags_.metrics_linger_s > 0) {
-      InstallStopHandlers();  // a site's run installs none: SIGTERM must end the linger, not the process
       log::Info("the run is over; metrics stay up for {} s (SIGTERM ends it)", flags_.metrics_linger_s);
-      const auto until = std::chrono::steady_clock::now() + std::chrono::duration<double>(flags_.metrics_linger_s);
-      while (std::chrono::steady_clock::now() < until && !StopRequested()) {
-        std::this_thread::sleep_for(std::chrono::milliseconds(100));
-      }
+      WaitUnlessStopped(flags_.metrics_linger_s);  // installs the handlers a site's run does not
     }
     worker_metrics::SetActive(nullptr);
   }
@@ -231,14 +219,12 @@ int main(int argc, char** argv) {
   JobFlags job_flags(app);
   if (auto code = ParseCommandLine(app, argc, argv, "allround-worker")) return *code;
 
-  if (!status_token_file.empty()) {
-    auto token = ReadTokenFile(status_token_file, "--status-token-file");
-    if (!token.ok() || !watch.status_token.empty()) {
-      log::Error("{}", token.ok() ? "give --status-token or --status-token-file, not both" : token.status().message());
-      return 2;
-    }
-    watch.status_token = *token;
+  auto status_token = TokenFromFlags(watch.status_token, "--status-token", status_token_file, "--status-token-file");
+  if (!status_token.ok()) {
+    log::Error("{}", status_token.status().message());
+    return 2;
   }
+  watch.status_token = *status_token;
   absl::StatusOr<Job> job = job_flags.Resolve(job_path);
   if (!job.ok()) {
     if (worker::RankFromEnvironment() == 0) {
