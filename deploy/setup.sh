@@ -82,6 +82,11 @@ if [[ ${1:-} == --bench ]]; then
   if ! "$BENCH_VENV/bin/python3" -c 'import flwr, ray, torch; torch.ones(1).numpy()' 2>/dev/null; then
     $SUDO "$BENCH_VENV/bin/pip" install -q "flwr[simulation]" "numpy<2"
   fi
+  # Opacus (bench/dp's peer): 1.4 is the last release for torch 1.13. --no-deps: Debian's torch calls
+  # itself 1.13.0a0, a pre-release that pip does not count as ">=1.13", and would pull a 2 GB torch 2.x.
+  if ! "$BENCH_VENV/bin/python3" -c 'import opacus, opt_einsum' 2>/dev/null; then
+    $SUDO "$BENCH_VENV/bin/pip" install -q --no-deps "opacus==1.4.0" opt_einsum
+  fi
   echo "setup: bench peers ready (python venv: $BENCH_VENV)"
 fi
 echo "setup: done (python venv: $VENV)"

@@ -142,6 +142,12 @@ absl::Status ApplyRestored(const Restored& r, modes::LearningMode& mode, Trainer
     return absl::Status(s.code(), absl::StrCat("checkpoint ", r.id, ": ", s.message()));
   }
   trainer.Restore(r.position);
+  for (const auto& [name, t] : r.mode_state) {
+    if (name != kPrivacyRdp) continue;
+    if (auto s = trainer.RestorePrivacy(t); !s.ok()) {
+      return absl::Status(s.code(), absl::StrCat("checkpoint ", r.id, ": ", s.message()));
+    }
+  }
   return absl::OkStatus();
 }
 
@@ -183,9 +189,11 @@ absl::StatusOr<std::string> Checkpointer::Save(storage::CheckpointInfo info, con
 }
 
 absl::StatusOr<std::string> Checkpointer::SaveTraining(modes::LearningMode& mode, const TrainingPosition& position,
-                                                       int64_t round, const Metrics& metrics) {
+                                                       int64_t round, const Metrics& metrics,
+                                                       const storage::NamedTensors& extra) {
   storage::NamedTensors tensors = mode.State();
   for (const auto& c : constants_) tensors.push_back(c);
+  for (const auto& e : extra) tensors.push_back(e);
   tensors.emplace_back(kPosition, at::tensor({position.global_step, position.epoch, position.step_in_epoch, round},
                                              at::kLong));
   {

@@ -28,6 +28,8 @@ std::string CheckpointDir(const Job& job);
 
 // CheckpointInfo::mode of the coordinator's own checkpoints: a worker refuses to resume from one.
 inline constexpr char kCoordinatorMode[] = "federated-coordinator";
+// The privacy accountant's RDP at each order, in a training checkpoint of a DP run.
+inline constexpr char kPrivacyRdp[] = "privacy/rdp";
 
 // Whose checkpoints a run resumes: a training run's (a worker, a worker group) or a coordinator's.
 // Each refuses the other's, saying how to carry a model across (export, then model.init).
@@ -81,8 +83,10 @@ class Checkpointer {
   // retention. An error names the store's failure and leaves the last good checkpoint the latest.
   absl::StatusOr<std::string> Save(storage::CheckpointInfo info, const storage::NamedTensors& tensors);
   // A training run's checkpoint: the mode's state, the constants, the position and the generator.
+  // `extra`: further tensors of the run's state (the privacy accountant's "privacy/rdp").
   absl::StatusOr<std::string> SaveTraining(modes::LearningMode& mode, const TrainingPosition& position,
-                                           int64_t round, const Metrics& metrics);
+                                           int64_t round, const Metrics& metrics,
+                                           const storage::NamedTensors& extra = {});
 
   bool DueAfterStep(int64_t global_step) const;
   bool DueAfterRound(int64_t rounds_done) const;

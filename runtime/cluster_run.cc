@@ -115,8 +115,15 @@ class ClusterRun final : public RoundObserver {
                 {"samples_per_s", result.seconds > 0 ? result.examples / result.seconds : 0.0},
                 {"time", static_cast<int64_t>(std::time(nullptr))}};
     for (const auto& [k, v] : eval) rec[k] = v;
-    std::printf("epoch %lld/%lld train_loss %.4f%s (%.1fs, %.0f samples/s)\n", static_cast<long long>(round.epoch + 1),
-                static_cast<long long>(job_.train.epochs), result.mean_loss, EvalLine(eval).c_str(), result.seconds,
+    std::string privacy_note;
+    if (const Trainer::Privacy* p = trainer_->privacy()) {
+      rec["epsilon"] = p->spent.epsilon;  // after this epoch's steps, at privacy.delta
+      rec["delta"] = p->spec.delta;
+      privacy_note = absl::StrFormat(" epsilon %.4f", p->spent.epsilon);
+    }
+    std::printf("epoch %lld/%lld train_loss %.4f%s%s (%.1fs, %.0f samples/s)\n", static_cast<long long>(round.epoch + 1),
+                static_cast<long long>(job_.train.epochs), result.mean_loss, EvalLine(eval).c_str(),
+                privacy_note.c_str(), result.seconds,
                 rec["samples_per_s"].get<double>());
     std::fflush(stdout);
     if (auto s = dir_->AppendMetrics(rec.dump()); !s.ok()) return s;
@@ -244,7 +251,14 @@ class ClusterRun final : public RoundObserver {
     if (!checkpointer_) return absl::OkStatus();
     timeline::Span span("checkpoint save", "checkpoint");
     const auto start = std::chrono::steady_clock::now();
-    auto id = checkpointer_->SaveTraining(*mode_, pos, rounds_done_, last_eval_);
+    Metrics figures = last_eval_;
+    storage::NamedTensors extra;
+    if (const Trainer::Privacy* p = trainer_->privacy()) {
+      figures.emplace_back("epsilon", p->spent.epsilon);
+      figures.emplace_back("delta", p->spec.delta);
+      extra.emplace_back(kPrivacyRdp, trainer_->PrivacyState());
+    }
+    auto id = checkpointer_->SaveTraining(*mode_, pos, rounds_done_, figures, extra);
     if (!id.ok()) return id.status();
     log::Info("checkpoint {} saved (round {}, step {})", *id, rounds_done_, pos.global_step);
     if (auto* metrics = worker_metrics::Active()) {
@@ -282,6 +296,20 @@ class ClusterRun final : public RoundObserver {
     s["job"] = job_.name;
     s["seed"] = job_.seed;
     s["world_size"] = comm_.size();
+    if (const Trainer::Privacy* p = trainer_->privacy()) {
+      s["privacy"] = {{"mode", p->spec.mode},
+                      {"guarantee", "example-level (epsilon, delta)-DP of the released model with respect to adding "
+                                    "or removing one training example"},
+                      {"epsilon", p->spent.epsilon},
+                      {"delta", p->spec.delta},
+                      {"rdp_order", p->spent.order},
+                      {"noise_multiplier", p->noise_multiplier},
+                      {"clip", p->spec.clip},
+                      {"sampling_rate", p->sampling_rate},
+                      {"steps", trainer_->global_step()},
+                      {"target_epsilon", p->spec.target_epsilon},
+                      {"budget_spent", p->budget_spent}};
+    }
     if (auto st = dir_->WriteFile("summary.json", s.dump(2) + "\n"); !st.ok()) return st;
     if (!options_.summary_path.empty()) {
       if (auto st = storage::WriteFileAtomically(options_.summary_path, s.dump(2) + "\n"); !st.ok()) return st;

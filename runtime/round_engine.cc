@@ -17,7 +17,8 @@ absl::StatusOr<RunOutcome> RunRounds(const RoundPlan& plan, RoundExecutor& execu
     out.steps += result->steps;
     out.examples += result->examples;
     out.train_seconds += result->seconds;
-    const bool last = r + 1 == plan.rounds || (plan.max_steps > 0 && plan.steps_done + out.steps >= plan.max_steps);
+    const bool last = r + 1 == plan.rounds || result->final ||
+                      (plan.max_steps > 0 && plan.steps_done + out.steps >= plan.max_steps);
     Metrics eval;
     if (last || plan.eval_every <= 1 || (r + 1) % plan.eval_every == 0) {
       auto e = executor.Evaluate();
@@ -26,6 +27,7 @@ absl::StatusOr<RunOutcome> RunRounds(const RoundPlan& plan, RoundExecutor& execu
       out.final_eval = eval;
     }
     if (auto s = observer.OnRound(round, *result, eval); !s.ok()) return s;
+    if (result->final) break;
   }
   if (out.final_eval.empty()) {  // nothing left to train (a resumed run that had finished)
     auto eval = executor.Evaluate();

@@ -30,6 +30,7 @@ struct RoundResult {
   int64_t examples = 0;     // over the whole worker group
   double mean_loss = 0.0;
   double seconds = 0.0;
+  bool final = false;       // the executor can train no further (a privacy budget is spent)
 };
 
 class RoundExecutor {

@@ -61,6 +61,35 @@ Trainer::Trainer(const Job& job, data::TrainingData data, modes::LearningMode* m
       steps_per_epoch_(StepsPerEpoch(job, data_, *comm)),
       total_steps_(TotalSteps(job, steps_per_epoch_)),
       schedule_(job.schedule, job.optimizer.lr, steps_per_epoch_, total_steps_) {
+  // Example-level DP: the sampling rate, the noise (computed for a target epsilon when the job
+  // gives none) and one step's RDP, before any step is taken.
+  const optim::DpSpec dp = optim::DpSpecFromJob(job);
+  if (dp.example_level()) {
+    Privacy p;
+    p.spec = dp;
+    const int64_t n = data_.train_targets.size(0);
+    p.sampling_rate = n > 0 ? std::min(1.0, static_cast<double>(job.train.batch_size) * comm->size() / n) : 1.0;
+    p.noise_multiplier = dp.noise_multiplier;
+    if (p.noise_multiplier <= 0) {
+      auto z = privacy::NoiseForEpsilon(p.sampling_rate, total_steps_, dp.target_epsilon, dp.delta);
+      if (z.ok()) {
+        p.noise_multiplier = *z;
+        if (comm->rank() == 0) {
+          log::Info("privacy: noise multiplier {:.4f} spends epsilon {} (delta {:g}) over {} steps at rate {:.5f}",
+                    *z, dp.target_epsilon, dp.delta, total_steps_, p.sampling_rate);
+        }
+      } else {
+        privacy_error_ = absl::InvalidArgumentError(
+            absl::StrCat("job key 'privacy.target_epsilon': ", z.status().message()));
+      }
+    }
+    accountant_.emplace();
+    privacy::RdpAccountant one;
+    one.Compose(p.sampling_rate, p.noise_multiplier, 1);
+    step_rdp_ = one.rdp();
+    p.spent = accountant_->Spent(dp.delta);
+    privacy_ = p;
+  }
   // The whole dataset moves to the device once (Fashion-MNIST: ~220 MB as float32).
   const at::Device device = comm->device();
   if (device != data_.train_inputs.device()) {
@@ -72,6 +101,7 @@ Trainer::Trainer(const Job& job, data::TrainingData data, modes::LearningMode* m
 }
 
 absl::StatusOr<runtime::RoundResult> Trainer::Execute(const runtime::RoundAssignment& round) {
+  if (!privacy_error_.ok()) return privacy_error_;
   const double start = Now();
   data::DistributedSampler sampler(data_.train_targets.size(0), comm_->rank(), comm_->size(), job_.seed,
                                    /*shuffle=*/true, data::DistributedSampler::Mode::kEven);
@@ -93,7 +123,26 @@ absl::StatusOr<runtime::RoundResult> Trainer::Execute(const runtime::RoundAssign
     const int64_t main_batch = MainBatch(job_, data_);
     const int64_t begin = s * main_batch;
     const int64_t len = std::min<int64_t>(main_batch, static_cast<int64_t>(order.size()) - begin);
-    const at::Tensor idx = index.narrow(0, begin, len);
+    at::Tensor idx = privacy_ ? at::Tensor() : index.narrow(0, begin, len);
+    optim::DpStepContext dp;
+    if (privacy_) {
+      if (SpendsTooMuch()) {
+        result.final = true;
+        break;
+      }
+      // A Poisson sample of the whole group's data, the same draw on every rank; rank r takes every
+      // W-th chosen example, so the group's batch does not depend on the number of ranks.
+      const int64_t n = data_.train_targets.size(0);
+      auto gen = at::detail::createCPUGenerator(DeriveSeed(job_.seed, "poisson", static_cast<uint64_t>(round.epoch),
+                                                           static_cast<uint64_t>(s)));
+      const at::Tensor chosen = (at::rand({n}, gen, at::kDouble) < privacy_->sampling_rate).nonzero().reshape({-1});
+      idx = chosen.slice(0, comm_->rank(), chosen.size(0), comm_->size()).to(data_.train_inputs.device());
+      dp.noise_seed = DeriveSeed(job_.seed, "dp-noise", static_cast<uint64_t>(round.epoch), static_cast<uint64_t>(s));
+      dp.group_size = comm_->size();
+      dp.expected_batch = privacy_->sampling_rate * static_cast<double>(n);
+      dp.noise_multiplier = privacy_->noise_multiplier;
+      dp.clip = privacy_->spec.clip;
+    }
     const uint64_t where = (static_cast<uint64_t>(comm_->rank()) << 32) | static_cast<uint64_t>(s);
     modes::Batch batch;
     if (Semi(data_)) {
@@ -126,6 +175,7 @@ absl::StatusOr<runtime::RoundResult> Trainer::Execute(const runtime::RoundAssign
     timeline::MarkStepStart();
     worker_metrics::Sink* metrics = worker_metrics::Active();
     const double step_start = metrics != nullptr ? Now() : 0;
+    if (privacy_) batch.dp = &dp;
     auto step = mode_->TrainStep(batch, schedule_.At(position_.global_step), sync_);
     if (!step.ok()) {
       return absl::Status(step.status().code(), absl::StrCat("epoch ", round.epoch + 1, " step ", s + 1, ": ",
@@ -133,6 +183,7 @@ absl::StatusOr<runtime::RoundResult> Trainer::Execute(const runtime::RoundAssign
     }
     ++position_.global_step;
     ++position_.step_in_epoch;
+    if (privacy_) CountPrivateStep();
     ++result.steps;
     result.examples += step->examples * comm_->size();
     if (metrics != nullptr) metrics->Step(Now() - step_start, step->examples * comm_->size());
@@ -165,6 +216,48 @@ void Trainer::MaybePrintProgress(const runtime::RoundAssignment& round, int64_t 
             job_.train.epochs, step_in_epoch, steps_per_epoch_, loss, schedule_.At(position_.global_step), rate,
             log::ShortDuration(eta));
   std::fflush(stderr);
+}
+
+bool Trainer::SpendsTooMuch() {
+  if (privacy_->budget_spent) return true;
+  const optim::DpSpec& spec = privacy_->spec;
+  if (spec.target_epsilon <= 0) return false;
+  std::vector<double> next = accountant_->rdp();
+  for (size_t i = 0; i < next.size(); ++i) next[i] += step_rdp_[i];
+  const privacy::PrivacySpent after = privacy::EpsilonFromRdp(accountant_->orders(), next, spec.delta);
+  if (after.epsilon <= spec.target_epsilon) return false;
+  privacy_->budget_spent = true;
+  if (comm_->rank() == 0) {
+    log::Info("privacy: budget spent, stopping after step {}: epsilon {:.4f} so far (delta {:g}); one more step would "
+              "make it {:.4f}, past privacy.target_epsilon {}",
+              position_.global_step, privacy_->spent.epsilon, spec.delta, after.epsilon, spec.target_epsilon);
+  }
+  return true;
+}
+
+void Trainer::CountPrivateStep() {
+  std::vector<double> rdp = accountant_->rdp();
+  for (size_t i = 0; i < rdp.size(); ++i) rdp[i] += step_rdp_[i];
+  (void)accountant_->SetRdp(std::move(rdp));
+  privacy_->spent = accountant_->Spent(privacy_->spec.delta);
+}
+
+at::Tensor Trainer::PrivacyState() const {
+  if (!accountant_) return at::Tensor();
+  return at::tensor(accountant_->rdp(), at::kDouble);
+}
+
+absl::Status Trainer::RestorePrivacy(const at::Tensor& rdp) {
+  if (!accountant_) return absl::OkStatus();
+  const at::Tensor t = rdp.to(at::kDouble).contiguous();
+  if (t.dim() != 1) return absl::InvalidArgumentError("privacy/rdp: not a vector");
+  std::vector<double> values(t.data_ptr<double>(), t.data_ptr<double>() + t.numel());
+  if (auto s = accountant_->SetRdp(std::move(values)); !s.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("privacy/rdp: ", s.message()));
+  }
+  privacy_->spent = accountant_->Spent(privacy_->spec.delta);
+  privacy_->budget_spent = false;
+  return absl::OkStatus();
 }
 
 absl::Status SyncBuffers(comm::Communicator& comm, modes::LearningMode& mode) {

@@ -11,16 +11,19 @@
 
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "absl/status/statusor.h"
 #include "algorithms/metrics.h"
 #include "algorithms/modes/learning_mode.h"
 #include "algorithms/modes/supervised.h"
+#include "algorithms/optim/dp_sgd.h"
 #include "algorithms/optim/schedule.h"
 #include "comm/communicator.h"
 #include "common/job.h"
 #include "data/datasets.h"
+#include "privacy/accountant.h"
 #include "runtime/round_engine.h"
 
 namespace allround::runtime {
@@ -62,12 +65,33 @@ class Trainer final : public runtime::RoundExecutor {
     progress_end_ = end;
   }
   int64_t steps_per_epoch() const { return steps_per_epoch_; }
+
+  // Example-level differential privacy (privacy.mode example): each step's batch is a Poisson
+  // sample of the group's data at rate q = batch_size * ranks / examples, and the step is DP-SGD's.
+  // The accountant counts every step taken (a resumed run carries on from the checkpoint's count);
+  // a step that would take epsilon past privacy.target_epsilon is not taken: the round ends
+  // there, and RoundResult::final says the run must end. Null privacy() when DP is off.
+  struct Privacy {
+    optim::DpSpec spec;
+    double sampling_rate = 0;       // q
+    double noise_multiplier = 0;    // z: the job's, or computed for its target epsilon
+    privacy::PrivacySpent spent;    // after the steps taken
+    bool budget_spent = false;      // the next step would pass the target
+  };
+  const Privacy* privacy() const { return privacy_ ? &*privacy_ : nullptr; }
+  // The accountant's state for a checkpoint ("privacy/rdp": float64 [orders]); undefined when off.
+  at::Tensor PrivacyState() const;
+  // Continues counting from a checkpoint's PrivacyState; fails on a length that does not match.
+  absl::Status RestorePrivacy(const at::Tensor& rdp);
   int64_t global_step() const { return position_.global_step; }
   double current_lr() const { return schedule_.At(position_.global_step); }
 
  private:
   void MaybePrintProgress(const runtime::RoundAssignment& round, int64_t step_in_epoch, double loss,
                           double elapsed, int64_t examples);
+  // Whether the next DP step would pass the target epsilon (then logs it, once).
+  bool SpendsTooMuch();
+  void CountPrivateStep();
 
   Job job_;
   data::TrainingData data_;
@@ -82,6 +106,10 @@ class Trainer final : public runtime::RoundExecutor {
   double last_progress_ = -1e9;
   double progress_begin_ = 0.0, progress_end_ = 1.0;
   metrics::ClassificationReport last_report_;
+  absl::Status privacy_error_;       // set up in the constructor, reported by Execute
+  std::optional<Privacy> privacy_;
+  std::optional<privacy::RdpAccountant> accountant_;
+  std::vector<double> step_rdp_;     // one DP step's RDP at each order
 };
 
 }  // namespace allround::runtime

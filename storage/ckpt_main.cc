@@ -73,6 +73,12 @@ int Show(const std::string& db, const std::string& id) {
               r->info.job_hash.c_str(), Time(r->created_unix_ms).c_str(), Size(r->total_bytes).c_str());
   for (const auto& [k, v] : r->versions) std::printf("version %s: %s\n", k.c_str(), v.c_str());
   for (const auto& [k, v] : r->info.metrics) std::printf("metric %s: %.6g\n", k.c_str(), v);
+  // A differentially private run's spend so far (the accountant's state is the privacy/rdp tensor).
+  const auto eps = r->info.metrics.find("epsilon"), delta = r->info.metrics.find("delta");
+  if (eps != r->info.metrics.end() && delta != r->info.metrics.end()) {
+    std::printf("privacy: epsilon %.6g at delta %.3g after %lld steps\n", eps->second, delta->second,
+                static_cast<long long>(r->info.step));
+  }
   std::printf("tensors (%zu):\n", r->tensors.size());
   for (const auto& t : r->tensors) {
     std::printf("  %-48s %-8s [%s] %s, %u chunk(s), crc32c %08x\n", t.name.c_str(), t.dtype.c_str(),

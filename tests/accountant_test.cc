@@ -11,7 +11,7 @@
 namespace allround::privacy {
 namespace {
 
-TEST(Accountant, EdgeCasesHaveTheirClosedForms) {
+TEST(PrivacyAccountant, EdgeCasesHaveTheirClosedForms) {
   // No sampling: the Gaussian mechanism itself, order / (2 sigma^2).
   EXPECT_DOUBLE_EQ(SampledGaussianRdp(1.0, 2.0, 3.0), 3.0 / 8.0);
   EXPECT_EQ(SampledGaussianRdp(0.0, 1.0, 3.0), 0.0);
@@ -24,7 +24,7 @@ TEST(Accountant, EdgeCasesHaveTheirClosedForms) {
   EXPECT_NEAR(SampledGaussianRdp(q, sigma, 2.0), std::log(a2), 1e-12);
 }
 
-TEST(Accountant, EpsilonGrowsWithStepsAndFallsWithNoise) {
+TEST(PrivacyAccountant, EpsilonGrowsWithStepsAndFallsWithNoise) {
   RdpAccountant a, b, c;
   a.Compose(0.01, 1.1, 1000);
   b.Compose(0.01, 1.1, 2000);
@@ -41,7 +41,7 @@ TEST(Accountant, EpsilonGrowsWithStepsAndFallsWithNoise) {
   EXPECT_FALSE(resumed.SetRdp({1.0, 2.0}).ok());
 }
 
-TEST(Accountant, NoiseForEpsilonIsTheSmallestThatKeepsTheBudget) {
+TEST(PrivacyAccountant, NoiseForEpsilonIsTheSmallestThatKeepsTheBudget) {
   auto sigma = NoiseForEpsilon(256.0 / 60000, 14000, 3.0, 1e-5);
   ASSERT_TRUE(sigma.ok()) << sigma.status();
   RdpAccountant at, below;

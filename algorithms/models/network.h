@@ -42,6 +42,7 @@ struct ModelSpec {
   std::string name = "simple_cnn";
   std::vector<int64_t> hidden = {200, 200};  // mlp: hidden layer widths
   int64_t width = 16;                // resnet: channels of the first stage
+  std::string norm = "batch";        // resnet: "batch" or "group" normalization
   int64_t fc = 512;                  // fedavg_cnn: units of the fully connected hidden layer
   int64_t patch = 7;                 // vit: side of the square patches (must divide the image)
   int64_t dim = 64;                  // vit: token width

@@ -5,6 +5,7 @@
 #include <cmath>
 
 #include "absl/strings/str_cat.h"
+#include "algorithms/models/grad_sample.h"
 
 namespace allround::models {
 namespace {
@@ -25,10 +26,10 @@ class BlockImpl : public nn::Module {
   torch::Tensor forward(torch::Tensor x, const torch::Tensor& padding) {
     const int64_t b = x.size(0), t = x.size(1), d = x.size(2);
     // [B, T, 3, H, d/H] -> three [B, H, T, d/H].
-    const auto qkv = qkv_->forward(ln1_->forward(x)).view({b, t, 3, heads_, d / heads_}).permute({2, 0, 3, 1, 4});
+    const auto qkv = Apply(*qkv_, Apply(*ln1_, x)).view({b, t, 3, heads_, d / heads_}).permute({2, 0, 3, 1, 4});
     const torch::Tensor a = Attention(qkv[0], qkv[1], qkv[2], padding);
-    x = x + proj_->forward(a.transpose(1, 2).reshape({b, t, d}));
-    return x + fc2_->forward(torch::gelu(fc1_->forward(ln2_->forward(x))));
+    x = x + Apply(*proj_, a.transpose(1, 2).reshape({b, t, d}));
+    return x + Apply(*fc2_, torch::gelu(Apply(*fc1_, Apply(*ln2_, x))));
   }
 
  private:
@@ -62,7 +63,7 @@ TransformerEncoder::TransformerEncoder(int64_t dim, int64_t depth, int64_t heads
 torch::Tensor TransformerEncoder::forward(const torch::Tensor& x, const torch::Tensor& padding) {
   torch::Tensor h = x;
   for (const auto& block : blocks_) h = static_cast<BlockImpl&>(*block).forward(h, padding);
-  return dynamic_cast<nn::LayerNormImpl&>(*norm_).forward(h);
+  return Apply(dynamic_cast<nn::LayerNormImpl&>(*norm_), h);
 }
 
 }  // namespace allround::models

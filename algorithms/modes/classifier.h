@@ -16,9 +16,11 @@
 
 #include "absl/status/statusor.h"
 #include "algorithms/losses.h"
+#include "algorithms/models/grad_sample.h"
 #include "algorithms/models/network.h"
 #include "algorithms/modes/learning_mode.h"
 #include "algorithms/modes/supervised.h"
+#include "algorithms/optim/dp_sgd.h"
 #include "algorithms/optim/optimizer.h"
 
 namespace allround::modes {
@@ -85,6 +87,18 @@ class SingleNetworkMode : public LearningMode {
     return optim::BackwardAndStep(loss, sync, *optimizer_, lr);
   }
   void ZeroGrad() { optimizer_->zero_grad(); }
+  // DP-SGD's step (algorithms/optim/dp_sgd.h) after a forward recorded by `recorded` whose loss
+  // is the SUM over `batch` examples; FedProx's term is added after the noise.
+  absl::StatusOr<optim::DpStepResult> DpStep(const torch::Tensor& loss_sum, int64_t batch,
+                                             models::PerExampleGradients& recorded, GradientSync* sync, double lr,
+                                             const optim::DpStepContext& ctx) {
+    optim::NamedParams params;
+    for (const auto& p : net_->named_parameters()) {
+      if (p.value().requires_grad()) params.emplace_back(p.key(), p.value());
+    }
+    const torch::Tensor penalty = proximal_.active() ? proximal_.Penalty(net_->parameters()) : torch::Tensor();
+    return optim::DpSgdStep(loss_sum, batch, recorded, params, penalty, sync, *optimizer_, lr, ctx);
+  }
 
  private:
   std::shared_ptr<torch::nn::Module> net_;

@@ -23,6 +23,10 @@
 #include "common/png.h"
 #include "tensor/named_tensors.h"
 
+namespace allround::optim {
+struct DpStepContext;  // algorithms/optim/dp_sgd.h
+}  // namespace allround::optim
+
 namespace allround::modes {
 
 struct Batch {
@@ -33,6 +37,9 @@ struct Batch {
                          // epoch, step and rank, so a resumed run draws the same
   double progress = 0;   // the fraction of the run's steps done before this one (schedules)
   at::Tensor noise;      // generative modes' latent draws [B, ...]; undefined: drawn from `seed`
+  // DP-SGD (privacy.mode example): the step's group-wide figures (noise seed, expected batch);
+  // null for an ordinary step. A Poisson-sampled batch may be empty.
+  const optim::DpStepContext* dp = nullptr;
 };
 
 struct StepResult {

@@ -34,6 +34,7 @@ class ClassifierMode final : public SingleNetworkMode {
 
   absl::StatusOr<StepResult> TrainStep(const Batch& batch, double lr, GradientSync* sync) override {
     if (auto s = CheckBatch(batch); !s.ok()) return s;
+    if (batch.dp != nullptr) return PrivateStep(batch, lr, sync);
     model_->train();
     ZeroGrad();
     torch::Tensor loss;
@@ -51,6 +52,26 @@ class ClassifierMode final : public SingleNetworkMode {
     auto value = Step(loss, sync, lr);
     if (!value.ok()) return value.status();
     return StepResult{*value, batch.inputs.size(0) + (batch.unlabeled.defined() ? batch.unlabeled.size(0) : 0)};
+  }
+
+  // DP-SGD: the forward recorded for per-example gradients, the loss summed over the examples.
+  absl::StatusOr<StepResult> PrivateStep(const Batch& batch, double lr, GradientSync* sync) {
+    if (batch_loss_) return absl::FailedPreconditionError("DP-SGD runs the supervised mode's loss only");
+    model_->train();
+    ZeroGrad();
+    const int64_t n = batch.inputs.size(0);
+    models::PerExampleGradients recorded;
+    torch::Tensor loss_sum;
+    if (n > 0) {
+      try {
+        loss_sum = loss_(model_->forward(batch.inputs), batch.targets) * static_cast<double>(n);
+      } catch (const c10::Error& e) {
+        return absl::InvalidArgumentError(absl::StrCat("forward failed: ", e.what_without_backtrace()));
+      }
+    }
+    auto r = DpStep(loss_sum, n, recorded, sync, lr, *batch.dp);
+    if (!r.ok()) return r.status();
+    return StepResult{r->loss, n};
   }
 
   absl::StatusOr<EvalSums> Evaluate(const at::Tensor& inputs, const at::Tensor& targets,
@@ -93,6 +114,34 @@ class ClassifierMode final : public SingleNetworkMode {
   BatchLossFn batch_loss_;
 };
 
+// DP-SGD needs each parameter's per-example gradient: a model with batch norm, or a parameter
+// that no layer with a per-example rule owns, is refused by name before training starts (a
+// backward through two blank examples, which changes nothing).
+absl::Status CheckPerExampleGradients(models::Network& model, const std::string& name, const InputInfo& input,
+                                      at::Device device) {
+  for (const auto& m : model.named_modules()) {
+    if (dynamic_cast<torch::nn::BatchNorm2dImpl*>(m.value().get()) != nullptr ||
+        dynamic_cast<torch::nn::BatchNorm1dImpl*>(m.value().get()) != nullptr) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "job key 'privacy.mode': model ", name, "'s layer '", m.key(),
+          "' is a batch norm, which mixes the examples of a batch, so no example has a gradient of its own",
+          name == "resnet" ? " (set model.norm: group)" : ""));
+    }
+  }
+  optim::NamedParams params;
+  for (const auto& p : model.named_parameters()) {
+    if (p.value().requires_grad()) params.emplace_back(p.key(), p.value());
+  }
+  models::PerExampleGradients recorded;
+  const torch::Tensor x = torch::zeros({2, input.channels, input.height, input.width}, torch::TensorOptions(device));
+  recorded.Backward(model.forward(x).sum());
+  auto norms = recorded.SquaredNorms(params, 2);
+  if (!norms.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("job key 'privacy.mode': model ", name, ": ", norms.status().message()));
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<LearningMode>> MakeSupervisedMode(const Job& job, const InputInfo& input,
@@ -108,6 +157,9 @@ absl::StatusOr<std::unique_ptr<LearningMode>> MakeClassifierMode(const Job& job,
   auto model = models::MakeModel(models::ModelSpecFromJob(job), {input.channels, input.height, input.width, input.num_classes});
   if (!model.ok()) return absl::InvalidArgumentError(absl::StrCat("job key 'model.name': ", model.status().message()));
   (*model)->to(device);  // before the optimizer takes the parameters
+  if (optim::DpSpecFromJob(job).example_level()) {
+    if (auto s = CheckPerExampleGradients(**model, job.model.name, input, device); !s.ok()) return s;
+  }
   auto opt = optim::MakeOptimizer(job.optimizer, (*model)->parameters());
   if (!opt.ok()) return absl::InvalidArgumentError(absl::StrCat("job key 'optimizer.name': ", opt.status().message()));
   return std::unique_ptr<LearningMode>(

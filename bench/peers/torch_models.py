@@ -35,3 +35,15 @@ class FedAvgCNN(nn.Module):  # McMahan et al. 2017
         x = F.max_pool2d(F.relu(self.conv1(x)), 2)
         x = F.max_pool2d(F.relu(self.conv2(x)), 2)
         return self.fc2(F.relu(self.fc1(x.flatten(1))))
+
+
+class TanhCNN(nn.Module):  # Papernot et al. 2021, as allround's tanh_cnn
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv2d(1, 16, 8, stride=2, padding=3), nn.Conv2d(16, 32, 4, stride=2)
+        self.fc1, self.fc2 = nn.Linear(32 * 4 * 4, 32), nn.Linear(32, 10)
+
+    def forward(self, x):
+        x = F.max_pool2d(torch.tanh(self.conv1(x)), 2, 1)
+        x = F.max_pool2d(torch.tanh(self.conv2(x)), 2, 1)
+        return self.fc2(torch.tanh(self.fc1(x.flatten(1))))
