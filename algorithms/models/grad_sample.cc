@@ -31,6 +31,8 @@ struct PerExampleGradients::Recorded {
   double eps = 0;
   int64_t padding_idx = -1;                                // embedding (-1: none)
   std::string unsupported;  // why these options have no per-example rule here (empty: they do)
+  // The per-example gradients {weight, bias} once SquaredNorms formed them, for WeightedSum.
+  std::pair<at::Tensor, at::Tensor> per_example;
 };
 
 namespace {
@@ -56,10 +58,16 @@ std::pair<at::Tensor, at::Tensor> PerExample(const Recorded& c, int64_t batch) {
       return {at::bmm(gg.transpose(1, 2), a), c.bias.defined() ? gg.sum(1) : at::Tensor()};
     }
     case Kind::kConv: {
-      const at::Tensor a = at::im2col(c.input, c.kernel, c.dilation, c.padding, c.stride);  // [B, K, L]
-      const at::Tensor gg = g.reshape({batch, g.size(1), -1});                               // [B, out, L]
-      return {at::bmm(gg, a.transpose(1, 2)).reshape(Shape(batch, c.weight.sizes())),
-              c.bias.defined() ? gg.sum(2) : at::Tensor()};
+      // The batch as B groups of one convolution: LibTorch's own weight-gradient kernel gives the
+      // B per-example gradients at once, without the unfolded input (B x K x L) in memory.
+      const int64_t in = c.input.size(1), out = g.size(1);
+      const at::Tensor x = c.input.reshape({1, batch * in, c.input.size(2), c.input.size(3)});
+      const at::Tensor gg = g.contiguous().reshape({1, batch * out, g.size(2), g.size(3)});
+      const at::Tensor shape = at::empty({batch * out, in, c.weight.size(2), c.weight.size(3)}, x.options());
+      const auto grads = at::convolution_backward(gg, x, shape, c10::nullopt, c.stride, c.padding, c.dilation,
+                                                  /*transposed=*/false, {0, 0}, batch, {false, true, false});
+      return {std::get<1>(grads).view(Shape(batch, c.weight.sizes())),
+              c.bias.defined() ? g.sum(std::vector<int64_t>{2, 3}) : at::Tensor()};
     }
     case Kind::kLayerNorm: {
       const at::Tensor normalized = at::layer_norm(c.input, c.normalized_shape, {}, {}, c.eps);
@@ -104,6 +112,13 @@ std::pair<at::Tensor, at::Tensor> PerExample(const Recorded& c, int64_t batch) {
 std::pair<at::Tensor, at::Tensor> Weighted(const Recorded& c, const at::Tensor& w) {
   const int64_t batch = w.size(0);
   const at::Tensor& g = c.grad_out;
+  auto weigh = [&](const at::Tensor& t, at::IntArrayRef shape) {  // sum_b w_b t_b, one product
+    return t.defined() ? w.view({1, batch}).mm(t.reshape({batch, -1})).view(shape) : t;
+  };
+  if (c.per_example.first.defined()) {
+    return {weigh(c.per_example.first, c.weight.sizes()),
+            c.bias.defined() ? weigh(c.per_example.second, c.bias.sizes()) : at::Tensor()};
+  }
   switch (c.kind) {
     case Kind::kLinear: {
       const int64_t out = g.size(-1), in = c.input.size(-1);
@@ -111,11 +126,12 @@ std::pair<at::Tensor, at::Tensor> Weighted(const Recorded& c, const at::Tensor& 
       return {gw.t().mm(c.input.reshape({-1, in})), c.bias.defined() ? gw.sum(0) : at::Tensor()};
     }
     case Kind::kConv: {
-      const at::Tensor a = at::im2col(c.input, c.kernel, c.dilation, c.padding, c.stride);  // [B, K, L]
-      const int64_t out = g.size(1), k = a.size(1);
-      const at::Tensor gw = g.reshape({batch, out, -1}) * w.view({batch, 1, 1});          // [B, out, L]
-      const at::Tensor weight = gw.permute({1, 0, 2}).reshape({out, -1}).mm(a.permute({0, 2, 1}).reshape({-1, k}));
-      return {weight.view(c.weight.sizes()), c.bias.defined() ? gw.sum(std::vector<int64_t>{0, 2}) : at::Tensor()};
+      // The ordinary weight gradient of the output gradients scaled per example.
+      const at::Tensor gw = g * w.view({batch, 1, 1, 1});
+      const auto grads = at::convolution_backward(gw, c.input, c.weight, c10::nullopt, c.stride, c.padding,
+                                                  c.dilation, /*transposed=*/false, {0, 0}, 1,
+                                                  {false, true, c.bias.defined()});
+      return {std::get<1>(grads), c.bias.defined() ? std::get<2>(grads) : at::Tensor()};
     }
     case Kind::kEmbedding: {
       const int64_t dim = c.weight.size(1);
@@ -128,20 +144,14 @@ std::pair<at::Tensor, at::Tensor> Weighted(const Recorded& c, const at::Tensor& 
     }
     default: {  // norms and broadcast parameters: their per-example gradients are small
       auto [gw, gb] = PerExample(c, batch);
-      auto weigh = [&](const at::Tensor& t) {
-        if (!t.defined()) return t;
-        std::vector<int64_t> view(static_cast<size_t>(t.dim()), 1);
-        view[0] = batch;
-        return (t * w.view(view)).sum(0);
-      };
-      return {weigh(gw).reshape(c.weight.sizes()), weigh(gb)};
+      return {weigh(gw, c.weight.sizes()), c.bias.defined() ? weigh(gb, c.bias.sizes()) : at::Tensor()};
     }
   }
 }
 
 // Each example's squared norm of the call's whole gradient (weight and bias), float64 [B]: from
 // Gram matrices where that costs less than the per-example products.
-at::Tensor CallSquaredNorms(const Recorded& c, int64_t batch) {
+at::Tensor CallSquaredNorms(Recorded& c, int64_t batch) {
   const at::Tensor& g = c.grad_out;
   auto squares = [batch](const at::Tensor& t) { return t.reshape({batch, -1}).to(at::kDouble).square().sum(1); };
   if (c.kind == Kind::kLinear || c.kind == Kind::kConv) {
@@ -171,7 +181,8 @@ at::Tensor CallSquaredNorms(const Recorded& c, int64_t batch) {
     if (c.padding_idx >= 0) same = same & (ids != c.padding_idx).unsqueeze(2) & (ids != c.padding_idx).unsqueeze(1);
     return (at::bmm(gg, gg.transpose(1, 2)) * same.to(gg.scalar_type())).reshape({batch, -1}).to(at::kDouble).sum(1);
   }
-  auto [gw, gb] = PerExample(c, batch);
+  c.per_example = PerExample(c, batch);  // kept: WeightedSum reuses them
+  const auto& [gw, gb] = c.per_example;
   return gb.defined() ? squares(gw) + squares(gb) : squares(gw);
 }
 
@@ -283,7 +294,7 @@ absl::StatusOr<at::Tensor> PerExampleGradients::SquaredNorms(const NamedParams& 
     const auto& list = (*owners)[i];
     if (list.size() == 1 && alone(*list[0].call) &&
         (!list[0].call->bias.defined() || requested.count(list[0].call->bias.unsafeGetTensorImpl()) > 0)) {
-      const Recorded& c = *list[0].call;
+      Recorded& c = *list[0].call;
       if (done.insert(&c).second && c.grad_out.defined()) total += CallSquaredNorms(c, batch).to(total.device());
       continue;
     }
