@@ -398,6 +398,7 @@ class FederatedRun final : public runtime::RoundExecutor, public runtime::RoundO
   // The sites' own test splits, on the model the round started from, weighted by their example
   // counts (the sites report sums): into last_, and the round line's words.
   std::string FederatedEvaluation(const std::map<std::string, double>& m, int64_t version) {
+    if (m.count("epsilon")) last_["site_epsilon_max"] = m.at("epsilon");  // sites' example-level DP-SGD
     if (!m.count("eval_examples") || m.at("eval_examples") <= 0) return "";
     const double n = m.at("eval_examples");
     last_["federated_loss"] = m.count("eval_loss_sum") ? m.at("eval_loss_sum") / n : 0.0;

@@ -18,6 +18,17 @@
 namespace allround::coordinator {
 namespace {
 
+// The round's sum of the sites' figures (example counts, evaluation sums); a site's "epsilon" (its
+// example-level DP spend) is not a sum: the round keeps the largest.
+void AddSiteMetric(std::map<std::string, double>& into, const std::string& key, double value) {
+  if (key == "epsilon") {
+    auto [it, fresh] = into.emplace(key, value);
+    if (!fresh) it->second = std::max(it->second, value);
+    return;
+  }
+  into[key] += value;
+}
+
 // ||weights - global|| over the floating-point tensors (matched by position: a validated update has
 // the model's layout), in double.
 double UpdateNorm(const NamedTensors& global, const NamedTensors& weights) {
@@ -176,7 +187,7 @@ void RoundManager::MaybeCloseRound(Time now) {
     if (__builtin_add_overflow(record.examples, u.examples, &record.examples)) {
       record.examples = std::numeric_limits<int64_t>::max();
     }
-    for (const auto& [k, v] : current_->metrics[id]) record.site_metrics[k] += v;  // bounded: finite
+    for (const auto& [k, v] : current_->metrics[id]) AddSiteMetric(record.site_metrics, k, v);  // bounded: finite
     if (options_.update_norms) record.update_norms.push_back(UpdateNorm(model_, u.weights));
     updates.push_back(std::move(u));
   }
@@ -242,7 +253,7 @@ void RoundManager::MaybeCloseSecureRound(Time now) {
       record.examples = update.examples;
       for (uint32_t id : result->counted) {
         record.contributors.push_back(id);
-        for (const auto& [k, v] : current_->metrics[id]) record.site_metrics[k] += v;
+        for (const auto& [k, v] : current_->metrics[id]) AddSiteMetric(record.site_metrics, k, v);
       }
       next = strategy_->Aggregate(model_, {update});
     }

@@ -426,11 +426,13 @@ class Site {
       if (auto s = TellGroup(kGroupTrain, task); !s.ok()) return s;
       if (auto s = comm::BroadcastFromRoot(*sh_->group, mode->ModelState()); !s.ok()) return s;
     }
+    double epsilon = -1;
     if (auto s = TrainLocally(sh_, index_, data_, task.round(), task.model_version(), task.local_epochs(),
-                              task.proximal_mu(), mode);
+                              task.proximal_mu(), mode, &privacy_rdp_, &epsilon);
         !s.ok()) {
       return s;
     }
+    if (epsilon >= 0) (*metrics)["epsilon"] = epsilon;  // this site's example-level spend so far
     for (const auto& [name, t] : modes::ModelTensors(mode->State())) update->emplace_back(name, t.clone());
     return absl::OkStatus();
   }
@@ -439,8 +441,12 @@ class Site {
   // The round's local training, the same on every rank of a group. `version`: the global model's
   // (the rounds done), so schedules that follow the run's progress (DINO's teacher) see the whole
   // federated run rather than restart every round.
+  // Example-level DP (privacy.mode example): `rdp` carries the site's accountant from round to
+  // round (the site's own records are what it protects, over every round it trains), and
+  // `epsilon` receives the spend after this round.
   static absl::Status TrainLocally(Shared* sh, int64_t index, const SiteData& data, int64_t round, int64_t version,
-                                   int64_t epochs, double mu, modes::LearningMode* mode) {
+                                   int64_t epochs, double mu, modes::LearningMode* mode, at::Tensor* rdp,
+                                   double* epsilon) {
     // FedProx: stay near the round's global model (what the mode holds now).
     storage::NamedTensors reference;
     if (mu > 0) {
@@ -469,9 +475,16 @@ class Site {
     Trainer trainer(local, td, mode, comm, sh->reducer.get());
     const double rounds = static_cast<double>(std::max<int64_t>(1, sh->job.federated.rounds));
     trainer.SetProgressSpan(std::min(1.0, version / rounds), std::min(1.0, (version + 1) / rounds));
+    if (rdp->defined()) {
+      if (auto s = trainer.RestorePrivacy(*rdp); !s.ok()) return s;
+    }
     for (int64_t e = 0; e < epochs; ++e) {
       auto r = trainer.Execute({e, e, 0});
       if (!r.ok()) return r.status();
+    }
+    if (const Trainer::Privacy* p = trainer.privacy()) {
+      *rdp = trainer.PrivacyState();
+      *epsilon = p->spent.epsilon;
     }
     return absl::OkStatus();
   }
@@ -518,6 +531,7 @@ class Site {
   const int64_t index_;
   const SiteData data_;
   const privacy::UpdatePipeline pipeline_;  // pipeline.site, this site's own
+  at::Tensor privacy_rdp_;  // example-level DP: the site's accountant over the rounds it trained
   std::unique_ptr<v1::Coordinator::Stub> stub_;
   std::atomic<int64_t> site_id_{0};
   std::chrono::milliseconds busy_backoff_{100};  // after a busy or unreachable coordinator mid-round
@@ -534,6 +548,8 @@ class Site {
 // model, and train with it until told to stop.
 absl::Status FollowGroup(Shared* sh, int64_t index, const SiteData& data) {
   modes::LearningMode* mode = sh->slots->Acquire();
+  at::Tensor rdp;  // the same count as rank 0's: every rank takes the same DP steps
+  double epsilon = -1;
   for (;;) {
     at::Tensor control = at::zeros({5}, at::kDouble);
     if (auto s = BroadcastControl(*sh->group, control); !s.ok()) return s;
@@ -543,7 +559,8 @@ absl::Status FollowGroup(Shared* sh, int64_t index, const SiteData& data) {
     if (auto s = comm::BroadcastFromRoot(*sh->group, mode->ModelState()); !s.ok()) return s;
     if (auto s = Site::TrainLocally(sh, index, data, static_cast<int64_t>(control[1].item<double>()),
                                     static_cast<int64_t>(control[4].item<double>()),
-                                    static_cast<int64_t>(control[2].item<double>()), control[3].item<double>(), mode);
+                                    static_cast<int64_t>(control[2].item<double>()), control[3].item<double>(), mode,
+                                    &rdp, &epsilon);
         !s.ok()) {
       return s;
     }

@@ -12,7 +12,10 @@
 5. a run stopped after its first epoch and resumed ends bit-for-bit at the uninterrupted run's model and
    epsilon (the accountant is in the checkpoint).
 
-Usage: privacy_dp_sgd_test.py WORKER CKPT [VENV_PYTHON]"""
+6. DP-SGD at federated sites: each site counts its own spend over the rounds it trains, and the
+   coordinator's round records carry the largest (site_epsilon_max), growing round by round.
+
+Usage: privacy_dp_sgd_test.py WORKER CKPT COORDINATOR [VENV_PYTHON]"""
 import json
 import os
 import shutil
@@ -22,11 +25,11 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "harness"))
 sys.path.insert(0, HERE)
-from allround_harness import Checks, Run, read_json, read_metrics, skip  # noqa: E402
+from allround_harness import Checks, Run, read_json, read_metrics, skip, start_coordinator  # noqa: E402
 import safetensors_np  # noqa: E402
 
-WORKER, CKPT = sys.argv[1], sys.argv[2]
-VENV = sys.argv[3] if len(sys.argv) > 3 else ""
+WORKER, CKPT, COORD = sys.argv[1], sys.argv[2], sys.argv[3]
+VENV = sys.argv[4] if len(sys.argv) > 4 else ""
 DATA = "/usr/share/datasets/fashion-mnist"
 if not os.path.isdir(DATA):
     skip(f"no {DATA}")
@@ -158,5 +161,20 @@ with Run("privacy") as run:
         checks.check("the resumed run ends bit-for-bit at the straight run's model", max_diff(a, b) == 0,
                      f"max difference {max_diff(a, b)}")
         checks.check("and at its epsilon", sa["epsilon"] == sb["epsilon"] and sb["steps"] == 16, f"{sa} {sb}")
+
+    # 6. Federated sites.
+    fed = [*BASE, "--data.train_limit", "512", "--privacy.noise_multiplier", "1.0", "--train.batch_size", "32",
+           "--federated.rounds", "3", "--federated.min_sites", "2", "--federated.min_available", "2",
+           "--partition.sites", "2", "--checkpoint.enabled", "false"]
+    coord, port = start_coordinator(run, COORD, [*fed, "--no-auth", "--insecure", "--run_dir", run.path("fed")])
+    sites = [run.start(f"s{i}", [WORKER, *fed, "--coordinator", f"127.0.0.1:{port}", "--insecure", "--site", f"s{i}",
+                                 "--site-index", str(i)]) for i in range(2)]
+    rc = coord.wait(300)
+    checks.check("a federated run with DP-SGD at its sites finishes", rc == 0 and all(s.wait(60) == 0 for s in sites),
+                 coord.err_tail())
+    if rc == 0:
+        eps = [r.get("site_epsilon_max") for r in read_metrics(run.path("fed"))]
+        checks.check("each round's record has the sites' largest epsilon, growing over the rounds",
+                     len(eps) == 3 and all(e is not None for e in eps) and eps[0] < eps[1] < eps[2], str(eps))
 
 sys.exit(checks.exit_code())
