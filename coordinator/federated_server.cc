@@ -398,7 +398,11 @@ class FederatedRun final : public runtime::RoundExecutor, public runtime::RoundO
   // The sites' own test splits, on the model the round started from, weighted by their example
   // counts (the sites report sums): into last_, and the round line's words.
   std::string FederatedEvaluation(const std::map<std::string, double>& m, int64_t version) {
-    if (m.count("epsilon")) last_["site_epsilon_max"] = m.at("epsilon");  // sites' example-level DP-SGD
+    // Sites' example-level DP-SGD: the largest spend any site has reported so far in the run.
+    if (m.count("epsilon")) {
+      const double before = last_.contains("site_epsilon_max") ? last_["site_epsilon_max"].get<double>() : 0.0;
+      last_["site_epsilon_max"] = std::max(before, m.at("epsilon"));
+    }
     if (!m.count("eval_examples") || m.at("eval_examples") <= 0) return "";
     const double n = m.at("eval_examples");
     last_["federated_loss"] = m.count("eval_loss_sum") ? m.at("eval_loss_sum") / n : 0.0;

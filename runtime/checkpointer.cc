@@ -142,11 +142,23 @@ absl::Status ApplyRestored(const Restored& r, modes::LearningMode& mode, Trainer
     return absl::Status(s.code(), absl::StrCat("checkpoint ", r.id, ": ", s.message()));
   }
   trainer.Restore(r.position);
+  bool counted = false;
   for (const auto& [name, t] : r.mode_state) {
-    if (name != kPrivacyRdp) continue;
-    if (auto s = trainer.RestorePrivacy(t); !s.ok()) {
-      return absl::Status(s.code(), absl::StrCat("checkpoint ", r.id, ": ", s.message()));
+    absl::Status s;
+    if (name == kPrivacyRdp) {
+      s = trainer.RestorePrivacy(t);
+      counted = true;
+    } else if (name == kPrivacySecret) {
+      s = trainer.RestorePrivacySecret(t);
     }
+    if (!s.ok()) return absl::Status(s.code(), absl::StrCat("checkpoint ", r.id, ": ", s.message()));
+  }
+  // A model partly trained without DP accounting has no finite epsilon: never report one.
+  if (trainer.privacy() != nullptr && !counted && r.position.global_step > 0) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "checkpoint ", r.id, " was trained for ", r.position.global_step,
+        " steps without privacy accounting (no ", kPrivacyRdp, "): a DP run cannot continue it with a finite epsilon; "
+        "start fresh (--resume none) or from its weights knowing they are not private"));
   }
   return absl::OkStatus();
 }

@@ -30,6 +30,8 @@ std::string CheckpointDir(const Job& job);
 inline constexpr char kCoordinatorMode[] = "federated-coordinator";
 // The privacy accountant's RDP at each order, in a training checkpoint of a DP run.
 inline constexpr char kPrivacyRdp[] = "privacy/rdp";
+// The seed of a DP run's Poisson draws and noise (privacy.noise_seed: secret).
+inline constexpr char kPrivacySecret[] = "privacy/secret";
 
 // Whose checkpoints a run resumes: a training run's (a worker, a worker group) or a coordinator's.
 // Each refuses the other's, saying how to carry a model across (export, then model.init).

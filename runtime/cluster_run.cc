@@ -257,6 +257,7 @@ class ClusterRun final : public RoundObserver {
       figures.emplace_back("epsilon", p->spent.epsilon);
       figures.emplace_back("delta", p->spec.delta);
       extra.emplace_back(kPrivacyRdp, trainer_->PrivacyState());
+      extra.emplace_back(kPrivacySecret, trainer_->PrivacySecret());
     }
     auto id = checkpointer_->SaveTraining(*mode_, pos, rounds_done_, figures, extra);
     if (!id.ok()) return id.status();
@@ -294,7 +295,7 @@ class ClusterRun final : public RoundObserver {
     s["model"] = NetworkName(job_);
     s["parameters"] = mode_->ParameterCount();
     s["job"] = job_.name;
-    s["seed"] = job_.seed;
+    s["seed"] = job_.seed;  // not the DP secret: that stays in the checkpoints
     s["world_size"] = comm_.size();
     if (const Trainer::Privacy* p = trainer_->privacy()) {
       s["privacy"] = {{"mode", p->spec.mode},

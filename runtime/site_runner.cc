@@ -34,6 +34,7 @@
 #include "privacy/secure_aggregation.h"
 #include "privacy/update_pipeline.h"
 #include "runtime/secure_site.h"
+#include "algorithms/optim/dp_sgd.h"
 #include "runtime/trainer.h"
 
 namespace allround::runtime {
@@ -806,6 +807,13 @@ absl::Status RunHostedSites(const Job& job, bool many, std::vector<std::unique_p
 
 absl::Status RunSites(const Job& job, const SiteOptions& options, comm::Communicator* group) {
   if (group != nullptr && group->size() <= 1) group = nullptr;
+  // A site trains round by round as the coordinator asks: a budget would be sized for one round and
+  // spent in it, and a site that stops training mid-run would still be sampled.
+  if (const optim::DpSpec dp = optim::DpSpecFromJob(job); dp.example_level() && dp.target_epsilon > 0) {
+    return absl::InvalidArgumentError(
+        "job key 'privacy.target_epsilon': not supported at federated sites yet; give privacy.noise_multiplier "
+        "(each site reports the epsilon it has spent with every update)");
+  }
   auto indices = ParseSiteIndices(options.site_indices);
   if (!indices.ok()) return indices.status();
   if (group != nullptr && indices->size() != 1) {

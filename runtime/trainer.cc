@@ -6,6 +6,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <random>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -83,6 +84,18 @@ Trainer::Trainer(const Job& job, data::TrainingData data, modes::LearningMode* m
             absl::StrCat("job key 'privacy.target_epsilon': ", z.status().message()));
       }
     }
+    if (dp.noise_seed == "job") {
+      p.secret = DeriveSeed(job.seed, "dp-secret");
+    } else {
+      // Rank 0's OS entropy, the same on every rank of the group.
+      std::random_device entropy;
+      const uint64_t drawn = (static_cast<uint64_t>(entropy()) << 32) | entropy();
+      at::Tensor t = at::tensor({static_cast<int64_t>(drawn)}, at::kLong).to(comm->device());
+      if (comm->size() > 1) {
+        if (auto s = comm->Broadcast(t, 0)->Wait(comm->timeout()); !s.ok()) privacy_error_ = s;
+      }
+      p.secret = static_cast<uint64_t>(t.cpu().item<int64_t>());
+    }
     accountant_.emplace();
     privacy::RdpAccountant one;
     one.Compose(p.sampling_rate, p.noise_multiplier, 1);
@@ -124,6 +137,7 @@ absl::StatusOr<runtime::RoundResult> Trainer::Execute(const runtime::RoundAssign
     const int64_t begin = s * main_batch;
     const int64_t len = std::min<int64_t>(main_batch, static_cast<int64_t>(order.size()) - begin);
     at::Tensor idx = privacy_ ? at::Tensor() : index.narrow(0, begin, len);
+    int64_t group_examples = -1;  // a Poisson-sampled step's whole group batch
     optim::DpStepContext dp;
     if (privacy_) {
       if (SpendsTooMuch()) {
@@ -133,11 +147,13 @@ absl::StatusOr<runtime::RoundResult> Trainer::Execute(const runtime::RoundAssign
       // A Poisson sample of the whole group's data, the same draw on every rank; rank r takes every
       // W-th chosen example, so the group's batch does not depend on the number of ranks.
       const int64_t n = data_.train_targets.size(0);
-      auto gen = at::detail::createCPUGenerator(DeriveSeed(job_.seed, "poisson", static_cast<uint64_t>(round.epoch),
-                                                           static_cast<uint64_t>(s)));
+      auto gen = at::detail::createCPUGenerator(DeriveSeed(privacy_->secret, "poisson",
+                                                           static_cast<uint64_t>(round.epoch), static_cast<uint64_t>(s)));
       const at::Tensor chosen = (at::rand({n}, gen, at::kDouble) < privacy_->sampling_rate).nonzero().reshape({-1});
       idx = chosen.slice(0, comm_->rank(), chosen.size(0), comm_->size()).to(data_.train_inputs.device());
-      dp.noise_seed = DeriveSeed(job_.seed, "dp-noise", static_cast<uint64_t>(round.epoch), static_cast<uint64_t>(s));
+      dp.noise_seed = DeriveSeed(privacy_->secret, "dp-noise", static_cast<uint64_t>(round.epoch),
+                                 static_cast<uint64_t>(s));
+      group_examples = chosen.size(0);
       dp.group_size = comm_->size();
       dp.expected_batch = privacy_->sampling_rate * static_cast<double>(n);
       dp.noise_multiplier = privacy_->noise_multiplier;
@@ -185,8 +201,9 @@ absl::StatusOr<runtime::RoundResult> Trainer::Execute(const runtime::RoundAssign
     ++position_.step_in_epoch;
     if (privacy_) CountPrivateStep();
     ++result.steps;
-    result.examples += step->examples * comm_->size();
-    if (metrics != nullptr) metrics->Step(Now() - step_start, step->examples * comm_->size());
+    const int64_t examples = group_examples >= 0 ? group_examples : step->examples * comm_->size();
+    result.examples += examples;
+    if (metrics != nullptr) metrics->Step(Now() - step_start, examples);
     loss_sum += step->loss;
     MaybePrintProgress(round, s + 1, loss_sum / static_cast<double>(result.steps), Now() - start, result.examples);
     if (step_hook_) {
@@ -225,7 +242,8 @@ bool Trainer::SpendsTooMuch() {
   std::vector<double> next = accountant_->rdp();
   for (size_t i = 0; i < next.size(); ++i) next[i] += step_rdp_[i];
   const privacy::PrivacySpent after = privacy::EpsilonFromRdp(accountant_->orders(), next, spec.delta);
-  if (after.epsilon <= spec.target_epsilon) return false;
+  // A hair of slack: the noise for a target is found for all steps at once, the spend adds up step by step.
+  if (after.epsilon <= spec.target_epsilon * (1 + 1e-9)) return false;
   privacy_->budget_spent = true;
   if (comm_->rank() == 0) {
     log::Info("privacy: budget spent, stopping after step {}: epsilon {:.4f} so far (delta {:g}); one more step would "
@@ -247,9 +265,23 @@ at::Tensor Trainer::PrivacyState() const {
   return at::tensor(accountant_->rdp(), at::kDouble);
 }
 
+at::Tensor Trainer::PrivacySecret() const {
+  if (!privacy_) return at::Tensor();
+  return at::tensor({static_cast<int64_t>(privacy_->secret)}, at::kLong);
+}
+
+absl::Status Trainer::RestorePrivacySecret(const at::Tensor& secret) {
+  if (!privacy_) return absl::OkStatus();
+  if (secret.numel() != 1 || secret.scalar_type() != at::kLong) {
+    return absl::InvalidArgumentError("privacy/secret: not one int64");
+  }
+  privacy_->secret = static_cast<uint64_t>(secret.cpu().item<int64_t>());
+  return absl::OkStatus();
+}
+
 absl::Status Trainer::RestorePrivacy(const at::Tensor& rdp) {
   if (!accountant_) return absl::OkStatus();
-  const at::Tensor t = rdp.to(at::kDouble).contiguous();
+  const at::Tensor t = rdp.to(at::kDouble).cpu().contiguous();
   if (t.dim() != 1) return absl::InvalidArgumentError("privacy/rdp: not a vector");
   std::vector<double> values(t.data_ptr<double>(), t.data_ptr<double>() + t.numel());
   if (auto s = accountant_->SetRdp(std::move(values)); !s.ok()) {

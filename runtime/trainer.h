@@ -77,12 +77,18 @@ class Trainer final : public runtime::RoundExecutor {
     double noise_multiplier = 0;    // z: the job's, or computed for its target epsilon
     privacy::PrivacySpent spent;    // after the steps taken
     bool budget_spent = false;      // the next step would pass the target
+    uint64_t secret = 0;            // seeds the Poisson draws and the noise (privacy.noise_seed)
   };
   const Privacy* privacy() const { return privacy_ ? &*privacy_ : nullptr; }
   // The accountant's state for a checkpoint ("privacy/rdp": float64 [orders]); undefined when off.
   at::Tensor PrivacyState() const;
   // Continues counting from a checkpoint's PrivacyState; fails on a length that does not match.
   absl::Status RestorePrivacy(const at::Tensor& rdp);
+  // The seed of the Poisson draws and the noise ("privacy/secret": int64 [1]), which a checkpoint
+  // keeps so a resumed run draws what the uninterrupted one would; it is what an adversary must
+  // not know, so the checkpoint is as private as the training data. Undefined when DP is off.
+  at::Tensor PrivacySecret() const;
+  absl::Status RestorePrivacySecret(const at::Tensor& secret);
   int64_t global_step() const { return position_.global_step; }
   double current_lr() const { return schedule_.At(position_.global_step); }
 

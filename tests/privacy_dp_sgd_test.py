@@ -2,7 +2,7 @@
 
 1. `mpirun -np 2` with batches of 32 per rank ends at the same model as one process with batches
    of 64 and the same seed (the same Poisson-sampled group batch, the noise drawn once per step),
-   to 1e-6, and both report the same epsilon;
+   to 1e-6, and both report the same epsilon (draws from the job seed: privacy.noise_seed job);
 2. the epsilon in metrics.jsonl (every epoch), summary.json and the checkpoint (`allround-ckpt
    show`) is Google dp_accounting's for the run's rate, noise and steps (when the venv has it);
 3. privacy.target_epsilon with a given noise: the run stops at the last step within the budget,
@@ -84,7 +84,9 @@ def reference_epsilon(q, noise, steps, delta):
 with Run("privacy") as run:
     # 1. Two ranks against one process.
     if shutil.which("mpirun"):
-        common = ["--privacy.noise_multiplier", "1.1", "--train.max_steps", "3", "--train.epochs", "1"]
+        # The draws from the job seed (privacy.noise_seed: job): the default secret differs run by run.
+        common = ["--privacy.noise_multiplier", "1.1", "--train.max_steps", "3", "--train.epochs", "1",
+                  "--privacy.noise_seed", "job"]
         one, rc1 = worker(run, "one", [*common, "--train.batch_size", "64"])
         two, rc2 = worker(run, "two", [*common, "--train.batch_size", "32"], mpi=2)
         checks.check("one process and 2 ranks finish", rc1 == 0 and rc2 == 0, one.err_tail() + two.err_tail())
@@ -148,9 +150,11 @@ with Run("privacy") as run:
     # 5. Resume.
     args = ["--privacy.noise_multiplier", "1.0", "--train.batch_size", "128", "--optimizer.momentum", "0.9",
             "--schedule.name", "constant"]  # the same learning rates whether the job says 1 epoch or 2
-    p1, rc1 = worker(run, "straight", [*args, "--train.epochs", "2"])
-    p2, rc2 = worker(run, "resumed", [*args, "--train.epochs", "1"])
-    p3, rc3 = worker(run, "resumed", [*args, "--train.epochs", "2", "--resume", "auto"])
+    # With the draws from the job seed, a resumed run is compared with an uninterrupted one.
+    seeded = [*args, "--privacy.noise_seed", "job"]
+    p1, rc1 = worker(run, "straight", [*seeded, "--train.epochs", "2"])
+    p2, rc2 = worker(run, "resumed", [*seeded, "--train.epochs", "1"])
+    p3, rc3 = worker(run, "resumed", [*seeded, "--train.epochs", "2", "--resume", "auto"])
     checks.check("the straight, stopped and resumed runs finish", rc1 == rc2 == rc3 == 0,
                  p1.err_tail() + p2.err_tail() + p3.err_tail())
     if rc1 == rc2 == rc3 == 0:
@@ -161,6 +165,24 @@ with Run("privacy") as run:
         checks.check("the resumed run ends bit-for-bit at the straight run's model", max_diff(a, b) == 0,
                      f"max difference {max_diff(a, b)}")
         checks.check("and at its epsilon", sa["epsilon"] == sb["epsilon"] and sb["steps"] == 16, f"{sa} {sb}")
+    # With the default secret draws: each run draws its own secret, and a resumed run goes on with
+    # the one in its checkpoint.
+    secrets = {}
+    for name, extra in (("secret_a", ["--train.epochs", "1"]), ("secret_b", ["--train.epochs", "1"]),
+                        ("secret_a", ["--train.epochs", "2", "--resume", "auto"])):
+        p, rc = worker(run, name, [*args, *extra])
+        checks.check(f"{name} ({' '.join(extra)}) finishes", rc == 0, p.err_tail())
+        if rc == 0:
+            secrets.setdefault(name, []).append(int(latest_model(run, name)[1]["privacy/secret"][0]))
+    checks.check("two fresh runs draw different secrets; the resumed run keeps its checkpoint's",
+                 len(secrets.get("secret_a", [])) == 2 and len(set(secrets["secret_a"])) == 1 and
+                 secrets.get("secret_b", [None])[0] != secrets["secret_a"][0], str(secrets))
+
+    # A DP run refuses to continue a checkpoint trained without accounting.
+    p4, rc4 = worker(run, "plain", ["--privacy.mode", "none", "--train.batch_size", "128", "--train.epochs", "1"])
+    p5, rc5 = worker(run, "plain", [*args, "--train.epochs", "2", "--resume", "auto"])
+    checks.check("a DP run refuses to resume a checkpoint trained without privacy accounting",
+                 rc4 == 0 and rc5 != 0 and "without privacy accounting" in p5.err(), p5.err_tail())
 
     # 6. Federated sites.
     fed = [*BASE, "--data.train_limit", "512", "--privacy.noise_multiplier", "1.0", "--train.batch_size", "32",

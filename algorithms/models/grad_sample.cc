@@ -288,7 +288,9 @@ absl::StatusOr<at::Tensor> PerExampleGradients::SquaredNorms(const NamedParams& 
   };
   std::set<const void*> requested;
   for (const auto& [name, p] : params) requested.insert(p.unsafeGetTensorImpl());
-  at::Tensor total = at::zeros({batch}, at::kDouble);
+  // On the gradients' device: no wait for it per layer.
+  at::Tensor total = at::zeros({batch}, at::TensorOptions(at::kDouble).device(
+                                            calls_.empty() ? at::Device(at::kCPU) : calls_[0]->weight.device()));
   std::set<const Recorded*> done;
   for (size_t i = 0; i < params.size(); ++i) {
     const auto& list = (*owners)[i];

@@ -50,6 +50,10 @@ absl::Status CheckJob(const Job& job) {
                   "noise is computed to spend it exactly over the run)",
                   0, 1e6),
         NumberKey("privacy.clip", 1.0, "C: the L2 bound on each example's (each site's) gradient or update", 1e-12, 1e12),
+        ChoiceKey("privacy.noise_seed", "secret",
+                  "secret (OS entropy, kept in the run's checkpoints) or job (from the job seed: reproducible, and "
+                  "anyone with the job file can remove the noise)",
+                  {"secret", "job"}),
         NumberKey("privacy.delta", 1e-5, "delta of the (epsilon, delta) guarantee (below 1 / examples)", 1e-300,
                   0.999999)}});
   RegisterJobCheck(&CheckJob);
@@ -65,6 +69,7 @@ DpSpec DpSpecFromJob(const Job& job) {
   spec.target_epsilon = JobNumber(job, "privacy.target_epsilon");
   spec.clip = JobNumber(job, "privacy.clip");
   spec.delta = JobNumber(job, "privacy.delta");
+  spec.noise_seed = JobParam(job, "privacy.noise_seed");
   return spec;
 }
 

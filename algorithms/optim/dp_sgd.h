@@ -39,6 +39,11 @@ struct DpSpec {
   double target_epsilon = 0;    // the budget: a run stops at the last step within it (0: none)
   double clip = 1.0;            // C: the L2 bound on one example's (site's) contribution
   double delta = 1e-5;
+  // Where the Poisson draws and the noise come from: "secret" (64 bits of OS entropy drawn when
+  // training starts, kept only in the run's own checkpoints, so a resumed run stays exact) or
+  // "job" (derived from the job seed: reproducible from the job file, and the guarantee then
+  // holds only against whoever does not know the seed).
+  std::string noise_seed = "secret";
   bool example_level() const { return mode == "example"; }
   bool site_level() const { return mode == "site"; }
   bool on() const { return mode != "none"; }
