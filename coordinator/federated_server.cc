@@ -5,6 +5,7 @@
 #include <torch/torch.h>
 
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <deque>
 #include <memory>
@@ -25,6 +26,7 @@
 #include "coordinator/limits.h"
 #include "coordinator/round_manager.h"
 #include "coordinator/service.h"
+#include "privacy/site_dp.h"
 #include "privacy/update_pipeline.h"
 #include "data/datasets.h"
 #include "runtime/round_engine.h"
@@ -117,6 +119,7 @@ RoundManagerOptions ManagerOptions(const Job& job) {
   // otherwise compete with sites training on the same machine).
   rm.compute_threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   rm.update_norms = job.tensorboard.enabled && job.tensorboard.histograms;  // only TensorBoard shows them
+  rm.poisson = privacy::PoissonSampling(job);
   return rm;
 }
 
@@ -148,7 +151,9 @@ class FederatedRun final : public runtime::RoundExecutor, public runtime::RoundO
     board_ = *std::move(board);
     if (auto s = board_.JobText(job_); !s.ok()) return s;
     InstallStopHandlers();
-    runtime::RoundPlan plan{job_.federated.rounds, 0, manager_->rounds_done(), 0, 1};
+    // A run resumed after its privacy budget was spent has nothing left to train.
+    const int64_t rounds = manager_->finished() ? manager_->rounds_done() : job_.federated.rounds;
+    runtime::RoundPlan plan{rounds, 0, manager_->rounds_done(), 0, 1};
     auto out = runtime::RunRounds(plan, *this, *this);
     if (absl::IsCancelled(out.status())) return StopBySignal();
     if (!out.ok()) return out.status();
@@ -158,6 +163,23 @@ class FederatedRun final : public runtime::RoundExecutor, public runtime::RoundO
     json summary = last_;
     summary["rounds"] = manager_->rounds_done();
     summary["refusals"] = manager_->refusals();
+    if (auto p = manager_->site_privacy()) {
+      summary["privacy"] = {
+          {"mode", "site"},
+          {"guarantee",
+           "(epsilon, delta)-DP of the sequence of global models with respect to adding or removing one site's "
+           "data, against anyone without the coordinator's noise and sample (DP-FedAvg, Poisson-sampled sites)"},
+          {"epsilon", p->spent.epsilon},
+          {"delta", site_dp_.delta},
+          {"rdp_order", p->spent.order},
+          {"noise_multiplier", site_dp_.noise_multiplier},
+          {"clip", p->clip},
+          {"adaptive_clip_quantile", site_dp_.quantile},
+          {"sampling_rate", site_dp_.sampling_rate},
+          {"rounds", p->rounds},
+          {"target_epsilon", site_dp_.target_epsilon},
+          {"budget_spent", p->budget_spent}};
+    }
     // The coordinator's own CPU (all its threads: serving, aggregation, evaluation), for operators
     // sizing a machine and for bench/secagg's cost of unmasking.
     rusage usage{};
@@ -193,6 +215,12 @@ class FederatedRun final : public runtime::RoundExecutor, public runtime::RoundO
     runtime::RoundResult result;
     result.examples = current_.record.examples;
     result.seconds = std::chrono::duration<double>(Clock::now() - start).count();
+    // Site-level DP: one more round would pass privacy.target_epsilon.
+    if (auto p = manager_->site_privacy(); p && p->budget_spent && closed_.empty()) {
+      result.final = true;
+      log::Info("privacy: budget spent, stopping after round {}: epsilon {:.4f} (delta {:g}), target {:g}",
+                current_.version, p->spent.epsilon, site_dp_.delta, site_dp_.target_epsilon);
+    }
     return result;
   }
 
@@ -235,6 +263,16 @@ class FederatedRun final : public runtime::RoundExecutor, public runtime::RoundO
     last_ = {{"round", version}, {"sites", r.contributors}, {"site_names", names}, {"examples", r.examples},
              {"closed_by_deadline", r.closed_by_deadline}, {"aggregate_s", r.aggregate_s}, {"secure", r.secure},
              {"time", std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count()}};
+    if (r.epsilon >= 0) {
+      // Site-level DP: the spend after this round, and what the round's noise was made of.
+      last_["epsilon"] = r.epsilon;
+      last_["delta"] = site_dp_.delta;
+      last_["clip_norm"] = r.clip_norm;
+      last_["sampled"] = r.participants.size();
+      last_["expected_sites"] = r.expected_sites;
+      last_["clipped_by_coordinator"] = r.clipped_here;
+      if (!std::isnan(r.within_fraction)) last_["clip_within_fraction"] = r.within_fraction;
+    }
     std::string extra;
     for (const auto& [key, value] : eval) {
       last_[key] = value;
@@ -242,7 +280,8 @@ class FederatedRun final : public runtime::RoundExecutor, public runtime::RoundO
       if (key == "test_loss" && eval.size() > 1 && eval[1].first == "test_accuracy") continue;
       extra += absl::StrFormat(" %s %.4f", key, value);
     }
-    const std::string federated = FederatedEvaluation(r.site_metrics, version);
+    std::string federated = FederatedEvaluation(r.site_metrics, version);
+    if (r.epsilon >= 0) federated += absl::StrFormat(" epsilon %.4f", r.epsilon);
     std::printf("round %lld/%lld:%s%s (%zu sites, %lld examples%s%s)\n", static_cast<long long>(version),
                 static_cast<long long>(job_.federated.rounds), extra.c_str(), federated.c_str(),
                 r.contributors.size(), static_cast<long long>(r.examples),
@@ -255,7 +294,9 @@ class FederatedRun final : public runtime::RoundExecutor, public runtime::RoundO
     if (watch_ && result.seconds > 0) watch_->OnRound(r, version, result.seconds, Figures(last_));
 #endif
     if (!checkpointer_ || job_.checkpoint.every_rounds <= 0) return absl::OkStatus();
-    if (version % job_.checkpoint.every_rounds != 0 && version != job_.federated.rounds) return absl::OkStatus();
+    if (version % job_.checkpoint.every_rounds != 0 && version != job_.federated.rounds && !result.final) {
+      return absl::OkStatus();
+    }
     return Save(version, current_.state);
   }
 
@@ -280,6 +321,17 @@ class FederatedRun final : public runtime::RoundExecutor, public runtime::RoundO
     if (!strategy.ok()) return strategy.status();
     proximal_mu_ = (*strategy)->proximal_mu();  // the sites apply it (fedprox)
     RoundManagerOptions rm = ManagerOptions(job_);
+    auto site_dp = privacy::SiteDpSpecFromJob(job_);
+    if (!site_dp.ok()) return site_dp.status();
+    rm.site_dp = *site_dp;
+    site_dp_ = *site_dp;
+    if (site_dp->on) {
+      log::Info("privacy: site-level DP-FedAvg, noise multiplier {:.4f}, clip {:g}{}, sampling rate {:g}, delta {:g}{}",
+                site_dp->noise_multiplier, site_dp->clip,
+                site_dp->quantile > 0 ? absl::StrFormat(" (adaptive, quantile %g)", site_dp->quantile) : "",
+                site_dp->sampling_rate, site_dp->delta,
+                site_dp->target_epsilon > 0 ? absl::StrFormat(", target epsilon %g", site_dp->target_epsilon) : "");
+    }
     // What a site can make the coordinator hold: the job's keys, and sizes from the model.
     rm.limits = MakeLimits(job_.federated, initial);
     if (rm.secure.enabled) {
@@ -476,6 +528,7 @@ class FederatedRun final : public runtime::RoundExecutor, public runtime::RoundO
   double proximal_mu_ = 0.0;
   json last_;
   int64_t last_saved_ = 0;
+  privacy::SiteDpSpec site_dp_;  // privacy.mode site (on: false otherwise), noise as computed
 };
 
 }  // namespace

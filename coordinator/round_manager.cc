@@ -45,7 +45,12 @@ double UpdateNorm(const NamedTensors& global, const NamedTensors& weights) {
 
 RoundManager::RoundManager(RoundManagerOptions options, NamedTensors initial_model,
                            std::unique_ptr<aggregation::Strategy> strategy)
-    : options_(options), strategy_(std::move(strategy)), model_(std::move(initial_model)) {}
+    : options_(options), strategy_(std::move(strategy)), model_(std::move(initial_model)) {
+  if (options_.site_dp.on) {
+    site_dp_ = std::make_unique<privacy::SiteDp>(options_.site_dp);
+    budget_spent_ = !site_dp_->BudgetAllowsAnotherRound();
+  }
+}
 
 absl::StatusOr<int64_t> RoundManager::Join(const std::string& name, int64_t examples, Time now,
                                            const std::vector<TensorLayout>& model) {
@@ -102,12 +107,30 @@ absl::Status RoundManager::Heartbeat(int64_t site, Time now) {
 bool RoundManager::Alive(const Site& s, Time now) const { return now - s.last_seen <= options_.site_timeout; }
 
 void RoundManager::MaybeStartRound(Time now) {
-  if (current_ || rounds_done_ >= options_.rounds || now < no_round_before_) return;
+  if (current_ || rounds_done_ >= options_.rounds || budget_spent_ || now < no_round_before_) return;
   std::vector<int64_t> alive;  // in name order (site_by_name_'s): ids follow the join order
   for (const auto& [name, id] : site_by_name_) {
     if (Alive(sites_.at(id), now)) alive.push_back(id);
   }
   if (static_cast<int64_t>(alive.size()) < std::max(options_.min_available, options_.min_sites)) return;
+  if (options_.poisson) {
+    // Each alive site with probability q, independently: the sample's size varies, none included.
+    // Under site-level DP the coins come from the DP secret (who was sampled is part of what the
+    // guarantee hides), else from the job seed and the round index.
+    const uint64_t source = site_dp_ ? site_dp_->secret() : options_.seed;
+    Rng rng(DeriveSeed(source, "site-sampling-poisson", static_cast<uint64_t>(next_round_index_)));
+    std::vector<int64_t> sampled;
+    for (int64_t id : alive) {
+      if (rng.UniformDouble() < options_.fraction) sampled.push_back(id);
+    }
+    std::sort(sampled.begin(), sampled.end());
+    const double expected = options_.fraction * static_cast<double>(alive.size());
+    Round round{next_round_index_++, sampled, now + options_.round_timeout, {}, {}, nullptr, expected};
+    Changed();
+    if (options_.secure.enabled && !StartSecure(round, now)) return;
+    current_ = std::move(round);
+    return;
+  }
   const int64_t want = std::min<int64_t>(
       static_cast<int64_t>(alive.size()),
       std::max<int64_t>(options_.min_sites, static_cast<int64_t>(std::ceil(options_.fraction * alive.size()))));
@@ -117,7 +140,7 @@ void RoundManager::MaybeStartRound(Time now) {
   rng.Shuffle(alive);
   alive.resize(want);
   std::sort(alive.begin(), alive.end());
-  Round round{next_round_index_++, alive, now + options_.round_timeout, {}, {}, nullptr};
+  Round round{next_round_index_++, alive, now + options_.round_timeout, {}, {}, nullptr, 0.0};
   Changed();
   if (options_.secure.enabled && !StartSecure(round, now)) return;
   current_ = std::move(round);
@@ -168,7 +191,9 @@ void RoundManager::MaybeCloseRound(Time now) {
   record.participants = current_->participants;
   record.closed_by_deadline = !all_in;
   Changed();
-  if (static_cast<int64_t>(current_->updates.size()) < options_.min_sites) {
+  // Under site-level DP a round closes with whatever arrived: its noise and fixed denominator make
+  // a round of few (or no) updates as private as any, and skipping it would not be accounted.
+  if (!site_dp_ && static_cast<int64_t>(current_->updates.size()) < options_.min_sites) {
     record.abandoned = absl::StrCat("only ", current_->updates.size(), " updates by the deadline (federated.min_sites is ",
                                     options_.min_sites, ")");
     history_.push_back(record);
@@ -193,10 +218,47 @@ void RoundManager::MaybeCloseRound(Time now) {
   }
   const auto start = std::chrono::steady_clock::now();
   timeline::Span span("aggregate", "federated");
-  auto next = strategy_->Aggregate(model_, updates);
+  auto next = site_dp_ ? AggregateSiteDp(record, updates) : strategy_->Aggregate(model_, updates);
   record.aggregate_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   if (!next.ok()) record.abandoned = std::string(next.status().message());
   Commit(std::move(record), std::move(next));
+}
+
+absl::StatusOr<NamedTensors> RoundManager::AggregateSiteDp(RoundRecord& record,
+                                                         const std::vector<aggregation::SiteUpdate>& updates) {
+  std::vector<privacy::SiteDpUpdate> dp_updates;
+  for (const aggregation::SiteUpdate& u : updates) {
+    const auto& m = current_->metrics[u.site_id];
+    auto it = m.find("clip_within");
+    dp_updates.push_back({&u.weights, it == m.end() ? 1.0 : it->second});
+  }
+  auto outcome = site_dp_->Aggregate(
+      model_, dp_updates, {static_cast<uint64_t>(current_->index), current_->expected_sites});
+  if (!outcome.ok()) return outcome.status();
+  record.epsilon = site_dp_->Spent().epsilon;
+  record.clip_norm = outcome->clip;
+  record.next_clip_norm = outcome->next_clip;
+  record.within_fraction = outcome->within_fraction;
+  record.expected_sites = current_->expected_sites;
+  record.clipped_here = outcome->clipped_here;
+  record.site_metrics.erase("clip_within");  // each site's bit is seen here, never reported
+  budget_spent_ = !site_dp_->BudgetAllowsAnotherRound();
+  // One update, the noised mean: every sum-only strategy gives from it what it gives from a
+  // mean (as under secure aggregation).
+  std::map<std::string, at::Tensor> mean(outcome->mean_delta.begin(), outcome->mean_delta.end());
+  aggregation::SiteUpdate update;
+  for (const auto& [name, t] : model_) {
+    auto it = mean.find(name);
+    update.weights.emplace_back(name, it == mean.end() ? t.clone() : t + it->second);
+  }
+  update.examples = std::max<int64_t>(1, record.examples);
+  return strategy_->Aggregate(model_, {update});
+}
+
+std::optional<RoundManager::PrivacyStatus> RoundManager::site_privacy() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (!site_dp_) return std::nullopt;
+  return PrivacyStatus{site_dp_->Spent(), site_dp_->rounds(), site_dp_->clip(), budget_spent_};
 }
 
 void RoundManager::Commit(RoundRecord record, absl::StatusOr<NamedTensors> next) {
@@ -283,6 +345,9 @@ absl::StatusOr<Task> RoundManager::GetTask(int64_t site, Time now) {
   MaybeCloseRound(now);
   MaybeStartRound(now);
   if (rounds_done_ >= options_.rounds) return Task{Task::Kind::kStop, 0, 0, "all rounds done"};
+  if (budget_spent_ && !current_) {
+    return Task{Task::Kind::kStop, 0, 0, "the privacy budget is spent (privacy.target_epsilon)"};
+  }
   if (!current_) return Task{Task::Kind::kWait, 0, 0, "waiting for enough sites"};
   const auto& p = current_->participants;
   if (!std::binary_search(p.begin(), p.end(), site)) return Task{Task::Kind::kWait, 0, 0, "not sampled this round"};
@@ -298,7 +363,9 @@ absl::StatusOr<Task> RoundManager::GetTask(int64_t site, Time now) {
     }
   }
   if (current_->updates.count(site)) return Task{Task::Kind::kWait, 0, 0, "update received; waiting for the round"};
-  return Task{Task::Kind::kTrain, current_->index, version_, ""};
+  Task task{Task::Kind::kTrain, current_->index, version_, ""};
+  if (site_dp_) task.clip_norm = site_dp_->clip();
+  return task;
 }
 
 absl::StatusOr<NamedTensors> RoundManager::Model(int64_t version) const {
@@ -535,9 +602,15 @@ NamedTensors RoundManager::StateLocked() const {
                        {"closed_by_deadline", r.closed_by_deadline},
                        {"abandoned", r.abandoned},
                        {"secure", r.secure},
-                       {"site_metrics", r.site_metrics}});
+                       {"site_metrics", r.site_metrics},
+                       {"epsilon", r.epsilon},
+                       {"clip_norm", r.clip_norm},
+                       {"next_clip_norm", r.next_clip_norm}});
   }
   out.emplace_back(kRegistry, JsonTensor({{"sites", sites}, {"history", history}, {"refusals", refusals_}}));
+  if (site_dp_) {
+    for (auto& [name, t] : site_dp_->State()) out.emplace_back(name, std::move(t));
+  }
   return out;
 }
 
@@ -594,6 +667,9 @@ absl::Status RoundManager::LoadState(const NamedTensors& state, Time now) {
       r.closed_by_deadline = h["closed_by_deadline"];
       r.abandoned = h.value("abandoned", std::string());  // absent in checkpoints before secure aggregation
       r.secure = h.value("secure", false);
+      r.epsilon = h.value("epsilon", -1.0);  // absent before site-level DP
+      r.clip_norm = h.value("clip_norm", 0.0);
+      r.next_clip_norm = h.value("next_clip_norm", 0.0);
       // A number per key; a null (an Inf that checkpoints written before the metric bounds held,
       // which nlohmann writes as null) is dropped rather than making the whole run unresumable.
       for (const auto& [k, v] : h["site_metrics"].items()) {
@@ -605,7 +681,16 @@ absl::Status RoundManager::LoadState(const NamedTensors& state, Time now) {
   } catch (const nlohmann::json::exception& e) {
     return absl::DataLossError(absl::StrCat("coordinator state: malformed registry: ", e.what()));
   }
+  std::unique_ptr<privacy::SiteDp> site_dp;
+  if (site_dp_) {
+    site_dp = std::make_unique<privacy::SiteDp>(*site_dp_);
+    if (auto s = site_dp->LoadState(state); !s.ok()) return s;
+  }
   if (auto s = strategy_->LoadState(strategy_state); !s.ok()) return s;
+  if (site_dp) {
+    site_dp_ = std::move(site_dp);
+    budget_spent_ = !site_dp_->BudgetAllowsAnotherRound();
+  }
   model_ = std::move(model);
   const at::Tensor c = counters->second.to(at::kLong);
   version_ = c[0].item<int64_t>();
@@ -631,7 +716,7 @@ int64_t RoundManager::rounds_done() const {
 }
 bool RoundManager::finished() const {
   std::lock_guard<std::mutex> lock(mu_);
-  return rounds_done_ >= options_.rounds;
+  return rounds_done_ >= options_.rounds || budget_spent_;
 }
 std::vector<RoundRecord> RoundManager::history() const {
   std::lock_guard<std::mutex> lock(mu_);

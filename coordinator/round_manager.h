@@ -18,6 +18,7 @@
 // Thread-safe: every method takes the one mutex.
 
 #include <chrono>
+#include <cmath>
 #include <condition_variable>
 #include <deque>
 #include <map>
@@ -32,6 +33,7 @@
 #include "coordinator/limits.h"
 #include "coordinator/secure_round.h"
 #include "privacy/secure_aggregation.h"
+#include "privacy/site_dp.h"
 
 namespace allround::coordinator {
 
@@ -52,6 +54,14 @@ struct RoundManagerOptions {
   privacy::SecureAggregationSpec secure;
   int compute_threads = 1;  // threads that unmask a secure round (allround-coordinator: the cores)
   bool update_norms = false;  // fill RoundRecord::update_norms (a pass over each update at the close)
+  // federated.sampling: poisson: each alive site is sampled with probability `fraction`
+  // independently (min_sites then bounds nothing at sampling, only at the close).
+  bool poisson = false;
+  // Site-level DP (privacy.mode site, privacy/site_dp.h): the round's updates are clipped, summed,
+  // noised and divided by the expected number of sampled sites; the strategy sees that one mean.
+  // Rounds close with whatever arrived (none included), and the run stops when one more round
+  // would pass privacy.target_epsilon.
+  privacy::SiteDpSpec site_dp;
 };
 
 struct Task {
@@ -67,6 +77,7 @@ struct Task {
     SecureRoundConfig config;
   };
   std::shared_ptr<const Secure> secure;  // set under secure aggregation
+  double clip_norm = 0;  // kTrain under site-level DP: the bound the site clips its update to
 };
 
 struct RoundRecord {
@@ -85,6 +96,15 @@ struct RoundRecord {
   // tensors together), in contributor order; empty under secure aggregation, where no update is
   // seen. For the run's TensorBoard histogram; not checkpointed.
   std::vector<double> update_norms;
+  // Site-level DP: the spend after this round (else -1), the round's clip and the next one, the
+  // noised fraction of sites within the clip (adaptive clipping, else NaN), the mean's denominator
+  // q N, and the updates the coordinator had to clip itself.
+  double epsilon = -1;
+  double clip_norm = 0;
+  double next_clip_norm = 0;
+  double within_fraction = std::nan("");
+  double expected_sites = 0;
+  int64_t clipped_here = 0;
 };
 
 // A round that produced a new global model, queued for the caller to evaluate and checkpoint
@@ -145,6 +165,14 @@ class RoundManager {
   absl::Status SubmitMasked(int64_t site, int64_t round, std::vector<uint32_t> masked, Time now,
                             const std::map<std::string, double>& metrics = {});
   bool secure() const { return options_.secure.enabled; }
+  // Site-level DP's accountant and settings (null without it); its figures as of the last close.
+  struct PrivacyStatus {
+    privacy::PrivacySpent spent;
+    int64_t rounds = 0;
+    double clip = 0;
+    bool budget_spent = false;
+  };
+  std::optional<PrivacyStatus> site_privacy() const;
 
   // Counts a refusal made outside the manager (by the transport: bad token, malformed stream).
   void CountRefusal(const std::string& reason);
@@ -202,6 +230,7 @@ class RoundManager {
     std::map<int64_t, aggregation::SiteUpdate> updates;  // by site id; aggregated in name order
     std::map<int64_t, std::map<std::string, double>> metrics;
     std::shared_ptr<SecureRound> secure;  // under secure aggregation
+    double expected_sites = 0;            // q * alive (site-level DP's denominator)
   };
 
   bool Alive(const Site& s, Time now) const;
@@ -211,6 +240,8 @@ class RoundManager {
   // then recorded as abandoned), advances its stages, and aggregates its decoded sum.
   bool StartSecure(Round& round, Time now);
   void MaybeCloseSecureRound(Time now);
+  // Site-level DP's close: the noised mean of the clipped updates, as one update to the strategy.
+  absl::StatusOr<NamedTensors> AggregateSiteDp(RoundRecord& record, const std::vector<aggregation::SiteUpdate>& updates);
   // The checks every secure call shares: a known site, sampled for the open round `round`.
   absl::Status CheckSecureCall(int64_t site, int64_t round, uint32_t named, Time now);
   // Known site, last seen now, sampled for the open round `round` (else refused and counted).
@@ -242,6 +273,8 @@ class RoundManager {
   std::vector<RoundRecord> abandoned_;
   uint64_t changes_ = 0;
   mutable std::condition_variable changed_cv_;
+  std::unique_ptr<privacy::SiteDp> site_dp_;  // privacy.mode site
+  bool budget_spent_ = false;                 // one more round would pass privacy.target_epsilon
 };
 
 }  // namespace allround::coordinator

@@ -264,6 +264,29 @@ def record_results(bench, rows):
     return append_results(bench, rows, where or None)
 
 
+def dp_accounting_epsilon(venv_python, q, noise, steps, delta):
+    """Google dp_accounting's RDP epsilon for `steps` Poisson-sampled Gaussian steps, run in the
+    venv that deploy/setup.sh makes; None when that venv or the package is missing."""
+    if not venv_python or not os.path.exists(venv_python):
+        return None
+    code = ("import dp_accounting as d, sys; q, z, n, delta = map(float, sys.argv[1:]);"
+            "a = d.rdp.RdpAccountant();"
+            "a.compose(d.PoissonSampledDpEvent(q, d.GaussianDpEvent(z)), int(n));"
+            "print(a.get_epsilon(delta))")
+    r = subprocess.run([venv_python, "-c", code, str(q), str(noise), str(steps), str(delta)], capture_output=True,
+                       text=True)
+    return float(r.stdout) if r.returncode == 0 else None
+
+
+def export_latest_checkpoint(ckpt, db, out):
+    """The latest checkpoint of store `db`, exported with allround-ckpt to safetensors file `out`;
+    returns `allround-ckpt show`'s text for it."""
+    listing = subprocess.run([ckpt, "ls", db], capture_output=True, text=True).stdout.split("\n")[1:]
+    ids = [line.split()[0] for line in listing if line.strip()]
+    subprocess.run([ckpt, "export", db, ids[-1], out, "--format", "safetensors"], check=True, capture_output=True)
+    return subprocess.run([ckpt, "show", db, ids[-1]], capture_output=True, text=True).stdout
+
+
 def skip(reason):
     print(f"{reason}: skipped")
     sys.exit(SKIP)

@@ -4,6 +4,7 @@
 #include <grpcpp/grpcpp.h>
 
 #include <algorithm>
+#include <cmath>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -32,6 +33,7 @@
 #include "data/partition.h"
 #include "data/datasets.h"
 #include "privacy/secure_aggregation.h"
+#include "privacy/site_dp.h"
 #include "privacy/update_pipeline.h"
 #include "runtime/secure_site.h"
 #include "algorithms/optim/dp_sgd.h"
@@ -359,6 +361,14 @@ class Site {
       if (!piped.ok()) return piped.status();
       update = *std::move(piped);
     }
+    if (task.clip_norm() > 0) {
+      // Site-level DP: the update leaves the site clipped to the round's bound (the coordinator
+      // clips again), with one bit saying whether it was within (for adaptive clipping; the
+      // coordinator adds noise to their count and never reports a site's own).
+      auto clipped = ClipUpdate(*model, update, task.clip_norm());
+      if (!clipped.ok()) return clipped.status();
+      metrics["clip_within"] = *clipped ? 1.0 : 0.0;
+    }
     if (!sh_->options.dump_updates.empty()) {
       const std::string path = absl::StrCat(sh_->options.dump_updates, "/round-", task.round(), "-site-", name_,
                                             ".safetensors");
@@ -386,6 +396,31 @@ class Site {
     auto submitted = SubmitMasked(task, metrics);
     Spanned("mask and submit", task.round(), t);
     return submitted;
+  }
+
+  // `update` (new weights) becomes global + its delta clipped to L2 norm `bound` (floating-point
+  // tensors together); returns whether the delta was within the bound.
+  static absl::StatusOr<bool> ClipUpdate(const comm::NamedTensors& global, storage::NamedTensors& update, double bound) {
+    if (global.size() != update.size()) {
+      return absl::InternalError("site-level DP: the trained model and the global one differ in layout");
+    }
+    storage::NamedTensors delta;
+    for (size_t k = 0; k < update.size(); ++k) {
+      const at::Tensor& t = update[k].second;
+      if (update[k].first != global[k].first || !tensor::SameLayout(t, global[k].second)) {
+        return absl::InternalError(absl::StrCat("site-level DP: trained tensor '", update[k].first,
+                                                "' is not the global model's tensor ", k));
+      }
+      if (at::isFloatingType(t.scalar_type())) delta.emplace_back(update[k].first, t - global[k].second.to(t.device()));
+    }
+    const double norm = privacy::ClipToNorm(delta, bound);
+    if (!std::isfinite(norm)) return absl::InvalidArgumentError("site-level DP: the update's norm is not finite");
+    size_t j = 0;
+    for (size_t k = 0; k < update.size(); ++k) {
+      at::Tensor& t = update[k].second;
+      if (at::isFloatingType(t.scalar_type())) t = global[k].second.to(t.device()) + delta[j++].second;
+    }
+    return norm <= bound;
   }
 
   // The timeline's span "<what> (site S, round R)" from `since` to now; `since` moves to now.

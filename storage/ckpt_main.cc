@@ -76,8 +76,10 @@ int Show(const std::string& db, const std::string& id) {
   // A differentially private run's spend so far (the accountant's state is the privacy/rdp tensor).
   const auto eps = r->info.metrics.find("epsilon"), delta = r->info.metrics.find("delta");
   if (eps != r->info.metrics.end() && delta != r->info.metrics.end()) {
-    std::printf("privacy: epsilon %.6g at delta %.3g after %lld steps\n", eps->second, delta->second,
-                static_cast<long long>(r->info.step));
+    // DP-SGD counts steps; the coordinator's site-level DP counts rounds (its checkpoints' step is 0).
+    const bool rounds = r->info.step == 0 && r->info.round > 0;
+    std::printf("privacy: epsilon %.6g at delta %.3g after %lld %s\n", eps->second, delta->second,
+                static_cast<long long>(rounds ? r->info.round : r->info.step), rounds ? "rounds" : "steps");
   }
   std::printf("tensors (%zu):\n", r->tensors.size());
   for (const auto& t : r->tensors) {

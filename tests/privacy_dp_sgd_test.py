@@ -19,13 +19,13 @@ Usage: privacy_dp_sgd_test.py WORKER CKPT COORDINATOR [VENV_PYTHON]"""
 import json
 import os
 import shutil
-import subprocess
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "harness"))
 sys.path.insert(0, HERE)
-from allround_harness import Checks, Run, read_json, read_metrics, skip, start_coordinator  # noqa: E402
+from allround_harness import (Checks, Run, dp_accounting_epsilon, export_latest_checkpoint, read_json,  # noqa: E402
+                              read_metrics, skip, start_coordinator)
 import safetensors_np  # noqa: E402
 
 WORKER, CKPT, COORD = sys.argv[1], sys.argv[2], sys.argv[3]
@@ -52,13 +52,9 @@ def worker(run, name, args, mpi=0, timeout=600):
 
 
 def latest_model(run, name):
-    """The run's latest checkpoint: its model tensors (numpy) and `allround-ckpt show`'s text."""
-    db = run.path(name, "checkpoints")
-    listing = subprocess.run([CKPT, "ls", db], capture_output=True, text=True).stdout.split("\n")[1:]
-    ids = [line.split()[0] for line in listing if line.strip()]
+    """The run's latest checkpoint: its model tensors (numpy), all its tensors and `allround-ckpt show`'s text."""
     out = run.path(name + ".safetensors")
-    subprocess.run([CKPT, "export", db, ids[-1], out, "--format", "safetensors"], check=True, capture_output=True)
-    show = subprocess.run([CKPT, "show", db, ids[-1]], capture_output=True, text=True).stdout
+    show = export_latest_checkpoint(CKPT, run.path(name, "checkpoints"), out)
     tensors = safetensors_np.load_file(out)
     return {k: v for k, v in tensors.items() if k.startswith("model/")}, tensors, show
 
@@ -70,15 +66,7 @@ def max_diff(a, b):
 
 
 def reference_epsilon(q, noise, steps, delta):
-    """dp_accounting's RDP epsilon, or None when the venv lacks it."""
-    if not VENV or not os.path.exists(VENV):
-        return None
-    code = ("import dp_accounting as d, sys; q, z, n, delta = map(float, sys.argv[1:]);"
-            "a = d.rdp.RdpAccountant();"
-            "a.compose(d.PoissonSampledDpEvent(q, d.GaussianDpEvent(z)), int(n));"
-            "print(a.get_epsilon(delta))")
-    r = subprocess.run([VENV, "-c", code, str(q), str(noise), str(steps), str(delta)], capture_output=True, text=True)
-    return float(r.stdout) if r.returncode == 0 else None
+    return dp_accounting_epsilon(VENV, q, noise, steps, delta)
 
 
 with Run("privacy") as run:
