@@ -216,10 +216,11 @@ class FederatedRun final : public runtime::RoundExecutor, public runtime::RoundO
     result.examples = current_.record.examples;
     result.seconds = std::chrono::duration<double>(Clock::now() - start).count();
     // Site-level DP: one more round would pass privacy.target_epsilon.
-    if (auto p = manager_->site_privacy(); p && p->budget_spent && closed_.empty()) {
+    // Decided at the round's close, not from the manager now (a later round may have closed since).
+    if (current_.record.budget_spent) {
       result.final = true;
       log::Info("privacy: budget spent, stopping after round {}: epsilon {:.4f} (delta {:g}), target {:g}",
-                current_.version, p->spent.epsilon, site_dp_.delta, site_dp_.target_epsilon);
+                current_.version, current_.record.epsilon, site_dp_.delta, site_dp_.target_epsilon);
     }
     return result;
   }
@@ -293,8 +294,11 @@ class FederatedRun final : public runtime::RoundExecutor, public runtime::RoundO
     // A round from StopBySignal has no duration of its own: it would skew the histogram and ETA.
     if (watch_ && result.seconds > 0) watch_->OnRound(r, version, result.seconds, Figures(last_));
 #endif
-    if (!checkpointer_ || job_.checkpoint.every_rounds <= 0) return absl::OkStatus();
-    if (version % job_.checkpoint.every_rounds != 0 && version != job_.federated.rounds && !result.final) {
+    // Under site-level DP every round is saved: the accountant's count is what a resumed run starts
+    // from, and a round released but not saved would be spent without being counted.
+    if (!checkpointer_ || (job_.checkpoint.every_rounds <= 0 && !site_dp_.on)) return absl::OkStatus();
+    if (!site_dp_.on && version % job_.checkpoint.every_rounds != 0 && version != job_.federated.rounds &&
+        !result.final) {
       return absl::OkStatus();
     }
     return Save(version, current_.state);
@@ -325,6 +329,10 @@ class FederatedRun final : public runtime::RoundExecutor, public runtime::RoundO
     if (!site_dp.ok()) return site_dp.status();
     rm.site_dp = *site_dp;
     site_dp_ = *site_dp;
+    if (site_dp->on && (!rm.poisson || rm.secure.enabled)) {  // the job check says why; never run so
+      return absl::FailedPreconditionError(
+          "site-level DP needs federated.sampling: poisson and runs without secure aggregation");
+    }
     if (site_dp->on) {
       log::Info("privacy: site-level DP-FedAvg, noise multiplier {:.4f}, clip {:g}{}, sampling rate {:g}, delta {:g}{}",
                 site_dp->noise_multiplier, site_dp->clip,

@@ -212,8 +212,13 @@ void RoundManager::MaybeCloseRound(Time now) {
     if (__builtin_add_overflow(record.examples, u.examples, &record.examples)) {
       record.examples = std::numeric_limits<int64_t>::max();
     }
-    for (const auto& [k, v] : current_->metrics[id]) AddSiteMetric(record.site_metrics, k, v);  // bounded: finite
-    if (options_.update_norms) record.update_norms.push_back(UpdateNorm(model_, u.weights));
+    for (const auto& [k, v] : current_->metrics[id]) {
+      // Under site-level DP a site's clip bit is seen here only: the records carry its noised count.
+      if (site_dp_ && k == "clip_within") continue;
+      AddSiteMetric(record.site_metrics, k, v);  // bounded: finite
+    }
+    // Each update's exact norm would tell its clip bit (and more): not under site-level DP.
+    if (options_.update_norms && !site_dp_) record.update_norms.push_back(UpdateNorm(model_, u.weights));
     updates.push_back(std::move(u));
   }
   const auto start = std::chrono::steady_clock::now();
@@ -241,8 +246,8 @@ absl::StatusOr<NamedTensors> RoundManager::AggregateSiteDp(RoundRecord& record,
   record.within_fraction = outcome->within_fraction;
   record.expected_sites = current_->expected_sites;
   record.clipped_here = outcome->clipped_here;
-  record.site_metrics.erase("clip_within");  // each site's bit is seen here, never reported
   budget_spent_ = !site_dp_->BudgetAllowsAnotherRound();
+  record.budget_spent = budget_spent_;
   // One update, the noised mean: every sum-only strategy gives from it what it gives from a
   // mean (as under secure aggregation).
   std::map<std::string, at::Tensor> mean(outcome->mean_delta.begin(), outcome->mean_delta.end());

@@ -105,6 +105,7 @@ struct RoundRecord {
   double within_fraction = std::nan("");
   double expected_sites = 0;
   int64_t clipped_here = 0;
+  bool budget_spent = false;  // one more round would pass privacy.target_epsilon: this is the last
 };
 
 // A round that produced a new global model, queued for the caller to evaluate and checkpoint

@@ -48,6 +48,13 @@ absl::Status CheckJob(const Job& job) {
         " looks at each site's update; site-level DP hands the strategy one noised mean (use fedavg, fedavgm, "
         "fedadam, fedyogi, fedadagrad or fedprox)"));
   }
+  if (auto spec = SiteDpSpecFromJob(job); !spec.ok()) {
+    return spec.status();
+  } else if (spec->quantile > 0 && spec->count_noise > 0 && !(2 * spec->count_noise > spec->noise_multiplier)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "job key 'privacy.adaptive_clip_count_noise': ", spec->count_noise, " leaves nothing for the update's noise at "
+        "noise multiplier ", spec->noise_multiplier, " (adaptive clipping needs 2 sigma_b > z)"));
+  }
   if (JobParam(job, "privacy.secure_aggregation") != "none") {
     return absl::UnimplementedError(
         "job keys 'privacy.mode' site and 'privacy.secure_aggregation': the noise split among the sites under "
@@ -126,7 +133,8 @@ double ClipToNorm(NamedTensors& delta, double bound) {
   return norm;
 }
 
-SiteDp::SiteDp(SiteDpSpec spec) : spec_(std::move(spec)), clip_(spec_.clip), secret_(DrawSecret(spec_)) {}
+SiteDp::SiteDp(SiteDpSpec spec)
+    : spec_(std::move(spec)), clip_(spec_.clip), secret_(DrawSecret(spec_)), start_entropy_(spec_.secret_seed ? DrawSecret(spec_) : 0) {}
 
 absl::StatusOr<double> SiteDp::DeltaNoise(double expected_sites, double* count_noise) const {
   const double z = spec_.noise_multiplier;
@@ -165,6 +173,9 @@ absl::StatusOr<SiteDpOutcome> SiteDp::Aggregate(const NamedTensors& global, cons
   for (const auto& [name, g] : global) {
     sum.push_back(IsFloat(g) ? at::zeros(g.sizes(), g.options().dtype(at::kDouble)) : at::Tensor());
   }
+  // The count of sites within C, centred (each site adds +1/2 or -1/2): adding or removing one site
+  // moves it by 1/2, the sensitivity Andrew et al.'s split of the noise assumes (as TF Privacy's
+  // quantile estimator centres its bits).
   double within = 0;
   for (const SiteDpUpdate& u : updates) {
     NamedTensors delta;
@@ -178,14 +189,14 @@ absl::StatusOr<SiteDpOutcome> SiteDp::Aggregate(const NamedTensors& global, cons
     if (norm > clip_ * (1 + 1e-5)) ++out.clipped_here;
     // The count takes what the coordinator can check: a site claiming to be within C while its
     // update is not counts as outside; the bit is 0 or 1 whatever the site sent.
-    within += (u.within >= 0.5 && norm <= clip_ * (1 + 1e-5)) ? 1.0 : 0.0;
+    within += (u.within >= 0.5 && norm <= clip_ * (1 + 1e-5)) ? 0.5 : -0.5;
     size_t j = 0;
     for (size_t k = 0; k < global.size(); ++k) {
       if (IsFloat(global[k].second)) sum[k].add_(delta[j++].second);
     }
   }
   // Noise of std z_delta * C on each coordinate of the sum, from the round's secret seed.
-  auto gen = at::detail::createCPUGenerator(DeriveSeed(secret_, "site-dp-noise", round.round));
+  auto gen = at::detail::createCPUGenerator(DeriveSeed(secret_ ^ start_entropy_, "site-dp-noise", round.round));
   for (size_t k = 0; k < global.size(); ++k) {
     const at::Tensor& g = global[k].second;
     if (!IsFloat(g)) continue;
@@ -195,9 +206,9 @@ absl::StatusOr<SiteDpOutcome> SiteDp::Aggregate(const NamedTensors& global, cons
   }
   out.next_clip = clip_;
   if (adaptive()) {
-    Rng rng(DeriveSeed(secret_, "site-dp-count", round.round));
+    Rng rng(DeriveSeed(secret_ ^ start_entropy_, "site-dp-count", round.round));
     const double noised = within + count_noise * rng.Normal();
-    out.within_fraction = noised / round.expected_sites;
+    out.within_fraction = noised / round.expected_sites + 0.5;
     out.next_clip = clip_ * std::exp(-spec_.clip_lr * (out.within_fraction - spec_.quantile));
   }
   accountant_.Compose(spec_.sampling_rate, spec_.noise_multiplier, 1);

@@ -13,8 +13,9 @@
 // adds Gaussian noise of standard deviation z_delta * C to the sum and divides by the EXPECTED
 // number of sampled sites q * N (a fixed denominator; N the sites alive when the round was
 // sampled): the strategy sees that one mean update. With adaptive clipping the coordinator also
-// sums the sites' within-C bits, adds noise of standard deviation sigma_b, and moves C
-// geometrically toward the target quantile: C <- C * exp(-eta * (noised fraction within - gamma)).
+// sums the sites' within-C bits centred (+1/2 within, -1/2 not: sensitivity 1/2), adds noise of
+// standard deviation sigma_b, and moves C geometrically toward the target quantile:
+// C <- C * exp(-eta * (noised fraction within - gamma)).
 //
 // What is protected, against whom: the sequence of global models (and everything computed from
 // them) is (epsilon, delta)-DP with respect to adding or removing one site's whole data, against
@@ -125,6 +126,10 @@ class SiteDp {
   SiteDpSpec spec_;
   double clip_;
   uint64_t secret_ = 0;
+  // Mixed into the noise's seed under noise_seed: secret, fresh at each start and never saved: a
+  // coordinator resumed from an older checkpoint reruns rounds whose models may have been released
+  // already, and the same noise on a different sum would give their difference away.
+  uint64_t start_entropy_ = 0;
   int64_t rounds_ = 0;
   RdpAccountant accountant_;
 };

@@ -15,6 +15,7 @@
 #include "absl/strings/str_format.h"
 #include "algorithms/compute_threads.h"
 #include "algorithms/modes/registry.h"
+#include "algorithms/optim/dp_sgd.h"
 #include "comm/reducer.h"
 #include "common/log.h"
 #include "common/timeline.h"
@@ -338,6 +339,12 @@ class ClusterRun final : public RoundObserver {
 }  // namespace
 
 absl::Status RunCluster(const Job& job, const ClusterRunOptions& options, comm::Communicator& comm) {
+  if (optim::DpSpecFromJob(job).site_level()) {
+    // Nothing here would add the noise: a run that claimed site-level DP would train without it.
+    return absl::InvalidArgumentError(
+        "job key 'privacy.mode': site is DP-FedAvg across federated sites (allround-coordinator and sites "
+        "with --coordinator); a cluster or single-process run protects examples: privacy.mode example");
+  }
   return ClusterRun(job, options, comm).Run();
 }
 

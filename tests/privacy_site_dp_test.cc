@@ -187,6 +187,10 @@ TEST(PrivacySiteDp, JobRefusesWhatTheAccountingCannotCover) {
   ASSERT_TRUE(SetJobKey(example, "privacy.mode", "none").ok());
   ASSERT_TRUE(SetJobKey(example, "privacy.adaptive_clip_quantile", "0.5").ok());
   EXPECT_THAT(ValidateJob(example).message(), ::testing::HasSubstr("adaptive clipping is part of site-level DP"));
+  Job small = job;
+  ASSERT_TRUE(SetJobKey(small, "privacy.adaptive_clip_quantile", "0.5").ok());
+  ASSERT_TRUE(SetJobKey(small, "privacy.adaptive_clip_count_noise", "0.4").ok());
+  EXPECT_THAT(ValidateJob(small).message(), ::testing::HasSubstr("2 sigma_b > z"));
   // A target alone: the noise that spends it over federated.rounds at rate q.
   ASSERT_TRUE(SetJobKey(job, "privacy.noise_multiplier", "0").ok());
   ASSERT_TRUE(SetJobKey(job, "privacy.target_epsilon", "4").ok());
@@ -209,6 +213,7 @@ TEST(PrivacySiteDp, RoundManagerRunsPoissonRoundsToTheBudgetAndResumes) {
   o.rounds = 1000;
   o.fraction = 0.3;
   o.poisson = true;
+  o.update_norms = true;  // asked for (TensorBoard's histogram), and still not filled under site DP
   o.site_dp = Spec(2.0, 0.5);
   o.site_dp.sampling_rate = 0.3;
   o.site_dp.target_epsilon = 3.0;
@@ -237,6 +242,11 @@ TEST(PrivacySiteDp, RoundManagerRunsPoissonRoundsToTheBudgetAndResumes) {
   for (const auto& r : history) sizes.insert(r.participants.size());
   EXPECT_GT(sizes.size(), 2u) << "Poisson samples vary in size";
   for (size_t i = 1; i < history.size(); ++i) EXPECT_GT(history[i].epsilon, history[i - 1].epsilon);
+  for (const auto& r : history) {
+    EXPECT_TRUE(r.update_norms.empty()) << "an update's exact norm tells its clip bit";
+    EXPECT_EQ(r.site_metrics.count("clip_within"), 0u) << "a site's own bit is never recorded";
+    EXPECT_EQ(r.budget_spent, &r == &history.back());
+  }
   const auto p = m->site_privacy();
   ASSERT_TRUE(p.has_value());
   EXPECT_TRUE(p->budget_spent);

@@ -1,6 +1,6 @@
 """The Flower side of bench/federated_overhead and bench/fedavg_niid: FedAvg (or FedProx) on
 Fashion-MNIST with Flower's simulation engine (run_simulation, Ray backend: the way Flower documents
-many clients on one machine), the same model, local training (SGD lr 0.01 momentum 0.9 weight decay
+many clients on one machine), the same model, local training (SGD lr 0.01 (--lr) momentum 0.9 weight decay
 1e-5, E epochs, batch B) and centralized evaluation each round as the allround run.
 Partitions: `shards` (federated_overhead: IID shards of a permutation seeded 1, standardized pixels)
 or NIID-Bench's as Flower's baseline (adap/flower baselines/niid_bench) draws them, with numpy
@@ -10,6 +10,10 @@ default_rng(--partition-seed, 42 there): `iid`, `dirichlet` (--beta) and `labels
 Flower's SecAgg+ workflow (SecAggPlusWorkflow on the server, secaggplus_mod on the clients, as
 Flower's secure-aggregation example wires them) with each key shared K ways (K - 1 neighbours and
 the site itself) and threshold T, Flower's default clipping and quantization.
+--dp-noise Z --dp-clip C wraps the strategy in Flower's DifferentialPrivacyServerSideFixedClipping
+(site-level DP with the noise at the server; bench/dp's site part). --engine inprocess drives
+Flower's strategy objects (client manager, sampling, aggregation) round by round in this process
+without Ray, for many sites where only accuracy is compared.
 Prints each round's test accuracy and mean loss as round_accuracy=R:X and round_loss=R:X, the
 seconds between the evaluations after round 1 and after the last round divided by (rounds - 1) as
 s_per_round=X, and the final accuracy=X. --write-partition FILE and --write-init FILE write the
@@ -45,6 +49,16 @@ p.add_argument("--scale", default=None, choices=["unit", "standardize"],
 p.add_argument("--data", default="/usr/share/datasets/fashion-mnist")
 p.add_argument("--secagg", metavar="K,T", default=None,
                help="Flower's SecAgg+ workflow with num_shares K and reconstruction_threshold T")
+p.add_argument("--dp-noise", type=float, default=0.0,
+               help="site-level DP: wrap the strategy in Flower's DifferentialPrivacyServerSideFixedClipping with "
+                    "this noise multiplier (0: no DP)")
+p.add_argument("--dp-clip", type=float, default=1.0, help="site-level DP: the clipping norm of the wrapper")
+p.add_argument("--lr", type=float, default=0.01, help="the sites' SGD learning rate")
+p.add_argument("--engine", default="simulation", choices=["simulation", "inprocess"],
+               help="simulation: Flower's run_simulation (Ray); inprocess: Flower's strategy objects (client "
+                    "manager, sampling, the DP wrapper's clipping and noise, FedAvg) driven round by round in this "
+                    "process with the same client code, no transport: for accuracy comparisons with many sites, "
+                    "where Ray's per-client cost (about 1 s here) would take hours")
 p.add_argument("--times", default="/tmp/flower_times.json")
 p.add_argument("--write-partition", metavar="FILE",
                help="write each site's example indices (allround's partition.file) and exit")
@@ -180,7 +194,7 @@ class Client(NumPyClient):
         x, y = d["x"][shard], d["y"][shard]
         model = MODELS[a.model]()
         set_weights(model, parameters)
-        opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-5)
+        opt = torch.optim.SGD(model.parameters(), lr=a.lr, momentum=0.9, weight_decay=1e-5)
         start = [p.detach().clone() for p in model.parameters()]
         gen = None
         if a.seed is not None:
@@ -228,6 +242,12 @@ def server_fn(context: Context):
                       fraction_evaluate=0.0, min_evaluate_clients=0, evaluate_fn=evaluate,
                       on_fit_config_fn=lambda server_round: {"round": server_round},
                       initial_parameters=ndarrays_to_parameters(get_weights(initial_model())))
+    if a.dp_noise > 0:
+        # Flower's server-side fixed clipping: each update's delta clipped to --dp-clip, the
+        # wrapped FedAvg's mean, then Gaussian noise of std z C / num_sampled_clients on it.
+        from flwr.server.strategy import DifferentialPrivacyServerSideFixedClipping
+        strategy = DifferentialPrivacyServerSideFixedClipping(strategy, noise_multiplier=a.dp_noise,
+                                                              clipping_norm=a.dp_clip, num_sampled_clients=a.sample)
     return ServerAppComponents(strategy=strategy, config=ServerConfig(num_rounds=a.rounds))
 
 
@@ -252,12 +272,60 @@ def secagg_apps():
     return server, ClientApp(client_fn=client_fn, mods=[secaggplus_mod])
 
 
+def run_inprocess():
+    """The server loop of Flower's legacy Server.fit_round, without transport: the strategy's
+    configure_fit samples from a SimpleClientManager of one proxy per site, each sampled site's
+    Client.fit runs here, aggregate_fit combines (through the DP wrapper when asked), and
+    the strategy's evaluate_fn evaluates the new global model."""
+    from flwr.common import Code, FitRes, Status, parameters_to_ndarrays
+    from flwr.server.client_manager import SimpleClientManager
+    from flwr.server.client_proxy import ClientProxy
+
+    class Proxy(ClientProxy):
+        def get_properties(self, ins, timeout, group_id):
+            raise NotImplementedError
+
+        def get_parameters(self, ins, timeout, group_id):
+            raise NotImplementedError
+
+        def fit(self, ins, timeout, group_id):
+            raise NotImplementedError
+
+        def evaluate(self, ins, timeout, group_id):
+            raise NotImplementedError
+
+        def reconnect(self, ins, timeout, group_id):
+            raise NotImplementedError
+
+    if a.seed is not None:
+        import random
+        random.seed(a.seed)  # SimpleClientManager.sample draws with the random module
+    manager = SimpleClientManager()
+    for i in range(a.sites):
+        manager.register(Proxy(str(i)))
+    strategy = server_fn(None).strategy
+    params = strategy.initialize_parameters(manager)
+    strategy.evaluate(0, params)
+    for r in range(1, a.rounds + 1):
+        results = []
+        for proxy, ins in strategy.configure_fit(r, params, manager):
+            weights, n, metrics = Client(int(proxy.cid)).fit(parameters_to_ndarrays(ins.parameters), ins.config)
+            results.append((proxy, FitRes(Status(Code.OK, ""), ndarrays_to_parameters(weights), n, metrics)))
+        new, _ = strategy.aggregate_fit(r, results, [])
+        if new is not None:
+            params = new
+        strategy.evaluate(r, params)
+
+
 if __name__ == "__main__":
-    server_app, client_app = secagg_apps()
-    run_simulation(server_app=server_app, client_app=client_app,
-                   num_supernodes=a.sites,
-                   backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-                                   "init_args": {"num_cpus": a.cpus, "include_dashboard": False}})
+    if a.engine == "inprocess":
+        run_inprocess()
+    else:
+        server_app, client_app = secagg_apps()
+        run_simulation(server_app=server_app, client_app=client_app,
+                       num_supernodes=a.sites,
+                       backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+                                       "init_args": {"num_cpus": a.cpus, "include_dashboard": False}})
     with open(a.times) as f:
         t = json.load(f)
     after = {r: (ts, acc, loss) for r, ts, acc, loss in t}
