@@ -329,9 +329,9 @@ class FederatedRun final : public runtime::RoundExecutor, public runtime::RoundO
     if (!site_dp.ok()) return site_dp.status();
     rm.site_dp = *site_dp;
     site_dp_ = *site_dp;
-    if (site_dp->on && (!rm.poisson || rm.secure.enabled)) {  // the job check says why; never run so
+    if (site_dp->on && (!rm.poisson || (rm.secure.enabled && site_dp->quantile > 0))) {  // the job check says why
       return absl::FailedPreconditionError(
-          "site-level DP needs federated.sampling: poisson and runs without secure aggregation");
+          "site-level DP needs federated.sampling: poisson, and a fixed clip under secure aggregation");
     }
     if (site_dp->on) {
       log::Info("privacy: site-level DP-FedAvg, noise multiplier {:.4f}, clip {:g}{}, sampling rate {:g}, delta {:g}{}",

@@ -309,20 +309,42 @@ void RoundManager::MaybeCloseSecureRound(Time now) {
       next = decoded.status();
     } else {
       // One update, the decoded weighted mean: every sum-only strategy gives from it what it
-      // gives from the individual updates (each aggregates their example-weighted mean).
-      std::map<std::string, at::Tensor> mean(decoded->mean_delta.begin(), decoded->mean_delta.end());
+      // gives from the individual updates (each aggregates their example-weighted mean). Under
+      // site-level DP each site weighed 1 and added its share of the noise: the decoded sum over
+      // q N instead.
+      NamedTensors mean_delta = decoded->mean_delta;
+      absl::Status dp_status;
+      if (site_dp_) {
+        NamedTensors sum;
+        for (const auto& [name, t] : decoded->mean_delta) sum.emplace_back(name, t.to(at::kDouble) * decoded->weight_sum);
+        auto outcome = site_dp_->FromNoisedSum(model_, sum, {static_cast<uint64_t>(current_->index),
+                                                             current_->expected_sites});
+        if (!outcome.ok()) {
+          dp_status = outcome.status();
+        } else {
+          mean_delta = std::move(outcome->mean_delta);
+          record.epsilon = site_dp_->Spent().epsilon;
+          record.clip_norm = outcome->clip;
+          record.next_clip_norm = outcome->next_clip;
+          record.expected_sites = current_->expected_sites;
+          budget_spent_ = !site_dp_->BudgetAllowsAnotherRound();
+          record.budget_spent = budget_spent_;
+        }
+      }
+      std::map<std::string, at::Tensor> mean(mean_delta.begin(), mean_delta.end());
       aggregation::SiteUpdate update;
       for (const auto& [name, t] : model_) {
         auto it = mean.find(name);
         update.weights.emplace_back(name, it == mean.end() ? t.clone() : t + it->second);
       }
-      update.examples = std::max<int64_t>(1, std::llround(decoded->weight_sum * static_cast<double>(config.max_weight)));
-      record.examples = update.examples;
+      // Under site-level DP every site sent weight 1: the counts stay at the sites.
+      update.examples = site_dp_ ? 1 : std::max<int64_t>(1, std::llround(decoded->weight_sum * static_cast<double>(config.max_weight)));
+      record.examples = site_dp_ ? 0 : update.examples;
       for (uint32_t id : result->counted) {
         record.contributors.push_back(id);
         for (const auto& [k, v] : current_->metrics[id]) AddSiteMetric(record.site_metrics, k, v);
       }
-      next = strategy_->Aggregate(model_, {update});
+      next = dp_status.ok() ? strategy_->Aggregate(model_, {update}) : absl::StatusOr<NamedTensors>(dp_status);
     }
   }
   record.aggregate_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
@@ -363,7 +385,11 @@ absl::StatusOr<Task> RoundManager::GetTask(int64_t site, Time now) {
       case SecureStep::Kind::kAdvertise:
       case SecureStep::Kind::kShareKeys:
       case SecureStep::Kind::kUnmask: return Task{Task::Kind::kSecure, current_->index, version_, "", secure};
-      case SecureStep::Kind::kMaskInput: return Task{Task::Kind::kTrain, current_->index, version_, "", secure};
+      case SecureStep::Kind::kMaskInput: {
+        Task task{Task::Kind::kTrain, current_->index, version_, "", secure};
+        if (site_dp_) task.clip_norm = site_dp_->clip();  // the site clips, adds its share of the noise, masks
+        return task;
+      }
       default: return Task{Task::Kind::kWait, 0, 0, secure->step.reason};
     }
   }

@@ -55,10 +55,10 @@ absl::Status CheckJob(const Job& job) {
         "job key 'privacy.adaptive_clip_count_noise': ", spec->count_noise, " leaves nothing for the update's noise at "
         "noise multiplier ", spec->noise_multiplier, " (adaptive clipping needs 2 sigma_b > z)"));
   }
-  if (JobParam(job, "privacy.secure_aggregation") != "none") {
-    return absl::UnimplementedError(
-        "job keys 'privacy.mode' site and 'privacy.secure_aggregation': the noise split among the sites under "
-        "secure aggregation is not built yet; site-level DP runs with the noise added by the coordinator");
+  if (JobParam(job, "privacy.secure_aggregation") != "none" && JobNumber(job, "privacy.adaptive_clip_quantile") > 0) {
+    return absl::InvalidArgumentError(
+        "job keys 'privacy.adaptive_clip_quantile' and 'privacy.secure_aggregation': adaptive clipping needs each "
+        "site's within-the-clip bit, which would travel unmasked; under secure aggregation the clip stays fixed");
   }
   return absl::OkStatus();
 }
@@ -131,6 +131,21 @@ double ClipToNorm(NamedTensors& delta, double bound) {
     if (IsFloat(t)) t = t.mul(scale);
   }
   return norm;
+}
+
+double NoiseShareStd(double noise_multiplier, double clip, int64_t threshold) {
+  return noise_multiplier * clip / std::sqrt(static_cast<double>(std::max<int64_t>(threshold, 1)));
+}
+
+void AddNoiseShare(NamedTensors& delta, double std) {
+  std::random_device entropy;
+  const uint64_t seed = (static_cast<uint64_t>(entropy()) << 32) ^ static_cast<uint64_t>(entropy());
+  auto gen = at::detail::createCPUGenerator(seed);
+  for (auto& [name, t] : delta) {
+    if (!IsFloat(t)) continue;
+    const at::Tensor noise = at::normal(0.0, std, t.sizes(), gen, t.options().dtype(at::kDouble).device(at::kCPU));
+    t = (t.to(at::kDouble) + noise.to(t.device())).to(t.scalar_type());
+  }
 }
 
 SiteDp::SiteDp(SiteDpSpec spec)
@@ -214,6 +229,30 @@ absl::StatusOr<SiteDpOutcome> SiteDp::Aggregate(const NamedTensors& global, cons
   accountant_.Compose(spec_.sampling_rate, spec_.noise_multiplier, 1);
   ++rounds_;
   clip_ = out.next_clip;
+  return out;
+}
+
+absl::StatusOr<SiteDpOutcome> SiteDp::FromNoisedSum(const NamedTensors& global, const NamedTensors& noised_sum,
+                                                    const SiteDpRound& round) {
+  if (!(round.expected_sites > 0)) {
+    return absl::InvalidArgumentError(absl::StrCat("site-level DP: expected sites ", round.expected_sites, " (q N) must be > 0"));
+  }
+  std::map<std::string, at::Tensor> sum(noised_sum.begin(), noised_sum.end());
+  SiteDpOutcome out;
+  out.clip = clip_;
+  out.next_clip = clip_;
+  out.delta_noise = spec_.noise_multiplier;
+  for (const auto& [name, g] : global) {
+    if (!IsFloat(g)) continue;
+    auto it = sum.find(name);
+    if (it == sum.end() || it->second.sizes() != g.sizes()) {
+      return absl::InvalidArgumentError(absl::StrCat("site-level DP: the decoded sum has no tensor '", name, "' of ",
+                                                     c10::str(g.sizes())));
+    }
+    out.mean_delta.emplace_back(name, (it->second.to(at::kDouble) / round.expected_sites).to(g.scalar_type()));
+  }
+  accountant_.Compose(spec_.sampling_rate, spec_.noise_multiplier, 1);
+  ++rounds_;
   return out;
 }
 

@@ -17,6 +17,16 @@
 // standard deviation sigma_b, and moves C geometrically toward the target quantile:
 // C <- C * exp(-eta * (noised fraction within - gamma)).
 //
+// Under secure aggregation (privacy.secure_aggregation secagg or secagg+) the noise is split among
+// the sites instead: each sampled site adds Gaussian noise of standard deviation z C / sqrt(t) to
+// its clipped delta (t the round's secure-aggregation threshold; the noise from the site's own OS
+// entropy) before it quantizes and masks, so the coordinator never holds an un-noised sum; a round
+// is unmasked only with at least t inputs counted, so the sum carries noise of standard deviation
+// at least z C. The coordinator divides the decoded sum by q N. There it cannot clip: the bound
+// then rests on the sites clipping honestly (the quantizer's range c bounds each coordinate
+// whatever a site sends), and adaptive clipping is refused (the sites' bits would travel
+// unmasked).
+//
 // What is protected, against whom: the sequence of global models (and everything computed from
 // them) is (epsilon, delta)-DP with respect to adding or removing one site's whole data, against
 // anyone who sees the models but not the coordinator's noise or sample (the coordinator is
@@ -65,6 +75,13 @@ struct SiteDpSpec {
 // noise multiplier, the multiplier that spends the target over federated.rounds at rate q.
 absl::StatusOr<SiteDpSpec> SiteDpSpecFromJob(const Job& job);
 
+// The standard deviation of the noise one site adds under secure aggregation: z C / sqrt(t).
+double NoiseShareStd(double noise_multiplier, double clip, int64_t threshold);
+
+// Adds Gaussian noise of standard deviation `std` to every floating-point tensor of `delta`, from
+// 64 bits of OS entropy (the site's own: no one else can remove it).
+void AddNoiseShare(NamedTensors& delta, double std);
+
 // Scales `delta` (floating-point tensors together) to L2 norm at most `bound`; returns the norm it
 // had (computed in float64). A non-finite norm is returned as is and nothing is changed.
 double ClipToNorm(NamedTensors& delta, double bound);
@@ -111,6 +128,12 @@ class SiteDp {
   // nothing, on an update whose layout is not the global model's.
   absl::StatusOr<SiteDpOutcome> Aggregate(const NamedTensors& global, const std::vector<SiteDpUpdate>& updates,
                                           const SiteDpRound& round);
+
+  // Under secure aggregation: the round's mean from the decoded sum of the sites' clipped and
+  // noised deltas (floating-point tensors of `global`, each site with weight 1), divided by q N;
+  // composes the round into the accountant. C stays fixed.
+  absl::StatusOr<SiteDpOutcome> FromNoisedSum(const NamedTensors& global, const NamedTensors& noised_sum,
+                                              const SiteDpRound& round);
 
   // The spend so far, and whether one more round would pass privacy.target_epsilon.
   PrivacySpent Spent() const { return accountant_.Spent(spec_.delta); }

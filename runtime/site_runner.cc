@@ -386,7 +386,18 @@ class Site {
     for (const auto& [name, t] : update) {
       if (at::isFloatingType(t.scalar_type()) && base.count(name)) delta.emplace_back(name, t - base[name].to(t.device()));
     }
-    auto masked = secure_->MaskInput(task.secagg(), *model, delta, examples,
+    int64_t weight = examples;
+    if (task.clip_norm() > 0) {
+      // Site-level DP under secure aggregation: this site's share of the noise, from its own
+      // entropy, goes in before masking (the coordinator never holds an un-noised sum), and every
+      // site weighs 1 (the largest declared count: r = 1).
+      auto dp = privacy::SiteDpSpecFromJob(sh_->job);
+      if (!dp.ok()) return dp.status();
+      privacy::AddNoiseShare(delta, privacy::NoiseShareStd(dp->noise_multiplier, task.clip_norm(),
+                                                           task.secagg().threshold()));
+      weight = std::max<int64_t>(examples, task.secagg().max_weight());
+    }
+    auto masked = secure_->MaskInput(task.secagg(), *model, delta, weight,
                                      DeriveSeed(sh_->job.seed, "secagg-rounding", static_cast<uint64_t>(index_),
                                                 static_cast<uint64_t>(task.round())));
     if (!masked.ok()) return masked.status();

@@ -171,6 +171,31 @@ TEST(PrivacySiteDp, StateRoundTripsAndAPlainCheckpointIsRefused) {
   EXPECT_THAT(refused.message(), ::testing::HasSubstr("were not accounted"));
 }
 
+TEST(PrivacySiteDp, SecureAggregationSplitsTheNoiseAmongTheSites) {
+  // Each site's share: z C / sqrt(t), so t shares sum to noise of std z C.
+  EXPECT_DOUBLE_EQ(privacy::NoiseShareStd(2.0, 0.5, 4), 0.5);
+  NamedTensors delta{{"w", torch::zeros({200000})}, {"n", torch::tensor({3}, torch::kLong)}};
+  privacy::AddNoiseShare(delta, 0.5);
+  EXPECT_NEAR(delta[0].second.std().item<double>(), 0.5, 0.01);
+  EXPECT_EQ(delta[1].second.item<int64_t>(), 3);
+  NamedTensors other{{"w", torch::zeros({200000})}};
+  privacy::AddNoiseShare(other, 0.5);
+  EXPECT_FALSE(other[0].second.equal(delta[0].second));  // each site's own entropy
+  // The coordinator only divides the decoded sum by q N, and accounts the round.
+  SiteDp dp(Spec(2.0, 0.5));
+  const NamedTensors global{{"w", torch::zeros({3})}, {"n", torch::tensor({1}, torch::kLong)}};
+  auto out = dp.FromNoisedSum(global, {{"w", torch::tensor({3.0, -6.0, 1.5}, torch::kDouble)}}, {0, 3.0});
+  ASSERT_TRUE(out.ok()) << out.status();
+  ASSERT_EQ(out->mean_delta.size(), 1u);
+  EXPECT_TRUE(out->mean_delta[0].second.allclose(torch::tensor({1.0f, -2.0f, 0.5f})));
+  EXPECT_EQ(out->mean_delta[0].second.scalar_type(), torch::kFloat);
+  privacy::RdpAccountant reference;
+  reference.Compose(0.1, 2.0, 1);
+  EXPECT_DOUBLE_EQ(dp.Spent().epsilon, reference.Spent(1e-5).epsilon);
+  EXPECT_FALSE(dp.FromNoisedSum(global, {}, {1, 3.0}).ok());
+  EXPECT_EQ(dp.rounds(), 1);
+}
+
 TEST(PrivacySiteDp, JobRefusesWhatTheAccountingCannotCover) {
   Job job;
   ASSERT_TRUE(SetJobKey(job, "privacy.mode", "site").ok());
@@ -183,6 +208,14 @@ TEST(PrivacySiteDp, JobRefusesWhatTheAccountingCannotCover) {
   EXPECT_THAT(ValidateJob(job).message(), ::testing::HasSubstr("site-level DP hands the strategy one noised mean"));
   ASSERT_TRUE(SetJobKey(job, "strategy.name", "fedadam").ok());
   EXPECT_TRUE(ValidateJob(job).ok()) << ValidateJob(job);
+  Job secure = job;
+  ASSERT_TRUE(SetJobKey(secure, "privacy.secure_aggregation", "secagg+").ok());
+  ASSERT_TRUE(SetJobKey(secure, "strategy.name", "fedavg").ok());
+  ASSERT_TRUE(SetJobKey(secure, "federated.min_sites", "2").ok());  // a secure sum of one site is that site's
+  const absl::Status with_sodium = ValidateJob(secure);  // refused only in a build without libsodium
+  EXPECT_TRUE(with_sodium.ok() || with_sodium.message().find("libsodium") != std::string::npos) << with_sodium;
+  ASSERT_TRUE(SetJobKey(secure, "privacy.adaptive_clip_quantile", "0.5").ok());
+  if (with_sodium.ok()) EXPECT_THAT(ValidateJob(secure).message(), ::testing::HasSubstr("would travel unmasked"));
   Job example = job;
   ASSERT_TRUE(SetJobKey(example, "privacy.mode", "none").ok());
   ASSERT_TRUE(SetJobKey(example, "privacy.adaptive_clip_quantile", "0.5").ok());

@@ -13,7 +13,9 @@ budget of epsilon 5.
 5. a coordinator restarted with --resume auto on the finished run trains nothing more (the budget
    stays spent) and reports the same epsilon;
 6. a job the accounting cannot cover is refused before anything starts (fixed-size sampling), and
-   privacy.mode site outside a federated run is refused (nothing would add its noise).
+   privacy.mode site outside a federated run is refused (nothing would add its noise);
+7. under secure aggregation each site adds its share of the noise before masking: with a learning
+   rate of ~0 the global model moves by that noise alone, with the std the threshold implies.
 
 Usage: privacy_site_dp_test.py WORKER CKPT COORDINATOR [VENV_PYTHON]"""
 import os
@@ -117,6 +119,45 @@ with Run("privacy_site") as run:
     rc = bad.wait(60)
     checks.check("site-level DP with fixed-size sampling is refused, naming federated.sampling",
                  rc != 0 and "federated.sampling: poisson" in bad.err(), bad.err_tail())
+
+    # 7. Under secure aggregation each site adds its share of the noise before masking. With a
+    # learning rate of ~0 the sites' deltas are ~0 and the global model moves by the noise alone: its
+    # std per coordinate lies between z C / (q N) (at least t inputs counted) and sqrt(counted) z C / (q N).
+    if os.environ.get("ALLROUND_HAVE_SODIUM", "0") == "1":
+        q_sec, rounds_sec = 0.75, 3
+        sec_job = [a for a in JOB]
+        sec_job[sec_job.index("--optimizer.lr") + 1] = "1e-9"  # > 0 is required; the deltas are ~1e-9
+        sec_job[sec_job.index("--federated.fraction") + 1] = str(q_sec)
+        sec_job[sec_job.index("--federated.rounds") + 1] = str(rounds_sec)
+        for key in ("--privacy.target_epsilon", "--privacy.adaptive_clip_quantile", "--privacy.adaptive_clip_count_noise"):
+            i = sec_job.index(key)
+            del sec_job[i:i + 2]
+        sec_job += ["--privacy.secure_aggregation", "secagg+", "--federated.min_sites", "2", "--privacy.secagg.stage_timeout_s", "5",
+                    "--privacy.secagg.clip_range", "20", "--checkpoint.enabled", "false"]
+        models = run.path("models")
+        os.makedirs(models)
+        coord, port = start_coordinator(run, COORD, [*sec_job, "--no-auth", "--insecure", "--run_dir",
+                                                     run.path("sec"), "--dump-models", models], name="sec")
+        sites = run.start("sec_sites", [WORKER, *sec_job, "--coordinator", f"127.0.0.1:{port}", "--insecure",
+                                        "--site", "s", "--site-index", f"0-{SITES - 1}", "--site-threads", "2"])
+        rc = coord.wait(300)
+        checks.check("a site-level DP run under secure aggregation finishes", rc == 0 and sites.wait(60) == 0,
+                     coord.err_tail() + "\n" + sites.err_tail())
+        if rc == 0:
+            records = read_metrics(run.path("sec"))
+            ref = dp_accounting_epsilon(VENV, q_sec, Z, rounds_sec, DELTA)
+            checks.check("every round is a secure sum, accounted at q 0.75",
+                         len(records) == rounds_sec and all(r["secure"] for r in records) and
+                         (ref is None or abs(records[-1]["epsilon"] - ref) <= 0.01 * ref), f"{records[-1]} {ref}")
+            v = [safetensors_np.load_file(os.path.join(models, f"version-{k}.safetensors")) for k in (1, 2)]
+            import numpy as np
+            diff = np.concatenate([(v[1][k].astype("f8") - v[0][k].astype("f8")).ravel() for k in v[0]
+                                   if v[0][k].dtype.kind == "f"])
+            unit = Z * 0.5 / (q_sec * SITES)  # z C / (q N), privacy.clip 0.5
+            counted = len(records[1]["sites"])
+            checks.check("the model moves by the sites' noise alone: std between z C / (q N) and sqrt(counted) times it",
+                         0.95 * unit <= diff.std() <= 1.05 * unit * counted ** 0.5,
+                         f"std {diff.std()} unit {unit} counted {counted}")
 
     alone = run.start("alone", [WORKER, *JOB, "--run_dir", run.path("alone")])
     rc = alone.wait(60)
