@@ -10,11 +10,16 @@
 #include <condition_variable>
 #include <cstring>
 #include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <limits>
 #include <map>
 #include <memory>
 #include <mutex>
 #include <set>
 #include <thread>
+#include <nlohmann/json.hpp>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -29,6 +34,7 @@
 #include "comm/wire.h"
 #include "common/random.h"
 #include "common/text_file.h"
+#include "storage/run_directory.h"
 #include "storage/safetensors.h"
 #include "data/partition.h"
 #include "data/datasets.h"
@@ -124,6 +130,54 @@ absl::Status BroadcastControl(comm::Communicator& group, at::Tensor& control) {
   if (auto s = group.Broadcast(staged, 0)->Wait(group.timeout()); !s.ok()) return s;
   if (!staged.is_same(control)) control.copy_(staged);
   return absl::OkStatus();
+}
+
+// Example-level DP at a site: the accountant's state over every round the site has trained, kept
+// in RUN_DIR/site-privacy/<site>.json, so a restarted site process (or a later job on the same
+// data and run directory) goes on counting instead of starting again from 0.
+std::string PrivacyLedgerPath(const Job& job, const std::string& site) {
+  return (std::filesystem::path(ResolvedRunDir(job)) / "site-privacy" / (site + ".json")).string();
+}
+
+// The ledger's accountant state (undefined when there is none yet); a ledger that cannot be read
+// is an error, never a silent restart from 0.
+absl::StatusOr<at::Tensor> ReadPrivacyLedger(const std::string& path) {
+  std::error_code ec;
+  if (!std::filesystem::exists(path, ec)) return at::Tensor();
+  std::ifstream in(path);
+  std::stringstream text;
+  text << in.rdbuf();
+  const auto j = nlohmann::json::parse(text.str(), nullptr, false);
+  if (!in || j.is_discarded() || !j.contains("rdp") || !j["rdp"].is_array()) {
+    return absl::DataLossError(absl::StrCat("the site's privacy ledger ", path,
+                                            " cannot be read (remove it only to forget the privacy spent so far)"));
+  }
+  std::vector<double> rdp;
+  for (const auto& v : j["rdp"]) {
+    // An order whose bound is infinite is written "inf" (JSON has no infinity).
+    if (v.is_string() && v.get<std::string>() == "inf") {
+      rdp.push_back(std::numeric_limits<double>::infinity());
+    } else if (v.is_number() && v.get<double>() >= 0) {
+      rdp.push_back(v.get<double>());
+    } else {
+      return absl::DataLossError(absl::StrCat("the site's privacy ledger ", path, " holds a value that is not a spend"));
+    }
+  }
+  return at::tensor(rdp, at::kDouble);
+}
+
+absl::Status WritePrivacyLedger(const std::string& path, const at::Tensor& rdp, double epsilon, double delta) {
+  std::error_code ec;
+  std::filesystem::create_directories(std::filesystem::path(path).parent_path(), ec);
+  if (ec) return absl::InternalError(absl::StrCat("cannot make the directory of ", path, ": ", ec.message()));
+  const at::Tensor r = rdp.to(at::kDouble).contiguous().cpu();
+  nlohmann::json values = nlohmann::json::array();
+  for (int64_t k = 0; k < r.numel(); ++k) {
+    const double v = r.data_ptr<double>()[k];
+    values.push_back(std::isfinite(v) ? nlohmann::json(v) : nlohmann::json("inf"));
+  }
+  nlohmann::json j = {{"rdp", values}, {"epsilon", epsilon}, {"delta", delta}};
+  return storage::WriteFileAtomically(path, j.dump() + "\n");
 }
 
 class Site {
@@ -479,12 +533,31 @@ class Site {
         !s.ok()) {
       return s;
     }
-    if (epsilon >= 0) (*metrics)["epsilon"] = epsilon;  // this site's example-level spend so far
+    if (epsilon >= 0) {
+      (*metrics)["epsilon"] = epsilon;  // this site's example-level spend so far
+      if (auto s = WritePrivacyLedger(PrivacyLedgerPath(sh_->job, name_), privacy_rdp_, epsilon,
+                                      optim::DpSpecFromJob(sh_->job).delta);
+          !s.ok()) {
+        return s;  // a spend that is not on record must not leave the site
+      }
+    }
     for (const auto& [name, t] : modes::ModelTensors(mode->State())) update->emplace_back(name, t.clone());
     return absl::OkStatus();
   }
 
  public:
+  // Example-level DP: the spend recorded by an earlier process of this site.
+  absl::Status LoadPrivacyLedger() {
+    if (!optim::DpSpecFromJob(sh_->job).example_level()) return absl::OkStatus();
+    auto rdp = ReadPrivacyLedger(PrivacyLedgerPath(sh_->job, name_));
+    if (!rdp.ok()) return rdp.status();
+    if (rdp->defined()) {
+      privacy_rdp_ = *rdp;
+      log::Info("site {}: privacy spent before, from its ledger, carried on", name_);
+    }
+    return absl::OkStatus();
+  }
+
   // The round's local training, the same on every rank of a group. `version`: the global model's
   // (the rounds done), so schedules that follow the run's progress (DINO's teacher) see the whole
   // federated run rather than restart every round.
@@ -910,6 +983,7 @@ absl::Status RunSites(const Job& job, const SiteOptions& options, comm::Communic
     auto pipeline = privacy::UpdatePipeline::Make(job, privacy::Side::kSite);  // each site its own steps' state
     if (!pipeline.ok()) return pipeline.status();
     sites.push_back(std::make_unique<Site>(&sh, name, *token, i, std::move((*site_data)[k]), *std::move(pipeline)));
+    if (auto s = sites.back()->LoadPrivacyLedger(); !s.ok()) return s;
   }
   site_data->clear();
   return RunHostedSites(job, many, sites);

@@ -13,7 +13,8 @@
    epsilon (the accountant is in the checkpoint).
 
 6. DP-SGD at federated sites: each site counts its own spend over the rounds it trains, and the
-   coordinator's round records carry the largest (site_epsilon_max), growing round by round.
+   coordinator's round records carry the largest (site_epsilon_max), growing round by round; sites
+   started again carry on from their privacy ledgers (RUN_DIR/site-privacy/<site>.json).
 
 Usage: privacy_dp_sgd_test.py WORKER CKPT COORDINATOR [VENV_PYTHON]"""
 import json
@@ -178,7 +179,7 @@ with Run("privacy") as run:
            "--partition.sites", "2", "--checkpoint.enabled", "false"]
     coord, port = start_coordinator(run, COORD, [*fed, "--no-auth", "--insecure", "--run_dir", run.path("fed")])
     sites = [run.start(f"s{i}", [WORKER, *fed, "--coordinator", f"127.0.0.1:{port}", "--insecure", "--site", f"s{i}",
-                                 "--site-index", str(i)]) for i in range(2)]
+                                 "--site-index", str(i), "--run_dir", run.path("sites")]) for i in range(2)]
     rc = coord.wait(300)
     checks.check("a federated run with DP-SGD at its sites finishes", rc == 0 and all(s.wait(60) == 0 for s in sites),
                  coord.err_tail())
@@ -186,5 +187,19 @@ with Run("privacy") as run:
         eps = [r.get("site_epsilon_max") for r in read_metrics(run.path("fed"))]
         checks.check("each round's record has the sites' largest epsilon, growing over the rounds",
                      len(eps) == 3 and all(e is not None for e in eps) and eps[0] < eps[1] < eps[2], str(eps))
+        # The sites' processes end with the run; new ones (the same sites, data and run directory)
+        # carry on from their privacy ledgers rather than count from 0.
+        fed2 = [*fed, "--federated.rounds", "1"]
+        coord, port = start_coordinator(run, COORD, [*fed2, "--no-auth", "--insecure", "--run_dir", run.path("fed2")],
+                                        name="coord2")
+        sites = [run.start(f"t{i}", [WORKER, *fed2, "--coordinator", f"127.0.0.1:{port}", "--insecure", "--site",
+                                     f"s{i}", "--site-index", str(i), "--run_dir", run.path("sites")])
+                 for i in range(2)]
+        rc = coord.wait(300)
+        again = [r.get("site_epsilon_max") for r in read_metrics(run.path("fed2"))] if rc == 0 else []
+        ledger = read_json(run.path("sites", "site-privacy", "s0.json")) if rc == 0 else {}
+        checks.check("restarted sites go on counting from their privacy ledgers",
+                     rc == 0 and all(s.wait(60) == 0 for s in sites) and len(again) == 1 and again[0] > eps[2] and
+                     ledger.get("epsilon", 0) > eps[2], f"{again} after {eps}; {ledger.get('epsilon')}\n" + coord.err_tail())
 
 sys.exit(checks.exit_code())
