@@ -81,8 +81,10 @@ absl::StatusOr<at::Tensor> ReadIdxUint8(const std::string& path, int expected_di
   uint64_t count = 1;
   for (int d = 0; d < ndims; ++d) {
     dims[d] = BigEndian32(bytes.data() + 4 + 4 * d);
-    count *= static_cast<uint64_t>(dims[d]);
-    if (count > (uint64_t{1} << 40)) return FileError(path, "dimensions too large");
+    // Checked before it can wrap: 2^20 x 2^20 x 2^24 is 2^64, which a plain product would make 0.
+    if (__builtin_mul_overflow(count, static_cast<uint64_t>(dims[d]), &count) || count > (uint64_t{1} << 40)) {
+      return FileError(path, "dimensions too large");
+    }
   }
   const uint64_t have = bytes.size() - header;
   if (have < count) {

@@ -30,6 +30,8 @@ PACKAGES=(
   prometheus-cpp-dev libcpp-httplib-dev chromium python3-prometheus-client
   # tests and micro-benchmarks
   libgtest-dev libgmock-dev libbenchmark-dev
+  # fuzzing the decoders of outside bytes (tests/fuzz/): clang's libFuzzer, AddressSanitizer, UBSan
+  clang libfuzzer-14-dev
   # small well-kept libraries
   libabsl-dev libyaml-cpp-dev libcli11-dev nlohmann-json3-dev zlib1g-dev libspdlog-dev libfmt-dev
   # data

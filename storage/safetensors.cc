@@ -5,6 +5,8 @@
 #include <algorithm>
 #include <cstring>
 #include <fstream>
+#include <limits>
+#include <optional>
 #include <nlohmann/json.hpp>
 
 #include "absl/strings/str_cat.h"
@@ -21,6 +23,23 @@ const std::vector<std::pair<at::ScalarType, std::string>>& Dtypes() {
   return *d;
 }
 
+// A JSON array of integers that fit int64, or nullopt.
+std::optional<std::vector<int64_t>> Integers(const nlohmann::json& a) {
+  if (!a.is_array()) return std::nullopt;
+  std::vector<int64_t> out;
+  for (const auto& v : a) {
+    if (v.is_number_unsigned()) {
+      if (v.get<uint64_t>() > static_cast<uint64_t>(std::numeric_limits<int64_t>::max())) return std::nullopt;
+      out.push_back(static_cast<int64_t>(v.get<uint64_t>()));
+    } else if (v.is_number_integer()) {
+      out.push_back(v.get<int64_t>());
+    } else {
+      return std::nullopt;
+    }
+  }
+  return out;
+}
+
 absl::Status Bad(const std::string& path, const std::string& what) {
   return absl::DataLossError(absl::StrCat("safetensors file '", path, "': ", what));
 }
@@ -33,7 +52,8 @@ absl::Status WriteSafetensors(const std::string& path, const NamedTensors& tenso
   if (!metadata.empty()) header["__metadata__"] = metadata;
   uint64_t offset = 0;
   for (const auto& [name, t] : tensors) {
-    auto it = std::find_if(Dtypes().begin(), Dtypes().end(), [&](const auto& d) { return d.first == t.scalar_type(); });
+    const at::ScalarType dtype = t.scalar_type();  // a lambda may not capture a structured binding before C++20
+    auto it = std::find_if(Dtypes().begin(), Dtypes().end(), [&](const auto& d) { return d.first == dtype; });
     if (it == Dtypes().end()) {
       return absl::InvalidArgumentError(absl::StrCat("tensor ", name, ": dtype has no safetensors name"));
     }
@@ -75,13 +95,28 @@ absl::StatusOr<NamedTensors> ReadSafetensors(const std::string& path) {
       const std::string dt = e.at("dtype").get<std::string>();
       auto it = std::find_if(Dtypes().begin(), Dtypes().end(), [&](const auto& d) { return d.second == dt; });
       if (it == Dtypes().end()) return Bad(path, absl::StrCat("tensor ", name, ": unsupported dtype ", dt));
-      const auto shape = e.at("shape").get<std::vector<int64_t>>();
-      const auto off = e.at("data_offsets").get<std::vector<uint64_t>>();
-      at::Tensor t = at::empty(shape, at::TensorOptions().dtype(it->first));
-      const uint64_t n = t.numel() * t.element_size();
+      // Integers only: nlohmann converts a JSON number like 2.2e21 to int64 by a plain cast,
+      // undefined behaviour (found by tests/fuzz/safetensors).
+      const auto shape = Integers(e.at("shape"));
+      const auto offsets = Integers(e.at("data_offsets"));
+      if (!shape || !offsets) return Bad(path, absl::StrCat("tensor ", name, ": shape and data_offsets must be integers"));
+      std::vector<uint64_t> off;
+      for (int64_t v : *offsets) {
+        if (v < 0) return Bad(path, absl::StrCat("tensor ", name, ": negative data_offsets"));
+        off.push_back(static_cast<uint64_t>(v));
+      }
+      // The size the shape asks for, checked against the file before anything is allocated: a
+      // header may claim any shape (a [10^12] tensor in a 100-byte file).
+      uint64_t n = c10::elementSize(it->first);
+      for (int64_t d : *shape) {
+        if (d < 0 || __builtin_mul_overflow(n, static_cast<uint64_t>(d), &n)) {
+          return Bad(path, absl::StrCat("tensor ", name, ": shape has a negative or too large dimension"));
+        }
+      }
       if (off.size() != 2 || off[1] < off[0] || off[1] > data_size || off[1] - off[0] != n) {
         return Bad(path, absl::StrCat("tensor ", name, ": data_offsets do not fit its shape or the file"));
       }
+      at::Tensor t = at::empty(*shape, at::TensorOptions().dtype(it->first));
       if (n > 0) std::memcpy(t.data_ptr(), data + off[0], n);  // an empty tensor has no storage
       found.push_back({off[0], {name, t}});
     } catch (const nlohmann::json::exception& ex) {

@@ -8,6 +8,7 @@
 #include <fstream>
 
 #include "storage/crc32c.h"
+#include "storage/safetensors.h"
 #include "tests/test_util.h"
 
 namespace allround::storage {
@@ -168,6 +169,24 @@ TEST(CheckpointStore, FlippedByteIsNamedByVerifyAndRefusedByLoad) {
   auto load = (*store)->Load("r/0000000001");
   EXPECT_EQ(load.status().code(), absl::StatusCode::kDataLoss);
   EXPECT_THAT(std::string(load.status().message()), HasSubstr("victim"));
+}
+
+TEST(Safetensors, AShapeLargerThanTheFileIsRefusedBeforeAnythingIsAllocated) {
+  ScratchDir dir;
+  // A 10^12-element tensor, a 2^62 x 8 product that wraps, a negative dimension and dimensions that
+  // are not integers (2.2e21 as int64 was undefined behaviour, found by tests/fuzz), each in a
+  // file of a few bytes: each one error naming the tensor, and no multi-terabyte allocation.
+  for (const std::string shape : {"[1000000000000]", "[4611686018427387904, 8]", "[-4]", "[2, 2.2e21, 16]", "[1.5]"}) {
+    const std::string header = R"({"w":{"dtype":"F32","shape":)" + shape + R"(,"data_offsets":[0,4]}})";
+    std::string bytes(8, '\0');
+    for (int i = 0; i < 8; ++i) bytes[i] = static_cast<char>((header.size() >> (8 * i)) & 0xff);
+    bytes += header + std::string(4, '\0');
+    const std::string path = dir / "big.safetensors";
+    std::ofstream(path, std::ios::binary) << bytes;
+    auto read = ReadSafetensors(path);
+    ASSERT_FALSE(read.ok()) << shape;
+    EXPECT_THAT(std::string(read.status().message()), HasSubstr("tensor w")) << shape;
+  }
 }
 
 }  // namespace

@@ -97,7 +97,9 @@ INSTANTIATE_TEST_SUITE_P(
         CorruptCase{"bad_type", [] { auto v = Good(); v[2] = 0x0D; return v; }(), false, "is not unsigned byte"},
         CorruptCase{"wrong_dims", IdxBytes({18}, Ramp(18)), true, "has 1 dimensions, expected 3"},
         CorruptCase{"tiny", {0, 0}, false, "no IDX header"},
-        CorruptCase{"short_header", {0, 0, 8, 3, 0, 0}, false, "truncated header"}),
+        CorruptCase{"short_header", {0, 0, 8, 3, 0, 0}, false, "truncated header"},
+        // 2^20 x 2^20 x 2^24 = 2^64 elements: a product that wraps to 0 would pass as an empty file.
+        CorruptCase{"wrapping_dims", {0, 0, 8, 3, 0, 16, 0, 0, 0, 16, 0, 0, 1, 0, 0, 0}, false, "dimensions too large"}),
     [](const auto& info) { return info.param.name; });
 
 TEST(IdxReader, TruncatedGzipStreamIsAnError) {
