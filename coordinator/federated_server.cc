@@ -273,6 +273,7 @@ class FederatedRun final : public runtime::RoundExecutor, public runtime::RoundO
       last_["expected_sites"] = r.expected_sites;
       last_["clipped_by_coordinator"] = r.clipped_here;
       if (!std::isnan(r.within_fraction)) last_["clip_within_fraction"] = r.within_fraction;
+      if (r.epsilon_knowing_sample >= 0) last_["epsilon_knowing_sample"] = r.epsilon_knowing_sample;
     }
     std::string extra;
     for (const auto& [key, value] : eval) {

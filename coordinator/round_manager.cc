@@ -298,7 +298,9 @@ void RoundManager::MaybeCloseSecureRound(Time now) {
   absl::StatusOr<NamedTensors> next = absl::InternalError("the secure round ended without a result");
   if (!result.ok()) {
     next = result.status();
-  } else if (static_cast<int64_t>(result->counted.size()) < options_.min_sites) {
+  } else if (!site_dp_ && static_cast<int64_t>(result->counted.size()) < options_.min_sites) {
+    // (Under site-level DP the sum is unmasked and seen by now: it is released, and accounted,
+    // with its fixed denominator, however few inputs it counts.)
     next = absl::AbortedError(absl::StrCat("only ", result->counted.size(), " masked inputs arrived (federated.min_sites is ",
                                            options_.min_sites, ")"));
   } else {
@@ -314,7 +316,18 @@ void RoundManager::MaybeCloseSecureRound(Time now) {
       // q N instead.
       NamedTensors mean_delta = decoded->mean_delta;
       absl::Status dp_status;
-      if (site_dp_) {
+      if (site_dp_ && std::abs(decoded->weight_sum - static_cast<double>(result->counted.size())) > 1e-6) {
+        // Every site weighs 1 under site-level DP: a sum of other weights is not the mechanism
+        // the accountant counts (a site of an older version, or one that ignores the job). The
+        // sum was seen: it is accounted all the same, and the round produces no model.
+        site_dp_->AccountUnreleased();
+        record.epsilon = site_dp_->Spent().epsilon;
+        budget_spent_ = !site_dp_->BudgetAllowsAnotherRound();
+        record.budget_spent = budget_spent_;
+        dp_status = absl::FailedPreconditionError(absl::StrCat(
+            "site-level DP: the sites' weights sum to ", decoded->weight_sum, " over ", result->counted.size(),
+            " inputs (each must weigh 1): a site does not run the job's privacy.mode site"));
+      } else if (site_dp_) {
         NamedTensors sum;
         for (const auto& [name, t] : decoded->mean_delta) sum.emplace_back(name, t.to(at::kDouble) * decoded->weight_sum);
         auto outcome = site_dp_->FromNoisedSum(model_, sum, {static_cast<uint64_t>(current_->index),
@@ -342,7 +355,24 @@ void RoundManager::MaybeCloseSecureRound(Time now) {
       record.examples = site_dp_ ? 0 : update.examples;
       for (uint32_t id : result->counted) {
         record.contributors.push_back(id);
-        for (const auto& [k, v] : current_->metrics[id]) AddSiteMetric(record.site_metrics, k, v);
+        for (const auto& [k, v] : current_->metrics[id]) {
+          if (site_dp_ && k == "clip_within") continue;  // never a site's own bit (sites do not send it here)
+          AddSiteMetric(record.site_metrics, k, v);
+        }
+      }
+      if (site_dp_) {
+        // The coordinator draws the sample, so against it there is no amplification by sampling:
+        // the Gaussian mechanism over the rounds the most frequent contributor took part in.
+        std::map<int64_t, int64_t> times;
+        for (const RoundRecord& r : history_) {
+          if (r.secure && r.epsilon >= 0) {
+            for (int64_t id : r.contributors) ++times[id];
+          }
+        }
+        int64_t most = 0;
+        for (int64_t id : record.contributors) most = std::max(most, ++times[id]);
+        for (const auto& [id, n] : times) most = std::max(most, n);
+        record.epsilon_knowing_sample = site_dp_->SpentKnowingTheSample(most).epsilon;
       }
       next = dp_status.ok() ? strategy_->Aggregate(model_, {update}) : absl::StatusOr<NamedTensors>(dp_status);
     }
@@ -387,7 +417,10 @@ absl::StatusOr<Task> RoundManager::GetTask(int64_t site, Time now) {
       case SecureStep::Kind::kUnmask: return Task{Task::Kind::kSecure, current_->index, version_, "", secure};
       case SecureStep::Kind::kMaskInput: {
         Task task{Task::Kind::kTrain, current_->index, version_, "", secure};
-        if (site_dp_) task.clip_norm = site_dp_->clip();  // the site clips, adds its share of the noise, masks
+        if (site_dp_) {  // the site clips, adds its share of the noise, masks
+          task.clip_norm = site_dp_->clip();
+          task.noise_multiplier = site_dp_->spec().noise_multiplier;
+        }
         return task;
       }
       default: return Task{Task::Kind::kWait, 0, 0, secure->step.reason};
@@ -395,7 +428,10 @@ absl::StatusOr<Task> RoundManager::GetTask(int64_t site, Time now) {
   }
   if (current_->updates.count(site)) return Task{Task::Kind::kWait, 0, 0, "update received; waiting for the round"};
   Task task{Task::Kind::kTrain, current_->index, version_, ""};
-  if (site_dp_) task.clip_norm = site_dp_->clip();
+  if (site_dp_) {
+    task.clip_norm = site_dp_->clip();
+    task.noise_multiplier = site_dp_->spec().noise_multiplier;
+  }
   return task;
 }
 

@@ -78,6 +78,7 @@ struct Task {
   };
   std::shared_ptr<const Secure> secure;  // set under secure aggregation
   double clip_norm = 0;  // kTrain under site-level DP: the bound the site clips its update to
+  double noise_multiplier = 0;  // with clip_norm: the job's z (a site checks its own against it)
 };
 
 struct RoundRecord {
@@ -106,6 +107,9 @@ struct RoundRecord {
   double expected_sites = 0;
   int64_t clipped_here = 0;
   bool budget_spent = false;  // one more round would pass privacy.target_epsilon: this is the last
+  // Under secure aggregation with site-level DP: the spend against whoever knows the sample (the
+  // coordinator): no amplification, over the rounds the most frequent contributor took part in.
+  double epsilon_knowing_sample = -1;
 };
 
 // A round that produced a new global model, queued for the caller to evaluate and checkpoint

@@ -240,6 +240,7 @@ grpc::Status CoordinatorService::GetTask(grpc::ServerContext* ctx, const allroun
   reply->set_local_epochs(options_.local_epochs);
   reply->set_proximal_mu(options_.proximal_mu);
   reply->set_clip_norm(task->clip_norm);
+  reply->set_noise_multiplier(task->noise_multiplier);
   return grpc::Status::OK;
 }
 

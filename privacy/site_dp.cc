@@ -55,6 +55,19 @@ absl::Status CheckJob(const Job& job) {
         "job key 'privacy.adaptive_clip_count_noise': ", spec->count_noise, " leaves nothing for the update's noise at "
         "noise multiplier ", spec->noise_multiplier, " (adaptive clipping needs 2 sigma_b > z)"));
   }
+  if (JobParam(job, "privacy.secure_aggregation") != "none") {
+    // The quantizer clamps each coordinate of (clipped delta + noise share) to [-c, c]: a clamped
+    // Gaussian has less variance than the accounting assumes. c must leave 6 standard deviations
+    // of the largest share (threshold 1) above C.
+    auto spec = SiteDpSpecFromJob(job);
+    const double c = JobNumber(job, "privacy.secagg.clip_range");
+    if (spec.ok() && c < spec->clip + 6 * NoiseShareStd(spec->noise_multiplier, spec->clip, 1)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "job key 'privacy.secagg.clip_range': ", c, " would clamp the sites' noise (site-level DP under secure "
+          "aggregation needs at least privacy.clip + 6 z privacy.clip = ",
+          spec->clip + 6 * NoiseShareStd(spec->noise_multiplier, spec->clip, 1), ")"));
+    }
+  }
   if (JobParam(job, "privacy.secure_aggregation") != "none" && JobNumber(job, "privacy.adaptive_clip_quantile") > 0) {
     return absl::InvalidArgumentError(
         "job keys 'privacy.adaptive_clip_quantile' and 'privacy.secure_aggregation': adaptive clipping needs each "
@@ -254,6 +267,17 @@ absl::StatusOr<SiteDpOutcome> SiteDp::FromNoisedSum(const NamedTensors& global, 
   accountant_.Compose(spec_.sampling_rate, spec_.noise_multiplier, 1);
   ++rounds_;
   return out;
+}
+
+void SiteDp::AccountUnreleased() {
+  accountant_.Compose(spec_.sampling_rate, spec_.noise_multiplier, 1);
+  ++rounds_;
+}
+
+PrivacySpent SiteDp::SpentKnowingTheSample(int64_t rounds) const {
+  RdpAccountant a(accountant_.orders());
+  a.Compose(1.0, spec_.noise_multiplier, rounds);
+  return a.Spent(spec_.delta);
 }
 
 bool SiteDp::BudgetAllowsAnotherRound() const {

@@ -135,6 +135,15 @@ class SiteDp {
   absl::StatusOr<SiteDpOutcome> FromNoisedSum(const NamedTensors& global, const NamedTensors& noised_sum,
                                               const SiteDpRound& round);
 
+  // A round whose sum was seen but not released as a model (refused after unmasking): counted all
+  // the same, since the coordinator learned it.
+  void AccountUnreleased();
+
+  // Against whoever knows which sites were sampled (under secure aggregation the coordinator
+  // itself, which draws the sample): no amplification by sampling, so the spend of a site that
+  // took part in `rounds` rounds is the Gaussian mechanism's (q = 1) over those rounds.
+  PrivacySpent SpentKnowingTheSample(int64_t rounds) const;
+
   // The spend so far, and whether one more round would pass privacy.target_epsilon.
   PrivacySpent Spent() const { return accountant_.Spent(spec_.delta); }
   int64_t rounds() const { return rounds_; }

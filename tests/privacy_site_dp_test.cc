@@ -194,6 +194,13 @@ TEST(PrivacySiteDp, SecureAggregationSplitsTheNoiseAmongTheSites) {
   EXPECT_DOUBLE_EQ(dp.Spent().epsilon, reference.Spent(1e-5).epsilon);
   EXPECT_FALSE(dp.FromNoisedSum(global, {}, {1, 3.0}).ok());
   EXPECT_EQ(dp.rounds(), 1);
+  // Against whoever knows the sample there is no amplification: the Gaussian mechanism at q = 1.
+  privacy::RdpAccountant plain;
+  plain.Compose(1.0, 2.0, 1);
+  EXPECT_DOUBLE_EQ(dp.SpentKnowingTheSample(1).epsilon, plain.Spent(1e-5).epsilon);
+  EXPECT_GT(dp.SpentKnowingTheSample(1).epsilon, dp.Spent().epsilon);
+  dp.AccountUnreleased();  // a sum seen but not released is counted all the same
+  EXPECT_EQ(dp.rounds(), 2);
 }
 
 TEST(PrivacySiteDp, JobRefusesWhatTheAccountingCannotCover) {
@@ -212,6 +219,11 @@ TEST(PrivacySiteDp, JobRefusesWhatTheAccountingCannotCover) {
   ASSERT_TRUE(SetJobKey(secure, "privacy.secure_aggregation", "secagg+").ok());
   ASSERT_TRUE(SetJobKey(secure, "strategy.name", "fedavg").ok());
   ASSERT_TRUE(SetJobKey(secure, "federated.min_sites", "2").ok());  // a secure sum of one site is that site's
+  // The quantizer's range must leave the sites' noise unclamped: 1 + 6 z C at z = 1, C = 1.
+  const absl::Status clamped = ValidateJob(secure);
+  EXPECT_TRUE(clamped.message().find("would clamp the sites' noise") != std::string::npos ||
+              clamped.message().find("libsodium") != std::string::npos) << clamped;
+  ASSERT_TRUE(SetJobKey(secure, "privacy.secagg.clip_range", "7.5").ok());
   const absl::Status with_sodium = ValidateJob(secure);  // refused only in a build without libsodium
   EXPECT_TRUE(with_sodium.ok() || with_sodium.message().find("libsodium") != std::string::npos) << with_sodium;
   ASSERT_TRUE(SetJobKey(secure, "privacy.adaptive_clip_quantile", "0.5").ok());

@@ -146,9 +146,12 @@ with Run("privacy_site") as run:
         if rc == 0:
             records = read_metrics(run.path("sec"))
             ref = dp_accounting_epsilon(VENV, q_sec, Z, rounds_sec, DELTA)
-            checks.check("every round is a secure sum, accounted at q 0.75",
+            checks.check("every round is a secure sum, accounted at q 0.75, with the larger spend against the "
+                         "coordinator (which knows the sample) beside it",
                          len(records) == rounds_sec and all(r["secure"] for r in records) and
-                         (ref is None or abs(records[-1]["epsilon"] - ref) <= 0.01 * ref), f"{records[-1]} {ref}")
+                         (ref is None or abs(records[-1]["epsilon"] - ref) <= 0.01 * ref) and
+                         all(r.get("epsilon_knowing_sample", -1) > r["epsilon"] for r in records),
+                         f"{records[-1]} {ref}")
             v = [safetensors_np.load_file(os.path.join(models, f"version-{k}.safetensors")) for k in (1, 2)]
             import numpy as np
             diff = np.concatenate([(v[1][k].astype("f8") - v[0][k].astype("f8")).ravel() for k in v[0]
