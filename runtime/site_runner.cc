@@ -1,6 +1,9 @@
 #include "runtime/site_runner.h"
 
 #include <ATen/ATen.h>
+#include <fcntl.h>
+#include <sys/file.h>
+#include <unistd.h>
 #include <grpcpp/grpcpp.h>
 
 #include <algorithm>
@@ -143,12 +146,17 @@ std::string PrivacyLedgerPath(const Job& job, const std::string& site) {
 // is an error, never a silent restart from 0.
 absl::StatusOr<at::Tensor> ReadPrivacyLedger(const std::string& path) {
   std::error_code ec;
-  if (!std::filesystem::exists(path, ec)) return at::Tensor();
+  const bool exists = std::filesystem::exists(path, ec);
+  if (ec) return absl::DataLossError(absl::StrCat("the site's privacy ledger ", path, ": ", ec.message()));
+  if (!exists) return at::Tensor();
   std::ifstream in(path);
   std::stringstream text;
   text << in.rdbuf();
   const auto j = nlohmann::json::parse(text.str(), nullptr, false);
-  if (!in || j.is_discarded() || !j.contains("rdp") || !j["rdp"].is_array()) {
+  // The orders it was counted at must be the accountant's: values at other orders would be misread.
+  const std::vector<double> orders = privacy::DefaultRdpOrders();
+  if (!in || j.is_discarded() || !j.contains("rdp") || !j["rdp"].is_array() || !j.contains("orders") ||
+      j["orders"] != nlohmann::json(orders) || j["rdp"].size() != orders.size()) {
     return absl::DataLossError(absl::StrCat("the site's privacy ledger ", path,
                                             " cannot be read (remove it only to forget the privacy spent so far)"));
   }
@@ -176,7 +184,7 @@ absl::Status WritePrivacyLedger(const std::string& path, const at::Tensor& rdp, 
     const double v = r.data_ptr<double>()[k];
     values.push_back(std::isfinite(v) ? nlohmann::json(v) : nlohmann::json("inf"));
   }
-  nlohmann::json j = {{"rdp", values}, {"epsilon", epsilon}, {"delta", delta}};
+  nlohmann::json j = {{"orders", privacy::DefaultRdpOrders()}, {"rdp", values}, {"epsilon", epsilon}, {"delta", delta}};
   return storage::WriteFileAtomically(path, j.dump() + "\n");
 }
 
@@ -417,11 +425,13 @@ class Site {
     }
     if (task.clip_norm() > 0) {
       // Site-level DP: the update leaves the site clipped to the round's bound (the coordinator
-      // clips again), with one bit saying whether it was within (for adaptive clipping; the
-      // coordinator adds noise to their count and never reports a site's own).
+      // clips again where it sees updates), with one bit saying whether it was within (for
+      // adaptive clipping; the coordinator adds noise to their count and never reports a site's
+      // own). Under secure aggregation the bit would travel unmasked: not sent.
+      if (auto s = CheckSiteDp(task); !s.ok()) return s;
       auto clipped = ClipUpdate(*model, update, task.clip_norm());
       if (!clipped.ok()) return clipped.status();
-      metrics["clip_within"] = *clipped ? 1.0 : 0.0;
+      if (!secure) metrics["clip_within"] = *clipped ? 1.0 : 0.0;
     }
     if (!sh_->options.dump_updates.empty()) {
       const std::string path = absl::StrCat(sh_->options.dump_updates, "/round-", task.round(), "-site-", name_,
@@ -461,6 +471,24 @@ class Site {
     auto submitted = SubmitMasked(task, metrics);
     Spanned("mask and submit", task.round(), t);
     return submitted;
+  }
+
+  // A round under site-level DP (the task carries a clip) needs this site's job to run it too, with
+  // the same noise multiplier: under secure aggregation the site sizes its own share of the noise.
+  absl::Status CheckSiteDp(const v1::TaskReply& task) const {
+    auto dp = privacy::SiteDpSpecFromJob(sh_->job);
+    if (!dp.ok()) return dp.status();
+    if (!dp->on) {
+      return absl::FailedPreconditionError(
+          "the coordinator runs site-level DP (its task carries a clip) and this site's job has privacy.mode "
+          "other than site: start the site with the coordinator's privacy keys");
+    }
+    if (std::abs(dp->noise_multiplier - task.noise_multiplier()) > 1e-9 * std::max(1.0, dp->noise_multiplier)) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "site-level DP: the coordinator's noise multiplier is ", task.noise_multiplier(), ", this site's job gives ",
+          dp->noise_multiplier, " (the privacy.* and federated.* keys must be the coordinator's)"));
+    }
+    return absl::OkStatus();
   }
 
   // `update` (new weights) becomes global + its delta clipped to L2 norm `bound` (floating-point
@@ -546,10 +574,26 @@ class Site {
   }
 
  public:
-  // Example-level DP: the spend recorded by an earlier process of this site.
+  ~Site() {
+    if (ledger_lock_ >= 0) ::close(ledger_lock_);
+  }
+  Site(const Site&) = delete;
+  Site& operator=(const Site&) = delete;
+
+  // Example-level DP: the spend recorded by an earlier process of this site. The ledger is locked
+  // for this process's lifetime: two processes of one site would each write only their own count.
   absl::Status LoadPrivacyLedger() {
     if (!optim::DpSpecFromJob(sh_->job).example_level()) return absl::OkStatus();
-    auto rdp = ReadPrivacyLedger(PrivacyLedgerPath(sh_->job, name_));
+    const std::string path = PrivacyLedgerPath(sh_->job, name_);
+    std::error_code ec;
+    std::filesystem::create_directories(std::filesystem::path(path).parent_path(), ec);
+    ledger_lock_ = ::open((path + ".lock").c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (ledger_lock_ < 0 || ::flock(ledger_lock_, LOCK_EX | LOCK_NB) != 0) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "the site's privacy ledger ", path, " is in use by another process of site '", name_, "' (",
+          std::strerror(errno), "): one process per site and run directory"));
+    }
+    auto rdp = ReadPrivacyLedger(path);
     if (!rdp.ok()) return rdp.status();
     if (rdp->defined()) {
       privacy_rdp_ = *rdp;
@@ -652,6 +696,7 @@ class Site {
   const SiteData data_;
   const privacy::UpdatePipeline pipeline_;  // pipeline.site, this site's own
   at::Tensor privacy_rdp_;  // example-level DP: the site's accountant over the rounds it trained
+  int ledger_lock_ = -1;     // held (flock) while this process trains the site under example-level DP
   std::unique_ptr<v1::Coordinator::Stub> stub_;
   std::atomic<int64_t> site_id_{0};
   std::chrono::milliseconds busy_backoff_{100};  // after a busy or unreachable coordinator mid-round
