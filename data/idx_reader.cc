@@ -3,6 +3,7 @@
 #include <ATen/ATen.h>
 #include <zlib.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <sys/stat.h>
@@ -78,11 +79,15 @@ absl::StatusOr<at::Tensor> ReadIdxUint8(const std::string& path, int expected_di
   const size_t header = 4 + 4 * static_cast<size_t>(ndims);
   if (bytes.size() < header) return FileError(path, "truncated header");
   std::vector<int64_t> dims(ndims);
-  uint64_t count = 1;
+  uint64_t count = 1, extent = 1;
   for (int d = 0; d < ndims; ++d) {
     dims[d] = BigEndian32(bytes.data() + 4 + 4 * d);
     // Checked before it can wrap: 2^20 x 2^20 x 2^24 is 2^64, which a plain product would make 0.
-    if (__builtin_mul_overflow(count, static_cast<uint64_t>(dims[d]), &count) || count > (uint64_t{1} << 40)) {
+    // The product with zeros counted as ones is bounded too: [0, 2^32-1, 2^32-1] holds no bytes but
+    // its image size would overflow whatever multiplies height by width.
+    if (__builtin_mul_overflow(count, static_cast<uint64_t>(dims[d]), &count) || count > (uint64_t{1} << 40) ||
+        __builtin_mul_overflow(extent, std::max<uint64_t>(static_cast<uint64_t>(dims[d]), 1), &extent) ||
+        extent > (uint64_t{1} << 40)) {
       return FileError(path, "dimensions too large");
     }
   }

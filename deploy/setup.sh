@@ -31,7 +31,8 @@ PACKAGES=(
   # tests and micro-benchmarks
   libgtest-dev libgmock-dev libbenchmark-dev
   # fuzzing the decoders of outside bytes (tests/fuzz/): clang's libFuzzer, AddressSanitizer, UBSan
-  clang libfuzzer-14-dev
+  # (their runtimes are in libclang-rt-14-dev, only recommended by clang: named here)
+  clang libfuzzer-14-dev libclang-rt-14-dev
   # small well-kept libraries
   libabsl-dev libyaml-cpp-dev libcli11-dev nlohmann-json3-dev zlib1g-dev libspdlog-dev libfmt-dev
   # data

@@ -83,12 +83,14 @@ absl::StatusOr<NamedTensors> ReadSafetensors(const std::string& path) {
   uint64_t len = 0;
   for (int i = 7; i >= 0; --i) len = (len << 8) | static_cast<unsigned char>(bytes[i]);
   if (len > bytes.size() - 8) return Bad(path, absl::StrCat("header length ", len, " exceeds the file"));
+  if (len > (uint64_t{100} << 20)) return Bad(path, absl::StrCat("header length ", len, " is over 100 MB"));
   nlohmann::json header = nlohmann::json::parse(bytes.begin() + 8, bytes.begin() + 8 + static_cast<int64_t>(len),
                                                 nullptr, /*allow_exceptions=*/false);
   if (header.is_discarded() || !header.is_object()) return Bad(path, "header is not a JSON object");
   const uint64_t data_size = bytes.size() - 8 - len;
   const char* data = bytes.data() + 8 + len;
   std::vector<std::pair<uint64_t, std::pair<std::string, at::Tensor>>> found;
+  std::vector<std::pair<uint64_t, uint64_t>> ranges;
   for (const auto& [name, e] : header.items()) {
     if (name == "__metadata__") continue;
     try {
@@ -107,9 +109,13 @@ absl::StatusOr<NamedTensors> ReadSafetensors(const std::string& path) {
       }
       // The size the shape asks for, checked against the file before anything is allocated: a
       // header may claim any shape (a [10^12] tensor in a 100-byte file).
-      uint64_t n = c10::elementSize(it->first);
+      // The product of the dimensions with zeros counted as ones is bounded too: LibTorch computes
+      // strides from it ([0, 2^62, 2^62] has no bytes and overflowing strides).
+      uint64_t n = c10::elementSize(it->first), extent = 1;
       for (int64_t d : *shape) {
-        if (d < 0 || __builtin_mul_overflow(n, static_cast<uint64_t>(d), &n)) {
+        if (d < 0 || __builtin_mul_overflow(n, static_cast<uint64_t>(d), &n) ||
+            __builtin_mul_overflow(extent, static_cast<uint64_t>(std::max<int64_t>(d, 1)), &extent) ||
+            extent > (uint64_t{1} << 48)) {
           return Bad(path, absl::StrCat("tensor ", name, ": shape has a negative or too large dimension"));
         }
       }
@@ -118,13 +124,25 @@ absl::StatusOr<NamedTensors> ReadSafetensors(const std::string& path) {
       }
       at::Tensor t = at::empty(*shape, at::TensorOptions().dtype(it->first));
       if (n > 0) std::memcpy(t.data_ptr(), data + off[0], n);  // an empty tensor has no storage
+      // A bool is one byte that must be 0 or 1; any other byte read as bool is undefined.
+      if (t.scalar_type() == at::kBool && n > 0) t = t.view(at::kByte).ne(0);
       found.push_back({off[0], {name, t}});
+      ranges.push_back({off[0], off[1]});
     } catch (const nlohmann::json::exception& ex) {
       return Bad(path, absl::StrCat("tensor ", name, ": ", ex.what()));
     } catch (const c10::Error& ex) {
       return Bad(path, absl::StrCat("tensor ", name, ": ", ex.what_without_backtrace()));
     }
   }
+  // The tensors tile the data, as the format requires: no two share bytes (K entries over one range
+  // would make a small file ask for K times its size) and none is left out.
+  std::sort(ranges.begin(), ranges.end());
+  uint64_t end = 0;
+  for (const auto& [begin, stop] : ranges) {
+    if (begin != end) return Bad(path, "tensors' data_offsets overlap or leave gaps");
+    end = stop;
+  }
+  if (end != data_size) return Bad(path, absl::StrCat(data_size - end, " bytes after the last tensor's data"));
   std::sort(found.begin(), found.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
   NamedTensors out;
   for (auto& f2 : found) out.push_back(std::move(f2.second));

@@ -189,5 +189,27 @@ TEST(Safetensors, AShapeLargerThanTheFileIsRefusedBeforeAnythingIsAllocated) {
   }
 }
 
+TEST(Safetensors, TensorsMustTileTheDataAndBoolsAreZeroOrOne) {
+  ScratchDir dir;
+  const auto write = [&](const std::string& header, const std::string& data) {
+    std::string bytes(8, '\0');
+    for (int i = 0; i < 8; ++i) bytes[i] = static_cast<char>((header.size() >> (8 * i)) & 0xff);
+    const std::string path = dir / "t.safetensors";
+    std::ofstream(path, std::ios::binary) << bytes + header + data;
+    return ReadSafetensors(path);
+  };
+  // Two entries over the same bytes (K of them would make a small file ask for K times its size).
+  auto shared = write(R"({"a":{"dtype":"U8","shape":[4],"data_offsets":[0,4]},"b":{"dtype":"U8","shape":[4],"data_offsets":[0,4]}})",
+                      std::string(4, '\1'));
+  ASSERT_FALSE(shared.ok());
+  EXPECT_THAT(std::string(shared.status().message()), HasSubstr("overlap"));
+  auto trailing = write(R"({"a":{"dtype":"U8","shape":[2],"data_offsets":[0,2]}})", std::string(4, '\1'));
+  ASSERT_FALSE(trailing.ok());
+  EXPECT_THAT(std::string(trailing.status().message()), HasSubstr("after the last tensor"));
+  auto bools = write(R"({"a":{"dtype":"BOOL","shape":[3],"data_offsets":[0,3]}})", std::string("\0\1\7", 3));
+  ASSERT_TRUE(bools.ok()) << bools.status();
+  EXPECT_TRUE((*bools)[0].second.equal(torch::tensor({false, true, true})));
+}
+
 }  // namespace
 }  // namespace allround::storage

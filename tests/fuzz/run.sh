@@ -28,10 +28,19 @@ probe=$(mktemp -d)
 trap 'rm -rf "$probe"' EXIT
 echo 'extern "C" int LLVMFuzzerTestOneInput(const unsigned char*, unsigned long) { return 0; }' > "$probe/p.cc"
 if ! "$CXX_BIN" -fsanitize=fuzzer,address,undefined "$probe/p.cc" -o "$probe/p" 2>/dev/null; then
-  echo "fuzz: $CXX_BIN cannot link libFuzzer: skipped (install libfuzzer-14-dev)"
+  echo "fuzz: $CXX_BIN cannot link libFuzzer with ASan and UBSan: skipped (install libclang-rt-14-dev and libfuzzer-14-dev)"
   exit 77
 fi
-CXX="$CXX_BIN" cmake -S "$ROOT/tests/fuzz" -B "$BUILD" -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+# LibTorch where the main build found it (the suite passes its Torch_DIR), else where CMake finds it.
+torch_dir=()
+if [ -n "${FUZZ_TORCH_DIR:-}" ]; then torch_dir=(-DTorch_DIR="$FUZZ_TORCH_DIR"); fi
+if ! CXX="$CXX_BIN" cmake -S "$ROOT/tests/fuzz" -B "$BUILD" -DCMAKE_BUILD_TYPE=RelWithDebInfo "${torch_dir[@]}" \
+     >"$probe/configure.log" 2>&1; then
+  tail -20 "$probe/configure.log" >&2
+  echo "fuzz: configuring tests/fuzz failed (above)" >&2
+  exit 1
+fi
+rm -f "$probe/configure.log"
 cmake --build "$BUILD" --target "fuzz_$TARGET" -j"${JOBS:-2}" >/dev/null
 cp -r "$ROOT/tests/fuzz/corpus/$TARGET/." "$probe/"
 rm -f "$probe/p.cc" "$probe/p"
