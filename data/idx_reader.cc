@@ -18,7 +18,24 @@ absl::Status FileError(const std::string& path, const std::string& what) {
   return absl::DataLossError(absl::StrCat("IDX file '", path, "': ", what));
 }
 
-// The whole (decompressed) content; zlib reads plain files transparently.
+// The size an IDX file's header promises (header and data), once `bytes` holds the header; SIZE_MAX
+// before that, or for a header the reader will refuse anyway.
+size_t PromisedSize(const std::vector<uint8_t>& bytes) {
+  if (bytes.size() < 4) return SIZE_MAX;
+  const size_t header = 4 + 4 * static_cast<size_t>(bytes[3]);
+  if (bytes.size() < header) return SIZE_MAX;
+  uint64_t count = 1;
+  for (size_t d = 0; d < bytes[3]; ++d) {
+    const uint64_t dim = (uint64_t{bytes[4 + 4 * d]} << 24) | (uint64_t{bytes[5 + 4 * d]} << 16) |
+                         (uint64_t{bytes[6 + 4 * d]} << 8) | uint64_t{bytes[7 + 4 * d]};
+    if (__builtin_mul_overflow(count, dim, &count) || count > (uint64_t{1} << 40)) return SIZE_MAX;
+  }
+  return header + count;
+}
+
+// The (decompressed) content, up to one byte past what the header promises: a gzip stream that
+// inflates to far more than its header says (a gzip bomb) is read no further than that. zlib reads
+// plain files transparently.
 absl::StatusOr<std::vector<uint8_t>> ReadAll(const std::string& path) {
   struct stat st;
   if (::stat(path.c_str(), &st) != 0) {
@@ -41,6 +58,11 @@ absl::StatusOr<std::vector<uint8_t>> ReadAll(const std::string& path) {
     }
     if (n == 0) break;
     out.insert(out.end(), buf.begin(), buf.begin() + n);
+    const size_t promised = PromisedSize(out);
+    if (promised != SIZE_MAX && out.size() > promised) {
+      gzclose(f);
+      return out;  // more than promised: the caller says so, without reading the rest
+    }
   }
   int code = 0;
   const char* msg = gzerror(f, &code);
@@ -96,7 +118,7 @@ absl::StatusOr<at::Tensor> ReadIdxUint8(const std::string& path, int expected_di
     return FileError(path, absl::StrCat("truncated: header promises ", count, " bytes of data, file has ", have));
   }
   if (have > count) {
-    return FileError(path, absl::StrCat("has ", have - count, " bytes after the data the header describes"));
+    return FileError(path, absl::StrCat("has at least ", have - count, " bytes after the data the header describes"));
   }
   at::Tensor t = at::empty(dims, at::kByte);
   if (count > 0) std::memcpy(t.data_ptr<uint8_t>(), bytes.data() + header, count);  // no storage when empty

@@ -102,6 +102,23 @@ INSTANTIATE_TEST_SUITE_P(
         CorruptCase{"wrapping_dims", {0, 0, 8, 3, 0, 16, 0, 0, 0, 16, 0, 0, 1, 0, 0, 0}, false, "dimensions too large"}),
     [](const auto& info) { return info.param.name; });
 
+TEST(IdxReader, AGzipBombIsReadNoFurtherThanItsHeaderPromises) {
+  ScratchDir dir;
+  // 10 bytes promised, 64 MiB of zeros behind them, in a gzip stream of about 64 KiB.
+  std::vector<uint8_t> bytes = IdxBytes({10}, Ramp(10));
+  bytes.resize(bytes.size() + (size_t{64} << 20), 0);
+  const std::string path = dir / "bomb.gz";
+  testing::WriteGzip(path, bytes);
+  auto t = ReadIdxUint8(path, 1);
+  ASSERT_FALSE(t.ok());
+  const std::string message(t.status().message());
+  EXPECT_THAT(message, HasSubstr("bytes after the data"));
+  // What was inflated past the promise: one read's worth (1 MiB), not the 64 MiB behind it.
+  const size_t at = message.find("at least ");
+  ASSERT_NE(at, std::string::npos) << message;
+  EXPECT_LE(std::stoll(message.substr(at + 9)), int64_t{1} << 20) << message;
+}
+
 TEST(IdxReader, TruncatedGzipStreamIsAnError) {
   ScratchDir dir;
   testing::WriteGzip(dir / "full.gz", IdxBytes({50, 28, 28}, Ramp(50 * 784)));
