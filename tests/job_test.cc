@@ -266,4 +266,14 @@ TEST(Job, ShippedJobsParse) {
 }
 
 }  // namespace
+TEST(JobYaml, AMapOrListAsAKeyIsOneClearErrorNotATerminatedProcess) {
+  // Found by tests/fuzz/job: yaml-cpp threw on the conversion of a complex key, past every check.
+  for (const std::string text : {"? {a: 1}: x\n", "data:\n  ? [1, 2]: x\n", "optimizer:\n  ? dir: y\n  lr: 0.1\n"}) {
+    auto job = ParseJobYaml(text, "job.yaml");
+    ASSERT_FALSE(job.ok()) << text;
+    EXPECT_EQ(job.status().code(), absl::StatusCode::kInvalidArgument) << text;
+    EXPECT_NE(std::string(job.status().message()).find("job.yaml"), std::string::npos) << job.status();
+  }
+}
+
 }  // namespace allround
