@@ -29,6 +29,17 @@ void AddSiteMetric(std::map<std::string, double>& into, const std::string& key, 
   into[key] += value;
 }
 
+// A site-level DP round's figures into its record (both the plain and the secure close).
+void RecordSiteDp(RoundRecord& record, const privacy::SiteDpOutcome& outcome, const privacy::SiteDp& dp,
+                  double expected_sites) {
+  record.epsilon = dp.Spent().epsilon;
+  record.clip_norm = outcome.clip;
+  record.next_clip_norm = outcome.next_clip;
+  record.within_fraction = outcome.within_fraction;
+  record.expected_sites = expected_sites;
+  record.clipped_here = outcome.clipped_here;
+}
+
 // ||weights - global|| over the floating-point tensors (matched by position: a validated update has
 // the model's layout), in double.
 double UpdateNorm(const NamedTensors& global, const NamedTensors& weights) {
@@ -240,12 +251,7 @@ absl::StatusOr<NamedTensors> RoundManager::AggregateSiteDp(RoundRecord& record,
   auto outcome = site_dp_->Aggregate(
       model_, dp_updates, {static_cast<uint64_t>(current_->index), current_->expected_sites});
   if (!outcome.ok()) return outcome.status();
-  record.epsilon = site_dp_->Spent().epsilon;
-  record.clip_norm = outcome->clip;
-  record.next_clip_norm = outcome->next_clip;
-  record.within_fraction = outcome->within_fraction;
-  record.expected_sites = current_->expected_sites;
-  record.clipped_here = outcome->clipped_here;
+  RecordSiteDp(record, *outcome, *site_dp_, current_->expected_sites);
   budget_spent_ = !site_dp_->BudgetAllowsAnotherRound();
   record.budget_spent = budget_spent_;
   // One update, the noised mean: every sum-only strategy gives from it what it gives from a
@@ -336,10 +342,7 @@ void RoundManager::MaybeCloseSecureRound(Time now) {
           dp_status = outcome.status();
         } else {
           mean_delta = std::move(outcome->mean_delta);
-          record.epsilon = site_dp_->Spent().epsilon;
-          record.clip_norm = outcome->clip;
-          record.next_clip_norm = outcome->next_clip;
-          record.expected_sites = current_->expected_sites;
+          RecordSiteDp(record, *outcome, *site_dp_, current_->expected_sites);
           budget_spent_ = !site_dp_->BudgetAllowsAnotherRound();
           record.budget_spent = budget_spent_;
         }

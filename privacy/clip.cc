@@ -9,6 +9,7 @@
 #include <cmath>
 
 #include "absl/strings/str_cat.h"
+#include "privacy/site_dp.h"
 #include "privacy/update_pipeline.h"
 
 namespace allround::privacy {
@@ -21,17 +22,11 @@ class Clip final : public UpdateTransform {
 
   // Refuses, changing nothing, an update whose norm is not finite.
   absl::Status Apply(const StepContext&, Update& update) override {
-    double squares = 0.0;
-    for (const auto& [name, t] : update.delta) {
-      squares += t.to(at::kDouble).square().sum().item<double>();
-    }
-    const double norm = std::sqrt(squares);
+    // The delta holds floating-point tensors only; ClipToNorm changes nothing at a non-finite norm.
+    const double norm = ClipToNorm(update.delta, bound_);
     if (!std::isfinite(norm)) {
       return absl::InvalidArgumentError(absl::StrCat("the update's L2 norm is not finite (", norm, ")"));
     }
-    if (norm <= bound_) return absl::OkStatus();
-    const double scale = bound_ / norm;
-    for (auto& [name, t] : update.delta) t = t.mul(scale);
     return absl::OkStatus();
   }
 

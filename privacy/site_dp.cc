@@ -100,10 +100,14 @@ absl::Status CheckJob(const Job& job) {
   return true;
 }();
 
-uint64_t DrawSecret(const SiteDpSpec& spec) {
-  if (!spec.secret_seed) return DeriveSeed(spec.job_seed, "site-dp-secret");
+// 64 bits of OS entropy.
+uint64_t OsEntropy() {
   std::random_device entropy;
   return (static_cast<uint64_t>(entropy()) << 32) ^ static_cast<uint64_t>(entropy());
+}
+
+uint64_t DrawSecret(const SiteDpSpec& spec) {
+  return spec.secret_seed ? OsEntropy() : DeriveSeed(spec.job_seed, "site-dp-secret");
 }
 
 }  // namespace
@@ -151,9 +155,7 @@ double NoiseShareStd(double noise_multiplier, double clip, int64_t threshold) {
 }
 
 void AddNoiseShare(NamedTensors& delta, double std) {
-  std::random_device entropy;
-  const uint64_t seed = (static_cast<uint64_t>(entropy()) << 32) ^ static_cast<uint64_t>(entropy());
-  auto gen = at::detail::createCPUGenerator(seed);
+  auto gen = at::detail::createCPUGenerator(OsEntropy());
   for (auto& [name, t] : delta) {
     if (!IsFloat(t)) continue;
     const at::Tensor noise = at::normal(0.0, std, t.sizes(), gen, t.options().dtype(at::kDouble).device(at::kCPU));
