@@ -264,6 +264,17 @@ class FederatedRun final : public runtime::RoundExecutor, public runtime::RoundO
     last_ = {{"round", version}, {"sites", r.contributors}, {"site_names", names}, {"examples", r.examples},
              {"closed_by_deadline", r.closed_by_deadline}, {"aggregate_s", r.aggregate_s}, {"secure", r.secure},
              {"time", std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count()}};
+    if (attack_.on()) {
+      // Simulated Byzantine sites: which of this round's contributors attacked, by name.
+      std::vector<std::string> attackers;
+      for (int64_t id : r.attackers) {
+        auto name = manager_->SiteName(id);
+        attackers.push_back(name.ok() ? *name : "?");
+      }
+      last_["attack"] = attack_.name;
+      last_["attackers"] = attackers;
+      last_["attacker_count"] = attackers.size();
+    }
     if (r.epsilon >= 0) {
       // Site-level DP: the spend after this round, and what the round's noise was made of.
       last_["epsilon"] = r.epsilon;
@@ -330,6 +341,15 @@ class FederatedRun final : public runtime::RoundExecutor, public runtime::RoundO
     if (!site_dp.ok()) return site_dp.status();
     rm.site_dp = *site_dp;
     site_dp_ = *site_dp;
+    auto coordinator_pipeline = privacy::UpdatePipeline::Make(job_, privacy::Side::kCoordinator);
+    if (!coordinator_pipeline.ok()) return coordinator_pipeline.status();
+    rm.pipeline = *std::move(coordinator_pipeline);
+    if (!rm.pipeline.empty()) log::Info("coordinator pipeline: {}", rm.pipeline.Describe());
+    rm.attack = aggregation::AttackSpecFromJob(job_);
+    attack_ = rm.attack;
+    if (rm.attack.on()) {
+      log::Info("simulation: {} of the joined sites attack ({})", rm.attack.sites, rm.attack.name);
+    }
     if (site_dp->on && (!rm.poisson || (rm.secure.enabled && site_dp->quantile > 0))) {  // the job check says why
       return absl::FailedPreconditionError(
           "site-level DP needs federated.sampling: poisson, and a fixed clip under secure aggregation");
@@ -538,6 +558,7 @@ class FederatedRun final : public runtime::RoundExecutor, public runtime::RoundO
   json last_;
   int64_t last_saved_ = 0;
   privacy::SiteDpSpec site_dp_;  // privacy.mode site (on: false otherwise), noise as computed
+  aggregation::AttackSpec attack_;  // attack.* (simulated Byzantine sites)
 };
 
 }  // namespace

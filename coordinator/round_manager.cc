@@ -56,7 +56,7 @@ double UpdateNorm(const NamedTensors& global, const NamedTensors& weights) {
 
 RoundManager::RoundManager(RoundManagerOptions options, NamedTensors initial_model,
                            std::unique_ptr<aggregation::Strategy> strategy)
-    : options_(options), strategy_(std::move(strategy)), model_(std::move(initial_model)) {
+    : options_(options), strategy_(std::move(strategy)), pipeline_(options_.pipeline), model_(std::move(initial_model)) {
   if (options_.site_dp.on) {
     site_dp_ = std::make_unique<privacy::SiteDp>(options_.site_dp);
     budget_spent_ = !site_dp_->BudgetAllowsAnotherRound();
@@ -137,6 +137,7 @@ void RoundManager::MaybeStartRound(Time now) {
     std::sort(sampled.begin(), sampled.end());
     const double expected = options_.fraction * static_cast<double>(alive.size());
     Round round{next_round_index_++, sampled, now + options_.round_timeout, {}, {}, nullptr, expected};
+    round.attackers = AttackersAmong(round.participants);
     Changed();
     if (options_.secure.enabled && !StartSecure(round, now)) return;
     current_ = std::move(round);
@@ -152,6 +153,7 @@ void RoundManager::MaybeStartRound(Time now) {
   alive.resize(want);
   std::sort(alive.begin(), alive.end());
   Round round{next_round_index_++, alive, now + options_.round_timeout, {}, {}, nullptr, 0.0};
+  round.attackers = AttackersAmong(round.participants);
   Changed();
   if (options_.secure.enabled && !StartSecure(round, now)) return;
   current_ = std::move(round);
@@ -228,16 +230,58 @@ void RoundManager::MaybeCloseRound(Time now) {
       if (site_dp_ && k == "clip_within") continue;
       AddSiteMetric(record.site_metrics, k, v);  // bounded: finite
     }
-    // Each update's exact norm would tell its clip bit (and more): not under site-level DP.
-    if (options_.update_norms && !site_dp_) record.update_norms.push_back(UpdateNorm(model_, u.weights));
+    if (current_->attackers.count(id)) record.attackers.push_back(id);
     updates.push_back(std::move(u));
   }
   const auto start = std::chrono::steady_clock::now();
   timeline::Span span("aggregate", "federated");
-  auto next = site_dp_ ? AggregateSiteDp(record, updates) : strategy_->Aggregate(model_, updates);
+  absl::Status prepared = PrepareUpdates(updates);
+  // Each update's exact norm would tell its clip bit (and more): not under site-level DP.
+  if (options_.update_norms && !site_dp_) {
+    for (const auto& u : updates) record.update_norms.push_back(UpdateNorm(model_, u.weights));
+  }
+  auto next = !prepared.ok() ? absl::StatusOr<NamedTensors>(prepared)
+              : site_dp_     ? AggregateSiteDp(record, updates)
+                             : strategy_->Aggregate(model_, updates);
   record.aggregate_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   if (!next.ok()) record.abandoned = std::string(next.status().message());
   Commit(std::move(record), std::move(next));
+}
+
+std::set<int64_t> RoundManager::AttackersAmong(const std::vector<int64_t>& sampled) const {
+  if (!options_.attack.on()) return {};
+  std::vector<std::string> joined;
+  for (const auto& [name, id] : site_by_name_) joined.push_back(name);
+  const std::set<std::string> chosen = aggregation::ChooseAttackers(options_.attack, joined);
+  std::set<int64_t> out;
+  for (int64_t id : sampled) {
+    if (chosen.count(sites_.at(id).name)) out.insert(id);
+  }
+  return out;
+}
+
+absl::Status RoundManager::PrepareUpdates(std::vector<aggregation::SiteUpdate>& updates) const {
+  std::vector<bool> attacker;
+  std::vector<std::string> names;
+  for (const auto& u : updates) {
+    attacker.push_back(current_->attackers.count(u.site_id) != 0);
+    names.push_back(sites_.at(u.site_id).name);
+  }
+  if (auto s = aggregation::ApplyAttack(options_.attack, model_, current_->index, attacker, names, updates); !s.ok()) {
+    return s;
+  }
+  if (pipeline_.empty()) return absl::OkStatus();
+  for (auto& u : updates) {
+    const privacy::StepContext context{options_.seed, current_->index, sites_.at(u.site_id).name};
+    auto piped = pipeline_.ApplyToWeights(context, model_, u.weights, static_cast<double>(u.examples));
+    // Every update was checked finite with the model's layout: a step that fails on one is a bug
+    // or a setting (a bound of 0) that fails on all; the round is abandoned saying which.
+    if (!piped.ok()) {
+      return absl::Status(piped.status().code(), absl::StrCat("site '", context.site, "': ", piped.status().message()));
+    }
+    u.weights = *std::move(piped);
+  }
+  return absl::OkStatus();
 }
 
 absl::StatusOr<NamedTensors> RoundManager::AggregateSiteDp(RoundRecord& record,
@@ -358,6 +402,7 @@ void RoundManager::MaybeCloseSecureRound(Time now) {
       record.examples = site_dp_ ? 0 : update.examples;
       for (uint32_t id : result->counted) {
         record.contributors.push_back(id);
+        if (current_->attackers.count(id)) record.attackers.push_back(id);
         for (const auto& [k, v] : current_->metrics[id]) {
           if (site_dp_ && k == "clip_within") continue;  // never a site's own bit (sites do not send it here)
           AddSiteMetric(record.site_metrics, k, v);
@@ -397,6 +442,10 @@ void RoundManager::Tick(Time now) {
   MaybeStartRound(now);
 }
 
+bool RoundManager::FlipsLabels(int64_t site) const {
+  return options_.attack.kind == aggregation::AttackKind::kLabelFlip && current_ && current_->attackers.count(site);
+}
+
 absl::StatusOr<Task> RoundManager::GetTask(int64_t site, Time now) {
   std::lock_guard<std::mutex> lock(mu_);
   auto it = sites_.find(site);
@@ -420,6 +469,7 @@ absl::StatusOr<Task> RoundManager::GetTask(int64_t site, Time now) {
       case SecureStep::Kind::kUnmask: return Task{Task::Kind::kSecure, current_->index, version_, "", secure};
       case SecureStep::Kind::kMaskInput: {
         Task task{Task::Kind::kTrain, current_->index, version_, "", secure};
+        task.flip_labels = FlipsLabels(site);
         if (site_dp_) {  // the site clips, adds its share of the noise, masks
           task.clip_norm = site_dp_->clip();
           task.noise_multiplier = site_dp_->spec().noise_multiplier;
@@ -431,6 +481,7 @@ absl::StatusOr<Task> RoundManager::GetTask(int64_t site, Time now) {
   }
   if (current_->updates.count(site)) return Task{Task::Kind::kWait, 0, 0, "update received; waiting for the round"};
   Task task{Task::Kind::kTrain, current_->index, version_, ""};
+  task.flip_labels = FlipsLabels(site);
   if (site_dp_) {
     task.clip_norm = site_dp_->clip();
     task.noise_multiplier = site_dp_->spec().noise_multiplier;
@@ -675,12 +726,14 @@ NamedTensors RoundManager::StateLocked() const {
                        {"site_metrics", r.site_metrics},
                        {"epsilon", r.epsilon},
                        {"clip_norm", r.clip_norm},
-                       {"next_clip_norm", r.next_clip_norm}});
+                       {"next_clip_norm", r.next_clip_norm},
+                       {"attackers", r.attackers}});
   }
   out.emplace_back(kRegistry, JsonTensor({{"sites", sites}, {"history", history}, {"refusals", refusals_}}));
   if (site_dp_) {
     for (auto& [name, t] : site_dp_->State()) out.emplace_back(name, std::move(t));
   }
+  for (auto& [name, t] : pipeline_.State()) out.emplace_back(name, std::move(t));
   return out;
 }
 
@@ -740,6 +793,7 @@ absl::Status RoundManager::LoadState(const NamedTensors& state, Time now) {
       r.epsilon = h.value("epsilon", -1.0);  // absent before site-level DP
       r.clip_norm = h.value("clip_norm", 0.0);
       r.next_clip_norm = h.value("next_clip_norm", 0.0);
+      r.attackers = h.value("attackers", std::vector<int64_t>{});
       // A number per key; a null (an Inf that checkpoints written before the metric bounds held,
       // which nlohmann writes as null) is dropped rather than making the whole run unresumable.
       for (const auto& [k, v] : h["site_metrics"].items()) {
@@ -757,6 +811,7 @@ absl::Status RoundManager::LoadState(const NamedTensors& state, Time now) {
     if (auto s = site_dp->LoadState(state); !s.ok()) return s;
   }
   if (auto s = strategy_->LoadState(strategy_state); !s.ok()) return s;
+  if (auto s = pipeline_.LoadState(state); !s.ok()) return s;  // the coordinator steps' own ("pipeline/...")
   if (site_dp) {
     site_dp_ = std::move(site_dp);
     budget_spent_ = !site_dp_->BudgetAllowsAnotherRound();

@@ -25,15 +25,18 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "algorithms/aggregation/byzantine.h"
 #include "algorithms/aggregation/strategy.h"
 #include "coordinator/limits.h"
 #include "coordinator/secure_round.h"
 #include "privacy/secure_aggregation.h"
 #include "privacy/site_dp.h"
+#include "privacy/update_pipeline.h"
 
 namespace allround::coordinator {
 
@@ -62,6 +65,12 @@ struct RoundManagerOptions {
   // Rounds close with whatever arrived (none included), and the run stops when one more round
   // would pass privacy.target_epsilon.
   privacy::SiteDpSpec site_dp;
+  // pipeline.coordinator: the steps each update of a plain round passes before the strategy
+  // (norm_bound), on its delta from the round's global model.
+  privacy::UpdatePipeline pipeline;
+  // Byzantine sites in simulation (attack.*, algorithms/aggregation/byzantine.h): the attackers'
+  // updates are replaced before the pipeline; under label_flip they are told to flip labels.
+  aggregation::AttackSpec attack;
 };
 
 struct Task {
@@ -79,6 +88,7 @@ struct Task {
   std::shared_ptr<const Secure> secure;  // set under secure aggregation
   double clip_norm = 0;  // kTrain under site-level DP: the bound the site clips its update to
   double noise_multiplier = 0;  // with clip_norm: the job's z (a site checks its own against it)
+  bool flip_labels = false;  // kTrain, attack.kind label_flip: this site attacks (simulation)
 };
 
 struct RoundRecord {
@@ -110,6 +120,8 @@ struct RoundRecord {
   // Under secure aggregation with site-level DP: the spend against whoever knows the sample (the
   // coordinator): no amplification, over the rounds the most frequent contributor took part in.
   double epsilon_knowing_sample = -1;
+  // Simulated Byzantine sites (attack.*): the contributors that attacked, in contributor order.
+  std::vector<int64_t> attackers;
 };
 
 // A round that produced a new global model, queued for the caller to evaluate and checkpoint
@@ -236,6 +248,7 @@ class RoundManager {
     std::map<int64_t, std::map<std::string, double>> metrics;
     std::shared_ptr<SecureRound> secure;  // under secure aggregation
     double expected_sites = 0;            // q * alive (site-level DP's denominator)
+    std::set<int64_t> attackers;          // the sampled sites that attack (attack.*)
   };
 
   bool Alive(const Site& s, Time now) const;
@@ -245,6 +258,13 @@ class RoundManager {
   // then recorded as abandoned), advances its stages, and aggregates its decoded sum.
   bool StartSecure(Round& round, Time now);
   void MaybeCloseSecureRound(Time now);
+  // The simulated attackers (attack.*) among a round's sampled sites.
+  std::set<int64_t> AttackersAmong(const std::vector<int64_t>& sampled) const;
+  // Whether `site` trains on flipped labels in the open round (attack.kind label_flip).
+  bool FlipsLabels(int64_t site) const;
+  // A plain round's updates (name order) before the strategy: the simulated attackers' replaced,
+  // then each through the coordinator's pipeline. Fails naming the site whose step failed.
+  absl::Status PrepareUpdates(std::vector<aggregation::SiteUpdate>& updates) const;
   // Site-level DP's close: the noised mean of the clipped updates, as one update to the strategy.
   absl::StatusOr<NamedTensors> AggregateSiteDp(RoundRecord& record, const std::vector<aggregation::SiteUpdate>& updates);
   // The checks every secure call shares: a known site, sampled for the open round `round`.
@@ -263,6 +283,7 @@ class RoundManager {
 
   const RoundManagerOptions options_;
   std::unique_ptr<aggregation::Strategy> strategy_;
+  privacy::UpdatePipeline pipeline_;  // options_.pipeline's steps, whose state is checkpointed here
   mutable std::mutex mu_;
   NamedTensors model_;
   int64_t version_ = 0;

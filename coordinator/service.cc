@@ -241,6 +241,7 @@ grpc::Status CoordinatorService::GetTask(grpc::ServerContext* ctx, const allroun
   reply->set_proximal_mu(options_.proximal_mu);
   reply->set_clip_norm(task->clip_norm);
   reply->set_noise_multiplier(task->noise_multiplier);
+  reply->set_flip_labels(task->flip_labels);
   return grpc::Status::OK;
 }
 

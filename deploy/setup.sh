@@ -39,6 +39,8 @@ PACKAGES=(
   dataset-fashion-mnist fortunes
   # peers for side-by-side benchmarks and for reading exported checkpoints
   python3 python3-torch python3-numpy python3-venv python3-pip
+  # bench/byzantine draws its heat map with matplotlib
+  python3-matplotlib
 )
 
 SUDO=""

@@ -71,6 +71,12 @@ absl::Status CheckPipelines(const Job& job) {
   std::vector<std::string> decoders;
   for (const std::string& step : PipelineSteps(job, Side::kCoordinator)) {
     if (counterparts.count(step) != 0) decoders.push_back(step);
+    const Registered* r = Transforms(Side::kCoordinator).Find(step);
+    if (r != nullptr && r->traits.per_update && JobParam(job, "privacy.secure_aggregation") != "none") {
+      return absl::InvalidArgumentError(absl::StrCat("job key '", kCoordinatorKey, "': step '", step,
+                                                     "' works on each site's update, which secure aggregation "
+                                                     "(privacy.secure_aggregation) hides from the coordinator"));
+    }
   }
   if (decoders != expected) {
     return absl::InvalidArgumentError(absl::StrCat(

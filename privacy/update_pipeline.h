@@ -21,6 +21,10 @@
 // Steps may keep state that must survive a restart (error-feedback residuals): State() and
 // LoadState() carry it into the checkpoint of the side that runs the step, never the other side's.
 //
+// At the coordinator the steps run on each arriving update in a plain round, before the strategy
+// (coordinator/round_manager.h); a step that needs each update is refused under secure
+// aggregation.
+//
 // Thread-compatible: one pipeline per site or coordinator, driven by one thread at a time.
 
 #include <cstdint>
@@ -76,6 +80,9 @@ struct TransformTraits {
   // The coordinator may only learn the sum of the updates (secure aggregation): strategies that
   // look at each site's update are refused.
   bool sum_only = false;
+  // A coordinator step that works on each site's update (norm_bound): refused under secure
+  // aggregation, where the coordinator sees only the sum.
+  bool per_update = false;
 };
 
 using TransformFactory = std::function<absl::StatusOr<std::unique_ptr<UpdateTransform>>(const Job& job)>;

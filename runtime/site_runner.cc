@@ -27,6 +27,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "algorithms/aggregation/byzantine.h"
 #include "algorithms/modes/registry.h"
 #include "comm/communicator.h"
 #include "common/log.h"
@@ -122,6 +123,7 @@ struct Shared {
   std::unique_ptr<comm::Reducer> reducer;
   bool many = false;
   std::vector<v1::TensorSpec> model;  // the model's layout, sent with Join
+  std::vector<tensor::TensorLayout> layout;  // the same, what a fetched model must be
 };
 
 // Control messages from a group's rank 0 to the others: [kind, round, epochs, mu, model version].
@@ -319,7 +321,7 @@ class Site {
     if (sh_->group == nullptr) return absl::OkStatus();
     at::Tensor control = at::tensor({static_cast<double>(kind), static_cast<double>(task.round()),
                                      static_cast<double>(task.local_epochs()), task.proximal_mu(),
-                                     static_cast<double>(task.model_version())},
+                                     static_cast<double>(task.model_version()), task.flip_labels() ? 1.0 : 0.0},
                                     at::kDouble);
     return BroadcastControl(*sh_->group, control);
   }
@@ -331,7 +333,8 @@ class Site {
     fetch.set_token(token_);
     fetch.set_model_version(task.model_version());
     auto reader = stub_->FetchModel(&ctx, fetch);
-    comm::TensorAssembler assembler(uint64_t{1} << 34);
+    // Exactly this site's own model: a coordinator's stream cannot make the site hold more.
+    comm::TensorAssembler assembler(&sh_->layout, 128);
     v1::TensorChunk chunk;
     absl::Status bad;
     Sent(fetch);
@@ -551,13 +554,20 @@ class Site {
       }
       (*metrics)["eval_loss_sum"] = sums->loss_sum;
     }
+    if (task.flip_labels() && aggregation::AttackSpecFromJob(sh_->job).kind != aggregation::AttackKind::kLabelFlip) {
+      // Only a simulation that says so trains on wrong labels: a real site refuses the order.
+      return absl::FailedPreconditionError(
+          "the coordinator asks this site to train on flipped labels (a simulated attack), but this site's job "
+          "does not set attack.kind: label_flip; refusing the round");
+    }
     if (sh_->group != nullptr) {
       if (auto s = TellGroup(kGroupTrain, task); !s.ok()) return s;
       if (auto s = comm::BroadcastFromRoot(*sh_->group, mode->ModelState()); !s.ok()) return s;
     }
     double epsilon = -1;
+    if (task.flip_labels()) log::Info("round {}: site {} attacks (simulation): training on flipped labels", task.round(), name_);
     if (auto s = TrainLocally(sh_, index_, data_, task.round(), task.model_version(), task.local_epochs(),
-                              task.proximal_mu(), mode, &privacy_rdp_, &epsilon);
+                              task.proximal_mu(), task.flip_labels(), mode, &privacy_rdp_, &epsilon);
         !s.ok()) {
       return s;
     }
@@ -609,8 +619,8 @@ class Site {
   // round (the site's own records are what it protects, over every round it trains), and
   // `epsilon` receives the spend after this round.
   static absl::Status TrainLocally(Shared* sh, int64_t index, const SiteData& data, int64_t round, int64_t version,
-                                   int64_t epochs, double mu, modes::LearningMode* mode, at::Tensor* rdp,
-                                   double* epsilon) {
+                                   int64_t epochs, double mu, bool flip_labels, modes::LearningMode* mode,
+                                   at::Tensor* rdp, double* epsilon) {
     // FedProx: stay near the round's global model (what the mode holds now).
     storage::NamedTensors reference;
     if (mu > 0) {
@@ -630,6 +640,10 @@ class Site {
     td.info = sh->info;
     td.labeled_inputs = data.labeled_x;
     td.labeled_targets = data.labeled_y;
+    if (flip_labels) {  // a simulated attacker's data poisoning (attack.kind label_flip)
+      td.train_targets = aggregation::FlipLabels(td.train_targets, sh->info.num_classes);
+      td.labeled_targets = aggregation::FlipLabels(td.labeled_targets, sh->info.num_classes);
+    }
     std::unique_ptr<comm::Communicator> local_comm;
     comm::Communicator* comm = sh->group;
     if (comm == nullptr) {
@@ -716,7 +730,7 @@ absl::Status FollowGroup(Shared* sh, int64_t index, const SiteData& data) {
   at::Tensor rdp;  // the same count as rank 0's: every rank takes the same DP steps
   double epsilon = -1;
   for (;;) {
-    at::Tensor control = at::zeros({5}, at::kDouble);
+    at::Tensor control = at::zeros({6}, at::kDouble);
     if (auto s = BroadcastControl(*sh->group, control); !s.ok()) return s;
     const auto kind = static_cast<GroupKind>(control[0].item<double>());
     if (kind == kGroupStop) return absl::OkStatus();
@@ -724,8 +738,8 @@ absl::Status FollowGroup(Shared* sh, int64_t index, const SiteData& data) {
     if (auto s = comm::BroadcastFromRoot(*sh->group, mode->ModelState()); !s.ok()) return s;
     if (auto s = Site::TrainLocally(sh, index, data, static_cast<int64_t>(control[1].item<double>()),
                                     static_cast<int64_t>(control[4].item<double>()),
-                                    static_cast<int64_t>(control[2].item<double>()), control[3].item<double>(), mode,
-                                    &rdp, &epsilon);
+                                    static_cast<int64_t>(control[2].item<double>()), control[3].item<double>(),
+                                    control[5].item<double>() != 0, mode, &rdp, &epsilon);
         !s.ok()) {
       return s;
     }
@@ -920,6 +934,7 @@ absl::Status PrepareTraining(const Job& job, int64_t hosted, Shared* sh) {
     spec.set_dtype(tensor::DtypeName(t.scalar_type()));
     for (int64_t d : t.sizes()) spec.add_shape(d);
     sh->model.push_back(std::move(spec));
+    sh->layout.push_back({name, t.scalar_type(), t.sizes().vec()});
   }
   sh->slots = std::make_unique<TrainingSlots>(std::move(modes));
   return absl::OkStatus();

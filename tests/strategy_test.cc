@@ -138,7 +138,7 @@ TEST(Strategy, RefusesBadUpdatesNamingSiteAndTensor) {
 TEST(Strategy, NamesAndKeysComeFromTheRegistrations) {
   Job job;
   absl::Status bad_name = SetJobKey(job, "strategy.name", "fedsgd");
-  EXPECT_THAT(std::string(bad_name.message()), HasSubstr("one of: fedadagrad, fedadam, fedavg, fedavgm"));
+  EXPECT_THAT(std::string(bad_name.message()), HasSubstr("one of: centered_clipping, fedadagrad, fedadam, fedavg, fedavgm"));
   job.strategy.name = "fedsgd";  // set past the job's check
   EXPECT_THAT(std::string(MakeStrategy(job).status().message()), HasSubstr("unknown strategy 'fedsgd' (known: "));
   absl::Status bad_value = SetJobKey(job, "strategy.trim_beta", "0.5");

@@ -22,7 +22,9 @@ struct StrategySpec {
   double tau = 1e-3;           // adaptive
   double trim_beta = 0.1;      // trimmed_mean
   int64_t byzantine = 0;       // krum: f
-  int64_t multi_krum = 1;      // krum: m
+  int64_t multi_krum = 0;      // krum: m (0: 1 for krum, n - f for multi_krum)
+  double cc_tau = 0;           // centered_clipping: the radius (0: the median distance to the center)
+  int64_t cc_iterations = 1;   // centered_clipping: L
 };
 
 bool Aggregated(const at::Tensor& t) { return at::isFloatingType(t.scalar_type()); }
@@ -206,14 +208,19 @@ class Robust : public Strategy {
 class Krum : public Strategy {
  public:
   explicit Krum(const StrategySpec& spec) : spec_(spec) {}
-  std::string name() const override { return "krum"; }
+  std::string name() const override { return spec_.name; }
   absl::StatusOr<NamedTensors> Aggregate(const NamedTensors& global, const std::vector<SiteUpdate>& updates) override {
     if (auto s = Check(global, updates); !s.ok()) return s;
     const int64_t n = static_cast<int64_t>(updates.size());
     const int64_t neighbours = n - spec_.byzantine - 2;
-    if (neighbours < 1 || spec_.multi_krum < 1 || spec_.multi_krum > n) {
-      return absl::InvalidArgumentError(absl::StrCat("krum: ", n, " updates cannot tolerate ", spec_.byzantine,
+    const int64_t m = spec_.multi_krum > 0 ? spec_.multi_krum : spec_.name == "multi_krum" ? n - spec_.byzantine : 1;
+    if (neighbours < 1) {
+      return absl::InvalidArgumentError(absl::StrCat(spec_.name, ": ", n, " updates cannot tolerate ", spec_.byzantine,
                                                      " byzantine sites (needs n > f + 2)"));
+    }
+    if (m > n) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(spec_.name, ": strategy.multi_krum is ", m, " but the round has ", n, " updates"));
     }
     // Each update as one flat float64 vector of its aggregated tensors.
     std::vector<at::Tensor> flat;
@@ -234,7 +241,7 @@ class Krum : public Strategy {
     }
     std::stable_sort(scores.begin(), scores.end());
     std::vector<SiteUpdate> chosen;
-    for (int64_t j = 0; j < spec_.multi_krum; ++j) {
+    for (int64_t j = 0; j < m; ++j) {
       SiteUpdate u = updates[scores[j].second];
       u.examples = 1;  // multi-Krum averages the selected updates plainly
       chosen.push_back(std::move(u));
@@ -244,6 +251,77 @@ class Krum : public Strategy {
 
  private:
   StrategySpec spec_;
+};
+
+// Centered clipping (Karimireddy, He and Jaggi 2021, "Learning from History for Byzantine Robust
+// Optimization"), on the sites' deltas delta_i = x_i - x as whole vectors: starting from the last
+// round's aggregate v (the history; 0 at first), L times v <- v + (1/n) sum_i (delta_i - v)
+// min(1, tau / ||delta_i - v||); then x + v. Unweighted, as the robust statistics are. With
+// strategy.cc_tau 0 the radius is the median of the distances ||delta_i - v|| in each iteration, so
+// it follows the honest updates' scale: with fewer than half the sites lying, the median is an
+// honest distance and each liar moves v by at most tau / n. The center v is checkpointed.
+class CenteredClipping : public Strategy {
+ public:
+  explicit CenteredClipping(const StrategySpec& spec) : spec_(spec) {}
+  std::string name() const override { return "centered_clipping"; }
+
+  absl::StatusOr<NamedTensors> Aggregate(const NamedTensors& global, const std::vector<SiteUpdate>& updates) override {
+    if (auto s = Check(global, updates); !s.ok()) return s;
+    std::vector<at::Tensor> deltas;  // flat float64, the aggregated tensors in model order
+    for (const auto& u : updates) {
+      std::vector<at::Tensor> parts;
+      for (size_t k = 0; k < global.size(); ++k) {
+        if (Aggregated(global[k].second)) {
+          parts.push_back((u.weights[k].second.to(at::kDouble) - global[k].second.to(at::kDouble)).reshape({-1}));
+        }
+      }
+      deltas.push_back(at::cat(parts));
+    }
+    const int64_t d = deltas[0].numel();
+    at::Tensor v = center_.defined() && center_.numel() == d ? center_.clone() : at::zeros({d}, at::kDouble);
+    const double n = static_cast<double>(deltas.size());
+    for (int64_t l = 0; l < spec_.cc_iterations; ++l) {
+      std::vector<double> norms;
+      for (const auto& delta : deltas) norms.push_back((delta - v).norm().item<double>());
+      double tau = spec_.cc_tau;
+      if (tau <= 0) {
+        std::vector<double> sorted = norms;
+        std::sort(sorted.begin(), sorted.end());
+        tau = sorted.size() % 2 == 1 ? sorted[sorted.size() / 2]
+                                     : (sorted[sorted.size() / 2 - 1] + sorted[sorted.size() / 2]) / 2;
+      }
+      at::Tensor step = at::zeros({d}, at::kDouble);
+      for (size_t i = 0; i < deltas.size(); ++i) {
+        const double scale = norms[i] > tau ? tau / norms[i] : 1.0;
+        step.add_(deltas[i] - v, scale / n);
+      }
+      v.add_(step);
+    }
+    int64_t offset = 0;
+    NamedTensors out = Map(global, updates, [&](size_t k, const at::Tensor& x) {
+      const int64_t size = x.numel();
+      at::Tensor next = x + v.narrow(0, offset, size).view(x.sizes());
+      offset += size;
+      return next;
+    });
+    center_ = v;
+    return out;
+  }
+
+  NamedTensors State() const override {
+    if (!center_.defined()) return {};
+    return {{"strategy/center", center_}};
+  }
+  absl::Status LoadState(const NamedTensors& state) override {
+    for (const auto& [name, t] : state) {
+      if (name == "strategy/center") center_ = t.to(at::kDouble).reshape({-1}).clone();
+    }
+    return absl::OkStatus();
+  }
+
+ private:
+  StrategySpec spec_;
+  at::Tensor center_;  // float64, flat: the last aggregate delta
 };
 
 // The strategies, their keys and defaults. A key several strategies read (strategy.server_lr) is
@@ -269,6 +347,8 @@ StrategyFactory FromSpec() {
     number("strategy.trim_beta", spec.trim_beta);
     spec.byzantine = JobInteger(job, "strategy.byzantine");
     spec.multi_krum = JobInteger(job, "strategy.multi_krum");
+    spec.cc_tau = JobNumber(job, "strategy.cc_tau");
+    spec.cc_iterations = JobInteger(job, "strategy.cc_iterations");
     return std::unique_ptr<Strategy>(std::make_unique<T>(spec));
   };
 }
@@ -301,11 +381,26 @@ constexpr char kIndividual[] = "individual_updates";
                     {NumberKey("strategy.trim_beta", 0.1, "fraction cut at each end", 0, 0.4999)},
                     {kIndividual}},
                    FromSpec<Robust>());
+  const auto byzantine = [] { return IntegerKey("strategy.byzantine", 0, "f: the sites that may lie", 0, int64_t{1} << 40); };
+  const auto multi_krum = [] {
+    return IntegerKey("strategy.multi_krum", 0, "m: the best updates averaged (0: 1 for krum, n - f for multi_krum)",
+                      0, int64_t{1} << 40);
+  };
   RegisterStrategy({"strategy", "krum", "the update closest to its n - f - 2 neighbours (Blanchard et al. 2017)",
-                    {IntegerKey("strategy.byzantine", 0, "f: the sites that may lie", 0, int64_t{1} << 40),
-                     IntegerKey("strategy.multi_krum", 1, "m: the best updates averaged", 1, int64_t{1} << 40)},
-                    {kIndividual}},
+                    {byzantine(), multi_krum()}, {kIndividual}},
                    FromSpec<Krum>());
+  RegisterStrategy({"strategy", "multi_krum",
+                    "the mean of the m updates with the best Krum scores (Blanchard et al. 2017; m = n - f by default)",
+                    {byzantine(), multi_krum()}, {kIndividual}},
+                   FromSpec<Krum>());
+  RegisterStrategy(
+      {"strategy", "centered_clipping",
+       "the last aggregate moved by each update's difference clipped to tau (Karimireddy et al. 2021)",
+       {NumberKey("strategy.cc_tau", 0, "centered_clipping: the clipping radius (0: the median distance, each iteration)",
+                  0, 1e12),
+        IntegerKey("strategy.cc_iterations", 1, "centered_clipping: L, clipping iterations per round", 1, 100)},
+       {kIndividual}},
+      FromSpec<CenteredClipping>());
   return true;
 }();
 

@@ -17,7 +17,10 @@
 //  - median (Yin et al. 2018): coordinate-wise median of the x_i (mean of the middle two if even).
 //  - trimmed_mean (Yin et al. 2018): per coordinate, drop floor(beta n) smallest and largest, mean.
 //  - krum (Blanchard et al. 2017): the x_i whose squared distances to its n - f - 2 nearest others
-//    sum least; with multi_krum m > 1, the mean of the m best.
+//    sum least; with strategy.multi_krum m > 1, the mean of the m best.
+//  - multi_krum: krum's mean of the m best, m = n - f unless strategy.multi_krum says.
+//  - centered_clipping (Karimireddy et al. 2021): from the last round's aggregate delta v,
+//    v <- v + (1/n) sum_i clip_tau(delta_i - v), L times; x + v (strategies.cc says more).
 // Only floating-point tensors are aggregated; integer ones (e.g. BatchNorm's batch counter) are
 // taken from the first update. Thread-compatible.
 
