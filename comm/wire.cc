@@ -114,7 +114,12 @@ absl::Status TensorAssembler::Add(const allround::v1::TensorChunk& c) {
     return absl::InvalidArgumentError(absl::StrCat("tensor ", Echo(name_, max_echo_chars_), ": more than its ", expected_, " bytes"));
   }
   if (!c.data().empty()) {  // an empty tensor has no storage: no pointer to copy to
-    std::memcpy(static_cast<char*>(current_.data_ptr()) + filled_, c.data().data(), c.data().size());
+    char* dst = static_cast<char*>(current_.data_ptr()) + filled_;
+    std::memcpy(dst, c.data().data(), c.data().size());
+    if (current_.scalar_type() == at::kBool) {
+      // A bool byte other than 0 or 1 is undefined behaviour to read as bool: taken as 0 / not 0.
+      for (size_t i = 0; i < c.data().size(); ++i) dst[i] = dst[i] != 0 ? 1 : 0;
+    }
   }
   filled_ += c.data().size();
   return absl::OkStatus();

@@ -250,11 +250,11 @@ absl::Status SalvageInto(const std::string& path, const std::set<std::string>& c
     for (it->SeekToFirst(); it->Valid(); it->Next()) {
       const std::string key = it->key().ToString();
       if (key.rfind("m/", 0) == 0) {
-        pb::Manifest m;
-        if (m.ParseFromArray(it->value().data(), static_cast<int>(it->value().size()))) {
-          manifests.push_back(std::move(m));
+        auto m = DecodeManifest(it->value().ToStringView(), key);
+        if (m.ok()) {
+          manifests.push_back(*std::move(m));
         } else {
-          report.notes.push_back(absl::StrCat("manifest ", key, " does not parse; its checkpoint is lost"));
+          report.notes.push_back(absl::StrCat(m.status().message(), "; its checkpoint is lost"));
         }
       } else if (key.rfind("latest/", 0) == 0) {
         latest[key.substr(7)] = it->value().ToString();

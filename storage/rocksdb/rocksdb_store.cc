@@ -375,11 +375,9 @@ class RocksDbStore final : public CheckpointStore {
     std::vector<pb::Manifest> out;
     std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions(), meta()));
     for (it->Seek(prefix); it->Valid() && it->key().starts_with(prefix); it->Next()) {
-      pb::Manifest m;
-      if (!m.ParseFromArray(it->value().data(), static_cast<int>(it->value().size()))) {
-        return absl::DataLossError(absl::StrCat("manifest ", it->key().ToString(), " does not parse"));
-      }
-      out.push_back(std::move(m));
+      auto m = DecodeManifest(it->value().ToStringView(), it->key().ToString());
+      if (!m.ok()) return m.status();
+      out.push_back(*std::move(m));
     }
     if (auto s = FromRocks(it->status(), "listing manifests"); !s.ok()) return s;
     return out;
@@ -396,9 +394,7 @@ class RocksDbStore final : public CheckpointStore {
     rocksdb::Status s = db_->Get(rocksdb::ReadOptions(), meta(), ManifestKey(id.substr(0, slash), seq), &value);
     if (s.IsNotFound()) return absl::NotFoundError(absl::StrCat("no checkpoint '", id, "' in ", path_));
     if (auto st = FromRocks(s, "reading manifest"); !st.ok()) return st;
-    pb::Manifest m;
-    if (!m.ParseFromString(value)) return absl::DataLossError(absl::StrCat("manifest of ", id, " does not parse"));
-    return m;
+    return DecodeManifest(value, id);
   }
 
   struct TensorRead {
@@ -433,7 +429,14 @@ class RocksDbStore final : public CheckpointStore {
     }
     char* dst = nullptr;
     if (keep) {
-      r.tensor = at::empty(std::vector<int64_t>(e.shape().begin(), e.shape().end()), at::TensorOptions().dtype(*dtype));
+      // DecodeManifest checked shape, dtype and bytes together; what remains is memory.
+      try {
+        r.tensor = at::empty(std::vector<int64_t>(e.shape().begin(), e.shape().end()), at::TensorOptions().dtype(*dtype));
+      } catch (const c10::Error&) {
+        r.status = absl::ResourceExhaustedError(absl::StrCat("checkpoint ", m.id(), ": tensor ", e.name(), " (",
+                                                             e.bytes(), " bytes) does not fit in memory"));
+        return r;
+      }
       if (static_cast<uint64_t>(r.tensor.numel() * r.tensor.element_size()) != e.bytes()) {
         r.status = absl::DataLossError(absl::StrCat("checkpoint ", m.id(), ": tensor ", e.name(),
                                                     " shape and size disagree"));

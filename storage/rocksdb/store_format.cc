@@ -1,6 +1,10 @@
 #include "storage/rocksdb/store_format.h"
 
+#include <ATen/ATen.h>
+
+#include <algorithm>
 #include <filesystem>
+#include <limits>
 #include <fstream>
 #include <iterator>
 
@@ -9,8 +13,10 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
+#include "common/echo.h"
 #include "storage/crc32c.h"
 #include "storage/run_directory.h"
+#include "tensor/dtype.h"
 
 namespace allround::storage::rocksdb_format {
 namespace {
@@ -71,6 +77,38 @@ absl::StatusOr<std::optional<std::set<std::string>>> ReadCommitted(const std::st
   std::vector<std::string> lines = absl::StrSplit(text.substr(0, last), '\n', absl::SkipEmpty());
   if (lines.empty() || lines[0] != kCommittedHeader) return damaged("no header line");
   return std::optional<std::set<std::string>>(std::set<std::string>(lines.begin() + 1, lines.end()));
+}
+
+absl::StatusOr<pb::Manifest> DecodeManifest(std::string_view bytes, const std::string& key) {
+  pb::Manifest m;
+  if (bytes.size() > static_cast<size_t>(std::numeric_limits<int>::max()) ||
+      !m.ParseFromArray(bytes.data(), static_cast<int>(bytes.size()))) {
+    return absl::DataLossError(absl::StrCat("manifest ", key, " does not parse"));
+  }
+  constexpr uint64_t kMaxTensorBytes = uint64_t{1} << 40;
+  for (const pb::TensorEntry& e : m.tensors()) {
+    const auto bad = [&](const std::string& why) {
+      return absl::DataLossError(absl::StrCat("manifest ", key, ": tensor '", Echo(e.name(), 128), "' ", why));
+    };
+    auto dtype = tensor::DtypeFromName(e.dtype());
+    if (!dtype.ok()) return bad(std::string(dtype.status().message()));
+    uint64_t product = at::elementSize(*dtype);
+    for (int64_t d : e.shape()) {
+      if (d < 0) return bad(absl::StrCat("has a negative dimension (", d, ")"));
+      if (__builtin_mul_overflow(product, static_cast<uint64_t>(d), &product) || product > kMaxTensorBytes) {
+        return bad("has a shape past 2^40 bytes");
+      }
+    }
+    if (product != e.bytes()) {
+      return bad(absl::StrCat("has shape and dtype for ", product, " bytes but records ", e.bytes()));
+    }
+    const uint64_t size = m.chunk_bytes();
+    const uint64_t chunks = size == 0 ? 0 : std::max<uint64_t>(1, e.bytes() / size + (e.bytes() % size != 0));
+    if (e.chunks() == 0 || (size != 0 && e.chunks() != chunks)) {
+      return bad(absl::StrCat("records ", e.chunks(), " chunks for ", e.bytes(), " bytes in chunks of ", size));
+    }
+  }
+  return m;
 }
 
 // The RocksDB files that a damaged store's error names: CURRENT and the MANIFEST it points to.

@@ -17,6 +17,7 @@
 #include <optional>
 #include <set>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -46,6 +47,14 @@ absl::Status WriteCommitted(const std::string& store, const std::set<std::string
 // nullopt when the file does not exist (a store from before it, or a new one); DataLoss naming
 // the file and `allround-ckpt repair` when it is damaged.
 absl::StatusOr<std::optional<std::set<std::string>>> ReadCommitted(const std::string& store);
+
+// A stored manifest's bytes as the store reads them (they may be damaged): parses, and checks what
+// reading its tensors relies on before anything is allocated: each tensor's dtype is one we write,
+// its dimensions are non-negative and their product times the element size is its byte count
+// without overflow, at most 2^40 bytes, and it has at least one chunk (and, where the manifest
+// records its chunk size, exactly the chunks those bytes take). DataLoss naming `key` and the
+// tensor otherwise.
+absl::StatusOr<pb::Manifest> DecodeManifest(std::string_view bytes, const std::string& key);
 
 // For errors: "MANIFEST-000012 (named by CURRENT)", or that CURRENT is unreadable.
 std::string ManifestName(const std::string& store);
