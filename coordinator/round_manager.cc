@@ -100,7 +100,7 @@ absl::StatusOr<int64_t> RoundManager::Join(const std::string& name, int64_t exam
     }
   }
   auto it = site_by_name_.find(name);
-  const int64_t id = it != site_by_name_.end() ? it->second : static_cast<int64_t>(sites_.size()) + 1;
+  const int64_t id = it != site_by_name_.end() ? it->second : next_site_id_++;
   site_by_name_[name] = id;
   sites_[id] = Site{name, examples, now};
   Changed();
@@ -729,7 +729,10 @@ NamedTensors RoundManager::StateLocked() const {
                        {"next_clip_norm", r.next_clip_norm},
                        {"attackers", r.attackers}});
   }
-  out.emplace_back(kRegistry, JsonTensor({{"sites", sites}, {"history", history}, {"refusals", refusals_}}));
+  out.emplace_back(kRegistry, JsonTensor({{"sites", sites},
+                                          {"history", history},
+                                          {"refusals", refusals_},
+                                          {"next_site_id", next_site_id_}}));
   if (site_dp_) {
     for (auto& [name, t] : site_dp_->State()) out.emplace_back(name, std::move(t));
   }
@@ -770,7 +773,9 @@ absl::Status RoundManager::LoadState(const NamedTensors& state, Time now) {
   std::map<std::string, int64_t> by_site_name;
   std::vector<RoundRecord> history;
   std::map<std::string, int64_t> refusals;
+  int64_t next_site_id = 1;
   try {
+    next_site_id = j.value("next_site_id", int64_t{1});  // absent before it was saved
     for (const auto& s : j["sites"]) {
       const int64_t id = s["id"];
       const std::string name = s["name"];
@@ -780,6 +785,7 @@ absl::Status RoundManager::LoadState(const NamedTensors& state, Time now) {
       }
       sites[id] = Site{name, s["examples"], now};
       by_site_name[name] = id;
+      next_site_id = std::max(next_site_id, id + 1);
     }
     for (const auto& h : j["history"]) {
       RoundRecord r;
@@ -823,6 +829,10 @@ absl::Status RoundManager::LoadState(const NamedTensors& state, Time now) {
   next_round_index_ = c[2].item<int64_t>();
   sites_ = std::move(sites);
   site_by_name_ = std::move(by_site_name);
+  // Sites that joined after this checkpoint still hold the ids they were given, which this state
+  // does not know: new ids start past any the lost incarnation can have handed out, so no site
+  // is ever given another's id (without tokens, it would then speak as that site).
+  next_site_id_ = next_site_id + kSiteIdsPerIncarnation;
   history_ = std::move(history);
   refusals_ = std::move(refusals);
   current_.reset();

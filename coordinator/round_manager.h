@@ -291,6 +291,10 @@ class RoundManager {
   int64_t next_round_index_ = 0;  // counts abandoned rounds too, so each sample is fresh
   std::map<int64_t, Site> sites_;
   std::map<std::string, int64_t> site_by_name_;  // also the sampling and aggregation order
+  // The id the next new site gets. Ids are never reused: after a restore they continue
+  // kSiteIdsPerIncarnation past the saved counter (joins since that checkpoint were lost).
+  int64_t next_site_id_ = 1;
+  static constexpr int64_t kSiteIdsPerIncarnation = 1 << 16;
   std::optional<Round> current_;
   Time no_round_before_{};  // after a secure round that could not start
   std::vector<RoundRecord> history_;

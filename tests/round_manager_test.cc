@@ -334,6 +334,16 @@ TEST_F(RoundManagerTest, StateRestoresModelRegistryCountersAndTheOpenRoundsIndex
     EXPECT_EQ(restored->rounds_done(), 1);
     EXPECT_EQ(*restored->SiteName(3), "c");
     EXPECT_EQ(*restored->Join("c", 10, At(50)), 3);  // a rejoining site keeps its id
+    // A site that joined the lost incarnation after this state (as 5) may still use that id: a new
+    // site never gets it, nor any other the lost incarnation could have handed out.
+    RoundManager other(o, Weights(0, 0), *aggregation::MakeStrategy({"fedavgm"}));
+    ASSERT_TRUE(other.LoadState(state, At(50)).ok());
+    EXPECT_EQ(*other.Join("e", 10, At(50)), 5 + (1 << 16));
+    EXPECT_EQ(*other.Join("f", 10, At(50)), 6 + (1 << 16));
+    EXPECT_EQ(*other.Join("a", 10, At(50)), 1);
+    RoundManager again(o, Weights(0, 0), *aggregation::MakeStrategy({"fedavgm"}));  // and after a second restore
+    ASSERT_TRUE(again.LoadState(other.State(), At(60)).ok());
+    EXPECT_EQ(*again.Join("g", 10, At(60)), 7 + 2 * (1 << 16));
     EXPECT_EQ(restored->history().size(), 1u);
     // Both managers go on identically: same samples, same (momentum) aggregates.
     auto twin = std::make_unique<RoundManager>(o, Weights(0, 0), *aggregation::MakeStrategy({"fedavgm"}));
