@@ -1,7 +1,7 @@
 // Byzantine robustness (issue 33): the simulated attacks against numbers computed by hand, the
-// attackers' draw, centered clipping and multi-Krum against hand computations, the coordinator's
-// norm_bound step, the job checks, and a RoundManager round in which the attackers are replaced and
-// the label flippers told so.
+// attackers' draw, the coordinator's norm_bound step, the job checks, and a RoundManager round in
+// which the attackers are replaced and the label flippers told so. (Centered clipping and
+// multi-Krum are tested with the other strategies, in strategy_test.cc.)
 
 #include "algorithms/aggregation/byzantine.h"
 
@@ -159,63 +159,6 @@ TEST(Attack, JobChecksRefuseWhatCannotWork) {
                           {"privacy.secure_aggregation", "secagg+"}})
                     .ok());
   }
-}
-
-std::unique_ptr<Strategy> Make(const std::string& name, const std::map<std::string, std::string>& keys = {}) {
-  Job job;
-  EXPECT_TRUE(SetJobKey(job, "strategy.name", name).ok());
-  for (const auto& [k, v] : keys) EXPECT_TRUE(SetJobKey(job, k, v).ok()) << k;
-  auto s = MakeStrategy(job);
-  EXPECT_TRUE(s.ok()) << s.status();
-  return *std::move(s);
-}
-
-TEST(CenteredClipping, ClipsEachDifferenceToTheRadiusAroundTheLastAggregate) {
-  // Round 1, center 0, tau 1: deltas [3, 4] (norm 5 -> [0.6, 0.8]), [0, 0.5] (kept), [-0.6, 0]
-  // (kept); v = ([0.6, 0.8] + [0, 0.5] + [-0.6, 0]) / 3 = [0, 0.4333].
-  auto s = Make("centered_clipping", {{"strategy.cc_tau", "1"}});
-  std::vector<SiteUpdate> u = {Update(1, {3, 4}), Update(2, {0, 0.5}), Update(3, {-0.6, 0})};
-  auto r1 = s->Aggregate(Model({0, 0}), u);
-  ASSERT_TRUE(r1.ok()) << r1.status();
-  EXPECT_NEAR(W(*r1)[0], 0.0, 1e-6);
-  EXPECT_NEAR(W(*r1)[1], 1.3 / 3, 1e-6);
-  // Round 2 from x = [10, 10], center [0, 0.4333]: deltas [0, 0.4333] (diff 0), [0, 10.4333] (diff
-  // [0, 10], clipped to [0, 1]), [0, 0.4333] (0): v = [0, 0.4333 + 1/3].
-  u = {Update(1, {10, 10 + 1.3f / 3}), Update(2, {10, 20 + 1.3f / 3}), Update(3, {10, 10 + 1.3f / 3})};
-  auto r2 = s->Aggregate(Model({10, 10}), u);
-  EXPECT_NEAR(W(*r2)[0], 10.0, 1e-5);
-  EXPECT_NEAR(W(*r2)[1], 10 + 1.3 / 3 + 1.0 / 3, 1e-5);
-  // The center is state: a fresh strategy loaded with it continues the same.
-  auto t = Make("centered_clipping", {{"strategy.cc_tau", "1"}});
-  ASSERT_TRUE(t->LoadState(s->State()).ok());
-  auto a = s->Aggregate(Model({0, 0}), u), b = t->Aggregate(Model({0, 0}), u);
-  EXPECT_EQ(W(*a), W(*b));
-}
-
-TEST(CenteredClipping, TheMedianRadiusBoundsAMinorityOfLiars) {
-  // tau 0: the radius is the median distance. Four honest deltas near [1, 0], three liars at 1e6:
-  // each liar is clipped to the median distance (about 1), so the aggregate stays within 3/7 of it.
-  auto s = Make("centered_clipping");
-  std::vector<SiteUpdate> u = {Update(1, {1, 0}), Update(2, {1.1f, 0}), Update(3, {0.9f, 0}), Update(4, {1, 0.1f}),
-                               Update(5, {-1e6, 0}), Update(6, {-1e6, 0}), Update(7, {-1e6, 0})};
-  auto r = s->Aggregate(Model({0, 0}), u);
-  ASSERT_TRUE(r.ok());
-  EXPECT_GT(W(*r)[0], 4.0 / 7 * 0.9 - 3.0 / 7 * 1.1);
-  EXPECT_LT(std::abs(W(*r)[1]), 0.1);
-  auto mean = Make("fedavg")->Aggregate(Model({0, 0}), u);
-  EXPECT_LT(W(*mean)[0], -1e5);  // where a plain mean goes
-}
-
-TEST(MultiKrum, AveragesTheNMinusFBestByDefault) {
-  // Five updates, f = 1: Krum scores sum the n - f - 2 = 2 smallest squared distances to others.
-  // [0,0], [1,0], [0,1], [1,1] score 2 each; [9,9] scores 128 + 145 = 273: the best four are averaged.
-  std::vector<SiteUpdate> u = {Update(1, {0, 0}), Update(2, {1, 0}), Update(3, {0, 1}), Update(4, {1, 1}),
-                               Update(5, {9, 9})};
-  auto r = Make("multi_krum", {{"strategy.byzantine", "1"}})->Aggregate(Model({0, 0}), u);
-  ASSERT_TRUE(r.ok()) << r.status();
-  EXPECT_THAT(W(*r), ::testing::ElementsAre(0.5f, 0.5f));
-  auto k = Make("krum", {{"strategy.byzantine", "1"}})->Aggregate(Model({0, 0}), u);
-  EXPECT_THAT(W(*k), ::testing::ElementsAre(0.f, 0.f));  // the first of the tied best
 }
 
 TEST(NormBound, TheCoordinatorStepBoundsEachUpdate) {

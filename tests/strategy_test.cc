@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include <cmath>
 #include <map>
 #include <string>
 
@@ -119,6 +120,54 @@ TEST(Strategy, KrumPicksTheMostCentralAndMultiKrumAverages) {
   EXPECT_NEAR(r[0], 1.0f / 3, 1e-6);
   EXPECT_NEAR(r[1], 1.0f / 3, 1e-6);
   EXPECT_THAT(std::string(Make("krum", {{"strategy.byzantine", "2"}})->Aggregate(Model({0, 0}), u).status().message()), HasSubstr("n > f + 2"));
+}
+
+TEST(CenteredClipping, ClipsEachDifferenceToTheRadiusAroundTheLastAggregate) {
+  // Round 1, center 0, tau 1: deltas [3, 4] (norm 5 -> [0.6, 0.8]), [0, 0.5] (kept), [-0.6, 0]
+  // (kept); v = ([0.6, 0.8] + [0, 0.5] + [-0.6, 0]) / 3 = [0, 0.4333].
+  auto s = Make("centered_clipping", {{"strategy.cc_tau", "1"}});
+  std::vector<SiteUpdate> u = {Update(1, 10, {3, 4}), Update(2, 10, {0, 0.5}), Update(3, 10, {-0.6, 0})};
+  auto r1 = s->Aggregate(Model({0, 0}), u);
+  ASSERT_TRUE(r1.ok()) << r1.status();
+  EXPECT_NEAR(W(r1)[0], 0.0, 1e-6);
+  EXPECT_NEAR(W(r1)[1], 1.3 / 3, 1e-6);
+  // Round 2 from x = [10, 10], center [0, 0.4333]: deltas [0, 0.4333] (diff 0), [0, 10.4333] (diff
+  // [0, 10], clipped to [0, 1]), [0, 0.4333] (0): v = [0, 0.4333 + 1/3].
+  u = {Update(1, 10, {10, 10 + 1.3f / 3}), Update(2, 10, {10, 20 + 1.3f / 3}), Update(3, 10, {10, 10 + 1.3f / 3})};
+  auto r2 = s->Aggregate(Model({10, 10}), u);
+  EXPECT_NEAR(W(r2)[0], 10.0, 1e-5);
+  EXPECT_NEAR(W(r2)[1], 10 + 1.3 / 3 + 1.0 / 3, 1e-5);
+  // The center is state: a fresh strategy loaded with it continues the same.
+  auto t = Make("centered_clipping", {{"strategy.cc_tau", "1"}});
+  ASSERT_TRUE(t->LoadState(s->State()).ok());
+  auto a = s->Aggregate(Model({0, 0}), u), b = t->Aggregate(Model({0, 0}), u);
+  EXPECT_EQ(W(a), W(b));
+}
+
+TEST(CenteredClipping, TheMedianRadiusBoundsAMinorityOfLiars) {
+  // tau 0: the radius is the median distance. Four honest deltas near [1, 0], three liars at 1e6:
+  // each liar is clipped to the median distance (about 1), so the aggregate stays within 3/7 of it.
+  auto s = Make("centered_clipping");
+  std::vector<SiteUpdate> u = {Update(1, 10, {1, 0}), Update(2, 10, {1.1f, 0}), Update(3, 10, {0.9f, 0}), Update(4, 10, {1, 0.1f}),
+                               Update(5, 10, {-1e6, 0}), Update(6, 10, {-1e6, 0}), Update(7, 10, {-1e6, 0})};
+  auto r = s->Aggregate(Model({0, 0}), u);
+  ASSERT_TRUE(r.ok());
+  EXPECT_GT(W(r)[0], 4.0 / 7 * 0.9 - 3.0 / 7 * 1.1);
+  EXPECT_LT(std::abs(W(r)[1]), 0.1);
+  auto mean = Make("fedavg")->Aggregate(Model({0, 0}), u);
+  EXPECT_LT(W(mean)[0], -1e5);  // where a plain mean goes
+}
+
+TEST(MultiKrum, AveragesTheNMinusFBestByDefault) {
+  // Five updates, f = 1: Krum scores sum the n - f - 2 = 2 smallest squared distances to others.
+  // [0,0], [1,0], [0,1], [1,1] score 2 each; [9,9] scores 128 + 145 = 273: the best four are averaged.
+  std::vector<SiteUpdate> u = {Update(1, 10, {0, 0}), Update(2, 10, {1, 0}), Update(3, 10, {0, 1}), Update(4, 10, {1, 1}),
+                               Update(5, 10, {9, 9})};
+  auto r = Make("multi_krum", {{"strategy.byzantine", "1"}})->Aggregate(Model({0, 0}), u);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_THAT(W(r), ::testing::ElementsAre(0.5f, 0.5f));
+  auto k = Make("krum", {{"strategy.byzantine", "1"}})->Aggregate(Model({0, 0}), u);
+  EXPECT_THAT(W(k), ::testing::ElementsAre(0.f, 0.f));  // the first of the tied best
 }
 
 TEST(Strategy, RefusesBadUpdatesNamingSiteAndTensor) {
